@@ -1,0 +1,32 @@
+"""The audit activity: records for things that happen in workflow code (run started, approval
+requested, decided, granted, expired, run finished). Workflow code never writes them itself."""
+
+from __future__ import annotations
+
+import structlog
+from temporalio import activity
+
+from activities.contracts import RECORD, RecordInput
+from activities.runtime import Runtime, audit_from_activity
+
+log = structlog.get_logger(__name__)
+
+
+class AuditActivities:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    @activity.defn(name=RECORD)
+    async def record(self, input: RecordInput) -> int:
+        rec = await audit_from_activity(
+            self.runtime, input.kind, input.data, actor=input.actor, n=input.n
+        )
+        if input.kind == "approval.requested":
+            # Until the chat and email channels exist, the log says how to answer.
+            log.info(
+                "approval.requested",
+                request_id=input.data.get("request_id"),
+                action=input.data.get("action"),
+                how=input.data.get("how_to_approve"),
+            )
+        return rec.seq

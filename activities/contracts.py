@@ -1,0 +1,84 @@
+"""Inputs and outputs of the activities, as workflow code sees them.
+
+Pure pydantic models with no I/O imports, so the workflow imports them inside its sandbox
+and calls activities by name. The activity modules (which import httpx, openai, sqlite)
+never enter workflow code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from guardrails.policy import Mode, Proposal, Verdict
+
+# Activity names, the one place they are spelled.
+PLAN = "model.plan"
+DECIDE = "guard.decide"
+RECORD = "audit.record"
+
+
+class PlanInput(BaseModel):
+    agent: str
+    task: str
+    context: dict[str, Any]
+    # Messages already in the run's transcript; `new_messages` are appended from there.
+    seq: int
+    new_messages: list[dict[str, Any]]
+    step: int
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class PlanOutput(BaseModel):
+    content: str
+    proposals: list[Proposal]
+    finish_reason: str
+    model: str
+    usage: Usage
+    seq: int
+
+
+class GuardInput(BaseModel):
+    agent: str
+    proposal: Proposal
+    requested_mode: Mode | None
+    requested_by: str
+
+
+class GuardResult(BaseModel):
+    verdict: Verdict
+    # How the tool activity may run, from worker settings (so workflow code reads none).
+    tool_timeout_seconds: float
+    tool_max_attempts: int
+
+
+class RecordInput(BaseModel):
+    """An audit record for something that happened in workflow code."""
+
+    kind: str
+    actor: str
+    data: dict[str, Any]
+    # Distinguishes several records of one kind written by one activity.
+    n: int = 0
+
+
+class ToolCall(BaseModel):
+    """The input of every tool activity: one authorized action."""
+
+    tool: str
+    call_id: str
+    arguments: dict[str, Any]
+    action_hash: str
+    agent: str
+
+
+class ToolOutcome(BaseModel):
+    tool: str
+    call_id: str
+    idempotency_key: str
+    result: dict[str, Any]

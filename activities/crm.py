@@ -1,0 +1,106 @@
+"""Tools for the CRM: customer records and notes."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from activities.tools import ToolContext, guarded_tool
+
+_CUSTOMER_ID = r"^C-\d{3}$"
+
+
+class CustomerLookupArgs(BaseModel):
+    customer_id: str = Field(pattern=_CUSTOMER_ID, description="Customer id, e.g. C-100")
+
+
+class Customer(BaseModel):
+    customer_id: str
+    name: str
+    email: str
+    tier: str
+    phone: str | None = None
+    address: str | None = None
+
+
+@guarded_tool("customers.lookup", scope="crm:read", read_only=True)
+async def lookup_customer(args: CustomerLookupArgs, ctx: ToolContext) -> Customer:
+    """Look up a customer record."""
+    async with ctx.http("shop") as shop:
+        r = await shop.get(f"/customers/{args.customer_id}")
+    return Customer.model_validate(r.json())
+
+
+class AddNoteArgs(BaseModel):
+    customer_id: str = Field(pattern=_CUSTOMER_ID)
+    text: str = Field(min_length=1, max_length=2000)
+
+
+class Note(BaseModel):
+    note_id: str
+    customer_id: str
+    text: str
+
+
+@guarded_tool("crm.add_note", scope="crm:write", risk="low", compensate="crm.delete_note")
+async def add_note(args: AddNoteArgs, ctx: ToolContext) -> Note:
+    """Add a note to a customer's CRM record."""
+    async with ctx.http("shop") as shop:
+        r = await shop.post(
+            f"/customers/{args.customer_id}/notes",
+            json={"text": args.text},
+            headers=ctx.idempotency_headers(),
+        )
+    return Note.model_validate(r.json())
+
+
+class DeleteNoteArgs(BaseModel):
+    note_id: str = Field(pattern=r"^note_[0-9a-zA-Z]+$")
+
+
+class NoteDeleted(BaseModel):
+    note_id: str
+    deleted: bool
+
+
+@guarded_tool("crm.delete_note", scope="crm:write", risk="low")
+async def delete_note(args: DeleteNoteArgs, ctx: ToolContext) -> NoteDeleted:
+    """Delete a CRM note (compensation for crm.add_note)."""
+    async with ctx.http("shop") as shop:
+        r = await shop.delete(f"/notes/{args.note_id}")
+    return NoteDeleted.model_validate(r.json())
+
+
+class ContactFields(BaseModel):
+    """The only fields an agent may change; anything else is rejected before any call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    phone: str | None = Field(default=None, max_length=40)
+    email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$")
+    address: str | None = Field(default=None, max_length=200)
+
+
+class UpdateContactArgs(BaseModel):
+    customer_id: str = Field(pattern=_CUSTOMER_ID)
+    fields: ContactFields
+
+
+class ContactUpdated(BaseModel):
+    customer: Customer
+    # Previous values of the changed fields: what compensation restores.
+    before: dict[str, str | None]
+
+
+@guarded_tool(
+    "crm.update_contact", scope="crm:write", risk="medium", compensate="crm.update_contact"
+)
+async def update_contact(args: UpdateContactArgs, ctx: ToolContext) -> ContactUpdated:
+    """Update a customer's contact fields (phone, email, address only)."""
+    changes = args.fields.model_dump(exclude_none=True, mode="json")
+    async with ctx.http("shop") as shop:
+        r = await shop.patch(
+            f"/customers/{args.customer_id}",
+            json={"fields": changes},
+            headers=ctx.idempotency_headers(),
+        )
+    return ContactUpdated.model_validate(r.json())

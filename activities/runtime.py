@@ -1,0 +1,53 @@
+"""What every activity needs, built once per worker: settings, the audit trail, transcripts."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from temporalio import activity
+
+from activities.transcript import TranscriptStore
+from guardrails.audit import AuditRecord, AuditStore
+from guardrails.policy import PolicySource
+from workers.settings import Settings
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    audit: AuditStore
+    transcripts: TranscriptStore
+    policy: PolicySource
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Runtime:
+        return cls(
+            settings=settings,
+            audit=AuditStore(settings.audit_path),
+            transcripts=TranscriptStore(settings.transcript_path),
+            policy=PolicySource(settings.policy_path),
+        )
+
+    async def audit_find(self, workflow_id: str, kind: str, **matches: Any) -> list[AuditRecord]:
+        return await asyncio.to_thread(self.audit.find, workflow_id, kind, **matches)
+
+
+async def audit_from_activity(
+    runtime: Runtime, kind: str, data: dict[str, Any], *, actor: str = "countersign", n: int = 0
+) -> AuditRecord:
+    """Append a record for the running activity; a retried attempt writes no duplicate.
+
+    The record id is the activity's identity in its run (stable across attempts), the kind and
+    `n` (for activities that write several records of one kind).
+    """
+    info = activity.info()
+    return await runtime.audit.append(
+        record_id=f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}/{kind}/{n}",
+        workflow_id=info.workflow_id or "",
+        run_id=info.workflow_run_id or "",
+        kind=kind,
+        actor=actor,
+        data=data,
+    )

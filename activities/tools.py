@@ -1,0 +1,300 @@
+"""Guarded tools: the only way an agent touches the world.
+
+A developer declares what a tool is; the runtime does the rest:
+
+    @guarded_tool("payments.refund", scope="payments:refund", risk="high",
+                  compensate="payments.reverse_refund", business_key=lambda a: a.order_id)
+    async def refund(args: RefundArgs, ctx: ToolContext) -> RefundResult:
+        '''Refund part or all of an order's captured payment.'''
+        async with ctx.http("shop") as shop:
+            r = await shop.post("/refunds", json=args.model_dump(),
+                                headers=ctx.idempotency_headers())
+        return RefundResult.model_validate(r.json())
+
+The decorator registers the tool; the worker turns every registered tool into a Temporal
+activity (named like the tool) that validates arguments, checks that the exact action was
+authorized (an allow verdict or a granted approval in the audit trail), checks the kill switch,
+derives the idempotency key, classifies HTTP failures as retryable or not, and audits the
+action.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_type_hints
+
+import httpx
+from pydantic import BaseModel, ValidationError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.contracts import ToolCall, ToolOutcome
+from activities.runtime import Runtime, audit_from_activity
+from guardrails.policy import ToolFacts, sha256_hex
+from workers.credentials import get_secret
+
+Risk = Literal["low", "medium", "high"]
+_NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
+_SCOPE = re.compile(r"^[a-z][a-z0-9_]*:[a-z][a-z0-9_]*$")
+
+
+class ToolDeclarationError(Exception):
+    """A tool is declared wrongly. Raised at import or worker start, never mid-run."""
+
+
+@dataclass
+class ToolContext:
+    """What a tool function gets besides its arguments."""
+
+    call: ToolCall
+    idempotency_key: str
+    runtime: Runtime
+
+    def idempotency_headers(self) -> dict[str, str]:
+        return {"Idempotency-Key": self.idempotency_key}
+
+    @asynccontextmanager
+    async def http(self, system: str) -> AsyncIterator[httpx.AsyncClient]:
+        """An HTTP client for a configured system: base URL, bearer token from keyring, timeouts.
+
+        No transport retries: Temporal owns retries, with back-off, bounded per tool call.
+        Responses >= 400 raise, so a tool cannot forget to check.
+        """
+        systems = self.runtime.settings.systems
+        if system not in systems:
+            raise ApplicationError(
+                f"no system {system!r} configured (known: {sorted(systems)}); "
+                f"set COUNTERSIGN_SYSTEMS__{system.upper()}__URL and __CREDENTIAL",
+                type="ToolMisconfigured",
+                non_retryable=True,
+            )
+        conf = systems[system]
+        token = get_secret(conf.credential)
+
+        async def raise_for_status(response: httpx.Response) -> None:
+            if response.is_error:
+                await response.aread()
+                response.raise_for_status()
+
+        async with httpx.AsyncClient(
+            base_url=conf.url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=conf.timeout_seconds,
+            event_hooks={"response": [raise_for_status]},
+        ) as client:
+            yield client
+
+
+ToolFunction = Callable[[Any, ToolContext], Awaitable[BaseModel]]
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    scope: str
+    risk: Risk
+    read_only: bool
+    compensate: str | None
+    description: str
+    args_model: type[BaseModel]
+    result_model: type[BaseModel]
+    fn: ToolFunction
+    business_key: Callable[[Any], str] | None = field(default=None, compare=False)
+
+    @property
+    def facts(self) -> ToolFacts:
+        return ToolFacts(
+            name=self.name,
+            scope=self.scope,
+            read_only=self.read_only,
+            risk=self.risk,
+            compensate=self.compensate,
+        )
+
+    def model_schema(self) -> dict[str, Any]:
+        """The function schema the model sees (OpenAI tool format)."""
+        return {
+            "type": "function",
+            "function": {
+                "name": model_tool_name(self.name),
+                "description": self.description,
+                "parameters": self.args_model.model_json_schema(),
+            },
+        }
+
+    def idempotency_key(self, workflow_id: str, args: BaseModel) -> str:
+        """Derived from the business key (default: the arguments), per run."""
+        key = self.business_key(args) if self.business_key else args.model_dump(mode="json")
+        return "ck_" + sha256_hex({"run": workflow_id, "tool": self.name, "key": key})[:32]
+
+
+REGISTRY: dict[str, ToolSpec] = {}
+
+
+def model_tool_name(name: str) -> str:
+    # OpenAI function names allow [a-zA-Z0-9_-]: "payments.refund" is offered as "payments__refund".
+    return name.replace(".", "__")
+
+
+def lookup_tool(name: str) -> ToolSpec | None:
+    """A registered tool by its name or by the name the model saw."""
+    return REGISTRY.get(name) or REGISTRY.get(name.replace("__", "."))
+
+
+def guarded_tool(
+    name: str,
+    *,
+    scope: str,
+    risk: Risk = "low",
+    read_only: bool = False,
+    compensate: str | None = None,
+    business_key: Callable[[Any], str] | None = None,
+) -> Callable[[ToolFunction], ToolFunction]:
+    """Register an async function `(args: ArgsModel, ctx: ToolContext) -> ResultModel`."""
+    if not _NAME.match(name):
+        raise ToolDeclarationError(f"tool name {name!r} must look like 'system.action'")
+    if not _SCOPE.match(scope):
+        raise ToolDeclarationError(f"tool {name}: scope {scope!r} must look like 'area:verb'")
+
+    def register(fn: ToolFunction) -> ToolFunction:
+        where = f"tool {name} ({fn.__module__}.{fn.__qualname__})"
+        if not inspect.iscoroutinefunction(fn):
+            raise ToolDeclarationError(f"{where} must be an async function")
+        hints = get_type_hints(fn)
+        params = list(inspect.signature(fn).parameters)
+        args_model = hints.get(params[0]) if params else None
+        result_model = hints.get("return")
+        if len(params) != 2 or not _is_model(args_model) or not _is_model(result_model):
+            raise ToolDeclarationError(
+                f"{where} must be declared as "
+                "`async def f(args: ArgsModel, ctx: ToolContext) -> ResultModel` "
+                "with pydantic models"
+            )
+        if not fn.__doc__:
+            raise ToolDeclarationError(f"{where} needs a docstring: the model reads it")
+        if name in REGISTRY and REGISTRY[name].fn is not fn:
+            raise ToolDeclarationError(f"{where}: a tool named {name} is already registered")
+        REGISTRY[name] = ToolSpec(
+            name=name,
+            scope=scope,
+            risk=risk,
+            read_only=read_only,
+            compensate=compensate,
+            description=inspect.cleandoc(fn.__doc__),
+            args_model=args_model,  # type: ignore[arg-type]
+            result_model=result_model,  # type: ignore[arg-type]
+            fn=fn,
+            business_key=business_key,
+        )
+        return fn
+
+    return register
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def validate_registry() -> None:
+    """Fail the worker's start, loudly, on declarations that would break runs later."""
+    for spec in REGISTRY.values():
+        if spec.compensate is not None and spec.compensate not in REGISTRY:
+            raise ToolDeclarationError(
+                f"tool {spec.name} names compensating tool {spec.compensate!r}, "
+                "which is not registered"
+            )
+        if spec.read_only and spec.compensate:
+            raise ToolDeclarationError(f"tool {spec.name} is read-only and needs no compensation")
+
+
+def tool_activities(runtime: Runtime) -> list[Callable[[ToolCall], Awaitable[ToolOutcome]]]:
+    """One Temporal activity per registered tool, bound to the worker's runtime."""
+    return [_activity_for(spec, runtime) for spec in REGISTRY.values()]
+
+
+def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awaitable[ToolOutcome]]:
+    async def run_tool(call: ToolCall) -> ToolOutcome:
+        info = activity.info()
+        try:
+            args = spec.args_model.model_validate(call.arguments)
+        except ValidationError as e:
+            raise ApplicationError(
+                f"{spec.name}: invalid arguments: {e}",
+                type="InvalidToolArguments",
+                non_retryable=True,
+            ) from e
+        if not spec.read_only:
+            await _check_authorized(spec, call, runtime, info.workflow_id)
+        key = spec.idempotency_key(info.workflow_id, args)
+        ctx = ToolContext(call=call, idempotency_key=key, runtime=runtime)
+        base = {
+            "tool": spec.name,
+            "call_id": call.call_id,
+            "action_hash": call.action_hash,
+            "idempotency_key": key,
+            "arguments": call.arguments,
+        }
+        try:
+            result = await spec.fn(args, ctx)
+        except httpx.HTTPStatusError as e:
+            error = _classify(spec.name, e)
+            if error.non_retryable:
+                await audit_from_activity(runtime, "action.failed", {**base, "error": str(error)})
+            raise error from e
+        except httpx.TransportError as e:
+            raise ApplicationError(
+                f"{spec.name}: system unreachable: {e!r}", type="SystemUnavailable"
+            ) from e
+        payload = result.model_dump(mode="json")
+        kind = "action.read" if spec.read_only else "action.executed"
+        await audit_from_activity(runtime, kind, {**base, "result": payload})
+        return ToolOutcome(
+            tool=spec.name, call_id=call.call_id, idempotency_key=key, result=payload
+        )
+
+    run_tool.__doc__ = spec.description
+    return activity.defn(name=spec.name)(run_tool)
+
+
+async def _check_authorized(spec: ToolSpec, call: ToolCall, runtime: Runtime, run: str) -> None:
+    """The activity is the boundary: an approval in workflow state alone is not enough."""
+    kill = runtime.policy.current().kill_switch
+    if kill.all_side_effects or spec.name in kill.tools or call.agent in kill.agents:
+        raise ApplicationError(
+            f"{spec.name} is switched off by the kill switch; the action was not executed",
+            type="KillSwitch",
+            non_retryable=True,
+        )
+    allowed = await runtime.audit_find(
+        run, "verdict", action_hash=call.action_hash, outcome="allow"
+    )
+    approved = await runtime.audit_find(run, "approval.granted", action_hash=call.action_hash)
+    if not (allowed or approved):
+        raise ApplicationError(
+            f"{spec.name}: action {call.action_hash} has neither an allow verdict nor a "
+            "granted approval in the audit trail; refusing to execute it",
+            type="ActionNotAuthorized",
+            non_retryable=True,
+        )
+
+
+def _classify(tool: str, e: httpx.HTTPStatusError) -> ApplicationError:
+    status = e.response.status_code
+    try:
+        body = e.response.json()
+        detail = body.get("detail") or body.get("error") or e.response.text
+    except ValueError:
+        detail = e.response.text[:500]
+    message = f"{tool}: {e.request.method} {e.request.url.path} answered {status}: {detail}"
+    # 408/429 and 5xx are worth retrying; any other 4xx will fail the same way every time.
+    retryable = status in (408, 429) or status >= 500
+    return ApplicationError(
+        message,
+        {"status": status, "detail": detail},
+        type="SystemUnavailable" if retryable else "ToolRejected",
+        non_retryable=not retryable,
+    )

@@ -1,0 +1,68 @@
+"""The conversation of a run, kept outside workflow history.
+
+The model needs the whole conversation on every call; passing it through the activity input
+would copy it into history on every step (history grows with the square of run length). The
+workflow instead sends only the new messages and a sequence number; the model activity appends
+them here and reads the conversation back. Writes are keyed by (workflow id, seq), so a retried
+activity or a reset workflow rewrites the same rows instead of adding new ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS transcript_messages (
+    workflow_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    message TEXT NOT NULL,
+    PRIMARY KEY (workflow_id, seq)
+);
+"""
+
+
+class TranscriptStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        return db
+
+    def _write(self, workflow_id: str, start_seq: int, messages: list[dict[str, Any]]) -> None:
+        db = self._connect()
+        try:
+            with db:
+                db.executemany(
+                    "INSERT OR REPLACE INTO transcript_messages VALUES (?, ?, ?)",
+                    [(workflow_id, start_seq + i, json.dumps(m)) for i, m in enumerate(messages)],
+                )
+        finally:
+            db.close()
+
+    def _read(self, workflow_id: str, upto_seq: int) -> list[dict[str, Any]]:
+        db = self._connect()
+        try:
+            rows = db.execute(
+                "SELECT message FROM transcript_messages WHERE workflow_id = ? AND seq < ?"
+                " ORDER BY seq",
+                (workflow_id, upto_seq),
+            ).fetchall()
+        finally:
+            db.close()
+        return [json.loads(r[0]) for r in rows]
+
+    async def write(self, workflow_id: str, start_seq: int, messages: list[dict[str, Any]]) -> None:
+        await asyncio.to_thread(self._write, workflow_id, start_seq, messages)
+
+    async def read(self, workflow_id: str, upto_seq: int) -> list[dict[str, Any]]:
+        """Messages with seq < upto_seq, in order."""
+        return await asyncio.to_thread(self._read, workflow_id, upto_seq)

@@ -1,0 +1,314 @@
+"""The guarded loop: plan → guard → (approvals) → act → plan …, as a LangGraph graph.
+
+The graph runs inside the AgentRun workflow through Temporal's LangGraph plugin, with every
+node marked `execute_in="workflow"`: the nodes are deterministic workflow code and each I/O is
+an activity they call with exactly what it needs. (Activity nodes would receive the whole
+graph state as input, which copies the conversation into history on every step.)
+
+Routers are `async def`: the plugin's workflow loop has no executor for sync routers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+from activities.contracts import (
+    DECIDE,
+    PLAN,
+    GuardInput,
+    GuardResult,
+    PlanInput,
+    PlanOutput,
+    ToolCall,
+    ToolOutcome,
+)
+from agents.state import ActionRecord, RunState
+from guardrails.approvals import ApprovalRequest, new_request
+from guardrails.policy import Proposal
+
+GRAPH_NAME = "guarded-loop"
+
+# Business failures the model should hear about; anything else fails the run.
+_MODEL_VISIBLE_ERRORS = {"ToolRejected", "KillSwitch", "InvalidToolArguments"}
+
+
+class LoopState(TypedDict, total=False):
+    seq: int
+    observations: list[dict[str, Any]]
+    proposals: list[Proposal]
+    guarded: list[GuardResult]
+    final: str
+    stop_reason: str | None
+
+
+def _observation(call_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    return {"role": "tool", "tool_call_id": call_id, "content": json.dumps(payload)}
+
+
+async def plan(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
+    run = runtime.context
+    run.step += 1
+    run.show("planning")
+    out: PlanOutput = await workflow.execute_activity(
+        PLAN,
+        PlanInput(
+            agent=run.agent.name,
+            task=run.input.task,
+            context=dict(run.input.context),
+            seq=state.get("seq", 0),
+            new_messages=state.get("observations", []),
+            step=run.step,
+        ),
+        result_type=PlanOutput,
+        start_to_close_timeout=timedelta(seconds=120),
+        retry_policy=RetryPolicy(maximum_attempts=4, maximum_interval=timedelta(seconds=20)),
+        summary=f"model: step {run.step}",
+    )
+    run.tokens += out.usage.prompt_tokens + out.usage.completion_tokens
+    return {"seq": out.seq, "observations": [], "proposals": out.proposals, "final": out.content}
+
+
+async def after_plan(state: LoopState, runtime: Runtime[RunState]) -> str:
+    return "guard" if state.get("proposals") else END
+
+
+async def guard(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
+    run = runtime.context
+    run.show("guarding")
+    guarded = await asyncio.gather(
+        *[
+            workflow.execute_activity(
+                DECIDE,
+                GuardInput(
+                    agent=run.agent.name,
+                    proposal=p,
+                    requested_mode=run.input.mode,
+                    requested_by=run.input.requested_by,
+                ),
+                result_type=GuardResult,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+                summary=f"guard: {p.tool}",
+            )
+            for p in state["proposals"]
+        ]
+    )
+    return {"guarded": list(guarded)}
+
+
+async def after_guard(state: LoopState, runtime: Runtime[RunState]) -> str:
+    needs = any(g.verdict.outcome == "needs_approval" for g in state["guarded"])
+    return "approvals" if needs else "act"
+
+
+async def approvals(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
+    """Open one approval request per proposal that needs one, and wait until all are settled."""
+    run = runtime.context
+    info = workflow.info()
+    reasons = {p.call_id: p.reason for p in state["proposals"]}
+    opened: list[ApprovalRequest] = []
+    for g in state["guarded"]:
+        if g.verdict.outcome != "needs_approval":
+            continue
+        request = new_request(
+            workflow_id=info.workflow_id,
+            verdict=g.verdict,
+            reason=reasons[g.verdict.call_id],
+            requested_by=run.input.requested_by,
+            agent=run.agent.name,
+            now=workflow.now(),
+        )
+        run.requests[request.request_id] = request
+        opened.append(request)
+        await run.record(
+            "approval.requested",
+            {
+                "request_id": request.request_id,
+                "action": request.summary(),
+                "action_hash": request.action_hash,
+                "rule_ids": request.rule_ids,
+                "eligible": request.need.eligible,
+                "quorum": request.need.quorum,
+                "expires_at": request.expires_at.isoformat(),
+                "how_to_approve": f"countersign approve {info.workflow_id} "
+                f"{request.request_id} --as NAME",
+            },
+        )
+    run.show("waiting for approval")
+    await _wait_until_settled(run, opened)
+    for request in opened:
+        if request.status == "approved":
+            await run.record(
+                "approval.granted",
+                {
+                    "request_id": request.request_id,
+                    "action_hash": request.action_hash,
+                    "approvers": request.approvers,
+                    "rule_ids": request.rule_ids,
+                },
+            )
+    return {}
+
+
+async def _wait_until_settled(run: RunState, requests: list[ApprovalRequest]) -> None:
+    while True:
+        await _record_decisions(run)
+        pending = [r for r in requests if r.status == "pending"]
+        if not pending:
+            return
+        run.show("waiting for approval")
+        wait = min(r.expires_at for r in pending) - workflow.now()
+        try:
+            if wait <= timedelta(0):
+                raise TimeoutError
+            await workflow.wait_condition(lambda: bool(run.unrecorded or run.refused), timeout=wait)
+        except TimeoutError:
+            for r in pending:
+                if r.expires_at <= workflow.now():
+                    r.status = "expired"
+                    await run.record(
+                        "approval.expired",
+                        {
+                            "request_id": r.request_id,
+                            "action_hash": r.action_hash,
+                            "outcome": "rejected",
+                            "expired_at": workflow.now().isoformat(),
+                        },
+                    )
+
+
+async def _record_decisions(run: RunState) -> None:
+    while run.unrecorded:
+        request_id, decision = run.unrecorded.pop(0)
+        await run.record(
+            "approval.decided",
+            {"request_id": request_id, **decision.model_dump(mode="json")},
+            actor=f"{decision.channel}:{decision.approver}",
+        )
+    while run.refused:
+        await run.record("approval.refused", run.refused.pop(0))
+
+
+async def act(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
+    """Execute what may be executed; every proposal gets exactly one observation back."""
+    run = runtime.context
+    run.show("acting")
+    requests = {r.call_id: r for r in run.requests.values()}
+    observations = []
+    for g in state["guarded"]:
+        v = g.verdict
+        record = ActionRecord(
+            call_id=v.call_id,
+            tool=v.tool,
+            arguments=v.arguments,
+            status="denied",
+            rule_ids=v.rule_ids,
+            detail=v.reason,
+        )
+        request = requests.get(v.call_id) if v.outcome == "needs_approval" else None
+        if request is not None:
+            record.request_id = request.request_id
+            record.approved_by = request.approvers
+        if v.outcome == "deny":
+            payload = {"error": f"denied by the guard: {v.reason}", "rule_ids": v.rule_ids}
+        elif v.outcome == "shadow":
+            record.status = "shadow"
+            payload = {"shadow": f"not executed (shadow mode): {v.tool} was recorded only"}
+        elif request is not None and request.status != "approved":
+            record.status = "expired" if request.status == "expired" else "rejected"
+            record.detail = _refusal(request)
+            payload = {"error": f"not approved: {record.detail}"}
+        else:
+            payload = await _execute(run, g, record)
+        run.actions.append(record)
+        observations.append(_observation(v.call_id, payload))
+    run.show("acting")
+    return {"observations": observations, "proposals": [], "guarded": []}
+
+
+def _refusal(request: ApprovalRequest) -> str:
+    if request.status == "expired":
+        return f"approval request {request.request_id} expired without a decision"
+    no = [d for d in request.decisions if not d.approve]
+    who = no[-1] if no else None
+    return f"rejected by {who.approver}: {who.comment or 'no comment'}" if who else "rejected"
+
+
+async def _execute(run: RunState, g: GuardResult, record: ActionRecord) -> dict[str, Any]:
+    v = g.verdict
+    assert v.arguments is not None and v.action_hash is not None
+    try:
+        outcome: ToolOutcome = await workflow.execute_activity(
+            v.tool,
+            ToolCall(
+                tool=v.tool,
+                call_id=v.call_id,
+                arguments=v.arguments,
+                action_hash=v.action_hash,
+                agent=run.agent.name,
+            ),
+            result_type=ToolOutcome,
+            start_to_close_timeout=timedelta(seconds=g.tool_timeout_seconds),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=1),
+                maximum_interval=timedelta(seconds=10),
+                maximum_attempts=g.tool_max_attempts,
+            ),
+            summary=f"{v.tool} {record.call_id}",
+        )
+    except ActivityError as e:
+        cause = e.cause
+        if isinstance(cause, ApplicationError) and cause.type in _MODEL_VISIBLE_ERRORS:
+            record.status = "failed"
+            record.detail = cause.message
+            return {"error": cause.message}
+        raise
+    record.status = "executed"
+    record.result = outcome.result
+    record.idempotency_key = outcome.idempotency_key
+    return {"result": outcome.result}
+
+
+async def after_act(state: LoopState, runtime: Runtime[RunState]) -> str:
+    run = runtime.context
+    if run.step >= run.max_steps or run.tokens >= run.agent.max_tokens:
+        return "stop"
+    return "plan"
+
+
+async def stop(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
+    run = runtime.context
+    limit = "max_steps" if run.step >= run.max_steps else "max_tokens"
+    return {"stop_reason": limit}
+
+
+def build_graph() -> StateGraph[LoopState, RunState, LoopState, LoopState]:
+    """A fresh graph (the plugin mutates the graph it is given: one per worker)."""
+    g: StateGraph[LoopState, RunState, LoopState, LoopState] = StateGraph(
+        LoopState, context_schema=RunState
+    )
+    here = {"execute_in": "workflow"}
+    for name, node in [
+        ("plan", plan),
+        ("guard", guard),
+        ("approvals", approvals),
+        ("act", act),
+        ("stop", stop),
+    ]:
+        g.add_node(name, node, metadata=dict(here))
+    g.add_edge(START, "plan")
+    g.add_conditional_edges("plan", after_plan, ["guard", END])
+    g.add_conditional_edges("guard", after_guard, ["approvals", "act"])
+    g.add_edge("approvals", "act")
+    g.add_conditional_edges("act", after_act, ["plan", "stop"])
+    g.add_edge("stop", END)
+    return g

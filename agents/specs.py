@@ -1,0 +1,51 @@
+"""Agents: a named LangGraph graph, a system prompt, a model, and the scopes it is granted.
+
+Pure data, importable from workflow code: adding an agent is one entry here.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class AgentSpec(BaseModel):
+    name: str
+    description: str
+    graph: str = "guarded-loop"
+    model: str = "gpt-4.1-mini"
+    system_prompt: str
+    scopes: list[str]
+    max_steps: int = Field(default=12, ge=1)
+    max_tokens: int = Field(default=200_000, ge=1)
+
+
+SUPPORT_PROMPT = """\
+You are a customer-support operations agent for an online shop.
+You act only through the tools you are given; every side effect is checked by a guard and
+may wait for a human to countersign it. Look things up before you act, never guess amounts,
+and state your reason for every action in one sentence. Money is in integer cents.
+When the task is done, reply with a short summary and no tool calls."""
+
+AGENTS: dict[str, AgentSpec] = {
+    spec.name: spec
+    for spec in [
+        AgentSpec(
+            name="support-refunds",
+            description="Handles refund requests: looks up orders, refunds, notes the CRM.",
+            system_prompt=SUPPORT_PROMPT,
+            scopes=["orders:read", "crm:read", "payments:refund", "crm:write"],
+        ),
+        AgentSpec(
+            name="support-readonly",
+            description="Answers questions about orders and customers; can change nothing.",
+            system_prompt=SUPPORT_PROMPT,
+            scopes=["orders:read", "crm:read"],
+        ),
+        AgentSpec(
+            name="crm-updates",
+            description="Updates customer contact details and notes.",
+            system_prompt=SUPPORT_PROMPT,
+            scopes=["crm:read", "crm:write"],
+        ),
+    ]
+}

@@ -1,0 +1,158 @@
+"""A run's input, result and in-workflow state. Workflow code: deterministic, no I/O."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+
+from activities.contracts import RECORD, RecordInput
+from agents.specs import AGENTS
+from guardrails.approvals import ApprovalRequest, RecordedDecision
+from guardrails.policy import Mode
+
+AGENT_RUN = "AgentRun"
+DEFAULT_TASK_QUEUE = "countersign"
+
+
+class RunInput(BaseModel):
+    """What an ops person types to start a run (Temporal UI "Start Workflow", or the CLI)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str = Field(description="Agent name, e.g. support-refunds")
+    task: str = Field(min_length=3, max_length=4000, description="What to do, in plain words")
+    context: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Structured facts, e.g. {'order_id': 'A-1001'}"
+    )
+    requested_by: str = Field(min_length=1, description="Who asks; can never approve this run")
+    mode: Mode | None = Field(default=None, description="shadow | augment | automate")
+    max_steps: int | None = Field(default=None, ge=1, le=200)
+
+
+def parse_run_input(raw: Any) -> RunInput:
+    """Validate raw input; fail the run at once (never retry) naming every bad field."""
+    try:
+        run_input = RunInput.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(input)'}: {err['msg']}"
+            for err in e.errors(include_url=False)
+        )
+        raise ApplicationError(
+            f"invalid run input: {problems}", type="InvalidRunInput", non_retryable=True
+        ) from None
+    if run_input.agent not in AGENTS:
+        raise ApplicationError(
+            f"invalid run input: agent: unknown agent {run_input.agent!r} "
+            f"(known: {', '.join(sorted(AGENTS))})",
+            type="InvalidRunInput",
+            non_retryable=True,
+        )
+    return run_input
+
+
+ActionStatus = Literal["executed", "failed", "shadow", "denied", "rejected", "expired"]
+
+
+class ActionRecord(BaseModel):
+    """What became of one proposal."""
+
+    call_id: str
+    tool: str
+    arguments: dict[str, Any] | None
+    status: ActionStatus
+    rule_ids: list[str] = []
+    detail: str = ""
+    result: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+    request_id: str | None = None
+    approved_by: list[str] = []
+
+
+class RunResult(BaseModel):
+    agent: str
+    status: Literal["completed", "stopped"]
+    stop_reason: str | None = None
+    final_message: str
+    steps: int
+    tokens: int
+    actions: list[ActionRecord]
+
+
+class RunStatus(BaseModel):
+    """The `status` query: where the run is and what it waits for."""
+
+    stage: str
+    step: int
+    pending_approvals: list[ApprovalRequest]
+    actions: list[ActionRecord]
+
+
+class RunState:
+    """Mutable state of one run, shared by the workflow's handlers and the graph's nodes."""
+
+    def __init__(self, run_input: RunInput) -> None:
+        self.input = run_input
+        self.agent = AGENTS[run_input.agent]
+        self.stage = "starting"
+        self.step = 0
+        self.tokens = 0
+        self.requests: dict[str, ApprovalRequest] = {}
+        self.actions: list[ActionRecord] = []
+        # Decisions accepted by handlers, waiting to be written to the audit by an activity.
+        self.unrecorded: list[tuple[str, RecordedDecision]] = []
+        self.refused: list[dict[str, Any]] = []
+
+    @property
+    def max_steps(self) -> int:
+        return self.input.max_steps or self.agent.max_steps
+
+    def pending(self) -> list[ApprovalRequest]:
+        return [r for r in self.requests.values() if r.status == "pending"]
+
+    def status(self) -> RunStatus:
+        return RunStatus(
+            stage=self.stage, step=self.step, pending_approvals=self.pending(), actions=self.actions
+        )
+
+    async def record(self, kind: str, data: dict[str, Any], actor: str = "countersign") -> None:
+        """Write an audit record through the audit activity (workflow code never writes)."""
+        await workflow.execute_activity(
+            RECORD,
+            RecordInput(kind=kind, actor=actor, data=data),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+            summary=kind,
+        )
+
+    def show(self, stage: str) -> None:
+        """Update the stage and the markdown the Temporal UI shows under Current Details."""
+        self.stage = stage
+        info = workflow.info()
+        lines = [
+            f"**{self.agent.name}** · step {self.step}/{self.max_steps} · stage **{stage}**",
+            "",
+            f"Task: {self.input.task}",
+        ]
+        for r in self.pending():
+            need = r.need
+            lines += [
+                "",
+                f"**Waiting for approval** `{r.request_id}`: `{r.summary()}`",
+                f"- why: {r.reason or '(no reason given)'} (rule {', '.join(r.rule_ids)})",
+                f"- needs {need.quorum} of: {', '.join(need.eligible)}"
+                + (f" (one from {need.required_group})" if need.required_group else ""),
+                f"- expires: {r.expires_at.isoformat()}",
+                f"- CLI: `countersign approve {info.workflow_id} {r.request_id} --as NAME`",
+                "- UI: More Actions → Send a Signal → `decision` with "
+                f'`{{"request_id": "{r.request_id}", "approver": "NAME", "approve": true}}`',
+            ]
+        if self.actions:
+            last = self.actions[-1]
+            lines += ["", f"Last action: `{last.tool}` → {last.status}"]
+        workflow.set_current_details("\n".join(lines))

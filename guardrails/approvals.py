@@ -1,0 +1,133 @@
+"""Approval requests and decisions, and the rules a decision must pass.
+
+Pure logic, used by the workflow's Update validator and signal handler: nothing here does I/O,
+so every check replays identically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from guardrails.policy import ApprovalNeed, Verdict
+
+Channel = Literal["cli", "temporal-ui", "slack", "email", "webhook", "api"]
+Status = Literal["pending", "approved", "rejected", "expired"]
+
+
+class DecisionRefused(Exception):
+    """A decision that must not count. The message says why, for the person who sent it."""
+
+
+class Decision(BaseModel):
+    """An approver's answer to one approval request."""
+
+    request_id: str = Field(min_length=1)
+    approver: str = Field(min_length=1)
+    approve: bool
+    channel: Channel = "api"
+    comment: str = ""
+    # When set, the decision only counts for exactly this action (see policy.action_hash).
+    action_hash: str | None = None
+
+
+class RecordedDecision(Decision):
+    decided_at: datetime
+
+
+class ApprovalRequest(BaseModel):
+    """Who may decide one proposed action, how many must agree, until when."""
+
+    request_id: str
+    call_id: str
+    tool: str
+    arguments: dict[str, Any]
+    reason: str
+    rule_ids: list[str]
+    action_hash: str
+    requested_by: str
+    agent: str
+    need: ApprovalNeed
+    expires_at: datetime
+    status: Status = "pending"
+    decisions: list[RecordedDecision] = []
+
+    @property
+    def approvers(self) -> list[str]:
+        return [d.approver for d in self.decisions if d.approve]
+
+    def summary(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.arguments.items())
+        return f"{self.tool}({args})"
+
+
+def request_id_for(workflow_id: str, call_id: str) -> str:
+    """Stable per run and call: a decision can never apply to another call."""
+    return "apr_" + hashlib.sha256(f"{workflow_id}\x00{call_id}".encode()).hexdigest()[:16]
+
+
+def new_request(
+    *, workflow_id: str, verdict: Verdict, reason: str, requested_by: str, agent: str, now: datetime
+) -> ApprovalRequest:
+    assert verdict.approval is not None and verdict.arguments is not None
+    assert verdict.action_hash is not None
+    return ApprovalRequest(
+        request_id=request_id_for(workflow_id, verdict.call_id),
+        call_id=verdict.call_id,
+        tool=verdict.tool,
+        arguments=verdict.arguments,
+        reason=reason,
+        rule_ids=verdict.rule_ids,
+        action_hash=verdict.action_hash,
+        requested_by=requested_by,
+        agent=agent,
+        need=verdict.approval,
+        expires_at=now + verdict.approval.timeout,
+    )
+
+
+def check_decision(requests: dict[str, ApprovalRequest], decision: Decision) -> ApprovalRequest:
+    """Return the request a decision is for, or raise DecisionRefused saying why not."""
+    request = requests.get(decision.request_id)
+    if request is None:
+        pending = [r for r, req in requests.items() if req.status == "pending"]
+        raise DecisionRefused(
+            f"unknown approval request {decision.request_id!r}; "
+            f"pending requests: {', '.join(pending) or 'none'}"
+        )
+    if request.status != "pending":
+        raise DecisionRefused(f"approval request {request.request_id} is already {request.status}")
+    if decision.action_hash is not None and decision.action_hash != request.action_hash:
+        raise DecisionRefused(
+            f"this decision is for action {decision.action_hash}, "
+            f"but request {request.request_id} is for action {request.action_hash}"
+        )
+    who = decision.approver
+    if who == request.requested_by:
+        raise DecisionRefused(f"{who} requested this run and cannot approve its actions")
+    if who == request.agent:
+        raise DecisionRefused(f"the agent {who!r} cannot decide its own proposals")
+    if who not in request.need.eligible:
+        raise DecisionRefused(
+            f"{who} may not decide this request: it needs a member of "
+            f"{', '.join(request.need.groups)}"
+        )
+    if any(d.approver == who for d in request.decisions):
+        raise DecisionRefused(f"{who} has already decided request {request.request_id}")
+    return request
+
+
+def apply_decision(request: ApprovalRequest, decision: Decision, now: datetime) -> None:
+    """Record a checked decision and settle the request when the rule is met."""
+    request.decisions.append(RecordedDecision(**decision.model_dump(), decided_at=now))
+    if not decision.approve:
+        request.status = "rejected"
+        return
+    approvers = set(request.approvers)
+    need = request.need
+    has_required = not need.required_group or bool(approvers & set(need.required_members))
+    if len(approvers) >= need.quorum and has_required:
+        request.status = "approved"
