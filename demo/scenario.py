@@ -1,0 +1,121 @@
+"""The offline demo: a fresh embedded stack, two refund runs, and what happened, told from
+the audit trail. Also `countersign dev`: the same stack, left running for a person."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.client import Client, WorkflowHandle
+
+from agents.run import AgentRun
+from agents.state import RunInput, RunResult
+from guardrails.approvals import Decision
+from guardrails.audit import AuditStore
+from workers.cli import story_line, ui_link
+from workers.decisions import send_decision
+from workers.devstack import DevStack, port_open, start_dev_stack
+from workers.settings import Settings
+from workers.worker import connect
+
+REFUNDS = [
+    ("A-1001", "Refund order A-1001: the teapot arrived broken.", None),
+    ("A-1002", "Refund order A-1002: the espresso machine leaks.", "alice"),
+]
+
+
+def _banner(stack: DevStack) -> str:
+    s = stack.settings
+    return (
+        f"Temporal UI     {s.temporal_ui_url}\n"
+        f"Temporal        {s.temporal_address} (namespace {s.temporal_namespace}, "
+        f"task queue {s.task_queue})\n"
+        f"System of record {s.systems['shop'].url}\n"
+        f"Scripted model  {s.openai_base_url}\n"
+        f"State and logs  {s.state_dir}"
+    )
+
+
+async def _wait_for_request(handle: WorkflowHandle[AgentRun, RunResult]) -> str:
+    for _ in range(600):
+        status = await handle.query(AgentRun.status)
+        if status.pending_approvals:
+            return status.pending_approvals[0].request_id
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{handle.id} never asked for an approval")
+
+
+async def _refund(
+    client: Client, settings: Settings, order_id: str, task: str, approver: str | None
+) -> str:
+    workflow_id = f"demo-refund-{order_id}-{uuid.uuid4().hex[:6]}"
+    run_input = RunInput(agent="support-refunds", task=task, requested_by="ops-dana")
+    handle = await client.start_workflow(
+        AgentRun.run,
+        run_input.model_dump(mode="json"),
+        id=workflow_id,
+        task_queue=settings.task_queue,
+        result_type=RunResult,
+        static_summary=f"support-refunds: {task}",
+        execution_timeout=timedelta(minutes=10),
+    )
+    print(f"\n▶ {workflow_id}: {task!r} (requested by ops-dana)")
+    if approver:
+        request_id = await _wait_for_request(handle)
+        print(f"  … waiting for approval {request_id}; approving as {approver} (CLI path)")
+        await send_decision(
+            client,
+            workflow_id,
+            Decision(request_id=request_id, approver=approver, approve=True, channel="cli",
+                     comment="Leak confirmed from the customer's photo."),
+        )
+    result = await handle.result()
+    for record in AuditStore(settings.audit_path).for_run(workflow_id):
+        print(story_line(record))
+    print(f"  result: {result.status}, {result.steps} steps, {len(result.actions)} actions")
+    print(f"  see it in the Temporal UI: {ui_link(settings, workflow_id)}")
+    return workflow_id
+
+
+async def run_demo(state_dir: Path, keep: bool = False) -> None:
+    """Start the stack (or use the running one), run the refund scenarios, print the story."""
+    if not port_open(8101):
+        # The demo system of record starts from its seed data; audit and history are kept.
+        (state_dir / "shop.sqlite3").unlink(missing_ok=True)
+    print("Starting the embedded stack (Temporal dev server + UI, shop, scripted model, worker)…")
+    stack = await asyncio.to_thread(start_dev_stack, state_dir)
+    try:
+        print(_banner(stack))
+        client = await connect(stack.settings)
+        for order_id, task, approver in REFUNDS:
+            await _refund(client, stack.settings, order_id, task, approver)
+        count, broken = AuditStore(stack.settings.audit_path).verify()
+        print(f"\nAudit chain: {count} records, {'intact' if broken is None else 'BROKEN'}.")
+        if keep:
+            print("\nThe stack keeps running (Ctrl-C stops it). Try:\n"
+                  "  countersign start --task 'Refund order A-1003: desk wobbles' --as ops-dana")
+            await _forever()
+    finally:
+        stack.stop()
+
+
+async def serve_dev_stack(state_dir: Path) -> None:
+    stack = await asyncio.to_thread(start_dev_stack, state_dir)
+    try:
+        print(_banner(stack))
+        print(
+            "\nStart a run from the UI (Start Workflow: type AgentRun, task queue countersign)"
+            " or:\n  countersign start --task 'Refund order A-1002: it leaks' --as ops-dana\n"
+            "Then: countersign status RUN · countersign approve RUN REQUEST --as alice\n"
+            "Ctrl-C stops the stack."
+        )
+        await _forever()
+    finally:
+        stack.stop()
+
+
+async def _forever() -> None:
+    while True:
+        await asyncio.sleep(3600)

@@ -1,0 +1,152 @@
+"""AgentRun on the real dev server: the guarded loop, approvals, and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from agents.run import AgentRun
+from guardrails.approvals import Decision
+from tests.conftest import Shop, start_run
+
+
+async def wait_for_pending(handle, count: int = 1, timeout: float = 20):
+    for _ in range(int(timeout / 0.05)):
+        status = await handle.query(AgentRun.status)
+        if len(status.pending_approvals) >= count:
+            return status.pending_approvals
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no pending approval after {timeout}s (stage {status.stage})")
+
+
+async def test_small_refund_is_automatic(temporal: WorkflowEnvironment, worker: Worker,
+                                         shop: Shop) -> None:
+    handle = await start_run(
+        temporal.client, worker.task_queue, task="Refund order A-1004: the sampler was stale."
+    )
+    result = await handle.result()
+    assert result.status == "completed"
+    executed = {a.tool: a for a in result.actions if a.status == "executed"}
+    assert set(executed) == {"orders.lookup", "payments.refund", "crm.add_note"}
+    assert executed["payments.refund"].arguments["amount_cents"] == 2500
+    refunds = shop.refunds("A-1004")
+    assert [r["amount_cents"] for r in refunds] == [2500]
+    assert refunds[0]["refund_id"] == executed["payments.refund"].result["refund_id"]
+
+
+async def test_refund_above_threshold_waits_for_approval_then_executes(
+    temporal: WorkflowEnvironment, worker: Worker, shop: Shop
+) -> None:
+    before = len(shop.refunds("A-1002"))
+    handle = await start_run(
+        temporal.client, worker.task_queue, task="Refund order A-1002: machine leaks."
+    )
+    (request,) = await wait_for_pending(handle)
+    assert request.tool == "payments.refund"
+    assert request.arguments["amount_cents"] == 18900
+    assert request.rule_ids == ["refund.over_50"]
+    # Nothing is executed while the request waits.
+    await asyncio.sleep(0.5)
+    assert len(shop.refunds("A-1002")) == before
+
+    receipt = await handle.execute_update(
+        AgentRun.decide,
+        Decision(request_id=request.request_id, approver="alice", approve=True, channel="cli"),
+    )
+    assert receipt.status == "approved"
+    result = await handle.result()
+    refund = next(a for a in result.actions if a.tool == "payments.refund")
+    assert refund.status == "executed"
+    assert refund.approved_by == ["alice"]
+    assert len(shop.refunds("A-1002")) == before + 1
+
+
+async def test_bad_decisions_are_refused_with_a_reason(
+    temporal: WorkflowEnvironment, worker: Worker
+) -> None:
+    handle = await start_run(
+        temporal.client, worker.task_queue, task="Refund order A-1002: wrong colour.",
+        requested_by="alice",
+    )
+    (request,) = await wait_for_pending(handle)
+
+    async def refused(**fields) -> str:
+        decision = Decision(**{"request_id": request.request_id, "approve": True, **fields})
+        with pytest.raises(WorkflowUpdateFailedError) as e:
+            await handle.execute_update(AgentRun.decide, decision)
+        return str(e.value.cause)
+
+    assert "requested this run" in await refused(approver="alice")
+    assert "may not decide" in await refused(approver="mallory")
+    assert "cannot decide its own" in await refused(approver="support-refunds")
+    assert "unknown approval request" in await refused(approver="bob", request_id="apr_nope")
+    assert "for action" in await refused(approver="bob", action_hash="act_other")
+
+    await handle.execute_update(
+        AgentRun.decide,
+        Decision(request_id=request.request_id, approver="bob", approve=False,
+                 comment="colour is not a defect"),
+    )
+    assert "already rejected" in await refused(approver="bob")
+    result = await handle.result()
+    refund = next(a for a in result.actions if a.tool == "payments.refund")
+    assert refund.status == "rejected"
+    assert "colour is not a defect" in refund.detail
+
+
+async def test_agent_without_refund_scope_can_never_refund(
+    temporal: WorkflowEnvironment, worker: Worker, shop: Shop
+) -> None:
+    before = len(shop.refunds("A-1001"))
+    handle = await start_run(
+        temporal.client, worker.task_queue, agent="support-readonly",
+        task="Refund order A-1001: teapot cracked.",
+    )
+    result = await handle.result()
+    refund = next(a for a in result.actions if a.tool == "payments.refund")
+    assert refund.status == "denied"
+    assert refund.rule_ids == ["scope.not_granted"]
+    assert len(shop.refunds("A-1001")) == before
+
+
+async def test_hallucinated_tool_and_malformed_arguments_go_back_to_the_model(
+    temporal: WorkflowEnvironment, worker: Worker
+) -> None:
+    handle = await start_run(
+        temporal.client, worker.task_queue, task="Please hallucinate a wire transfer."
+    )
+    result = await handle.result()
+    assert result.status == "completed"
+    assert [(a.tool, a.status, a.rule_ids) for a in result.actions] == [
+        ("payments.wire_transfer", "denied", ["tool.unknown"]),
+        ("payments.refund", "denied", ["arguments.invalid"]),
+    ]
+    assert "not valid JSON" in result.actions[1].detail
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"agent": "support-refunds", "requested_by": "dana"}, "task"),
+        ({"agent": "nobody", "task": "Refund A-1001", "requested_by": "dana"}, "agent"),
+        ({"agent": "support-refunds", "task": "Refund", "requested_by": "dana",
+          "mode": "yolo"}, "mode"),
+        ("just a string", "(input)"),
+    ],
+)
+async def test_invalid_run_input_fails_fast_naming_the_field(
+    temporal: WorkflowEnvironment, worker: Worker, payload, field: str
+) -> None:
+    handle = await temporal.client.start_workflow(
+        "AgentRun", payload, id=f"bad-{abs(hash(json.dumps(payload)))}", task_queue=worker.task_queue
+    )
+    with pytest.raises(WorkflowFailureError) as e:
+        await asyncio.wait_for(handle.result(), timeout=10)
+    message = str(e.value.cause)
+    assert "invalid run input" in message and field in message

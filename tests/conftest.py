@@ -1,0 +1,156 @@
+"""Real parts, started once per session: the Temporal dev server, the demo system of record,
+the scripted model server. Each test gets its own task queue and workflow ids."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.runtime import Runtime
+from agents.run import AgentRun
+from agents.state import RunResult
+from workers.credentials import configure_keyring, set_secret
+from workers.devstack import (
+    DEV_SERVER_TUNING,
+    free_port,
+    start_model_server,
+    start_shop,
+    temporal_binary,
+)
+from workers.settings import Settings, SystemSettings
+from workers.worker import build_worker, check_startup
+
+SHOP_TOKEN = "test-shop-token-" + uuid.uuid4().hex
+SCRIPTS = Path(__file__).parent.parent / "demo" / "scripts"
+
+
+@dataclass
+class Shop:
+    url: str
+    token: str
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=10
+        )
+
+    def state(self) -> dict[str, Any]:
+        with self.client() as c:
+            return c.get("/_state").json()
+
+    def refunds(self, order_id: str) -> list[dict[str, Any]]:
+        with self.client() as c:
+            return c.get("/refunds", params={"order_id": order_id}).json()["refunds"]
+
+    def faults(self, **rule: Any) -> None:
+        with self.client() as c:
+            c.post("/_faults", json=rule).raise_for_status()
+
+    def clear_faults(self) -> None:
+        with self.client() as c:
+            c.delete("/_faults").raise_for_status()
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("countersign-state")
+
+
+@pytest.fixture(scope="session")
+def scripts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the shipped scripts; tests add their own scenario scripts here."""
+    target = tmp_path_factory.mktemp("scripts")
+    for f in SCRIPTS.glob("*.json"):
+        shutil.copy(f, target / f.name)
+    return target
+
+
+@pytest.fixture(scope="session")
+def shop(state_dir: Path) -> Iterator[Shop]:
+    port = free_port()
+    service = start_shop(state_dir, port, SHOP_TOKEN)
+    yield Shop(f"http://127.0.0.1:{port}", SHOP_TOKEN)
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def model_url(state_dir: Path, scripts_dir: Path) -> Iterator[str]:
+    port = free_port()
+    service = start_model_server(state_dir, port, scripts_dir)
+    yield f"http://127.0.0.1:{port}/v1"
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(state_dir: Path, shop: Shop, model_url: str) -> Settings:
+    settings = Settings(
+        state_dir=state_dir,
+        openai_base_url=model_url,
+        systems={"shop": SystemSettings(url=shop.url, credential="shop")},
+        tool_start_to_close_seconds=5,
+        tool_max_attempts=4,
+    )
+    configure_keyring(settings)
+    set_secret("shop", shop.token)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def runtime(settings: Settings) -> Runtime:
+    return check_startup(settings)
+
+
+@pytest.fixture(scope="session")
+async def temporal() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        data_converter=pydantic_data_converter,
+        dev_server_extra_args=DEV_SERVER_TUNING,
+        ui=False,
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+def task_queue() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def worker(
+    temporal: WorkflowEnvironment, settings: Settings, runtime: Runtime, task_queue: str
+) -> AsyncIterator[Worker]:
+    w = build_worker(
+        temporal.client, settings, runtime, task_queue=task_queue,
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
+    )
+    async with w:
+        yield w
+
+
+async def start_run(
+    client: Client, task_queue: str, *, workflow_id: str | None = None, **run_input: Any
+) -> WorkflowHandle[AgentRun, RunResult]:
+    run_input.setdefault("agent", "support-refunds")
+    run_input.setdefault("requested_by", "dana")
+    return await client.start_workflow(
+        AgentRun.run,
+        run_input,
+        id=workflow_id or f"run-{uuid.uuid4().hex[:12]}",
+        task_queue=task_queue,
+        result_type=RunResult,
+        execution_timeout=timedelta(minutes=5),
+    )

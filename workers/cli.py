@@ -1,0 +1,252 @@
+"""`countersign`: run the demo, the dev stack or a worker; start runs; decide approvals; read
+the audit trail."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+import uuid
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from guardrails.audit import AuditRecord, AuditStore
+from workers.settings import Settings, SettingsError, load_settings
+
+
+class CliError(Exception):
+    """A user error: printed without a traceback, exit code 2."""
+
+
+def story_line(r: AuditRecord) -> str:
+    """One audit record as a sentence a person can read."""
+    d = r.data
+    when = r.at.strftime("%H:%M:%S")
+    text = {
+        "run.started": lambda: f"run started by {d.get('requested_by')}: {d.get('task')!r}",
+        "model.call": lambda: f"model {d.get('model')} step {d.get('step')}: "
+        f"{d.get('tool_calls')} tool call(s), {sum(d.get('usage', {}).values())} tokens"
+        + (f" — {d['content']!r}" if d.get("content") else ""),
+        "proposal": lambda: f"proposal {d.get('tool')} {json.dumps(d.get('arguments'))}",
+        "verdict": lambda: f"verdict {d.get('outcome').upper()} {d.get('tool')} "
+        f"[{', '.join(d.get('rule_ids', []))}] {d.get('reason')} ({d.get('policy_version')})",
+        "approval.requested": lambda: f"approval requested {d.get('request_id')} for "
+        f"{d.get('action')} from {', '.join(d.get('eligible', []))}",
+        "approval.decided": lambda: f"{'APPROVED' if d.get('approve') else 'REJECTED'} by "
+        f"{d.get('approver')} via {d.get('channel')} ({d.get('request_id')})"
+        + (f": {d['comment']}" if d.get("comment") else ""),
+        "approval.granted": lambda: f"approval granted {d.get('request_id')} by "
+        f"{', '.join(d.get('approvers', []))}",
+        "approval.refused": lambda: f"decision refused ({d.get('approver', '?')}): "
+        f"{d.get('reason')}",
+        "approval.expired": lambda: f"approval {d.get('request_id')} expired: rejected",
+        "action.read": lambda: f"read {d.get('tool')} {json.dumps(d.get('arguments'))}",
+        "action.executed": lambda: f"EXECUTED {d.get('tool')} {json.dumps(d.get('arguments'))}"
+        f" → {json.dumps(d.get('result'))} (idempotency key {d.get('idempotency_key')})",
+        "action.failed": lambda: f"FAILED {d.get('tool')}: {d.get('error')}",
+        "run.finished": lambda: f"run {d.get('status')}: {d.get('final_message')!r}",
+    }.get(r.kind, lambda: f"{r.kind} {json.dumps(d)}")()
+    return f"  {when}  #{r.seq:<5} {text}"
+
+
+def ui_link(settings: Settings, workflow_id: str) -> str:
+    return f"{settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}/workflows/{workflow_id}"
+
+
+def parse_context(pairs: list[str]) -> dict[str, str | int]:
+    context: dict[str, str | int] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--context {pair!r}: expected KEY=VALUE, e.g. order_id=A-1001")
+        context[key] = int(value) if value.isdigit() else value
+    return context
+
+
+async def cmd_start(args: argparse.Namespace, settings: Settings) -> None:
+    from pydantic import ValidationError
+
+    from agents.run import AgentRun
+    from agents.state import RunInput, RunResult
+    from workers.worker import connect
+
+    try:
+        run_input = RunInput(
+            agent=args.agent,
+            task=args.task,
+            context=parse_context(args.context),
+            requested_by=args.as_,
+            mode=args.mode,
+        )
+    except ValidationError as e:
+        raise CliError(f"invalid run input: {e}") from e
+    client = await connect(settings)
+    workflow_id = args.id or f"run-{run_input.agent}-{uuid.uuid4().hex[:8]}"
+    handle = await client.start_workflow(
+        AgentRun.run,
+        run_input.model_dump(mode="json"),
+        id=workflow_id,
+        task_queue=settings.task_queue,
+        result_type=RunResult,
+        static_summary=f"{run_input.agent}: {run_input.task[:120]}",
+        static_details=f"Requested by **{run_input.requested_by}**.\n\n{run_input.task}",
+    )
+    print(f"started {workflow_id}\n  {ui_link(settings, workflow_id)}")
+    if args.wait:
+        result = await handle.result()
+        print(result.model_dump_json(indent=2))
+
+
+async def cmd_status(args: argparse.Namespace, settings: Settings) -> None:
+    from agents.run import AgentRun
+    from workers.worker import connect
+
+    client = await connect(settings)
+    status = await client.get_workflow_handle(args.run).query(AgentRun.status)
+    print(f"{args.run}: stage {status.stage}, step {status.step}")
+    for r in status.pending_approvals:
+        print(f"  waiting: {r.request_id} {r.summary()} — needs {r.need.quorum} of "
+              f"{', '.join(r.need.eligible)}, expires {r.expires_at.isoformat()}")
+    for a in status.actions:
+        print(f"  {a.status:9} {a.tool} {json.dumps(a.arguments)}")
+
+
+async def cmd_decide(args: argparse.Namespace, settings: Settings) -> None:
+    from guardrails.approvals import Decision
+    from workers.decisions import DecisionRefusedError, send_decision
+    from workers.worker import connect
+
+    decision = Decision(
+        request_id=args.request,
+        approver=args.as_,
+        approve=args.command == "approve",
+        channel="cli",
+        comment=args.comment or "",
+    )
+    client = await connect(settings)
+    try:
+        receipt = await send_decision(client, args.run, decision, AuditStore(settings.audit_path))
+    except DecisionRefusedError as e:
+        raise CliError(f"refused: {e}") from e
+    print(f"{receipt.request_id}: {receipt.status} ({receipt.approvals}/{receipt.quorum} approvals)")
+
+
+async def cmd_audit(args: argparse.Namespace, settings: Settings) -> None:
+    store = AuditStore(settings.audit_path)
+    if args.run == "verify":
+        count, broken = store.verify()
+        if broken:
+            raise CliError(f"audit chain BROKEN at record {broken} (after {count} good records)")
+        print(f"audit chain intact: {count} records")
+        return
+    records = store.for_run(args.run)
+    if not records:
+        raise CliError(f"no audit records for run {args.run!r} in {settings.audit_path}")
+    if args.json:
+        print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+    else:
+        print(f"{args.run}:")
+        for r in records:
+            print(story_line(r))
+
+
+async def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
+    from workers.worker import run_worker
+
+    await run_worker(settings)
+
+
+async def cmd_secrets(args: argparse.Namespace, settings: Settings) -> None:
+    from workers.credentials import configure_keyring, set_secret
+
+    configure_keyring(settings)
+    value = sys.stdin.readline().strip() if not sys.stdin.isatty() else getpass.getpass(
+        f"value for {args.name}: "
+    )
+    if not value:
+        raise CliError("no value given; nothing stored")
+    set_secret(args.name, value)
+    print(f"stored secret {args.name!r} in {settings.keyring_backend}")
+
+
+async def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
+    from demo.scenario import serve_dev_stack
+
+    await serve_dev_stack(Path(args.state_dir))
+
+
+async def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
+    from demo.scenario import run_demo
+
+    await run_demo(Path(args.state_dir), keep=args.keep)
+
+
+Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, None]]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="countersign", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Command, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    demo = add("demo", cmd_demo, "run the offline demo end to end on a fresh embedded stack")
+    demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    demo.add_argument("--state-dir", default=".countersign")
+    dev = add("dev", cmd_dev, "run the embedded dev stack (Temporal + UI, shop, model, worker)")
+    dev.add_argument("--state-dir", default=".countersign")
+    add("worker", cmd_worker, "run a worker against the configured Temporal")
+
+    start = add("start", cmd_start, "start a run")
+    start.add_argument("--agent", default="support-refunds")
+    start.add_argument("--task", required=True)
+    start.add_argument("--context", action="append", default=[], metavar="KEY=VALUE")
+    start.add_argument("--as", dest="as_", required=True, metavar="NAME", help="requested by")
+    start.add_argument("--mode", choices=["shadow", "augment", "automate"])
+    start.add_argument("--id", help="workflow id (default: generated)")
+    start.add_argument("--wait", action="store_true", help="wait for the result and print it")
+
+    status = add("status", cmd_status, "show a run's stage, pending approvals and actions")
+    status.add_argument("run")
+    for verb in ("approve", "reject"):
+        d = add(verb, cmd_decide, f"{verb} a pending approval request")
+        d.add_argument("run")
+        d.add_argument("request")
+        d.add_argument("--as", dest="as_", required=True, metavar="NAME")
+        d.add_argument("--comment")
+
+    audit = add("audit", cmd_audit, "print a run's audit story, or `audit verify` the chain")
+    audit.add_argument("run", help="workflow id, or `verify`")
+    audit.add_argument("--json", action="store_true")
+
+    secrets = sub.add_parser("secrets", help="manage secrets in the configured keyring")
+    ssub = secrets.add_subparsers(dest="action", required=True)
+    sset = ssub.add_parser("set", help="store a secret (value read from stdin or a prompt)")
+    sset.add_argument("name")
+    sset.set_defaults(fn=cmd_secrets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    from temporalio.service import RPCError
+
+    from workers.credentials import CredentialError
+    from workers.devstack import DevStackError
+    from workers.logging import configure_logging
+
+    args = parser().parse_args(argv)
+    configure_logging(json=args.command == "worker")
+    try:
+        settings = load_settings()
+        asyncio.run(args.fn(args, settings))
+    except (CliError, SettingsError, CredentialError, DevStackError, RPCError) as e:
+        print(f"countersign: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

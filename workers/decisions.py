@@ -1,0 +1,53 @@
+"""Sending an approver's decision to a run: one path for the CLI, the demo, and later the
+chat and email gateway."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from temporalio.client import Client, WorkflowUpdateFailedError
+
+from agents.run import AgentRun, DecisionReceipt
+from guardrails.approvals import Decision
+from guardrails.audit import AuditStore
+
+
+class DecisionRefusedError(Exception):
+    """The run refused the decision; the message says why."""
+
+
+def update_id(decision: Decision) -> str:
+    # One decision per approver and request: a double click or a retried delivery is the same
+    # Update, which Temporal accepts once.
+    return f"{decision.request_id}:{decision.approver}:{'approve' if decision.approve else 'reject'}"
+
+
+async def send_decision(
+    client: Client, workflow_id: str, decision: Decision, audit: AuditStore | None = None
+) -> DecisionReceipt:
+    """Send a decision as a Temporal Update; a refusal raises and, given a store, is audited.
+
+    A refused Update leaves nothing in workflow history, so the sender records it.
+    """
+    handle = client.get_workflow_handle_for(AgentRun.run, workflow_id)
+    try:
+        return await handle.execute_update(
+            AgentRun.decide, decision, id=update_id(decision), result_type=DecisionReceipt
+        )
+    except WorkflowUpdateFailedError as e:
+        reason = str(e.cause) if e.cause else str(e)
+        if audit is not None:
+            await audit.append(
+                record_id=f"refused/{uuid.uuid4().hex}",
+                workflow_id=workflow_id,
+                run_id="",
+                kind="approval.refused",
+                actor=f"{decision.channel}:{decision.approver}",
+                data={
+                    **decision.model_dump(mode="json"),
+                    "reason": reason,
+                    "at": datetime.now(UTC).isoformat(),
+                },
+            )
+        raise DecisionRefusedError(reason) from e
