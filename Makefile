@@ -1,0 +1,33 @@
+# The few commands people type. `make demo` and `make test` set everything up on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo dev test lint fmt bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/.installed  ## offline demo on the embedded stack
+	$(BIN)/countersign demo
+
+dev: $(BIN)/.installed  ## leave the stack running: Temporal UI on :8233
+	$(BIN)/countersign dev
+
+test: $(BIN)/.installed  ## the whole suite, against the real dev server
+	$(BIN)/pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: $(BIN)/.installed
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf .countersign $(VENV)
