@@ -12,7 +12,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.contracts import DECIDE, GuardInput, GuardResult
-from activities.runtime import Runtime, audit_from_activity
+from activities.runtime import Runtime, audit_from_activity, current_workflow_id
 from activities.tools import lookup_tool
 from agents.specs import AGENTS
 from guardrails.policy import PolicyError, decide
@@ -64,7 +64,7 @@ class GuardActivities:
             arguments_error=error,
             policy=policy,
             requested_mode=input.requested_mode,
-            workflow_id=activity.info().workflow_id,
+            workflow_id=current_workflow_id(),
         )
         await audit_from_activity(
             self.runtime, "proposal", proposal.model_dump(mode="json"), actor=f"agent:{agent.name}"

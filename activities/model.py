@@ -9,14 +9,14 @@ proposals: parsed, never trusted (the guard decides them).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import openai
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.contracts import PLAN, PlanInput, PlanOutput, Usage
-from activities.runtime import Runtime, audit_from_activity
+from activities.runtime import Runtime, audit_from_activity, current_workflow_id
 from activities.tools import REGISTRY, lookup_tool
 from agents.specs import AGENTS, AgentSpec
 from guardrails.policy import Proposal, sha256_hex
@@ -75,14 +75,14 @@ class ModelActivities:
             raise ApplicationError(
                 f"unknown agent {input.agent!r}", type="UnknownAgent", non_retryable=True
             )
-        info = activity.info()
+        workflow_id = current_workflow_id()
         transcripts = self.runtime.transcripts
-        await transcripts.write(info.workflow_id, input.seq, input.new_messages)
+        await transcripts.write(workflow_id, input.seq, input.new_messages)
         upto = input.seq + len(input.new_messages)
-        history = await transcripts.read(info.workflow_id, upto)
+        history = await transcripts.read(workflow_id, upto)
         if len(history) != upto:
             raise ApplicationError(
-                f"transcript of {info.workflow_id} has {len(history)} messages, expected {upto}"
+                f"transcript of {workflow_id} has {len(history)} messages, expected {upto}"
                 f" (is COUNTERSIGN_STATE_DIR the same for every worker?)",
                 type="TranscriptIncomplete",
             )
@@ -102,7 +102,9 @@ class ModelActivities:
         )
         try:
             response = await client.chat.completions.create(
-                model=agent.model, messages=messages, tools=tools or openai.NOT_GIVEN
+                model=agent.model,
+                messages=cast(Any, messages),
+                tools=cast(Any, tools) if tools else openai.omit,
             )
         except openai.BadRequestError as e:
             raise ApplicationError(
@@ -125,7 +127,7 @@ class ModelActivities:
         assistant: dict[str, Any] = {"role": "assistant", "content": reply.content}
         if reply.tool_calls:
             assistant["tool_calls"] = [c.model_dump(mode="json") for c in reply.tool_calls]
-        await transcripts.write(info.workflow_id, upto, [assistant])
+        await transcripts.write(workflow_id, upto, [assistant])
         usage = Usage(
             prompt_tokens=response.usage.prompt_tokens if response.usage else 0,
             completion_tokens=response.usage.completion_tokens if response.usage else 0,

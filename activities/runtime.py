@@ -34,6 +34,14 @@ class Runtime:
         return await asyncio.to_thread(self.audit.find, workflow_id, kind, **matches)
 
 
+def current_workflow_id() -> str:
+    """The workflow that scheduled the running activity (ours are never standalone)."""
+    workflow_id = activity.info().workflow_id
+    if workflow_id is None:
+        raise RuntimeError("this activity must be scheduled by a workflow")
+    return workflow_id
+
+
 async def audit_from_activity(
     runtime: Runtime, kind: str, data: dict[str, Any], *, actor: str = "countersign", n: int = 0
 ) -> AuditRecord:

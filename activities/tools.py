@@ -33,7 +33,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.contracts import ToolCall, ToolOutcome
-from activities.runtime import Runtime, audit_from_activity
+from activities.runtime import Runtime, audit_from_activity, current_workflow_id
 from guardrails.policy import ToolFacts, sha256_hex
 from workers.credentials import get_secret
 
@@ -218,7 +218,7 @@ def tool_activities(runtime: Runtime) -> list[Callable[[ToolCall], Awaitable[Too
 
 def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awaitable[ToolOutcome]]:
     async def run_tool(call: ToolCall) -> ToolOutcome:
-        info = activity.info()
+        workflow_id = current_workflow_id()
         try:
             args = spec.args_model.model_validate(call.arguments)
         except ValidationError as e:
@@ -228,8 +228,8 @@ def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awai
                 non_retryable=True,
             ) from e
         if not spec.read_only:
-            await _check_authorized(spec, call, runtime, info.workflow_id)
-        key = spec.idempotency_key(info.workflow_id, args)
+            await _check_authorized(spec, call, runtime, workflow_id)
+        key = spec.idempotency_key(workflow_id, args)
         ctx = ToolContext(call=call, idempotency_key=key, runtime=runtime)
         base = {
             "tool": spec.name,

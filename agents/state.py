@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -11,7 +12,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 from activities.contracts import RECORD, RecordInput
-from agents.specs import AGENTS
+from agents.specs import AGENTS, AgentSpec
 from guardrails.approvals import ApprovalRequest, RecordedDecision
 from guardrails.policy import Mode
 
@@ -93,20 +94,24 @@ class RunStatus(BaseModel):
     actions: list[ActionRecord]
 
 
+@dataclass
 class RunState:
-    """Mutable state of one run, shared by the workflow's handlers and the graph's nodes."""
+    """Mutable state of one run, shared by the workflow's handlers and the graph's nodes
+    (the graph's LangGraph context)."""
 
-    def __init__(self, run_input: RunInput) -> None:
-        self.input = run_input
-        self.agent = AGENTS[run_input.agent]
-        self.stage = "starting"
-        self.step = 0
-        self.tokens = 0
-        self.requests: dict[str, ApprovalRequest] = {}
-        self.actions: list[ActionRecord] = []
-        # Decisions accepted by handlers, waiting to be written to the audit by an activity.
-        self.unrecorded: list[tuple[str, RecordedDecision]] = []
-        self.refused: list[dict[str, Any]] = []
+    input: RunInput
+    stage: str = "starting"
+    step: int = 0
+    tokens: int = 0
+    requests: dict[str, ApprovalRequest] = field(default_factory=dict)
+    actions: list[ActionRecord] = field(default_factory=list)
+    # Decisions accepted by handlers, waiting to be written to the audit by an activity.
+    unrecorded: list[tuple[str, RecordedDecision]] = field(default_factory=list)
+    refused: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def agent(self) -> AgentSpec:
+        return AGENTS[self.input.agent]
 
     @property
     def max_steps(self) -> int:

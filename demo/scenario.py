@@ -57,7 +57,6 @@ async def _refund(
         run_input.model_dump(mode="json"),
         id=workflow_id,
         task_queue=settings.task_queue,
-        result_type=RunResult,
         static_summary=f"support-refunds: {task}",
         execution_timeout=timedelta(minutes=10),
     )
@@ -68,8 +67,13 @@ async def _refund(
         await send_decision(
             client,
             workflow_id,
-            Decision(request_id=request_id, approver=approver, approve=True, channel="cli",
-                     comment="Leak confirmed from the customer's photo."),
+            Decision(
+                request_id=request_id,
+                approver=approver,
+                approve=True,
+                channel="cli",
+                comment="Leak confirmed from the customer's photo.",
+            ),
         )
     result = await handle.result()
     for record in AuditStore(settings.audit_path).for_run(workflow_id):
@@ -94,8 +98,10 @@ async def run_demo(state_dir: Path, keep: bool = False) -> None:
         count, broken = AuditStore(stack.settings.audit_path).verify()
         print(f"\nAudit chain: {count} records, {'intact' if broken is None else 'BROKEN'}.")
         if keep:
-            print("\nThe stack keeps running (Ctrl-C stops it). Try:\n"
-                  "  countersign start --task 'Refund order A-1003: desk wobbles' --as ops-dana")
+            print(
+                "\nThe stack keeps running (Ctrl-C stops it). Try:\n"
+                "  countersign start --task 'Refund order A-1003: desk wobbles' --as ops-dana"
+            )
             await _forever()
     finally:
         stack.stop()
@@ -117,5 +123,4 @@ async def serve_dev_stack(state_dir: Path) -> None:
 
 
 async def _forever() -> None:
-    while True:
-        await asyncio.sleep(3600)
+    await asyncio.Event().wait()  # until Ctrl-C

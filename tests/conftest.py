@@ -134,7 +134,10 @@ async def worker(
     temporal: WorkflowEnvironment, settings: Settings, runtime: Runtime, task_queue: str
 ) -> AsyncIterator[Worker]:
     w = build_worker(
-        temporal.client, settings, runtime, task_queue=task_queue,
+        temporal.client,
+        settings,
+        runtime,
+        task_queue=task_queue,
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
     )
     async with w:
@@ -151,6 +154,5 @@ async def start_run(
         run_input,
         id=workflow_id or f"run-{uuid.uuid4().hex[:12]}",
         task_queue=task_queue,
-        result_type=RunResult,
         execution_timeout=timedelta(minutes=5),
     )

@@ -27,25 +27,37 @@ def story_line(r: AuditRecord) -> str:
     when = r.at.strftime("%H:%M:%S")
     text = {
         "run.started": lambda: f"run started by {d.get('requested_by')}: {d.get('task')!r}",
-        "model.call": lambda: f"model {d.get('model')} step {d.get('step')}: "
-        f"{d.get('tool_calls')} tool call(s), {sum(d.get('usage', {}).values())} tokens"
-        + (f" — {d['content']!r}" if d.get("content") else ""),
+        "model.call": lambda: (
+            f"model {d.get('model')} step {d.get('step')}: "
+            f"{d.get('tool_calls')} tool call(s), {sum(d.get('usage', {}).values())} tokens"
+            + (f" — {d['content']!r}" if d.get("content") else "")
+        ),
         "proposal": lambda: f"proposal {d.get('tool')} {json.dumps(d.get('arguments'))}",
-        "verdict": lambda: f"verdict {d.get('outcome').upper()} {d.get('tool')} "
-        f"[{', '.join(d.get('rule_ids', []))}] {d.get('reason')} ({d.get('policy_version')})",
-        "approval.requested": lambda: f"approval requested {d.get('request_id')} for "
-        f"{d.get('action')} from {', '.join(d.get('eligible', []))}",
-        "approval.decided": lambda: f"{'APPROVED' if d.get('approve') else 'REJECTED'} by "
-        f"{d.get('approver')} via {d.get('channel')} ({d.get('request_id')})"
-        + (f": {d['comment']}" if d.get("comment") else ""),
-        "approval.granted": lambda: f"approval granted {d.get('request_id')} by "
-        f"{', '.join(d.get('approvers', []))}",
-        "approval.refused": lambda: f"decision refused ({d.get('approver', '?')}): "
-        f"{d.get('reason')}",
+        "verdict": lambda: (
+            f"verdict {str(d.get('outcome')).upper()} {d.get('tool')} "
+            f"[{', '.join(d.get('rule_ids', []))}] {d.get('reason')} ({d.get('policy_version')})"
+        ),
+        "approval.requested": lambda: (
+            f"approval requested {d.get('request_id')} for "
+            f"{d.get('action')} from {', '.join(d.get('eligible', []))}"
+        ),
+        "approval.decided": lambda: (
+            f"{'APPROVED' if d.get('approve') else 'REJECTED'} by "
+            f"{d.get('approver')} via {d.get('channel')} ({d.get('request_id')})"
+            + (f": {d['comment']}" if d.get("comment") else "")
+        ),
+        "approval.granted": lambda: (
+            f"approval granted {d.get('request_id')} by {', '.join(d.get('approvers', []))}"
+        ),
+        "approval.refused": lambda: (
+            f"decision refused ({d.get('approver', '?')}): {d.get('reason')}"
+        ),
         "approval.expired": lambda: f"approval {d.get('request_id')} expired: rejected",
         "action.read": lambda: f"read {d.get('tool')} {json.dumps(d.get('arguments'))}",
-        "action.executed": lambda: f"EXECUTED {d.get('tool')} {json.dumps(d.get('arguments'))}"
-        f" → {json.dumps(d.get('result'))} (idempotency key {d.get('idempotency_key')})",
+        "action.executed": lambda: (
+            f"EXECUTED {d.get('tool')} {json.dumps(d.get('arguments'))}"
+            f" → {json.dumps(d.get('result'))} (idempotency key {d.get('idempotency_key')})"
+        ),
         "action.failed": lambda: f"FAILED {d.get('tool')}: {d.get('error')}",
         "run.finished": lambda: f"run {d.get('status')}: {d.get('final_message')!r}",
     }.get(r.kind, lambda: f"{r.kind} {json.dumps(d)}")()
@@ -53,11 +65,12 @@ def story_line(r: AuditRecord) -> str:
 
 
 def ui_link(settings: Settings, workflow_id: str) -> str:
-    return f"{settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}/workflows/{workflow_id}"
+    namespace = settings.temporal_namespace
+    return f"{settings.temporal_ui_url}/namespaces/{namespace}/workflows/{workflow_id}"
 
 
-def parse_context(pairs: list[str]) -> dict[str, str | int]:
-    context: dict[str, str | int] = {}
+def parse_context(pairs: list[str]) -> dict[str, str | int | float | bool]:
+    context: dict[str, str | int | float | bool] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
@@ -70,7 +83,7 @@ async def cmd_start(args: argparse.Namespace, settings: Settings) -> None:
     from pydantic import ValidationError
 
     from agents.run import AgentRun
-    from agents.state import RunInput, RunResult
+    from agents.state import RunInput
     from workers.worker import connect
 
     try:
@@ -90,7 +103,6 @@ async def cmd_start(args: argparse.Namespace, settings: Settings) -> None:
         run_input.model_dump(mode="json"),
         id=workflow_id,
         task_queue=settings.task_queue,
-        result_type=RunResult,
         static_summary=f"{run_input.agent}: {run_input.task[:120]}",
         static_details=f"Requested by **{run_input.requested_by}**.\n\n{run_input.task}",
     )
@@ -108,8 +120,10 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> None:
     status = await client.get_workflow_handle(args.run).query(AgentRun.status)
     print(f"{args.run}: stage {status.stage}, step {status.step}")
     for r in status.pending_approvals:
-        print(f"  waiting: {r.request_id} {r.summary()} — needs {r.need.quorum} of "
-              f"{', '.join(r.need.eligible)}, expires {r.expires_at.isoformat()}")
+        print(
+            f"  waiting: {r.request_id} {r.summary()} — needs {r.need.quorum} of "
+            f"{', '.join(r.need.eligible)}, expires {r.expires_at.isoformat()}"
+        )
     for a in status.actions:
         print(f"  {a.status:9} {a.tool} {json.dumps(a.arguments)}")
 
@@ -131,7 +145,9 @@ async def cmd_decide(args: argparse.Namespace, settings: Settings) -> None:
         receipt = await send_decision(client, args.run, decision, AuditStore(settings.audit_path))
     except DecisionRefusedError as e:
         raise CliError(f"refused: {e}") from e
-    print(f"{receipt.request_id}: {receipt.status} ({receipt.approvals}/{receipt.quorum} approvals)")
+    print(
+        f"{receipt.request_id}: {receipt.status} ({receipt.approvals}/{receipt.quorum} approvals)"
+    )
 
 
 async def cmd_audit(args: argparse.Namespace, settings: Settings) -> None:
@@ -163,8 +179,10 @@ async def cmd_secrets(args: argparse.Namespace, settings: Settings) -> None:
     from workers.credentials import configure_keyring, set_secret
 
     configure_keyring(settings)
-    value = sys.stdin.readline().strip() if not sys.stdin.isatty() else getpass.getpass(
-        f"value for {args.name}: "
+    value = (
+        sys.stdin.readline().strip()
+        if not sys.stdin.isatty()
+        else getpass.getpass(f"value for {args.name}: ")
     )
     if not value:
         raise CliError("no value given; nothing stored")

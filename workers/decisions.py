@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from temporalio.client import Client, WorkflowUpdateFailedError
 
-from agents.run import AgentRun, DecisionReceipt
+from agents.run import DecisionReceipt
 from guardrails.approvals import Decision
 from guardrails.audit import AuditStore
 
@@ -20,7 +20,9 @@ class DecisionRefusedError(Exception):
 def update_id(decision: Decision) -> str:
     # One decision per approver and request: a double click or a retried delivery is the same
     # Update, which Temporal accepts once.
-    return f"{decision.request_id}:{decision.approver}:{'approve' if decision.approve else 'reject'}"
+    return (
+        f"{decision.request_id}:{decision.approver}:{'approve' if decision.approve else 'reject'}"
+    )
 
 
 async def send_decision(
@@ -30,11 +32,9 @@ async def send_decision(
 
     A refused Update leaves nothing in workflow history, so the sender records it.
     """
-    handle = client.get_workflow_handle_for(AgentRun.run, workflow_id)
+    handle = client.get_workflow_handle(workflow_id)
     try:
-        return await handle.execute_update(
-            AgentRun.decide, decision, id=update_id(decision), result_type=DecisionReceipt
-        )
+        return await handle.execute_update("decide", decision, id=update_id(decision), result_type=DecisionReceipt)
     except WorkflowUpdateFailedError as e:
         reason = str(e.cause) if e.cause else str(e)
         if audit is not None:

@@ -105,15 +105,23 @@ def wait_until(service: Service, ready: str | int, timeout: float = 30) -> None:
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    raise DevStackError(f"{service.name} did not become ready in {timeout:.0f}s; see "
-                        f"{service.log_path}")
+    raise DevStackError(
+        f"{service.name} did not become ready in {timeout:.0f}s; see {service.log_path}"
+    )
 
 
 def start_shop(state_dir: Path, port: int, token: str) -> Service:
     service = start_service(
         "shop",
-        [sys.executable, "-m", "demo.shop", "--port", str(port),
-         "--db", str(state_dir / "shop.sqlite3")],
+        [
+            sys.executable,
+            "-m",
+            "demo.shop",
+            "--port",
+            str(port),
+            "--db",
+            str(state_dir / "shop.sqlite3"),
+        ],
         state_dir / "logs",
         env={"SHOP_API_TOKEN": token},
     )
@@ -132,11 +140,17 @@ def start_model_server(state_dir: Path, port: int, scripts: Path | None = None) 
 
 def start_temporal(state_dir: Path, port: int, ui_port: int | None) -> Service:
     argv = [
-        temporal_binary(), "server", "start-dev",
-        "--ip", "127.0.0.1",
-        "--port", str(port),
-        "--db-filename", str(state_dir / "temporal.sqlite3"),
-        "--log-level", "warn",
+        temporal_binary(),
+        "server",
+        "start-dev",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--db-filename",
+        str(state_dir / "temporal.sqlite3"),
+        "--log-level",
+        "warn",
         *DEV_SERVER_TUNING,
     ]
     argv += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
@@ -199,4 +213,3 @@ def start_dev_stack(
         stack.stop()
         raise
     return stack
-

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from pathlib import Path
+import uuid
 
 import pytest
 from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
@@ -16,17 +15,18 @@ from guardrails.approvals import Decision
 from tests.conftest import Shop, start_run
 
 
-async def wait_for_pending(handle, count: int = 1, timeout: float = 20):
-    for _ in range(int(timeout / 0.05)):
+async def wait_for_pending(handle, count: int = 1):
+    for _ in range(400):
         status = await handle.query(AgentRun.status)
         if len(status.pending_approvals) >= count:
             return status.pending_approvals
         await asyncio.sleep(0.05)
-    raise AssertionError(f"no pending approval after {timeout}s (stage {status.stage})")
+    raise AssertionError(f"no pending approval after 20s (stage {status.stage})")
 
 
-async def test_small_refund_is_automatic(temporal: WorkflowEnvironment, worker: Worker,
-                                         shop: Shop) -> None:
+async def test_small_refund_is_automatic(
+    temporal: WorkflowEnvironment, worker: Worker, shop: Shop
+) -> None:
     handle = await start_run(
         temporal.client, worker.task_queue, task="Refund order A-1004: the sampler was stale."
     )
@@ -71,7 +71,9 @@ async def test_bad_decisions_are_refused_with_a_reason(
     temporal: WorkflowEnvironment, worker: Worker
 ) -> None:
     handle = await start_run(
-        temporal.client, worker.task_queue, task="Refund order A-1002: wrong colour.",
+        temporal.client,
+        worker.task_queue,
+        task="Refund order A-1002: wrong colour.",
         requested_by="alice",
     )
     (request,) = await wait_for_pending(handle)
@@ -90,8 +92,12 @@ async def test_bad_decisions_are_refused_with_a_reason(
 
     await handle.execute_update(
         AgentRun.decide,
-        Decision(request_id=request.request_id, approver="bob", approve=False,
-                 comment="colour is not a defect"),
+        Decision(
+            request_id=request.request_id,
+            approver="bob",
+            approve=False,
+            comment="colour is not a defect",
+        ),
     )
     assert "already rejected" in await refused(approver="bob")
     result = await handle.result()
@@ -105,7 +111,9 @@ async def test_agent_without_refund_scope_can_never_refund(
 ) -> None:
     before = len(shop.refunds("A-1001"))
     handle = await start_run(
-        temporal.client, worker.task_queue, agent="support-readonly",
+        temporal.client,
+        worker.task_queue,
+        agent="support-readonly",
         task="Refund order A-1001: teapot cracked.",
     )
     result = await handle.result()
@@ -135,8 +143,10 @@ async def test_hallucinated_tool_and_malformed_arguments_go_back_to_the_model(
     [
         ({"agent": "support-refunds", "requested_by": "dana"}, "task"),
         ({"agent": "nobody", "task": "Refund A-1001", "requested_by": "dana"}, "agent"),
-        ({"agent": "support-refunds", "task": "Refund", "requested_by": "dana",
-          "mode": "yolo"}, "mode"),
+        (
+            {"agent": "support-refunds", "task": "Refund", "requested_by": "dana", "mode": "yolo"},
+            "mode",
+        ),
         ("just a string", "(input)"),
     ],
 )
@@ -144,7 +154,10 @@ async def test_invalid_run_input_fails_fast_naming_the_field(
     temporal: WorkflowEnvironment, worker: Worker, payload, field: str
 ) -> None:
     handle = await temporal.client.start_workflow(
-        "AgentRun", payload, id=f"bad-{abs(hash(json.dumps(payload)))}", task_queue=worker.task_queue
+        "AgentRun",
+        payload,
+        id=f"bad-{abs(hash(json.dumps(payload)))}",
+        task_queue=worker.task_queue,
     )
     with pytest.raises(WorkflowFailureError) as e:
         await asyncio.wait_for(handle.result(), timeout=10)

@@ -17,8 +17,9 @@ from guardrails.approvals import (
 from guardrails.policy import Proposal, ToolFacts, decide, load_policy
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
-REFUND = ToolFacts(name="payments.refund", scope="payments:refund", read_only=False,
-                   risk="high", compensate=None)
+REFUND = ToolFacts(
+    name="payments.refund", scope="payments:refund", read_only=False, risk="high", compensate=None
+)
 
 
 def request_for(amount: int, call_id: str = "call_1"):
@@ -33,8 +34,14 @@ def request_for(amount: int, call_id: str = "call_1"):
         requested_mode=None,
         workflow_id="wf-1",
     )
-    r = new_request(workflow_id="wf-1", verdict=v, reason="r", requested_by="dana",
-                    agent="support-refunds", now=NOW)
+    r = new_request(
+        workflow_id="wf-1",
+        verdict=v,
+        reason="r",
+        requested_by="dana",
+        agent="support-refunds",
+        now=NOW,
+    )
     return {r.request_id: r}, r
 
 

@@ -12,15 +12,27 @@ from guardrails.redaction import REDACTED, register_secret
 def fill(path: Path, n: int = 5) -> AuditStore:
     store = AuditStore(path)
     for i in range(n):
-        store.append_sync(record_id=f"r{i}", workflow_id="wf", run_id="run", kind="proposal",
-                          actor="agent", data={"i": i})
+        store.append_sync(
+            record_id=f"r{i}",
+            workflow_id="wf",
+            run_id="run",
+            kind="proposal",
+            actor="agent",
+            data={"i": i},
+        )
     return store
 
 
 def test_retried_append_writes_one_record(tmp_path: Path) -> None:
     store = fill(tmp_path / "a.db", 1)
-    again = store.append_sync(record_id="r0", workflow_id="wf", run_id="run", kind="proposal",
-                              actor="agent", data={"i": 0})
+    again = store.append_sync(
+        record_id="r0",
+        workflow_id="wf",
+        run_id="run",
+        kind="proposal",
+        actor="agent",
+        data={"i": 0},
+    )
     assert again.seq == 1 and len(store.for_run("wf")) == 1
     assert store.verify() == (1, None)
 
@@ -43,7 +55,11 @@ def test_secrets_never_reach_the_audit(tmp_path: Path) -> None:
     register_secret("s3cr3t-value-123")
     store = AuditStore(tmp_path / "a.db")
     rec = store.append_sync(
-        record_id="x", workflow_id="wf", run_id="run", kind="k", actor="a",
+        record_id="x",
+        workflow_id="wf",
+        run_id="run",
+        kind="k",
+        actor="a",
         data={"api_key": "abc", "note": "token is s3cr3t-value-123", "prompt_tokens": 12},
     )
     assert rec.data == {"api_key": REDACTED, "note": f"token is {REDACTED}", "prompt_tokens": 12}

@@ -17,17 +17,25 @@ from guardrails.policy import (
     load_policy,
 )
 
-REFUND = ToolFacts(name="payments.refund", scope="payments:refund", read_only=False,
-                   risk="high", compensate="payments.reverse_refund")
-LOOKUP = ToolFacts(name="orders.lookup", scope="orders:read", read_only=True, risk="low",
-                   compensate=None)
+REFUND = ToolFacts(
+    name="payments.refund",
+    scope="payments:refund",
+    read_only=False,
+    risk="high",
+    compensate="payments.reverse_refund",
+)
+LOOKUP = ToolFacts(
+    name="orders.lookup", scope="orders:read", read_only=True, risk="low", compensate=None
+)
 SCOPES = ["orders:read", "payments:refund"]
 
 
 def verdict(tool=REFUND, arguments=None, *, policy=None, scopes=SCOPES, mode=None, error=None):
-    arguments = {"order_id": "A-1001", "amount_cents": 4200, "reason": "broken"} | (
-        arguments or {}
-    ) if error is None else None
+    arguments = (
+        {"order_id": "A-1001", "amount_cents": 4200, "reason": "broken"} | (arguments or {})
+        if error is None
+        else None
+    )
     return decide(
         proposal=Proposal(call_id="call_1", tool=tool.name if tool else "x.y", arguments={}),
         agent="support-refunds",
@@ -75,8 +83,11 @@ def test_unknown_tool_and_invalid_arguments_are_denied() -> None:
 
 def test_kill_switch_beats_every_allow() -> None:
     base = load_policy().model_dump()
-    for kill in ({"tools": ["payments.refund"]}, {"agents": ["support-refunds"]},
-                 {"all_side_effects": True}):
+    for kill in (
+        {"tools": ["payments.refund"]},
+        {"agents": ["support-refunds"]},
+        {"all_side_effects": True},
+    ):
         policy = Policy.model_validate({**base, "kill_switch": kill})
         assert verdict(policy=policy).rule_ids == ["kill_switch"]
     # Reads stay allowed: the switch stops side effects only.
@@ -102,8 +113,10 @@ def test_every_verdict_names_the_policy_version() -> None:
 
 def test_invalid_policy_names_file_and_problem(tmp_path: Path) -> None:
     bad = tmp_path / "p.toml"
-    bad.write_text('[groups]\nfinance = ["carol"]\n[[approval_rules]]\nid = "x"\n'
-                   'tool = "payments.refund"\ngroups = ["nobody"]\n')
+    bad.write_text(
+        '[groups]\nfinance = ["carol"]\n[[approval_rules]]\nid = "x"\n'
+        'tool = "payments.refund"\ngroups = ["nobody"]\n'
+    )
     with pytest.raises(PolicyError, match=r"p\.toml.*group 'nobody'"):
         load_policy(bad)
     bad.write_text("default_mode = ")
@@ -118,6 +131,7 @@ def test_invalid_edit_keeps_the_active_policy(tmp_path: Path) -> None:
     active = source.current()
     path.write_text("default_mode = 'reckless'\n")
     import os
+
     os.utime(path, (1, 1))
     assert source.current() == active
     assert source.last_error is not None and "default_mode" in str(source.last_error)
