@@ -34,7 +34,9 @@ async def send_decision(
     """
     handle = client.get_workflow_handle(workflow_id)
     try:
-        return await handle.execute_update("decide", decision, id=update_id(decision), result_type=DecisionReceipt)
+        return await handle.execute_update(
+            "decide", decision, id=update_id(decision), result_type=DecisionReceipt
+        )
     except WorkflowUpdateFailedError as e:
         reason = str(e.cause) if e.cause else str(e)
         if audit is not None:

@@ -156,7 +156,7 @@ async def test_invalid_run_input_fails_fast_naming_the_field(
     handle = await temporal.client.start_workflow(
         "AgentRun",
         payload,
-        id=f"bad-{abs(hash(json.dumps(payload)))}",
+        id=f"bad-{uuid.uuid4().hex}",
         task_queue=worker.task_queue,
     )
     with pytest.raises(WorkflowFailureError) as e:
