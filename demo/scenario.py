@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import timedelta
-from pathlib import Path
 
 from temporalio.client import Client, WorkflowHandle
 
@@ -16,7 +15,7 @@ from guardrails.approvals import Decision
 from guardrails.audit import AuditStore
 from workers.cli import story_line, ui_link
 from workers.decisions import send_decision
-from workers.devstack import DevStack, port_open, start_dev_stack
+from workers.devstack import DevStack, port_of, port_open, start_dev_stack
 from workers.settings import Settings
 from workers.worker import connect
 
@@ -83,13 +82,13 @@ async def _refund(
     return workflow_id
 
 
-async def run_demo(state_dir: Path, keep: bool = False) -> None:
+async def run_demo(settings: Settings, keep: bool = False) -> None:
     """Start the stack (or use the running one), run the refund scenarios, print the story."""
-    if not port_open(8101):
+    if not port_open(port_of(settings.systems["shop"].url)):
         # The demo system of record starts from its seed data; audit and history are kept.
-        (state_dir / "shop.sqlite3").unlink(missing_ok=True)
+        (settings.state_dir / "shop.sqlite3").unlink(missing_ok=True)
     print("Starting the embedded stack (Temporal dev server + UI, shop, scripted model, worker)…")
-    stack = await asyncio.to_thread(start_dev_stack, state_dir)
+    stack = await asyncio.to_thread(start_dev_stack, settings)
     try:
         print(_banner(stack))
         client = await connect(stack.settings)
@@ -107,8 +106,8 @@ async def run_demo(state_dir: Path, keep: bool = False) -> None:
         stack.stop()
 
 
-async def serve_dev_stack(state_dir: Path) -> None:
-    stack = await asyncio.to_thread(start_dev_stack, state_dir)
+async def serve_dev_stack(settings: Settings) -> None:
+    stack = await asyncio.to_thread(start_dev_stack, settings)
     try:
         print(_banner(stack))
         print(

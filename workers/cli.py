@@ -10,7 +10,6 @@ import json
 import sys
 import uuid
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 from guardrails.audit import AuditRecord, AuditStore
@@ -193,13 +192,13 @@ async def cmd_secrets(args: argparse.Namespace, settings: Settings) -> None:
 async def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
     from demo.scenario import serve_dev_stack
 
-    await serve_dev_stack(Path(args.state_dir))
+    await serve_dev_stack(settings)
 
 
 async def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     from demo.scenario import run_demo
 
-    await run_demo(Path(args.state_dir), keep=args.keep)
+    await run_demo(settings, keep=args.keep)
 
 
 Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, None]]
@@ -216,9 +215,7 @@ def parser() -> argparse.ArgumentParser:
 
     demo = add("demo", cmd_demo, "run the offline demo end to end on a fresh embedded stack")
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
-    demo.add_argument("--state-dir", default=".countersign")
-    dev = add("dev", cmd_dev, "run the embedded dev stack (Temporal + UI, shop, model, worker)")
-    dev.add_argument("--state-dir", default=".countersign")
+    add("dev", cmd_dev, "run the embedded dev stack (Temporal + UI, shop, model, worker)")
     add("worker", cmd_worker, "run a worker against the configured Temporal")
 
     start = add("start", cmd_start, "start a run")

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from workers.credentials import configure_keyring, set_secret
-from workers.settings import Settings, load_settings
+from workers.settings import Settings
 
 # The stock dev server dispatches ~20 tasks/s; every step would wait on it.
 DEV_SERVER_TUNING = ["--dynamic-config-value", "history.transferProcessorMaxPollRPS=10000"]
@@ -27,7 +27,7 @@ class DevStackError(Exception):
     """A part of the dev stack did not start. The message says which and where its log is."""
 
 
-def free_port() -> int:
+def freeport_of() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -172,43 +172,40 @@ class DevStack:
         self.services.clear()
 
 
-def start_dev_stack(
-    state_dir: Path,
-    *,
-    temporal_port: int = 7233,
-    ui_port: int = 8233,
-    shop_port: int = 8101,
-    model_port: int = 8102,
-    with_worker: bool = True,
-) -> DevStack:
-    """Start everything not already running; seed the dev keyring with a fresh shop token."""
-    state_dir = state_dir.resolve()
-    env = {
-        "COUNTERSIGN_STATE_DIR": str(state_dir),
-        "COUNTERSIGN_TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
-        "COUNTERSIGN_TEMPORAL_UI_URL": f"http://127.0.0.1:{ui_port}",
-        "COUNTERSIGN_OPENAI_BASE_URL": f"http://127.0.0.1:{model_port}/v1",
-        "COUNTERSIGN_SYSTEMS__SHOP__URL": f"http://127.0.0.1:{shop_port}",
-        "COUNTERSIGN_SYSTEMS__SHOP__CREDENTIAL": "shop",
-    }
-    os.environ.update(env)
-    settings = load_settings()
+def port_of(url_or_address: str) -> int:
+    return int(url_or_address.rstrip("/").split(":")[-1].split("/")[0])
+
+
+def start_dev_stack(settings: Settings, *, with_worker: bool = True) -> DevStack:
+    """Start every part the settings point at that is not already running.
+
+    Ports come from the settings (COUNTERSIGN_TEMPORAL_ADDRESS, _TEMPORAL_UI_URL,
+    _OPENAI_BASE_URL, _SYSTEMS__SHOP__URL); a fresh shop token goes into the keyring.
+    """
+    state_dir = settings.state_dir.resolve()
+    temporal_port = port_of(settings.temporal_address)
+    shop_port = port_of(settings.systems["shop"].url)
+    model_port = port_of(settings.openai_base_url.removesuffix("/v1"))
     stack = DevStack(settings)
     try:
         configure_keyring(settings)
         if not port_open(temporal_port):
+            ui_port = port_of(settings.temporal_ui_url)
             stack.services["temporal"] = start_temporal(state_dir, temporal_port, ui_port)
         if not port_open(shop_port):
             token = secrets.token_urlsafe(24)
-            set_secret("shop", token)
+            set_secret(settings.systems["shop"].credential, token)
             stack.services["shop"] = start_shop(state_dir, shop_port, token)
         if not port_open(model_port):
             stack.services["model-server"] = start_model_server(state_dir, model_port)
         if with_worker:
-            worker = start_service(
-                "worker", [sys.executable, "-m", "workers", "worker"], state_dir / "logs"
+            # The worker inherits this process's environment, so it sees the same settings.
+            stack.services["worker"] = start_service(
+                "worker",
+                [sys.executable, "-m", "workers", "worker"],
+                state_dir / "logs",
+                env={"COUNTERSIGN_STATE_DIR": str(state_dir)},
             )
-            stack.services["worker"] = worker
     except BaseException:
         stack.stop()
         raise
