@@ -12,18 +12,20 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
+# The graph's nodes are registered with the plugin by the worker, outside the sandbox, so the
+# models they build are the worker's. The workflow must use the very same classes: pass our
+# (pure, deterministic) modules through instead of re-importing them in the sandbox.
 with workflow.unsafe.imports_passed_through():
     from temporalio.langgraph import graph
 
-from agents.state import (
-    AGENT_RUN,
-    RunResult,
-    RunState,
-    RunStatus,
-    parse_run_input,
-)
-from guardrails.approvals import Decision, DecisionRefused, apply_decision, check_decision
-
+    from agents.state import (
+        AGENT_RUN,
+        RunResult,
+        RunState,
+        RunStatus,
+        parse_run_input,
+    )
+    from guardrails.approvals import Decision, DecisionRefused, apply_decision, check_decision
 
 class DecisionReceipt(Decision):
     """What the approver's client hears back."""

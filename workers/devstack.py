@@ -27,7 +27,7 @@ class DevStackError(Exception):
     """A part of the dev stack did not start. The message says which and where its log is."""
 
 
-def freeport_of() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
