@@ -44,3 +44,5 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # One line per HTTP request is noise at INFO; failures surface through the caller.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

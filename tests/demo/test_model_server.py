@@ -101,16 +101,16 @@ async def test_refund_script_plays_lookup_then_refund_and_note_then_final(
     assert json.loads(refund.function.arguments) == {
         "order_id": "A-1001",
         "amount_cents": 4200,
-        "reason": "Item arrived broken",
+        "reason": "Customer reports: the teapot arrived broken",
     }
     assert note.function.name == "crm.add_note"
     assert json.loads(note.function.arguments) == {
         "customer_id": "C-100",
-        "text": "Refunded order A-1001: item arrived broken.",
+        "text": "Refunded order A-1001 in full. Customer reports: the teapot arrived broken.",
     }
     assert refund.id != note.id
     assert second.message.content.splitlines() == [
-        "payments.refund: The customer reported the item arrived broken; "
+        "payments.refund: The customer reports: the teapot arrived broken; "
         "refunding the full captured amount.",
         "crm.add_note: Keep the customer record up to date",
     ]
