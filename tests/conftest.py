@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis  # noqa: F401  (imported early: a lazy import during failure reports trips a CPython 3.11 AST bug)
 import pytest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -145,7 +146,12 @@ async def worker(
 
 
 async def start_run(
-    client: Client, task_queue: str, *, workflow_id: str | None = None, **run_input: Any
+    client: Client,
+    task_queue: str,
+    *,
+    workflow_id: str | None = None,
+    execution_timeout: timedelta | None = timedelta(minutes=5),
+    **run_input: Any,
 ) -> WorkflowHandle[AgentRun, RunResult]:
     run_input.setdefault("agent", "support-refunds")
     run_input.setdefault("requested_by", "dana")
@@ -154,5 +160,5 @@ async def start_run(
         run_input,
         id=workflow_id or f"run-{uuid.uuid4().hex[:12]}",
         task_queue=task_queue,
-        execution_timeout=timedelta(minutes=5),
+        execution_timeout=execution_timeout,
     )
