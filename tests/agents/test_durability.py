@@ -15,7 +15,6 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.runtime import Runtime
-from agents.run import AgentRun
 from guardrails.approvals import Decision
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, start_run
@@ -54,7 +53,10 @@ async def wait_for(predicate, what: str, seconds: float = 20) -> None:
 
 @pytest.mark.slow
 async def test_killed_workers_lose_no_decision_and_refund_exactly_once(
-    temporal: WorkflowEnvironment, settings: Settings, runtime: Runtime, shop: Shop,
+    temporal: WorkflowEnvironment,
+    settings: Settings,
+    runtime: Runtime,
+    shop: Shop,
     task_queue: str,
 ) -> None:
     before = len(shop.refunds("A-1003"))
@@ -88,7 +90,10 @@ async def test_killed_workers_lose_no_decision_and_refund_exactly_once(
         shop.clear_faults()
 
     async with build_worker(
-        temporal.client, settings, runtime, task_queue=task_queue,
+        temporal.client,
+        settings,
+        runtime,
+        task_queue=task_queue,
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
     ):
         result = await asyncio.wait_for(handle.result(), timeout=60)
@@ -111,13 +116,18 @@ async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
 
 
 async def test_approval_timeout_ends_in_a_recorded_rejection(
-    time_skipping: WorkflowEnvironment, settings: Settings, runtime: Runtime, shop: Shop,
+    time_skipping: WorkflowEnvironment,
+    settings: Settings,
+    runtime: Runtime,
+    shop: Shop,
     task_queue: str,
 ) -> None:
     before = len(shop.refunds("A-1002"))
     async with build_worker(time_skipping.client, settings, runtime, task_queue=task_queue):
         handle = await start_run(
-            time_skipping.client, task_queue, task="Refund order A-1002: nobody answers.",
+            time_skipping.client,
+            task_queue,
+            task="Refund order A-1002: nobody answers.",
             execution_timeout=None,
         )
         # Waiting for the result lets the test server skip the 4-hour approval timer.
