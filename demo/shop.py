@@ -81,6 +81,10 @@ SEED_ORDERS = [  # order_id, customer_id, status, total = captured, items (sku, 
     ("A-1002", "C-200", "delivered", 18900, [("ESP-MCH-01", "Espresso machine", 1, 18900)]),
     ("A-1003", "C-300", "delivered", 89900, [("DSK-STD-01", "Standing desk", 1, 89900)]),
     ("A-1004", "C-100", "shipped", 2500, [("TEA-SMP-02", "Tea sampler", 2, 1250)]),
+    ("A-1005", "C-300", "delivered", 64900, [("CHR-ERG-01", "Ergonomic chair", 1, 64900)]),
+    ("A-1006", "C-200", "delivered", 12900, [("KTL-GLS-01", "Glass kettle", 1, 12900)]),
+    ("A-1007", "C-100", "delivered", 3100, [("MUG-SET-04", "Mug set", 4, 775)]),
+    ("A-1008", "C-200", "delivered", 2400, [("FLT-PPR-01", "Coffee filters", 3, 800)]),
 ]
 
 

@@ -59,11 +59,13 @@ async def test_killed_workers_lose_no_decision_and_refund_exactly_once(
     shop: Shop,
     task_queue: str,
 ) -> None:
-    before = len(shop.refunds("A-1003"))
+    before = len(shop.refunds("A-1005"))
     first = worker_process(temporal, settings, task_queue)
-    handle = await start_run(temporal.client, task_queue, task="Refund order A-1003: desk wobbles.")
+    handle = await start_run(
+        temporal.client, task_queue, task="Refund order A-1005: chair squeaks."
+    )
     (request,) = await wait_for_pending(handle)
-    assert request.need.quorum == 2  # 899.00: two approvers, one from finance
+    assert request.need.quorum == 2  # 649.00: two approvers, one from finance
 
     # The worker dies while the run waits; decisions sent meanwhile are not lost.
     first.kill()
@@ -83,7 +85,7 @@ async def test_killed_workers_lose_no_decision_and_refund_exactly_once(
     second = worker_process(temporal, settings, task_queue)
     try:
         await asyncio.wait_for(asyncio.gather(*updates), timeout=30)
-        await wait_for(lambda: len(shop.refunds("A-1003")) == before + 1, "the refund commit")
+        await wait_for(lambda: len(shop.refunds("A-1005")) == before + 1, "the refund commit")
         second.kill()
     finally:
         second.stop()
@@ -100,7 +102,7 @@ async def test_killed_workers_lose_no_decision_and_refund_exactly_once(
     refund = next(a for a in result.actions if a.tool == "payments.refund")
     assert refund.status == "executed"
     assert sorted(refund.approved_by) == ["bob", "carol"]
-    refunds = shop.refunds("A-1003")
+    refunds = shop.refunds("A-1005")
     assert len(refunds) == before + 1
     assert refunds[-1]["refund_id"] == refund.result["refund_id"]
 

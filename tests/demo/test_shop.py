@@ -17,7 +17,7 @@ import httpx
 import pytest
 import uvicorn
 
-from demo.shop import create_app, main
+from demo.shop import SEED_ORDERS, create_app, main
 
 TOKEN = "test-shop-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -314,7 +314,7 @@ async def test_latency_delays_matching_requests_without_blocking_others(
 
 async def test_state_dump_and_request_stats(api: httpx.AsyncClient) -> None:
     before = (await api.get("/_state")).json()
-    assert [o["order_id"] for o in before["orders"]] == ["A-1001", "A-1002", "A-1003", "A-1004"]
+    assert [o["order_id"] for o in before["orders"]] == [o[0] for o in SEED_ORDERS]
     assert [c["customer_id"] for c in before["customers"]] == ["C-100", "C-200", "C-300"]
     assert before["refunds"] == before["notes"] == []
     await refund(api, key())
@@ -336,7 +336,7 @@ def test_restart_keeps_data_and_does_not_reseed(tmp_path: Path) -> None:
         conn.execute("DELETE FROM orders WHERE order_id = 'A-1004'")
     create_app(db_path, TOKEN)
     with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 3
+        assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == len(SEED_ORDERS) - 1
 
 
 def test_main_without_token_exits_2_with_a_clear_message(

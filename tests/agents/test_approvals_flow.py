@@ -1,0 +1,141 @@
+"""Approval hazards: parallel calls, the Temporal UI's signal path, and what history holds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.runtime import Runtime
+from agents.run import AgentRun
+from guardrails.approvals import Decision
+from tests.agents.test_agent_run import wait_for_pending
+from tests.conftest import SHOP_TOKEN, Shop, start_run
+
+TWO_REFUNDS = {
+    "name": "two-refunds",
+    "match": r"(?i)two partial paybacks for (?P<order_id>[A-Z]-\d{4})",
+    "turns": [
+        {
+            "tool_calls": [
+                {
+                    "name": "payments.refund",
+                    "reason": "first item",
+                    "arguments": {
+                        "order_id": "{order_id}",
+                        "amount_cents": 6000,
+                        "reason": "first item damaged",
+                    },
+                },
+                {
+                    "name": "payments.refund",
+                    "reason": "second item",
+                    "arguments": {
+                        "order_id": "{order_id}",
+                        "amount_cents": 7000,
+                        "reason": "second item damaged",
+                    },
+                },
+            ]
+        },
+        {"say": "Done with the partial refunds."},
+    ],
+}
+
+
+async def test_each_parallel_call_gets_its_own_request_and_decision(
+    temporal: WorkflowEnvironment, worker: Worker, shop: Shop, scripts_dir: Path
+) -> None:
+    (scripts_dir / "two-refunds.json").write_text(json.dumps(TWO_REFUNDS))
+    before = [r["amount_cents"] for r in shop.refunds("A-1003")]
+    handle = await start_run(
+        temporal.client, worker.task_queue, task="Make two partial paybacks for A-1003 please."
+    )
+    first, second = sorted(
+        await wait_for_pending(handle, 2), key=lambda r: r.arguments["amount_cents"]
+    )
+    assert first.request_id != second.request_id
+    assert first.action_hash != second.action_hash
+    # A decision bound to one action cannot be used for the other.
+    await handle.execute_update(
+        AgentRun.decide,
+        Decision(
+            request_id=first.request_id,
+            approver="alice",
+            approve=True,
+            action_hash=first.action_hash,
+        ),
+    )
+    status = await handle.query(AgentRun.status)
+    assert [r.request_id for r in status.pending_approvals] == [second.request_id]
+    await handle.execute_update(
+        AgentRun.decide,
+        Decision(request_id=second.request_id, approver="bob", approve=False, comment="no"),
+    )
+    result = await handle.result()
+    outcome = {a.arguments["amount_cents"]: a.status for a in result.actions}
+    assert outcome == {6000: "executed", 7000: "rejected"}
+    assert [r["amount_cents"] for r in shop.refunds("A-1003")] == [*before, 6000]
+
+
+async def test_ui_signal_decides_and_a_bad_signal_is_audited_not_applied(
+    temporal: WorkflowEnvironment, worker: Worker, runtime: Runtime
+) -> None:
+    handle = await start_run(
+        temporal.client, worker.task_queue, task="Refund order A-1002: signal test."
+    )
+    (request,) = await wait_for_pending(handle)
+    # As typed in the UI's "Send a Signal" form: JSON, by a person not allowed to decide.
+    await handle.signal(
+        "decision", {"request_id": request.request_id, "approver": "mallory", "approve": True}
+    )
+    await handle.signal("decision", {"request_id": request.request_id})  # malformed
+    for _ in range(100):
+        if len(runtime.audit.find(handle.id, "approval.refused")) == 2:
+            break
+        await asyncio.sleep(0.05)
+    refused = runtime.audit.find(handle.id, "approval.refused")
+    assert "may not decide" in refused[0].data["reason"]
+    assert "approver" in refused[1].data["reason"]
+    assert (await handle.query(AgentRun.status)).pending_approvals  # still waiting
+
+    await handle.signal(
+        "decision",
+        {
+            "request_id": request.request_id,
+            "approver": "bob",
+            "approve": False,
+            "comment": "duplicate ticket",
+        },
+    )
+    result = await handle.result()
+    refund = next(a for a in result.actions if a.tool == "payments.refund")
+    assert refund.status == "rejected"
+    (decided,) = runtime.audit.find(handle.id, "approval.decided")
+    assert decided.actor == "temporal-ui:bob"
+    assert decided.data["action_hash"] is None or decided.data["approve"] is False
+
+
+async def test_audit_tells_the_run_in_order_and_no_secret_reaches_history(
+    temporal: WorkflowEnvironment, worker: Worker, runtime: Runtime
+) -> None:
+    handle = await start_run(
+        temporal.client,
+        worker.task_queue,
+        task="Refund order A-1001: audit test.",
+        agent="support-readonly",
+    )
+    await handle.result()
+    kinds = [r.kind for r in runtime.audit.for_run(handle.id)]
+    assert kinds[0] == "run.started" and kinds[-1] == "run.finished"
+    assert kinds[1:5] == ["model.call", "proposal", "verdict", "action.read"]
+    verdicts = runtime.audit.find(handle.id, "verdict")
+    assert all(v.data["policy_version"].startswith("pol_") for v in verdicts)
+    history = json.dumps((await handle.fetch_history()).to_json_dict())
+    assert SHOP_TOKEN not in history
+    audit = json.dumps([r.model_dump(mode="json") for r in runtime.audit.for_run(handle.id)])
+    assert SHOP_TOKEN not in audit
+    assert runtime.audit.verify()[1] is None
