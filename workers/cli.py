@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
 import sys
 import uuid
 from collections.abc import Callable, Coroutine
@@ -257,11 +258,17 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser().parse_args(argv)
     configure_logging(json=args.command == "worker")
+    code = 0
     try:
         settings = load_settings()
         asyncio.run(args.fn(args, settings))
     except (CliError, SettingsError, CredentialError, DevStackError, RPCError) as e:
         print(f"countersign: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        code = 2
     except KeyboardInterrupt:
-        raise SystemExit(130) from None
+        code = 130
+    # The Temporal client's Rust threads can abort interpreter teardown ("PyGILState_Release
+    # ... finalizing", temporalio/sdk-python#300): flush and skip teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import AliasChoices, BaseModel, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from guardrails.policy import DEFAULT_POLICY_PATH
@@ -22,8 +22,8 @@ class SystemSettings(BaseModel):
     """A system of record the tools call over HTTP."""
 
     url: str
-    # keyring entry (service "countersign") holding the bearer token.
-    credential: str
+    # keyring entry (service "countersign") holding the bearer token; default: the system name.
+    credential: str = ""
     timeout_seconds: float = 10.0
 
 
@@ -58,6 +58,16 @@ class Settings(BaseSettings):
     # Bounds on one tool call; Temporal retries with back-off within these.
     tool_start_to_close_seconds: float = 30.0
     tool_max_attempts: int = Field(default=5, ge=1)
+
+    @field_validator("systems", mode="after")
+    @classmethod
+    def _credential_defaults_to_system_name(
+        cls, systems: dict[str, SystemSettings]
+    ) -> dict[str, SystemSettings]:
+        return {
+            name: conf if conf.credential else conf.model_copy(update={"credential": name})
+            for name, conf in systems.items()
+        }
 
     @cached_property
     def audit_path(self) -> Path:

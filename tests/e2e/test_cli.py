@@ -1,0 +1,140 @@
+"""The ops and approver story through the real CLI, against `countersign dev` on free ports."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from workers.devstack import free_port, port_of, port_open
+
+
+def countersign(
+    env: dict[str, str], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "workers", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    state = tmp_path_factory.mktemp("dev-stack")
+    env = {
+        "COUNTERSIGN_STATE_DIR": str(state),
+        "COUNTERSIGN_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
+        "COUNTERSIGN_TEMPORAL_UI_URL": f"http://127.0.0.1:{free_port()}",
+        "COUNTERSIGN_OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
+        "COUNTERSIGN_SYSTEMS__SHOP__URL": f"http://127.0.0.1:{free_port()}",
+    }
+    log = (state / "dev.out").open("w")
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "workers", "dev"],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    out = Path(log.name)
+    deadline = time.monotonic() + 90
+    while "Ctrl-C stops the stack" not in out.read_text():
+        assert dev.poll() is None, out.read_text()
+        assert time.monotonic() < deadline, out.read_text()
+        time.sleep(0.2)
+    yield env
+    dev.send_signal(signal.SIGINT)
+    assert dev.wait(30) == 130
+    # Ctrl-C stops every part of the stack, not just the parent.
+    for key in ("COUNTERSIGN_TEMPORAL_ADDRESS", "COUNTERSIGN_SYSTEMS__SHOP__URL"):
+        assert not port_open(port_of(env[key])), f"{key} still answers after Ctrl-C"
+
+
+def test_ops_start_approver_decides_auditor_reads(dev_stack: dict[str, str]) -> None:
+    started = countersign(
+        dev_stack,
+        "start",
+        "--task",
+        "Refund order A-1006: kettle cracked.",
+        "--as",
+        "ops-dana",
+        "--id",
+        "e2e-cli-1",
+    )
+    assert started.returncode == 0, started.stderr
+    assert "started e2e-cli-1" in started.stdout and "/workflows/e2e-cli-1" in started.stdout
+
+    request_id = None
+    for _ in range(100):
+        status = countersign(dev_stack, "status", "e2e-cli-1")
+        found = re.search(r"waiting: (apr_\w+) payments\.refund", status.stdout)
+        if found:
+            request_id = found.group(1)
+            break
+        time.sleep(0.2)
+    assert request_id, status.stdout + status.stderr
+
+    self_approval = countersign(dev_stack, "approve", "e2e-cli-1", request_id, "--as", "ops-dana")
+    assert self_approval.returncode == 2
+    assert "requested this run and cannot approve" in self_approval.stderr
+
+    approved = countersign(
+        dev_stack, "approve", "e2e-cli-1", request_id, "--as", "alice", "--comment", "photo checked"
+    )
+    assert approved.returncode == 0, approved.stderr
+    assert f"{request_id}: approved (1/1 approvals)" in approved.stdout
+
+    for _ in range(100):
+        audit = countersign(dev_stack, "audit", "e2e-cli-1")
+        if "run completed" in audit.stdout:
+            break
+        time.sleep(0.2)
+    story = audit.stdout
+    assert "decision refused (ops-dana)" in story
+    assert "APPROVED by alice via cli" in story
+    assert re.search(r"EXECUTED payments\.refund .*\"amount_cents\": 12900", story)
+    assert story.index("APPROVED by alice") < story.index("EXECUTED payments.refund")
+
+    verify = countersign(dev_stack, "audit", "verify")
+    assert verify.returncode == 0 and "audit chain intact" in verify.stdout
+
+
+def test_demo_runs_on_the_running_stack(dev_stack: dict[str, str]) -> None:
+    demo = countersign(dev_stack, "demo", timeout=120)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    out = demo.stdout
+    assert out.count("run completed") == 2
+    assert "verdict ALLOW payments.refund [mode.automate]" in out
+    assert "verdict NEEDS_APPROVAL payments.refund [refund.over_50]" in out
+    assert "APPROVED by alice via cli" in out
+    assert out.count("EXECUTED payments.refund") == 2
+    assert re.search(r"Audit chain: \d+ records, intact", out)
+
+
+def test_bad_input_is_a_clear_error_not_a_traceback(dev_stack: dict[str, str]) -> None:
+    bad = countersign(
+        dev_stack,
+        "start",
+        "--task",
+        "Refund A-1001",
+        "--as",
+        "dana",
+        "--agent",
+        "support-refunds",
+        "--context",
+        "order_id",
+    )
+    assert bad.returncode == 2
+    assert "--context 'order_id': expected KEY=VALUE" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    unknown = countersign(dev_stack, "audit", "no-such-run")
+    assert unknown.returncode == 2 and "no audit records for run 'no-such-run'" in unknown.stderr
