@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from guardrails.approvals import Decision, DecisionRefused, apply_decision, check_decision
 
+
 class DecisionReceipt(Decision):
     """What the approver's client hears back."""
 
