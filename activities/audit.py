@@ -3,13 +3,10 @@ requested, decided, granted, expired, run finished). Workflow code never writes 
 
 from __future__ import annotations
 
-import structlog
 from temporalio import activity
 
 from activities.contracts import RECORD, RecordInput
 from activities.runtime import Runtime, audit_from_activity
-
-log = structlog.get_logger(__name__)
 
 
 class AuditActivities:
@@ -21,12 +18,4 @@ class AuditActivities:
         rec = await audit_from_activity(
             self.runtime, input.kind, input.data, actor=input.actor, n=input.n
         )
-        if input.kind == "approval.requested":
-            # Until the chat and email channels exist, the log says how to answer.
-            log.info(
-                "approval.requested",
-                request_id=input.data.get("request_id"),
-                action=input.data.get("action"),
-                how=input.data.get("how_to_approve"),
-            )
         return rec.seq

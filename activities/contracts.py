@@ -7,16 +7,18 @@ never enter workflow code.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from guardrails.approvals import ApprovalRequest
 from guardrails.policy import Mode, Proposal, Verdict
 
 # Activity names, the one place they are spelled.
 PLAN = "model.plan"
 DECIDE = "guard.decide"
 RECORD = "audit.record"
+NOTIFY = "notify.approval"
 
 
 class PlanInput(BaseModel):
@@ -65,6 +67,16 @@ class RecordInput(BaseModel):
     data: dict[str, Any]
     # Distinguishes several records of one kind written by one activity.
     n: int = 0
+
+
+class ApprovalNotice(BaseModel):
+    """Tell approvers about a request: it opened, or it was settled."""
+
+    event: Literal["requested", "settled"]
+    workflow_id: str
+    agent: str
+    task: str
+    request: ApprovalRequest
 
 
 class ToolCall(BaseModel):

@@ -23,7 +23,9 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 from activities.contracts import (
     DECIDE,
+    NOTIFY,
     PLAN,
+    ApprovalNotice,
     GuardInput,
     GuardResult,
     PlanInput,
@@ -143,9 +145,11 @@ async def approvals(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
                 f"{request.request_id} --as NAME",
             },
         )
+        await _notify(run, "requested", request)
     run.show("waiting for approval")
     await _wait_until_settled(run, opened)
     for request in opened:
+        await _notify(run, "settled", request)
         if request.status == "approved":
             await run.record(
                 "approval.granted",
@@ -157,6 +161,27 @@ async def approvals(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
                 },
             )
     return {}
+
+
+async def _notify(run: RunState, event: str, request: ApprovalRequest) -> None:
+    """Best effort: approvers can always answer from the CLI or the UI."""
+    try:
+        await workflow.execute_activity(
+            NOTIFY,
+            ApprovalNotice(
+                event=event,  # type: ignore[arg-type]
+                workflow_id=workflow.info().workflow_id,
+                agent=run.agent.name,
+                task=run.input.task,
+                request=request,
+            ),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_attempts=3),
+            result_type=list,
+            summary=f"notify: {event} {request.request_id}",
+        )
+    except ActivityError as e:
+        workflow.logger.warning("approval notice failed: %s", e.cause or e)
 
 
 async def _wait_until_settled(run: RunState, requests: list[ApprovalRequest]) -> None:

@@ -24,6 +24,7 @@ import activities.shop  # noqa: F401
 from activities.audit import AuditActivities
 from activities.guard import GuardActivities
 from activities.model import ModelActivities
+from activities.notify import NotifyActivities
 from activities.runtime import Runtime
 from activities.tools import tool_activities, validate_registry
 from agents.graph import GRAPH_NAME, build_graph
@@ -94,6 +95,7 @@ def build_worker(
         ModelActivities(runtime).plan,
         GuardActivities(runtime).decide,
         AuditActivities(runtime).record,
+        NotifyActivities(runtime).notify,
         *tool_activities(runtime),
     ]
     return Worker(
