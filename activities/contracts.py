@@ -19,6 +19,7 @@ PLAN = "model.plan"
 DECIDE = "guard.decide"
 RECORD = "audit.record"
 NOTIFY = "notify.approval"
+RELEASE = "guard.release"
 
 
 class PlanInput(BaseModel):
@@ -50,6 +51,7 @@ class GuardInput(BaseModel):
     proposal: Proposal
     requested_mode: Mode | None
     requested_by: str
+    run_context: dict[str, Any] = {}
 
 
 class GuardResult(BaseModel):

@@ -22,7 +22,7 @@ class Customer(BaseModel):
     address: str | None = None
 
 
-@guarded_tool("customers.lookup", scope="crm:read", read_only=True)
+@guarded_tool("customers.lookup", scope="crm:read", read_only=True, fact="customer")
 async def lookup_customer(args: CustomerLookupArgs, ctx: ToolContext) -> Customer:
     """Look up a customer record."""
     async with ctx.http("shop") as shop:

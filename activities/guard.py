@@ -1,21 +1,28 @@
-"""The guard activity: load the active policy, decide a proposal, record both in the audit.
+"""The guard activity: gather what a decision depends on, decide, reserve limits, audit.
 
-Deciding here (not in workflow code) lets the policy change at any time: the verdict, with the
-policy version that produced it, lands in history and replays exactly.
+Deciding here (not in workflow code) lets the policy and the kill switch change at any time:
+the verdict, with the policy version and rule ids that produced it, lands in history and
+replays exactly. The full decision input is audited too, so a candidate policy can be
+backtested against what really happened.
 """
 
 from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.contracts import DECIDE, GuardInput, GuardResult
+from activities.contracts import DECIDE, RELEASE, GuardInput, GuardResult
 from activities.runtime import Runtime, audit_from_activity, current_workflow_id
-from activities.tools import lookup_tool
+from activities.tools import REGISTRY, lookup_tool
 from agents.specs import AGENTS
-from guardrails.policy import PolicyError, decide
+from guardrails.audit import AuditStore
+from guardrails.controls import read_kill_switch
+from guardrails.policy import DecisionInput, PolicyBundle, PolicyError, Verdict, decide
 
 log = structlog.get_logger(__name__)
 
@@ -23,13 +30,44 @@ log = structlog.get_logger(__name__)
 def _errors(e: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in err['loc']) or '(arguments)'}: {err['msg']}"
-        for err in e.errors()
+        for err in e.errors(include_url=False)
     )
+
+
+def facts_for(audit: AuditStore, workflow_id: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The latest looked-up record of each fact that this call concerns.
+
+    A lookup concerns the call when every argument they share has the same value (an order
+    looked up by `order_id` is a fact for a refund of that `order_id`).
+    """
+    facts: dict[str, Any] = {}
+    for record in audit.find(workflow_id, "action.read"):
+        spec = REGISTRY.get(record.data.get("tool", ""))
+        if spec is None or spec.fact is None:
+            continue
+        looked_up = record.data.get("arguments") or {}
+        shared = set(looked_up) & set(arguments)
+        if shared and all(looked_up[k] == arguments[k] for k in shared):
+            facts[spec.fact] = record.data.get("result") or {}
+    return facts
 
 
 class GuardActivities:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+
+    def _policy(self) -> PolicyBundle:
+        source = self.runtime.policy
+        try:
+            policy = source.current()
+        except PolicyError as e:
+            # No valid policy at all: wait (retry) until one is deployed, decide nothing.
+            raise ApplicationError(str(e), type="NoValidPolicy") from e
+        if source.last_error:
+            log.error(
+                "policy.invalid_kept_previous", error=str(source.last_error), active=policy.version
+            )
+        return policy
 
     @activity.defn(name=DECIDE)
     async def decide(self, input: GuardInput) -> GuardResult:
@@ -38,41 +76,82 @@ class GuardActivities:
             raise ApplicationError(
                 f"unknown agent {input.agent!r}", type="UnknownAgent", non_retryable=True
             )
-        try:
-            policy = self.runtime.policy.current()
-        except PolicyError as e:
-            # No valid policy at all: wait (retry) until one is deployed, decide nothing.
-            raise ApplicationError(str(e), type="NoValidPolicy") from e
-        if self.runtime.policy.last_error:
-            log.error("policy.invalid_kept_previous", error=str(self.runtime.policy.last_error))
-
+        policy = self._policy()
+        workflow_id = current_workflow_id()
         proposal = input.proposal
         spec = lookup_tool(proposal.tool)
         arguments, error = None, proposal.arguments_error
         if spec is not None and proposal.arguments is not None:
             try:
-                args = spec.args_model.model_validate(proposal.arguments)
-                arguments = args.model_dump(mode="json")
+                arguments = spec.args_model.model_validate(proposal.arguments).model_dump(
+                    mode="json"
+                )
             except ValidationError as e:
                 error = _errors(e)
-        verdict = decide(
+        settings = self.runtime.settings
+        d = DecisionInput(
             proposal=proposal,
             agent=agent.name,
             granted_scopes=agent.scopes,
             tool=spec.facts if spec else None,
             arguments=arguments,
             arguments_error=error,
-            policy=policy,
             requested_mode=input.requested_mode,
-            workflow_id=current_workflow_id(),
+            workflow_id=workflow_id,
+            requested_by=input.requested_by,
+            run_context=input.run_context,
+            facts=await asyncio.to_thread(
+                facts_for, self.runtime.audit, workflow_id, arguments or {}
+            ),
+            killed=read_kill_switch(settings.kill_switch_path).stops(proposal.tool, agent.name),
+        )
+        verdict, d = await asyncio.to_thread(
+            self.runtime.ledger.decide_and_reserve,
+            d,
+            policy.settings.counters,
+            lambda x: decide(x, policy),
         )
         await audit_from_activity(
             self.runtime, "proposal", proposal.model_dump(mode="json"), actor=f"agent:{agent.name}"
         )
-        await audit_from_activity(self.runtime, "verdict", verdict.model_dump(mode="json"))
-        settings = self.runtime.settings
+        await audit_from_activity(
+            self.runtime,
+            "verdict",
+            {
+                **verdict.model_dump(mode="json"),
+                "input": d.model_dump(mode="json"),
+                **self._candidate(d, verdict),
+            },
+        )
         return GuardResult(
             verdict=verdict,
             tool_timeout_seconds=settings.tool_start_to_close_seconds,
             tool_max_attempts=settings.tool_max_attempts,
         )
+
+    def _candidate(self, d: DecisionInput, active: Verdict) -> dict[str, Any]:
+        """The candidate policy's verdict on the same input, recorded beside the active one."""
+        if self.runtime.candidate is None:
+            return {}
+        try:
+            policy = self.runtime.candidate.current()
+        except PolicyError as e:
+            return {"candidate": {"error": str(e)}}
+        other = decide(d, policy) if d.tool is not None else active
+        return {
+            "candidate": {
+                "policy_version": policy.version,
+                "outcome": other.outcome,
+                "rule_ids": other.rule_ids,
+                "flipped": other.outcome != active.outcome,
+            }
+        }
+
+    @activity.defn(name=RELEASE)
+    async def release(self, action_hash: str) -> int:
+        """Give back the limits reserved for an action that will not be executed."""
+        released = await asyncio.to_thread(self.runtime.ledger.release, action_hash)
+        await audit_from_activity(
+            self.runtime, "limits.released", {"action_hash": action_hash, "counters": released}
+        )
+        return released

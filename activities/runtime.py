@@ -1,4 +1,5 @@
-"""What every activity needs, built once per worker: settings, the audit trail, transcripts."""
+"""What every activity needs, built once per worker: settings, the audit trail, transcripts,
+the policy (active and candidate) and the limits ledger."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from temporalio import activity
 
 from activities.transcript import TranscriptStore
 from guardrails.audit import AuditRecord, AuditStore
+from guardrails.cedar_schema import ToolSchema
+from guardrails.ledger import Ledger
 from guardrails.policy import PolicySource
 from workers.settings import Settings
 
@@ -20,14 +23,20 @@ class Runtime:
     audit: AuditStore
     transcripts: TranscriptStore
     policy: PolicySource
+    candidate: PolicySource | None
+    ledger: Ledger
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Runtime:
+    def from_settings(cls, settings: Settings, tools: list[ToolSchema] | None = None) -> Runtime:
+        """`tools`: the registered tools, to type-check policies against."""
+        candidate = settings.candidate_policy_path
         return cls(
             settings=settings,
             audit=AuditStore(settings.audit_path),
             transcripts=TranscriptStore(settings.transcript_path),
-            policy=PolicySource(settings.policy_path),
+            policy=PolicySource(settings.policy_path, tools),
+            candidate=PolicySource(candidate, tools) if candidate else None,
+            ledger=Ledger(settings.ledger_path),
         )
 
     async def audit_find(self, workflow_id: str, kind: str, **matches: Any) -> list[AuditRecord]:

@@ -31,7 +31,7 @@ class Order(BaseModel):
     items: list[OrderItem]
 
 
-@guarded_tool("orders.lookup", scope="orders:read", read_only=True)
+@guarded_tool("orders.lookup", scope="orders:read", read_only=True, fact="order")
 async def lookup_order(args: OrderLookupArgs, ctx: ToolContext) -> Order:
     """Look up an order: customer, status, captured and already refunded amounts (cents)."""
     async with ctx.http("shop") as shop:

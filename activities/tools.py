@@ -34,6 +34,8 @@ from temporalio.exceptions import ApplicationError
 
 from activities.contracts import ToolCall, ToolOutcome
 from activities.runtime import Runtime, audit_from_activity, current_workflow_id
+from guardrails.cedar_schema import ToolSchema
+from guardrails.controls import read_kill_switch
 from guardrails.policy import ToolFacts, sha256_hex
 from workers.credentials import get_secret
 
@@ -104,6 +106,7 @@ class ToolSpec:
     result_model: type[BaseModel]
     fn: ToolFunction
     business_key: Callable[[Any], str] | None = field(default=None, compare=False)
+    fact: str | None = None
 
     @property
     def facts(self) -> ToolFacts:
@@ -113,6 +116,15 @@ class ToolSpec:
             read_only=self.read_only,
             risk=self.risk,
             compensate=self.compensate,
+        )
+
+    @property
+    def schema(self) -> ToolSchema:
+        return ToolSchema(
+            name=self.name,
+            args_schema=self.args_model.model_json_schema(),
+            fact=self.fact,
+            result_schema=self.result_model.model_json_schema() if self.fact else None,
         )
 
     def model_schema(self) -> dict[str, Any]:
@@ -153,10 +165,17 @@ def guarded_tool(
     read_only: bool = False,
     compensate: str | None = None,
     business_key: Callable[[Any], str] | None = None,
+    fact: str | None = None,
 ) -> Callable[[ToolFunction], ToolFunction]:
-    """Register an async function `(args: ArgsModel, ctx: ToolContext) -> ResultModel`."""
+    """Register an async function `(args: ArgsModel, ctx: ToolContext) -> ResultModel`.
+
+    `fact` (read-only tools): the policy may use this tool's latest matching result in a run
+    as `context.facts.<fact>` (e.g. an order's captured amount before a refund).
+    """
     if not _NAME.match(name):
         raise ToolDeclarationError(f"tool name {name!r} must look like 'system.action'")
+    if fact is not None and not read_only:
+        raise ToolDeclarationError(f"tool {name}: only read-only tools provide facts")
     if not _SCOPE.match(scope):
         raise ToolDeclarationError(f"tool {name}: scope {scope!r} must look like 'area:verb'")
 
@@ -189,6 +208,7 @@ def guarded_tool(
             result_model=result_model,  # type: ignore[arg-type]
             fn=fn,
             business_key=business_key,
+            fact=fact,
         )
         return fn
 
@@ -209,6 +229,10 @@ def validate_registry() -> None:
             )
         if spec.read_only and spec.compensate:
             raise ToolDeclarationError(f"tool {spec.name} is read-only and needs no compensation")
+
+
+def tool_schemas() -> list[ToolSchema]:
+    return [spec.schema for spec in REGISTRY.values()]
 
 
 def tool_activities(runtime: Runtime) -> list[Callable[[ToolCall], Awaitable[ToolOutcome]]]:
@@ -262,8 +286,7 @@ def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awai
 
 async def _check_authorized(spec: ToolSpec, call: ToolCall, runtime: Runtime, run: str) -> None:
     """The activity is the boundary: an approval in workflow state alone is not enough."""
-    kill = runtime.policy.current().kill_switch
-    if kill.all_side_effects or spec.name in kill.tools or call.agent in kill.agents:
+    if read_kill_switch(runtime.settings.kill_switch_path).stops(spec.name, call.agent):
         raise ApplicationError(
             f"{spec.name} is switched off by the kill switch; the action was not executed",
             type="KillSwitch",

@@ -25,6 +25,7 @@ from activities.contracts import (
     DECIDE,
     NOTIFY,
     PLAN,
+    RELEASE,
     ApprovalNotice,
     GuardInput,
     GuardResult,
@@ -95,6 +96,7 @@ async def guard(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
                     proposal=p,
                     requested_mode=run.input.mode,
                     requested_by=run.input.requested_by,
+                    run_context=dict(run.input.context),
                 ),
                 result_type=GuardResult,
                 start_to_close_timeout=timedelta(seconds=30),
@@ -199,16 +201,37 @@ async def _wait_until_settled(run: RunState, requests: list[ApprovalRequest]) ->
         except TimeoutError:
             for r in pending:
                 if r.expires_at <= workflow.now():
-                    r.status = "expired"
-                    await run.record(
-                        "approval.expired",
-                        {
-                            "request_id": r.request_id,
-                            "action_hash": r.action_hash,
-                            "outcome": "rejected",
-                            "expired_at": workflow.now().isoformat(),
-                        },
-                    )
+                    await _expire_or_escalate(run, r)
+
+
+async def _expire_or_escalate(run: RunState, r: ApprovalRequest) -> None:
+    """On expiry a request escalates once, if its rule says to whom; otherwise it is rejected."""
+    need = r.need
+    if need.escalate_to and not r.escalated:
+        r.escalated = True
+        need.eligible = sorted(set(need.eligible) | set(need.escalate_members))
+        r.expires_at = workflow.now() + need.timeout
+        await run.record(
+            "approval.escalated",
+            {
+                "request_id": r.request_id,
+                "to": need.escalate_to,
+                "eligible": need.eligible,
+                "expires_at": r.expires_at.isoformat(),
+            },
+        )
+        await _notify(run, "requested", r)
+        return
+    r.status = "expired"
+    await run.record(
+        "approval.expired",
+        {
+            "request_id": r.request_id,
+            "action_hash": r.action_hash,
+            "outcome": "rejected",
+            "expired_at": workflow.now().isoformat(),
+        },
+    )
 
 
 async def _record_decisions(run: RunState) -> None:
@@ -254,10 +277,24 @@ async def act(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
             payload = {"error": f"not approved: {record.detail}"}
         else:
             payload = await _execute(run, g, record)
+        if record.status in ("rejected", "expired", "failed") and v.action_hash:
+            await _release(v.action_hash)
         run.actions.append(record)
         observations.append(_observation(v.call_id, payload))
     run.show("acting")
     return {"observations": observations, "proposals": [], "guarded": []}
+
+
+async def _release(action_hash: str) -> None:
+    """An action that will not happen gives back the limits its verdict reserved."""
+    await workflow.execute_activity(
+        RELEASE,
+        action_hash,
+        result_type=int,
+        start_to_close_timeout=timedelta(seconds=30),
+        retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+        summary=f"release limits {action_hash[:16]}",
+    )
 
 
 def _refusal(request: ApprovalRequest) -> str:

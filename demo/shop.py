@@ -85,6 +85,10 @@ SEED_ORDERS = [  # order_id, customer_id, status, total = captured, items (sku, 
     ("A-1006", "C-200", "delivered", 12900, [("KTL-GLS-01", "Glass kettle", 1, 12900)]),
     ("A-1007", "C-100", "delivered", 3100, [("MUG-SET-04", "Mug set", 4, 775)]),
     ("A-1008", "C-200", "delivered", 2400, [("FLT-PPR-01", "Coffee filters", 3, 800)]),
+    ("A-1009", "C-300", "delivered", 15900, [("LMP-DSK-01", "Desk lamp", 1, 15900)]),
+    ("A-1010", "C-100", "delivered", 9900, [("GRN-BUR-01", "Burr grinder", 1, 9900)]),
+    ("A-1011", "C-200", "delivered", 24900, [("SCL-KIT-01", "Kitchen scale", 1, 24900)]),
+    ("A-1012", "C-300", "delivered", 7900, [("BTL-INS-02", "Insulated bottle", 2, 3950)]),
 ]
 
 

@@ -53,6 +53,7 @@ class ApprovalRequest(BaseModel):
     need: ApprovalNeed
     expires_at: datetime
     status: Status = "pending"
+    escalated: bool = False
     decisions: list[RecordedDecision] = []
 
     @property

@@ -1,31 +1,53 @@
-"""The guard: a deterministic decision on every proposal.
+"""The guard: a deterministic decision on every proposal, by Cedar policies.
 
-`decide()` is a pure function of (proposal, agent grant, tool declaration, policy). It does no
-I/O: the guard activity (`activities/guard.py`) loads the policy and records the verdict, so the
-verdict lands in workflow history and replays exactly.
+A policy is a folder: `policy.toml` (rollout modes, approver groups, counters for stateful
+limits) and `*.cedar` rules. Cedar gives us what the guard must say — default deny, and an
+explicit `forbid` always beats any `permit` — and a rule language a security owner can read.
+Approval tiers are `permit` rules with annotations (`@approval_groups`, `@quorum`, ...): when
+such a rule is among those that allowed a call, the call needs that approval.
 
-Default deny; an explicit deny (kill switch, scope, bad arguments) always wins over an allow.
+`decide()` is pure: given the proposal and the facts the guard activity gathered (usage of
+limits, looked-up records, kill switch), it returns the same verdict every time. The guard
+activity (`activities/guard.py`) gathers the facts, calls it, reserves limits and audits.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import cedarpy
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from guardrails.cedar_schema import ToolSchema, cedar_schema
 
 Mode = Literal["shadow", "augment", "automate"]
 Outcome = Literal["allow", "deny", "needs_approval", "shadow"]
 
-DEFAULT_POLICY_PATH = Path(__file__).parent / "policies" / "default.toml"
+DEFAULT_POLICY_PATH = Path(__file__).parent / "policies" / "default"
+
+# Rules owned by the code, not by policy files: a policy edit can never switch them off.
+BASELINE_RULES = """
+@id("scope.not_granted")
+forbid(principal, action, resource) unless { principal.scopes.contains(context.tool.scope) };
+
+@id("kill_switch")
+forbid(principal, action, resource) when { context.killed && !context.tool.read_only };
+
+@id("tool.read_only")
+permit(principal, action, resource) when { context.tool.read_only };
+"""
+BASELINE_FILE = "<baseline>"
 
 
 class PolicyError(Exception):
-    """A policy file is invalid. The message names the file and what is wrong."""
+    """A policy is invalid. The message names the file, the line where known, and the reason."""
 
 
 def canonical_json(value: Any) -> str:
@@ -48,96 +70,6 @@ class Proposal(BaseModel):
     reason: str = ""
 
 
-class ApprovalRule(BaseModel):
-    """Who must countersign an action, and until when."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: str
-    tool: str
-    argument: str | None = None
-    above: int | None = None
-    groups: list[str] = Field(min_length=1)
-    quorum: int = Field(default=1, ge=1)
-    # At least one approver must belong to this group (e.g. finance above a second tier).
-    required_group: str | None = None
-    timeout_minutes: int = Field(default=240, ge=1)
-
-    def applies(self, tool: str, arguments: dict[str, Any]) -> bool:
-        if tool != self.tool:
-            return False
-        if self.argument is None:
-            return True
-        value = arguments.get(self.argument)
-        return isinstance(value, int) and (self.above is None or value > self.above)
-
-
-class KillSwitch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    tools: list[str] = []
-    agents: list[str] = []
-    all_side_effects: bool = False
-
-
-class Policy(BaseModel):
-    """Policy v1: rollout modes, kill switch, approval rules and approver groups."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    default_mode: Mode = "automate"
-    modes: dict[str, Mode] = {}
-    kill_switch: KillSwitch = KillSwitch()
-    groups: dict[str, list[str]] = {}
-    # Approvers for side effects in `augment` mode, where no specific rule applies.
-    augment_rule: ApprovalRule | None = None
-    approval_rules: list[ApprovalRule] = []
-
-    @model_validator(mode="after")
-    def _groups_exist(self) -> Policy:
-        rules = [*self.approval_rules, *([self.augment_rule] if self.augment_rule else [])]
-        for rule in rules:
-            for group in [*rule.groups, *([rule.required_group] if rule.required_group else [])]:
-                if group not in self.groups:
-                    raise ValueError(
-                        f"approval rule {rule.id!r} names group {group!r}, "
-                        f"which is not defined under [groups] (defined: {sorted(self.groups)})"
-                    )
-        return self
-
-    @property
-    def version(self) -> str:
-        """The hash every verdict records, so a verdict names the exact policy it came from."""
-        return "pol_" + sha256_hex(self.model_dump(mode="json"))[:16]
-
-    def mode_for(self, agent: str, requested: Mode | None) -> Mode:
-        """The strictest of the agent's configured mode and the mode the run asked for."""
-        order = ["shadow", "augment", "automate"]
-        configured = self.modes.get(agent, self.default_mode)
-        if requested is None:
-            return configured
-        return min(configured, requested, key=order.index)  # type: ignore[return-value]
-
-
-def load_policy(path: str | Path = DEFAULT_POLICY_PATH) -> Policy:
-    """Read and validate a policy file; raise PolicyError naming the file and the problem."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise PolicyError(f"{path}: policy file not found") from e
-    except tomllib.TOMLDecodeError as e:
-        raise PolicyError(f"{path}: not valid TOML: {e}") from e
-    try:
-        return Policy.model_validate(raw)
-    except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
-            for err in e.errors()
-        )
-        raise PolicyError(f"{path}: invalid policy: {problems}") from e
-
-
 class ToolFacts(BaseModel):
     """What the guard needs to know about a registered tool."""
 
@@ -146,6 +78,33 @@ class ToolFacts(BaseModel):
     read_only: bool
     risk: Literal["low", "medium", "high"]
     compensate: str | None
+
+
+class Counter(BaseModel):
+    """A stateful limit's running total, kept durably by the guard's ledger."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    tool: str
+    # Sum this integer argument; without it, count calls.
+    sum: str | None = None
+    per: Literal["agent", "run", "customer"] = "agent"
+    window: Literal["run", "day", "week"] = "day"
+
+
+class Settings(BaseModel):
+    """`policy.toml`: everything about a policy that is not a Cedar rule."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_mode: Mode = "automate"
+    modes: dict[str, Mode] = {}
+    groups: dict[str, list[str]] = {}
+    counters: list[Counter] = []
+    # Who countersigns side effects in `augment` mode.
+    augment_groups: list[str] = ["support-leads"]
+    augment_timeout_minutes: int = Field(default=240, ge=1)
 
 
 class ApprovalNeed(BaseModel):
@@ -158,6 +117,9 @@ class ApprovalNeed(BaseModel):
     required_group: str | None = None
     required_members: list[str] = []
     timeout: timedelta
+    # On expiry, hand the request to this group once instead of rejecting it.
+    escalate_to: str | None = None
+    escalate_members: list[str] = []
 
 
 class Verdict(BaseModel):
@@ -185,20 +147,236 @@ def action_hash(workflow_id: str, call_id: str, tool: str, arguments: dict[str, 
     )
 
 
-def decide(
-    *,
-    proposal: Proposal,
-    agent: str,
-    granted_scopes: list[str],
-    tool: ToolFacts | None,
-    arguments: dict[str, Any] | None,
-    arguments_error: str | None,
-    policy: Policy,
-    requested_mode: Mode | None,
-    workflow_id: str,
-) -> Verdict:
-    """Decide a proposal. `arguments` are the tool's validated arguments, or None with an error."""
-    mode = policy.mode_for(agent, requested_mode)
+@dataclass(frozen=True)
+class Rule:
+    """One Cedar policy of the bundle, with where it came from."""
+
+    id: str
+    effect: Literal["permit", "forbid"]
+    annotations: dict[str, str]
+    file: str
+    line: int
+    source: str
+
+
+_STATEMENT_END = re.compile(r";[ \t]*(?://[^\n]*)?(?:\n|$)")
+
+
+def _statements(text: str) -> list[tuple[int, str]]:
+    """Split Cedar text into (first line, statement) pairs, to name the line of an error."""
+    out, start = [], 0
+    for m in _STATEMENT_END.finditer(text):
+        chunk = text[start : m.end()]
+        if chunk.strip() and not all(
+            ln.strip().startswith("//") or not ln.strip() for ln in chunk.splitlines()
+        ):
+            # The statement's line is its first line that is not blank or a comment.
+            lines = chunk.splitlines(keepends=True)
+            skip = 0
+            while lines and (not lines[0].strip() or lines[0].strip().startswith("//")):
+                skip += len(lines.pop(0))
+            line = text.count("\n", 0, start + skip) + 1
+            out.append((line, chunk))
+        start = m.end()
+    if text[start:].strip():
+        out.append((text.count("\n", 0, start) + 1, text[start:]))
+    return out
+
+
+def _parse_rules(file: str, text: str) -> list[Rule]:
+    rules = []
+    for line, statement in _statements(text):
+        try:
+            parsed = json.loads(cedarpy.policies_to_json_str(statement))["staticPolicies"]
+        except ValueError as e:
+            raise PolicyError(f"{file}:{line}: {str(e).strip()}") from None
+        for policy in parsed.values():
+            annotations = policy.get("annotations") or {}
+            if "id" not in annotations:
+                raise PolicyError(f'{file}:{line}: every rule needs an @id("...") annotation')
+            rules.append(
+                Rule(annotations["id"], policy["effect"], annotations, file, line, statement)
+            )
+    return rules
+
+
+class PolicyBundle:
+    """A loaded, validated policy: settings, rules, and the version every verdict records."""
+
+    def __init__(self, settings: Settings, rules: list[Rule], version: str, path: Path) -> None:
+        self.settings = settings
+        self.rules = rules
+        self.version = version
+        self.path = path
+        self.by_id = {r.id: r for r in rules}
+        self._policy_set = cedarpy.PolicySet.from_str("\n".join(r.source for r in rules))
+        # cedarpy names policies policy0, policy1, ... in source order.
+        self._ids = [r.id for r in rules]
+
+    def mode_for(self, agent: str, requested: Mode | None) -> Mode:
+        """The strictest of the agent's configured mode and the mode the run asked for."""
+        order = ["shadow", "augment", "automate"]
+        configured = self.settings.modes.get(agent, self.settings.default_mode)
+        if requested is None:
+            return configured
+        return min(configured, requested, key=order.index)  # type: ignore[return-value]
+
+    def evaluate(
+        self, request: dict[str, Any], entities: list[dict[str, Any]]
+    ) -> tuple[bool, list[str]]:
+        """(allowed, ids of the rules that decided it) for one Cedar request."""
+        result = cedarpy.is_authorized(request, self._policy_set, entities)
+        if result.diagnostics.errors:
+            # A rule that errors is skipped by Cedar; say so rather than hide it.
+            raise PolicyError(f"{self.path}: rule evaluation failed: {result.diagnostics.errors}")
+        reasons = [self._ids[int(p.removeprefix("policy"))] for p in result.diagnostics.reasons]
+        return result.allowed, reasons
+
+    def members(self, group: str) -> list[str]:
+        return sorted(self.settings.groups.get(group, []))
+
+
+def load_policy(
+    path: str | Path = DEFAULT_POLICY_PATH, tools: list[ToolSchema] | None = None
+) -> PolicyBundle:
+    """Load a policy folder; raise PolicyError naming the file, line and reason.
+
+    With the registered `tools`, every rule is also type-checked against the schema generated
+    from them (guardrails/cedar_schema.py): a misspelt argument or tool is an error here, not a
+    rule that silently never matches.
+    """
+    path = Path(path)
+    settings_file = path / "policy.toml"
+    try:
+        raw = tomllib.loads(settings_file.read_text())
+    except FileNotFoundError:
+        raise PolicyError(f"{settings_file}: policy settings file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(f"{settings_file}: not valid TOML: {e}") from None
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in e.errors(include_url=False)
+        )
+        raise PolicyError(f"{settings_file}: {problems}") from None
+
+    files = sorted(path.glob("*.cedar"))
+    if not files:
+        raise PolicyError(f"{path}: no *.cedar rule files")
+    rules = _parse_rules(BASELINE_FILE, BASELINE_RULES)
+    for f in files:
+        rules += _parse_rules(str(f), f.read_text())
+    seen: dict[str, Rule] = {}
+    for rule in rules:
+        if rule.id in seen:
+            first = seen[rule.id]
+            raise PolicyError(
+                f"{rule.file}:{rule.line}: rule id {rule.id!r} is already used at "
+                f"{first.file}:{first.line}"
+            )
+        seen[rule.id] = rule
+        _check_annotations(rule, settings)
+    if tools is not None:
+        _validate(rules, cedar_schema(tools, [c.id for c in settings.counters]))
+    version = (
+        "pol_"
+        + sha256_hex(
+            {"settings": settings.model_dump(mode="json"), "rules": [r.source for r in rules]}
+        )[:16]
+    )
+    return PolicyBundle(settings, rules, version, path)
+
+
+def _check_annotations(rule: Rule, settings: Settings) -> None:
+    where = f"{rule.file}:{rule.line}: rule {rule.id!r}"
+    a = rule.annotations
+    groups = [g.strip() for g in a.get("approval_groups", "").split(",") if g.strip()]
+    named = groups + [a[k] for k in ("required_group", "escalate_to") if k in a]
+    for group in named:
+        if group not in settings.groups:
+            raise PolicyError(
+                f"{where} names group {group!r}, which policy.toml does not define "
+                f"(defined: {', '.join(sorted(settings.groups)) or 'none'})"
+            )
+    if groups and rule.effect != "permit":
+        raise PolicyError(f"{where}: approval annotations belong on permit rules")
+    for key in ("quorum", "timeout_minutes"):
+        if key in a and not a[key].isdigit():
+            raise PolicyError(f"{where}: @{key} must be a whole number, got {a[key]!r}")
+
+
+def _validate(rules: list[Rule], schema: dict[str, Any]) -> None:
+    for rule in rules:
+        result = cedarpy.validate_policies(rule.source, schema)
+        if not result.validation_passed:
+            reasons = "; ".join(
+                str(e.error) if hasattr(e, "error") else str(e) for e in result.errors
+            )
+            raise PolicyError(f"{rule.file}:{rule.line}: rule {rule.id!r}: {reasons}")
+
+
+class DecisionInput(BaseModel):
+    """Everything a decision depends on, so it can be recorded and evaluated again."""
+
+    proposal: Proposal
+    agent: str
+    granted_scopes: list[str]
+    tool: ToolFacts | None
+    arguments: dict[str, Any] | None
+    arguments_error: str | None
+    requested_mode: Mode | None
+    workflow_id: str
+    requested_by: str
+    run_context: dict[str, Any] = {}
+    # Running totals of the policy's counters, before this call.
+    usage: dict[str, int] = {}
+    # Records looked up earlier in the run that this call concerns (e.g. "order").
+    facts: dict[str, dict[str, Any]] = {}
+    killed: bool = False
+
+
+def cedar_request(d: DecisionInput) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    assert d.tool is not None and d.arguments is not None
+    entities = [
+        {
+            "uid": {"type": "Agent", "id": d.agent},
+            "attrs": {"scopes": d.granted_scopes},
+            "parents": [],
+        },
+    ]
+    request = {
+        "principal": {"type": "Agent", "id": d.agent},
+        "action": {"type": "Action", "id": d.tool.name},
+        "resource": {"type": "Tool", "id": d.tool.name},
+        "context": {
+            "args": _cedar_value(d.arguments),
+            "tool": d.tool.model_dump(exclude={"compensate"}),
+            "usage": d.usage,
+            "facts": _cedar_value(d.facts),
+            "killed": d.killed,
+            "run": {"requested_by": d.requested_by, "context": _cedar_value(d.run_context)},
+        },
+    }
+    return request, entities
+
+
+def _cedar_value(value: Any) -> Any:
+    """Cedar has no null and no floats: drop nulls, keep floats as strings."""
+    if isinstance(value, dict):
+        return {k: _cedar_value(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_cedar_value(v) for v in value if v is not None]
+    if isinstance(value, float):
+        return str(value)
+    return value
+
+
+def decide(d: DecisionInput, policy: PolicyBundle) -> Verdict:
+    """Decide a proposal. Same input and policy, same verdict."""
+    proposal = d.proposal
+    mode = policy.mode_for(d.agent, d.requested_mode)
 
     def verdict(outcome: Outcome, rule_ids: list[str], reason: str, **extra: Any) -> Verdict:
         return Verdict(
@@ -212,86 +390,110 @@ def decide(
             **extra,
         )
 
+    tool = d.tool
     if tool is None:
         return verdict("deny", ["tool.unknown"], f"there is no tool named {proposal.tool!r}")
-    if tool.scope not in granted_scopes:
-        return verdict(
-            "deny",
-            ["scope.not_granted"],
-            f"agent {agent!r} is not granted scope {tool.scope!r}, which {tool.name} needs",
-        )
-    if arguments is None:
-        return verdict("deny", ["arguments.invalid"], f"invalid arguments: {arguments_error}")
+    if d.arguments is None:
+        return verdict("deny", ["arguments.invalid"], f"invalid arguments: {d.arguments_error}")
 
+    allowed, rule_ids = policy.evaluate(*cedar_request(d))
+    if not allowed:
+        rule_ids = rule_ids or ["default_deny"]
+        return verdict("deny", rule_ids, _deny_reason(rule_ids, d, policy))
     facts = {
-        "arguments": arguments,
-        "action_hash": action_hash(workflow_id, proposal.call_id, tool.name, arguments),
+        "arguments": d.arguments,
+        "action_hash": action_hash(d.workflow_id, proposal.call_id, tool.name, d.arguments),
         "read_only": tool.read_only,
         "compensate": tool.compensate,
     }
     if tool.read_only:
-        return verdict("allow", ["tool.read_only"], "read-only tools are allowed in scope", **facts)
-
-    kill = policy.kill_switch
-    if kill.all_side_effects or tool.name in kill.tools or agent in kill.agents:
-        return verdict("deny", ["kill_switch"], "side effects are switched off by the kill switch")
+        return verdict("allow", rule_ids, "read-only and in scope", **facts)
     if mode == "shadow":
         return verdict("shadow", ["mode.shadow"], "shadow mode: recorded, not executed", **facts)
 
-    rules = [r for r in policy.approval_rules if r.applies(tool.name, arguments)]
-    if not rules and mode == "augment" and policy.augment_rule is not None:
-        rules = [policy.augment_rule]
-    if rules:
-        # The strictest applicable rule decides: most approvers, then the highest threshold.
-        rule = max(rules, key=lambda r: (r.quorum, r.required_group is not None, r.above or 0))
-        members = sorted({m for g in rule.groups for m in policy.groups[g]})
-        required = sorted(policy.groups[rule.required_group]) if rule.required_group else []
+    gated = [policy.by_id[r] for r in rule_ids if "approval_groups" in policy.by_id[r].annotations]
+    if gated:
+        need = _strictest(gated, policy)
+    elif mode == "augment":
+        groups = policy.settings.augment_groups
         need = ApprovalNeed(
+            rule_id="mode.augment",
+            groups=groups,
+            eligible=sorted({m for g in groups for m in policy.members(g)}),
+            quorum=1,
+            timeout=timedelta(minutes=policy.settings.augment_timeout_minutes),
+        )
+    else:
+        return verdict("allow", rule_ids, "within automatic limits", **facts)
+    return verdict(
+        "needs_approval",
+        [need.rule_id],
+        f"{need.quorum} approval(s) from {', '.join(need.groups)} required"
+        + (f", one of them from {need.required_group}" if need.required_group else ""),
+        approval=need,
+        **facts,
+    )
+
+
+def _strictest(rules: list[Rule], policy: PolicyBundle) -> ApprovalNeed:
+    def need(rule: Rule) -> ApprovalNeed:
+        a = rule.annotations
+        groups = [g.strip() for g in a["approval_groups"].split(",") if g.strip()]
+        required = a.get("required_group")
+        escalate = a.get("escalate_to")
+        members = {m for g in groups for m in policy.members(g)}
+        required_members = policy.members(required) if required else []
+        return ApprovalNeed(
             rule_id=rule.id,
-            groups=rule.groups,
-            eligible=sorted(set(members) | set(required)),
-            quorum=rule.quorum,
-            required_group=rule.required_group,
-            required_members=required,
-            timeout=timedelta(minutes=rule.timeout_minutes),
+            groups=groups,
+            eligible=sorted(members | set(required_members)),
+            quorum=int(a.get("quorum", "1")),
+            required_group=required,
+            required_members=required_members,
+            timeout=timedelta(minutes=int(a.get("timeout_minutes", "240"))),
+            escalate_to=escalate,
+            escalate_members=policy.members(escalate) if escalate else [],
         )
-        return verdict(
-            "needs_approval",
-            [rule.id],
-            f"{rule.quorum} approval(s) from {', '.join(rule.groups)} required"
-            + (f", one of them from {rule.required_group}" if rule.required_group else ""),
-            approval=need,
-            **facts,
-        )
-    if mode == "augment":
-        return verdict("deny", ["mode.augment"], "augment mode: side effects need a human")
-    return verdict("allow", ["mode.automate"], "within automatic limits", **facts)
+
+    needs = [need(r) for r in rules]
+    return max(needs, key=lambda n: (n.quorum, n.required_group is not None, n.rule_id))
+
+
+def _deny_reason(rule_ids: list[str], d: DecisionInput, policy: PolicyBundle) -> str:
+    if rule_ids == ["default_deny"]:
+        return f"no rule permits {d.agent} to call {d.proposal.tool} with these arguments"
+    if "scope.not_granted" in rule_ids and d.tool is not None:
+        return f"agent {d.agent!r} is not granted scope {d.tool.scope!r}, which {d.tool.name} needs"
+    if "kill_switch" in rule_ids:
+        return "side effects are switched off by the kill switch"
+    described = [policy.by_id[r].annotations.get("reason", r) for r in rule_ids]
+    return "forbidden: " + "; ".join(described)
 
 
 class PolicySource:
-    """The active policy, re-read when its file changes.
+    """The active policy, re-read when a file in its folder changes.
 
     An invalid edit never replaces a valid active policy: the error is kept (and reported by
     the caller) and the last valid version stays in force.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, tools: list[ToolSchema] | None = None) -> None:
         self.path = Path(path)
-        self._mtime: float | None = None
-        self._active: Policy | None = None
+        self.tools = tools
+        self._stamp: tuple[tuple[str, float], ...] | None = None
+        self._active: PolicyBundle | None = None
         self.last_error: PolicyError | None = None
 
-    def current(self) -> Policy:
-        try:
-            mtime = self.path.stat().st_mtime
-        except FileNotFoundError as e:
-            if self._active is None:
-                raise PolicyError(f"{self.path}: policy file not found") from e
-            return self._active
-        if mtime != self._mtime:
-            self._mtime = mtime
+    def _files_stamp(self) -> tuple[tuple[str, float], ...]:
+        files = [*self.path.glob("*.cedar"), self.path / "policy.toml"]
+        return tuple(sorted((f.name, f.stat().st_mtime) for f in files if f.exists()))
+
+    def current(self) -> PolicyBundle:
+        stamp = self._files_stamp()
+        if stamp != self._stamp:
+            self._stamp = stamp
             try:
-                self._active = load_policy(self.path)
+                self._active = load_policy(self.path, self.tools)
                 self.last_error = None
             except PolicyError as e:
                 self.last_error = e

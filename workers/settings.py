@@ -42,6 +42,8 @@ class Settings(BaseSettings):
 
     state_dir: Path = Path(".countersign")
     policy_path: Path = DEFAULT_POLICY_PATH
+    # A candidate policy evaluated beside the active one; its flips are recorded, never enforced.
+    candidate_policy_path: Path | None = None
     # keyring backend, set explicitly (never auto-detected): a class path.
     keyring_backend: str = "keyrings.alt.file.PlaintextKeyring"
 
@@ -76,6 +78,14 @@ class Settings(BaseSettings):
     @cached_property
     def transcript_path(self) -> Path:
         return self.state_dir / "transcripts.sqlite3"
+
+    @cached_property
+    def ledger_path(self) -> Path:
+        return self.state_dir / "ledger.sqlite3"
+
+    @cached_property
+    def kill_switch_path(self) -> Path:
+        return self.state_dir / "kill-switch.json"
 
     @cached_property
     def keyring_path(self) -> Path:

@@ -26,7 +26,7 @@ from activities.guard import GuardActivities
 from activities.model import ModelActivities
 from activities.notify import NotifyActivities
 from activities.runtime import Runtime
-from activities.tools import tool_activities, validate_registry
+from activities.tools import tool_activities, tool_schemas, validate_registry
 from agents.graph import GRAPH_NAME, build_graph
 from agents.run import AgentRun
 from workers.credentials import configure_keyring, get_secret
@@ -78,8 +78,10 @@ def check_startup(settings: Settings) -> Runtime:
     configure_keyring(settings)
     for system in settings.systems.values():
         get_secret(system.credential)
-    runtime = Runtime.from_settings(settings)
+    runtime = Runtime.from_settings(settings, tool_schemas())
     runtime.policy.current()
+    if runtime.candidate is not None:
+        runtime.candidate.current()
     return runtime
 
 
@@ -94,6 +96,7 @@ def build_worker(
     activities_: Sequence[Any] = [
         ModelActivities(runtime).plan,
         GuardActivities(runtime).decide,
+        GuardActivities(runtime).release,
         AuditActivities(runtime).record,
         NotifyActivities(runtime).notify,
         *tool_activities(runtime),

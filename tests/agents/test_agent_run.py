@@ -73,7 +73,7 @@ async def test_bad_decisions_are_refused_with_a_reason(
     handle = await start_run(
         temporal.client,
         worker.task_queue,
-        task="Refund order A-1002: wrong colour.",
+        task="Refund order A-1009: wrong colour.",
         requested_by="alice",
     )
     (request,) = await wait_for_pending(handle)

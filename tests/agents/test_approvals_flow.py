@@ -19,6 +19,7 @@ TWO_REFUNDS = {
     "name": "two-refunds",
     "match": r"(?i)two partial paybacks for (?P<order_id>[A-Z]-\d{4})",
     "turns": [
+        {"tool_calls": [{"name": "orders.lookup", "arguments": {"order_id": "{order_id}"}}]},
         {
             "tool_calls": [
                 {
@@ -76,7 +77,9 @@ async def test_each_parallel_call_gets_its_own_request_and_decision(
         Decision(request_id=second.request_id, approver="bob", approve=False, comment="no"),
     )
     result = await handle.result()
-    outcome = {a.arguments["amount_cents"]: a.status for a in result.actions}
+    outcome = {
+        a.arguments["amount_cents"]: a.status for a in result.actions if a.tool == "payments.refund"
+    }
     assert outcome == {6000: "executed", 7000: "rejected"}
     assert [r["amount_cents"] for r in shop.refunds("A-1003")] == [*before, 6000]
 
@@ -85,7 +88,7 @@ async def test_ui_signal_decides_and_a_bad_signal_is_audited_not_applied(
     temporal: WorkflowEnvironment, worker: Worker, runtime: Runtime
 ) -> None:
     handle = await start_run(
-        temporal.client, worker.task_queue, task="Refund order A-1002: signal test."
+        temporal.client, worker.task_queue, task="Refund order A-1010: signal test."
     )
     (request,) = await wait_for_pending(handle)
     # As typed in the UI's "Send a Signal" form: JSON, by a person not allowed to decide.

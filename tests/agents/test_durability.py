@@ -124,12 +124,12 @@ async def test_approval_timeout_ends_in_a_recorded_rejection(
     shop: Shop,
     task_queue: str,
 ) -> None:
-    before = len(shop.refunds("A-1002"))
+    before = len(shop.refunds("A-1011"))
     async with build_worker(time_skipping.client, settings, runtime, task_queue=task_queue):
         handle = await start_run(
             time_skipping.client,
             task_queue,
-            task="Refund order A-1002: nobody answers.",
+            task="Refund order A-1011: nobody answers.",
             execution_timeout=None,
         )
         # Waiting for the result lets the test server skip the 4-hour approval timer.
@@ -137,7 +137,10 @@ async def test_approval_timeout_ends_in_a_recorded_rejection(
     refund = next(a for a in result.actions if a.tool == "payments.refund")
     assert refund.status == "expired"
     assert "expired without a decision" in refund.detail
-    assert len(shop.refunds("A-1002")) == before
+    assert len(shop.refunds("A-1011")) == before
+    # Unanswered, the request escalated once to the duty managers, then expired.
+    (escalated,) = runtime.audit.find(handle.id, "approval.escalated")
+    assert escalated.data["to"] == "duty-managers" and "erin" in escalated.data["eligible"]
     (expired,) = runtime.audit.find(handle.id, "approval.expired")
     assert expired.data["request_id"] == refund.request_id
     assert expired.data["outcome"] == "rejected"

@@ -113,7 +113,7 @@ def test_demo_runs_on_the_running_stack(dev_stack: dict[str, str]) -> None:
     assert demo.returncode == 0, demo.stdout + demo.stderr
     out = demo.stdout
     assert out.count("run completed") == 2
-    assert "verdict ALLOW payments.refund [mode.automate]" in out
+    assert "verdict ALLOW payments.refund [refund.automatic]" in out
     assert "verdict NEEDS_APPROVAL payments.refund [refund.over_50]" in out
     assert "APPROVED by alice via cli" in out
     assert out.count("EXECUTED payments.refund") == 2

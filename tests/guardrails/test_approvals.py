@@ -14,26 +14,13 @@ from guardrails.approvals import (
     new_request,
     request_id_for,
 )
-from guardrails.policy import Proposal, ToolFacts, decide, load_policy
+from tests.guardrails.test_policy import ORDER, decision
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
-REFUND = ToolFacts(
-    name="payments.refund", scope="payments:refund", read_only=False, risk="high", compensate=None
-)
 
 
 def request_for(amount: int, call_id: str = "call_1"):
-    v = decide(
-        proposal=Proposal(call_id=call_id, tool="payments.refund"),
-        agent="support-refunds",
-        granted_scopes=["payments:refund"],
-        tool=REFUND,
-        arguments={"order_id": "A-1003", "amount_cents": amount, "reason": "wobbly"},
-        arguments_error=None,
-        policy=load_policy(),
-        requested_mode=None,
-        workflow_id="wf-1",
-    )
+    v = decision(args={"amount_cents": amount}, facts={"order": ORDER})
     r = new_request(
         workflow_id="wf-1",
         verdict=v,
@@ -45,22 +32,22 @@ def request_for(amount: int, call_id: str = "call_1"):
     return {r.request_id: r}, r
 
 
-def decision(r, who, approve=True, **kw) -> Decision:
+def decide(r, who, approve=True, **kw) -> Decision:
     return Decision(request_id=r.request_id, approver=who, approve=approve, **kw)
 
 
 def test_one_support_lead_approves_a_mid_refund() -> None:
     requests, r = request_for(18900)
-    apply_decision(check_decision(requests, decision(r, "bob")), decision(r, "bob"), NOW)
+    apply_decision(check_decision(requests, decide(r, "bob")), decide(r, "bob"), NOW)
     assert r.status == "approved" and r.approvers == ["bob"]
 
 
 def test_two_approvers_including_finance_above_500() -> None:
     requests, r = request_for(89900)
     for who in ("alice", "bob"):
-        apply_decision(check_decision(requests, decision(r, who)), decision(r, who), NOW)
+        apply_decision(check_decision(requests, decide(r, who)), decide(r, who), NOW)
     assert r.status == "pending"  # two leads, but nobody from finance yet
-    apply_decision(check_decision(requests, decision(r, "carol")), decision(r, "carol"), NOW)
+    apply_decision(check_decision(requests, decide(r, "carol")), decide(r, "carol"), NOW)
     assert r.status == "approved"
 
 
@@ -83,13 +70,13 @@ def test_refused_decisions_say_why(who, fields, reason) -> None:
 
 def test_second_decision_and_repeat_approver_are_refused() -> None:
     requests, r = request_for(89900)
-    apply_decision(r, decision(r, "alice"), NOW)
+    apply_decision(r, decide(r, "alice"), NOW)
     with pytest.raises(DecisionRefused, match="already decided"):
-        check_decision(requests, decision(r, "alice"))
-    apply_decision(r, decision(r, "bob", approve=False), NOW)
+        check_decision(requests, decide(r, "alice"))
+    apply_decision(r, decide(r, "bob", approve=False), NOW)
     assert r.status == "rejected"
     with pytest.raises(DecisionRefused, match="already rejected"):
-        check_decision(requests, decision(r, "carol"))
+        check_decision(requests, decide(r, "carol"))
 
 
 def test_request_ids_are_per_call() -> None:

@@ -1,0 +1,147 @@
+"""Durable running totals for stateful limits, with reservations.
+
+"At most 2,000.00 refunded per agent per day" must hold across runs and workers, and under
+concurrency: the usage is read, the decision made and the amount reserved in one SQLite
+transaction (`BEGIN IMMEDIATE` serializes writers across processes). A reservation counts
+until it is released (the action was rejected, expired or failed); executed actions keep it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from guardrails.policy import Counter, DecisionInput, Verdict, action_hash
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS reservations (
+    action_hash TEXT NOT NULL,
+    counter_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    window TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    released INTEGER NOT NULL DEFAULT 0,
+    workflow_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (action_hash, counter_id)
+);
+CREATE INDEX IF NOT EXISTS reservations_by_window ON reservations (counter_id, key, window);
+"""
+
+
+def window_of(counter: Counter, workflow_id: str, now: datetime) -> str:
+    if counter.window == "run":
+        return workflow_id
+    if counter.window == "week":
+        year, week, _ = now.isocalendar()
+        return f"{year}-W{week:02d}"
+    return now.date().isoformat()
+
+
+def key_of(counter: Counter, d: DecisionInput) -> str:
+    if counter.per == "run":
+        return d.workflow_id
+    if counter.per == "customer":
+        args = d.arguments or {}
+        order = d.facts.get("order", {})
+        return str(args.get("customer_id") or order.get("customer_id") or "unknown")
+    return d.agent
+
+
+class Ledger:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = self._connect()
+        try:
+            db.executescript(_SCHEMA)
+        finally:
+            db.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        return db
+
+    def decide_and_reserve(
+        self,
+        d: DecisionInput,
+        counters: list[Counter],
+        decide: Callable[[DecisionInput], Verdict],
+        now: datetime | None = None,
+    ) -> tuple[Verdict, DecisionInput]:
+        """Read usage, decide, and reserve what the decision lets through, atomically.
+
+        A retried call (same action hash) neither counts its own reservation nor adds another.
+        """
+        now = now or datetime.now(UTC)
+        applicable = [c for c in counters if d.tool is not None and c.tool == d.tool.name]
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                usage = {c.id: 0 for c in counters}
+                places = {}
+                for c in counters:
+                    place = (key_of(c, d), window_of(c, d.workflow_id, now))
+                    places[c.id] = place
+                    (total,) = db.execute(
+                        "SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE counter_id = ?"
+                        " AND key = ? AND window = ? AND released = 0 AND action_hash != ?",
+                        (c.id, *place, _hash_of(d)),
+                    ).fetchone()
+                    usage[c.id] = total
+                d = d.model_copy(update={"usage": usage})
+                verdict = decide(d)
+                if verdict.outcome in ("allow", "needs_approval") and verdict.action_hash:
+                    for c in applicable:
+                        amount = int((d.arguments or {}).get(c.sum, 0)) if c.sum else 1
+                        db.execute(
+                            "INSERT OR IGNORE INTO reservations VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
+                            (
+                                verdict.action_hash,
+                                c.id,
+                                *places[c.id],
+                                amount,
+                                d.workflow_id,
+                                now.isoformat(),
+                            ),
+                        )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        finally:
+            db.close()
+        return verdict, d
+
+    def release(self, action_hash: str) -> int:
+        """Give back what an action that will not happen had reserved."""
+        db = self._connect()
+        try:
+            cur = db.execute(
+                "UPDATE reservations SET released = 1 WHERE action_hash = ?", (action_hash,)
+            )
+            return cur.rowcount
+        finally:
+            db.close()
+
+    def total(self, counter_id: str, key: str, window: str) -> int:
+        db = self._connect()
+        try:
+            (total,) = db.execute(
+                "SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE counter_id = ?"
+                " AND key = ? AND window = ? AND released = 0",
+                (counter_id, key, window),
+            ).fetchone()
+            return int(total)
+        finally:
+            db.close()
+
+
+def _hash_of(d: DecisionInput) -> str:
+    if d.tool is None or d.arguments is None:
+        return ""
+    return action_hash(d.workflow_id, d.proposal.call_id, d.tool.name, d.arguments)
