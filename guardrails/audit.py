@@ -148,6 +148,14 @@ class AuditStore:
             ).fetchall()
         return [_to_record(r) for r in rows]
 
+    def of_kind(self, kind: str) -> list[AuditRecord]:
+        """Every record of one kind, across runs, in order."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM audit_records WHERE kind = ? ORDER BY seq", (kind,)
+            ).fetchall()
+        return [_to_record(r) for r in rows]
+
     def find(self, workflow_id: str, kind: str, **data_matches: Any) -> list[AuditRecord]:
         """Records of one kind in a run whose data has the given top-level values."""
         return [

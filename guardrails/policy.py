@@ -77,7 +77,7 @@ class ToolFacts(BaseModel):
     scope: str
     read_only: bool
     risk: Literal["low", "medium", "high"]
-    compensate: str | None
+    compensate: str | None = None
 
 
 class Counter(BaseModel):

@@ -169,6 +169,74 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> None:
             print(story_line(r))
 
 
+def _load(path: str | None, settings: Settings) -> Any:
+    import workers.worker  # noqa: F401  (registers the tools the schema is generated from)
+    from activities.tools import tool_schemas
+    from guardrails.policy import PolicyError, load_policy
+
+    try:
+        return load_policy(path or settings.policy_path, tool_schemas())
+    except PolicyError as e:
+        raise CliError(f"invalid policy: {e}") from e
+
+
+async def cmd_policy(args: argparse.Namespace, settings: Settings) -> None:
+    from guardrails.review import backtest, diff, run_cases
+
+    if args.action == "test":
+        policy = _load(args.path, settings)
+        failures = run_cases(policy)
+        for failure in failures:
+            print(f"FAIL {failure}")
+        if failures:
+            raise CliError(f"{len(failures)} case(s) failed in {policy.path / 'cases.toml'}")
+        print(
+            f"policy {policy.path} is valid ({len(policy.rules)} rules, {policy.version}); "
+            "every case holds"
+        )
+    elif args.action == "diff":
+        lines = diff(_load(args.path, settings), _load(args.candidate, settings))
+        print("\n".join(lines) or "no differences")
+    else:
+        candidate = _load(args.candidate, settings)
+        verdicts = AuditStore(settings.audit_path).of_kind("verdict")
+        replayed, flips = backtest(verdicts, candidate)
+        print(
+            f"backtest of {candidate.version} against {replayed} recorded decisions: "
+            f"{len(flips)} flip(s)"
+        )
+        for f in flips:
+            print(
+                f"  {f.workflow_id} {f.tool} {json.dumps(f.arguments)}: {f.recorded} "
+                f"[{', '.join(f.recorded_rules)}] → {f.candidate} "
+                f"[{', '.join(f.candidate_rules)}]"
+            )
+
+
+async def cmd_kill(args: argparse.Namespace, settings: Settings) -> None:
+    from guardrails.controls import read_kill_switch, write_kill_switch
+
+    switch = read_kill_switch(settings.kill_switch_path)
+    on = args.command == "kill"
+    if args.what == "all":
+        switch.all_side_effects = on
+    elif args.what in ("tool", "agent"):
+        if not args.name:
+            raise CliError(f"name the {args.what}: countersign {args.command} {args.what} NAME")
+        names = switch.tools if args.what == "tool" else switch.agents
+        if on and args.name not in names:
+            names.append(args.name)
+        if not on and args.name in names:
+            names.remove(args.name)
+    if args.what != "status":
+        write_kill_switch(settings.kill_switch_path, switch)
+    print(
+        f"kill switch: all side effects {'OFF' if switch.all_side_effects else 'on'}; "
+        f"tools stopped: {', '.join(switch.tools) or 'none'}; "
+        f"agents stopped: {', '.join(switch.agents) or 'none'}"
+    )
+
+
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     from workers.worker import run_worker
 
@@ -241,6 +309,15 @@ def parser() -> argparse.ArgumentParser:
     audit.add_argument("run", help="workflow id, or `verify`")
     audit.add_argument("--json", action="store_true")
 
+    policy = add("policy", cmd_policy, "check, compare and backtest policies")
+    policy.add_argument("action", choices=["test", "diff", "backtest"])
+    policy.add_argument("path", nargs="?", help="policy folder (test, diff: default active)")
+    policy.add_argument("--candidate", help="candidate policy folder (diff, backtest)")
+    for verb in ("kill", "revive"):
+        k = add(verb, cmd_kill, f"{verb} side effects of a tool, an agent, or all, at once")
+        k.add_argument("what", choices=["tool", "agent", "all", "status"])
+        k.add_argument("name", nargs="?")
+
     secrets = sub.add_parser("secrets", help="manage secrets in the configured keyring")
     ssub = secrets.add_subparsers(dest="action", required=True)
     sset = ssub.add_parser("set", help="store a secret (value read from stdin or a prompt)")
@@ -252,6 +329,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     from temporalio.service import RPCError
 
+    from guardrails.policy import PolicyError
     from workers.credentials import CredentialError
     from workers.devstack import DevStackError
     from workers.logging import configure_logging
@@ -262,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = load_settings()
         asyncio.run(args.fn(args, settings))
-    except (CliError, SettingsError, CredentialError, DevStackError, RPCError) as e:
+    except (CliError, SettingsError, CredentialError, DevStackError, PolicyError, RPCError) as e:
         print(f"countersign: {e}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:

@@ -1,0 +1,126 @@
+"""The policy engine inside real runs: kill switch, shadow mode, candidate policy, backtest."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.runtime import Runtime
+from activities.tools import tool_schemas
+from agents.run import AgentRun
+from guardrails.approvals import Decision
+from guardrails.controls import KillSwitch, write_kill_switch
+from guardrails.policy import DEFAULT_POLICY_PATH, load_policy
+from guardrails.review import backtest
+from tests.agents.test_agent_run import wait_for_pending
+from tests.conftest import Shop, start_run
+from workers.settings import Settings
+from workers.worker import build_worker, check_startup
+
+
+@pytest.fixture
+def kill_switch(settings: Settings) -> Iterator[Path]:
+    yield settings.kill_switch_path
+    write_kill_switch(settings.kill_switch_path, KillSwitch())
+
+
+async def test_kill_switch_flipped_while_waiting_stops_the_approved_action(
+    temporal: WorkflowEnvironment, worker: Worker, shop: Shop, kill_switch: Path
+) -> None:
+    handle = await start_run(
+        temporal.client, worker.task_queue, task="Refund order A-1012: bottles leak."
+    )
+    (request,) = await wait_for_pending(handle)
+    write_kill_switch(kill_switch, KillSwitch(tools=["payments.refund"]))
+    await handle.execute_update(
+        AgentRun.decide, Decision(request_id=request.request_id, approver="bob", approve=True)
+    )
+    result = await handle.result()
+    refund = next(a for a in result.actions if a.tool == "payments.refund")
+    assert refund.status == "failed" and "kill switch" in refund.detail
+    assert shop.refunds("A-1012") == []
+
+
+async def test_kill_switch_denies_new_proposals_but_not_lookups(
+    temporal: WorkflowEnvironment, worker: Worker, shop: Shop, kill_switch: Path
+) -> None:
+    write_kill_switch(kill_switch, KillSwitch(agents=["support-refunds"]))
+    handle = await start_run(
+        temporal.client, worker.task_queue, task="Refund order A-1007: mugs chipped."
+    )
+    result = await handle.result()
+    status = {a.tool: (a.status, a.rule_ids) for a in result.actions}
+    assert status["orders.lookup"][0] == "executed"
+    assert status["payments.refund"] == ("denied", ["kill_switch"])
+    assert status["crm.add_note"] == ("denied", ["kill_switch"])
+    assert shop.refunds("A-1007") == []
+
+
+async def test_shadow_mode_executes_nothing_and_records_every_would_be_action(
+    temporal: WorkflowEnvironment, worker: Worker, shop: Shop, runtime: Runtime
+) -> None:
+    notes_before = shop.state()["notes"]
+    handle = await start_run(
+        temporal.client, worker.task_queue, mode="shadow", task="Refund order A-1008: filters torn."
+    )
+    result = await handle.result()
+    would_be = [a for a in result.actions if a.status == "shadow"]
+    assert {a.tool for a in would_be} == {"payments.refund", "crm.add_note"}
+    assert shop.refunds("A-1008") == [] and shop.state()["notes"] == notes_before
+    outcomes = {v.data["tool"]: v.data["outcome"] for v in runtime.audit.find(handle.id, "verdict")}
+    assert outcomes == {
+        "orders.lookup": "allow",
+        "payments.refund": "shadow",
+        "crm.add_note": "shadow",
+    }
+    assert runtime.audit.find(handle.id, "action.executed") == []
+
+
+def stricter(tmp_path: Path) -> Path:
+    """A candidate that only refunds up to 10.00 automatically."""
+    folder = tmp_path / "candidate"
+    shutil.copytree(DEFAULT_POLICY_PATH, folder)
+    rules = folder / "refunds.cedar"
+    rules.write_text(
+        rules.read_text()
+        .replace("amount_cents <= 5000", "amount_cents <= 1000")
+        .replace("amount_cents > 5000 &&", "amount_cents > 1000 &&")
+    )
+    return folder
+
+
+async def test_candidate_runs_in_shadow_and_backtest_reports_its_flips(
+    temporal: WorkflowEnvironment,
+    settings: Settings,
+    shop: Shop,
+    task_queue: str,
+    tmp_path: Path,
+) -> None:
+    candidate = stricter(tmp_path)
+    with_candidate = settings.model_copy(update={"candidate_policy_path": candidate})
+    runtime = check_startup(with_candidate)
+    async with build_worker(temporal.client, with_candidate, runtime, task_queue=task_queue):
+        handle = await start_run(
+            temporal.client, task_queue, task="Refund order A-1001: the teapot arrived broken."
+        )
+        result = await handle.result()
+    # The active policy decided: the 42.00 refund ran automatically...
+    refund = next(a for a in result.actions if a.tool == "payments.refund")
+    assert refund.status == "executed" and refund.rule_ids == ["refund.automatic"]
+    # ...and the candidate's verdict was recorded beside it, flipped, never enforced.
+    recorded = runtime.audit.find(handle.id, "verdict", tool="payments.refund")[0].data
+    assert recorded["candidate"]["outcome"] == "needs_approval"
+    assert recorded["candidate"]["flipped"] is True
+
+    replayed, flips = backtest(
+        runtime.audit.find(handle.id, "verdict"), load_policy(candidate, tool_schemas())
+    )
+    assert replayed == 3
+    assert [(f.tool, f.recorded, f.candidate, f.candidate_rules) for f in flips] == [
+        ("payments.refund", "allow", "needs_approval", ["refund.over_50"])
+    ]
