@@ -91,8 +91,16 @@ class ToolCall(BaseModel):
     agent: str
 
 
+class Compensation(BaseModel):
+    """The call that undoes an executed action, computed when the action ran."""
+
+    tool: str
+    arguments: dict[str, Any]
+
+
 class ToolOutcome(BaseModel):
     tool: str
     call_id: str
     idempotency_key: str
     result: dict[str, Any]
+    compensation: Compensation | None = None

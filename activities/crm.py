@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from activities.tools import ToolContext, guarded_tool
+from activities.tools import ToolContext, Undo, guarded_tool
 
 _CUSTOMER_ID = r"^C-\d{3}$"
 
@@ -41,7 +41,11 @@ class Note(BaseModel):
     text: str
 
 
-@guarded_tool("crm.add_note", scope="crm:write", risk="low", compensate="crm.delete_note")
+@guarded_tool(
+    "crm.add_note",
+    scope="crm:write",
+    compensate=Undo("crm.delete_note", lambda args, result: {"note_id": result.note_id}),
+)
 async def add_note(args: AddNoteArgs, ctx: ToolContext) -> Note:
     """Add a note to a customer's CRM record."""
     async with ctx.http("shop") as shop:
@@ -92,7 +96,14 @@ class ContactUpdated(BaseModel):
 
 
 @guarded_tool(
-    "crm.update_contact", scope="crm:write", risk="medium", compensate="crm.update_contact"
+    "crm.update_contact",
+    scope="crm:write",
+    risk="medium",
+    # Undo restores the before-image the system of record returned.
+    compensate=Undo(
+        "crm.update_contact",
+        lambda args, result: {"customer_id": args.customer_id, "fields": result.before},
+    ),
 )
 async def update_contact(args: UpdateContactArgs, ctx: ToolContext) -> ContactUpdated:
     """Update a customer's contact fields (phone, email, address only)."""

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, PositiveInt
 
-from activities.tools import ToolContext, guarded_tool
+from activities.tools import ToolContext, Undo, guarded_tool
 
 
 class OrderLookupArgs(BaseModel):
@@ -56,7 +56,9 @@ class Refund(BaseModel):
     "payments.refund",
     scope="payments:refund",
     risk="high",
-    compensate="payments.reverse_refund",
+    compensate=Undo(
+        "payments.reverse_refund", lambda args, result: {"refund_id": result.refund_id}
+    ),
     # One refund per order and amount per run, however often the model asks.
     business_key=lambda a: f"{a.order_id}:{a.amount_cents}",
 )

@@ -3,7 +3,9 @@
 A developer declares what a tool is; the runtime does the rest:
 
     @guarded_tool("payments.refund", scope="payments:refund", risk="high",
-                  compensate="payments.reverse_refund", business_key=lambda a: a.order_id)
+                  compensate=Undo("payments.reverse_refund",
+                                  lambda args, result: {"refund_id": result.refund_id}),
+                  business_key=lambda a: a.order_id)
     async def refund(args: RefundArgs, ctx: ToolContext) -> RefundResult:
         '''Refund part or all of an order's captured payment.'''
         async with ctx.http("shop") as shop:
@@ -32,7 +34,7 @@ from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.contracts import ToolCall, ToolOutcome
+from activities.contracts import Compensation, ToolCall, ToolOutcome
 from activities.runtime import Runtime, audit_from_activity, current_workflow_id
 from guardrails.cedar_schema import ToolSchema
 from guardrails.controls import read_kill_switch
@@ -95,12 +97,21 @@ ToolFunction = Callable[[Any, ToolContext], Awaitable[BaseModel]]
 
 
 @dataclass(frozen=True)
+class Undo:
+    """How to undo a tool's action: the compensating tool, and its arguments computed from the
+    action's arguments and result (e.g. the refund id to reverse, the before-image to restore)."""
+
+    tool: str
+    arguments: Callable[[Any, Any], dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class ToolSpec:
     name: str
     scope: str
     risk: Risk
     read_only: bool
-    compensate: str | None
+    compensate: Undo | None
     description: str
     args_model: type[BaseModel]
     result_model: type[BaseModel]
@@ -115,7 +126,7 @@ class ToolSpec:
             scope=self.scope,
             read_only=self.read_only,
             risk=self.risk,
-            compensate=self.compensate,
+            compensate=self.compensate.tool if self.compensate else None,
         )
 
     @property
@@ -163,7 +174,7 @@ def guarded_tool(
     scope: str,
     risk: Risk = "low",
     read_only: bool = False,
-    compensate: str | None = None,
+    compensate: Undo | None = None,
     business_key: Callable[[Any], str] | None = None,
     fact: str | None = None,
 ) -> Callable[[ToolFunction], ToolFunction]:
@@ -222,9 +233,9 @@ def _is_model(tp: Any) -> bool:
 def validate_registry() -> None:
     """Fail the worker's start, loudly, on declarations that would break runs later."""
     for spec in REGISTRY.values():
-        if spec.compensate is not None and spec.compensate not in REGISTRY:
+        if spec.compensate is not None and spec.compensate.tool not in REGISTRY:
             raise ToolDeclarationError(
-                f"tool {spec.name} names compensating tool {spec.compensate!r}, "
+                f"tool {spec.name} names compensating tool {spec.compensate.tool!r}, "
                 "which is not registered"
             )
         if spec.read_only and spec.compensate:
@@ -274,10 +285,26 @@ def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awai
                 f"{spec.name}: system unreachable: {e!r}", type="SystemUnavailable"
             ) from e
         payload = result.model_dump(mode="json")
+        undo = spec.compensate
+        compensation = (
+            Compensation(tool=undo.tool, arguments=undo.arguments(args, result)) if undo else None
+        )
         kind = "action.read" if spec.read_only else "action.executed"
-        await audit_from_activity(runtime, kind, {**base, "result": payload})
+        await audit_from_activity(
+            runtime,
+            kind,
+            {
+                **base,
+                "result": payload,
+                "compensation": compensation.model_dump() if compensation else None,
+            },
+        )
         return ToolOutcome(
-            tool=spec.name, call_id=call.call_id, idempotency_key=key, result=payload
+            tool=spec.name,
+            call_id=call.call_id,
+            idempotency_key=key,
+            result=payload,
+            compensation=compensation,
         )
 
     run_tool.__doc__ = spec.description

@@ -84,28 +84,28 @@ async def after_plan(state: LoopState, runtime: Runtime[RunState]) -> str:
     return "guard" if state.get("proposals") else END
 
 
+async def decide_proposal(run: RunState, proposal: Proposal) -> GuardResult:
+    """The guard's verdict on one proposal (an activity: the policy may change any time)."""
+    return await workflow.execute_activity(
+        DECIDE,
+        GuardInput(
+            agent=run.agent.name,
+            proposal=proposal,
+            requested_mode=run.input.mode,
+            requested_by=run.input.requested_by,
+            run_context=dict(run.input.context),
+        ),
+        result_type=GuardResult,
+        start_to_close_timeout=timedelta(seconds=30),
+        retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+        summary=f"guard: {proposal.tool}",
+    )
+
+
 async def guard(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
     run = runtime.context
     run.show("guarding")
-    guarded = await asyncio.gather(
-        *[
-            workflow.execute_activity(
-                DECIDE,
-                GuardInput(
-                    agent=run.agent.name,
-                    proposal=p,
-                    requested_mode=run.input.mode,
-                    requested_by=run.input.requested_by,
-                    run_context=dict(run.input.context),
-                ),
-                result_type=GuardResult,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
-                summary=f"guard: {p.tool}",
-            )
-            for p in state["proposals"]
-        ]
-    )
+    guarded = await asyncio.gather(*[decide_proposal(run, p) for p in state["proposals"]])
     return {"guarded": list(guarded)}
 
 
@@ -261,6 +261,7 @@ async def act(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
             status="denied",
             rule_ids=v.rule_ids,
             detail=v.reason,
+            read_only=v.read_only,
         )
         request = requests.get(v.call_id) if v.outcome == "needs_approval" else None
         if request is not None:
@@ -276,17 +277,24 @@ async def act(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
             record.detail = _refusal(request)
             payload = {"error": f"not approved: {record.detail}"}
         else:
-            payload = await _execute(run, g, record)
+            try:
+                payload = await execute_action(run, g, record)
+            except ActivityError:
+                # The run fails here; the action did not complete, so its limits go back.
+                await release_limits(v.action_hash)
+                raise
         if record.status in ("rejected", "expired", "failed") and v.action_hash:
-            await _release(v.action_hash)
+            await release_limits(v.action_hash)
         run.actions.append(record)
         observations.append(_observation(v.call_id, payload))
     run.show("acting")
     return {"observations": observations, "proposals": [], "guarded": []}
 
 
-async def _release(action_hash: str) -> None:
+async def release_limits(action_hash: str | None) -> None:
     """An action that will not happen gives back the limits its verdict reserved."""
+    if action_hash is None:
+        return
     await workflow.execute_activity(
         RELEASE,
         action_hash,
@@ -305,7 +313,8 @@ def _refusal(request: ApprovalRequest) -> str:
     return f"rejected by {who.approver}: {who.comment or 'no comment'}" if who else "rejected"
 
 
-async def _execute(run: RunState, g: GuardResult, record: ActionRecord) -> dict[str, Any]:
+async def execute_action(run: RunState, g: GuardResult, record: ActionRecord) -> dict[str, Any]:
+    """Run an allowed action's tool activity; fills `record`, returns what the model sees."""
     v = g.verdict
     assert v.arguments is not None and v.action_hash is not None
     try:
@@ -337,6 +346,7 @@ async def _execute(run: RunState, g: GuardResult, record: ActionRecord) -> dict[
     record.status = "executed"
     record.result = outcome.result
     record.idempotency_key = outcome.idempotency_key
+    record.compensation = outcome.compensation
     return {"result": outcome.result}
 
 

@@ -7,8 +7,11 @@ the world is an activity the graph's nodes call.
 
 from __future__ import annotations
 
+import asyncio
+from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import BaseModel, Field
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
@@ -18,6 +21,7 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from temporalio.langgraph import graph
 
+    from agents.rollback import compensate
     from agents.state import (
         AGENT_RUN,
         RunResult,
@@ -26,6 +30,11 @@ with workflow.unsafe.imports_passed_through():
         parse_run_input,
     )
     from guardrails.approvals import Decision, DecisionRefused, apply_decision, check_decision
+
+
+class RollbackRequest(BaseModel):
+    requested_by: str = Field(min_length=1)
+    reason: str = Field(min_length=3)
 
 
 class DecisionReceipt(Decision):
@@ -40,6 +49,9 @@ class DecisionReceipt(Decision):
 class AgentRun:
     def __init__(self) -> None:
         self._run: RunState | None = None
+        self._undo_until: datetime | None = None
+        self._rollback: RollbackRequest | None = None
+        self._rolled_back = False
 
     @workflow.run
     async def run(self, input: Any) -> RunResult:
@@ -53,12 +65,21 @@ class AgentRun:
             actor=f"requester:{run_input.requested_by}",
         )
         app = graph(run.agent.graph).compile()
-        final = await app.ainvoke(
-            {"seq": 0, "observations": []},
-            context=run,
-            # Each step is at most four super-steps (plan, guard, approvals, act).
-            config={"recursion_limit": 4 * run.max_steps + 10},
-        )
+        try:
+            final = await app.ainvoke(
+                {"seq": 0, "observations": []},
+                context=run,
+                # Each step is at most four super-steps (plan, guard, approvals, act).
+                config={"recursion_limit": 4 * run.max_steps + 10},
+            )
+        except (asyncio.CancelledError, Exception) as e:
+            # Failed or cancelled part-way: undo what was done, newest first, then end as such.
+            reason = (
+                "run cancelled" if isinstance(e, asyncio.CancelledError) else f"run failed: {e}"
+            )
+            irreversible = await compensate(run, reason)
+            await run.record("run.compensated", {"reason": reason, "irreversible": irreversible})
+            raise
         result = RunResult(
             agent=run.agent.name,
             status="stopped" if final.get("stop_reason") else "completed",
@@ -68,9 +89,31 @@ class AgentRun:
             tokens=run.tokens,
             actions=run.actions,
         )
+        if run_input.undo_window_seconds:
+            result = await self._undo_window(run, result)
         run.show(result.status)
         await run.record("run.finished", result.model_dump(mode="json"))
         return result
+
+    async def _undo_window(self, run: RunState, result: RunResult) -> RunResult:
+        """Stay open for the undo window; a rollback Update inside it undoes the run."""
+        window = timedelta(seconds=run.input.undo_window_seconds)
+        self._undo_until = workflow.now() + window
+        run.show("completed · undo window open")
+        try:
+            await workflow.wait_condition(lambda: self._rollback is not None, timeout=window)
+        except TimeoutError:
+            return result
+        finally:
+            self._undo_until = None
+        assert self._rollback is not None
+        reason = f"rollback by {self._rollback.requested_by}: {self._rollback.reason}"
+        await run.record("rollback.requested", self._rollback.model_dump())
+        irreversible = await compensate(run, reason)
+        self._rolled_back = True
+        return result.model_copy(
+            update={"status": "rolled_back", "actions": run.actions, "irreversible": irreversible}
+        )
 
     def _state(self) -> RunState:
         if self._run is None:
@@ -114,6 +157,27 @@ class AgentRun:
         request = run.requests[decision.request_id]
         apply_decision(request, decision, workflow.now())
         run.unrecorded.append((request.request_id, request.decisions[-1]))
+
+    @workflow.update(name="rollback")
+    async def rollback(self, request: RollbackRequest) -> None:
+        """Undo a completed run inside its undo window; returns when the undo is done."""
+        self._rollback = request
+        await workflow.wait_condition(lambda: self._rolled_back)
+
+    @rollback.validator
+    def _validate_rollback(self, request: RollbackRequest) -> None:
+        run = self._state()
+        if self._rollback is not None:
+            raise ApplicationError("this run is already being rolled back", non_retryable=True)
+        if self._undo_until is None or workflow.now() >= self._undo_until:
+            raise ApplicationError(
+                "this run's undo window is not open (it opens when the run completes, "
+                f"for {run.input.undo_window_seconds}s)",
+                type="UndoWindowClosed",
+                non_retryable=True,
+            )
+        if request.requested_by == run.agent.name:
+            raise ApplicationError("the agent cannot roll back its own run", non_retryable=True)
 
     @workflow.query(name="status")
     def status(self) -> RunStatus:

@@ -11,7 +11,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
-from activities.contracts import RECORD, RecordInput
+from activities.contracts import RECORD, Compensation, RecordInput
 from agents.specs import AGENTS, AgentSpec
 from guardrails.approvals import ApprovalRequest, RecordedDecision
 from guardrails.policy import Mode
@@ -33,6 +33,12 @@ class RunInput(BaseModel):
     requested_by: str = Field(min_length=1, description="Who asks; can never approve this run")
     mode: Mode | None = Field(default=None, description="shadow | augment | automate")
     max_steps: int | None = Field(default=None, ge=1, le=200)
+    undo_window_seconds: int = Field(
+        default=0,
+        ge=0,
+        le=30 * 24 * 3600,
+        description="Keep the run open this long after it completes, for `countersign rollback`",
+    )
 
 
 def parse_run_input(raw: Any) -> RunInput:
@@ -57,7 +63,9 @@ def parse_run_input(raw: Any) -> RunInput:
     return run_input
 
 
-ActionStatus = Literal["executed", "failed", "shadow", "denied", "rejected", "expired"]
+ActionStatus = Literal[
+    "executed", "failed", "shadow", "denied", "rejected", "expired", "compensated"
+]
 
 
 class ActionRecord(BaseModel):
@@ -73,16 +81,21 @@ class ActionRecord(BaseModel):
     idempotency_key: str | None = None
     request_id: str | None = None
     approved_by: list[str] = []
+    read_only: bool = False
+    # How to undo it (None for reads and irreversible actions).
+    compensation: Compensation | None = None
 
 
 class RunResult(BaseModel):
     agent: str
-    status: Literal["completed", "stopped"]
+    status: Literal["completed", "stopped", "rolled_back"]
     stop_reason: str | None = None
     final_message: str
     steps: int
     tokens: int
     actions: list[ActionRecord]
+    # Executed actions that nothing can undo, reported when the run was rolled back.
+    irreversible: list[str] = []
 
 
 class RunStatus(BaseModel):

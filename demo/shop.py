@@ -75,6 +75,7 @@ SEED_CUSTOMERS = [  # customer_id, name, email, tier, phone, address
     ("C-100", "Ada Lovelace", "ada@example.com", "gold", "+44 20 7946 0100", "12 St James's Sq"),
     ("C-200", "Grace Hopper", "grace@example.com", "standard", "+1 202 555 0200", "1 Navy Yard"),
     ("C-300", "Alan Turing", "alan@example.com", "standard", "+44 161 496 0300", "Bletchley Park"),
+    ("C-400", "Katherine Johnson", "katherine@example.com", "gold", "+1 757 555 0400", "Hampton"),
 ]
 SEED_ORDERS = [  # order_id, customer_id, status, total = captured, items (sku, name, qty, unit)
     ("A-1001", "C-100", "delivered", 4200, [("TEA-POT-01", "Ceramic teapot", 1, 4200)]),
@@ -89,6 +90,10 @@ SEED_ORDERS = [  # order_id, customer_id, status, total = captured, items (sku, 
     ("A-1010", "C-100", "delivered", 9900, [("GRN-BUR-01", "Burr grinder", 1, 9900)]),
     ("A-1011", "C-200", "delivered", 24900, [("SCL-KIT-01", "Kitchen scale", 1, 24900)]),
     ("A-1012", "C-300", "delivered", 7900, [("BTL-INS-02", "Insulated bottle", 2, 3950)]),
+    ("A-1013", "C-100", "delivered", 3900, [("TWL-LIN-02", "Linen towels", 2, 1950)]),
+    ("A-1014", "C-200", "delivered", 12500, [("PAN-CST-01", "Cast iron pan", 1, 12500)]),
+    ("A-1015", "C-300", "delivered", 4800, [("BRD-OAK-01", "Oak board", 1, 4800)]),
+    ("A-1016", "C-400", "delivered", 1500, [("SPN-WOD-03", "Wooden spoons", 3, 500)]),
 ]
 
 

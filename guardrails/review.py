@@ -92,8 +92,10 @@ def diff(active: PolicyBundle, candidate: PolicyBundle) -> list[str]:
             lines.append(f"+ rule {rule_id} ({Path(c.file).name}:{c.line})")
         elif c is None and a is not None:
             lines.append(f"- rule {rule_id} ({Path(a.file).name}:{a.line})")
-        elif a is not None and c is not None and " ".join(a.source.split()) != " ".join(
-            c.source.split()
+        elif (
+            a is not None
+            and c is not None
+            and " ".join(a.source.split()) != " ".join(c.source.split())
         ):
             lines.append(f"~ rule {rule_id} ({Path(c.file).name}:{c.line})")
     a_settings = active.settings.model_dump(mode="json")

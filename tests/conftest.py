@@ -101,7 +101,7 @@ def settings(state_dir: Path, shop: Shop, model_url: str) -> Settings:
         openai_base_url=model_url,
         systems={"shop": SystemSettings(url=shop.url, credential="shop")},
         tool_start_to_close_seconds=5,
-        tool_max_attempts=4,
+        tool_max_attempts=3,
     )
     configure_keyring(settings)
     set_secret("shop", shop.token)

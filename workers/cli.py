@@ -150,6 +150,29 @@ async def cmd_decide(args: argparse.Namespace, settings: Settings) -> None:
     )
 
 
+async def cmd_rollback(args: argparse.Namespace, settings: Settings) -> None:
+    from temporalio.client import WorkflowUpdateFailedError
+
+    from agents.run import AgentRun, RollbackRequest
+    from workers.worker import connect
+
+    client = await connect(settings)
+    handle = client.get_workflow_handle_for(AgentRun.run, args.run)
+    try:
+        await handle.execute_update(
+            "rollback", RollbackRequest(requested_by=args.as_, reason=args.reason)
+        )
+    except WorkflowUpdateFailedError as e:
+        raise CliError(f"rollback refused: {e.cause or e}") from e
+    result = await handle.result()
+    for action in result.actions:
+        if action.status == "compensated":
+            print(f"  undone  {action.tool} {json.dumps(action.arguments)}")
+    for item in result.irreversible:
+        print(f"  NOT undone (irreversible): {item}")
+    print(f"{args.run}: {result.status}")
+
+
 async def cmd_audit(args: argparse.Namespace, settings: Settings) -> None:
     store = AuditStore(settings.audit_path)
     if args.run == "verify":
@@ -304,6 +327,11 @@ def parser() -> argparse.ArgumentParser:
         d.add_argument("request")
         d.add_argument("--as", dest="as_", required=True, metavar="NAME")
         d.add_argument("--comment")
+
+    rollback = add("rollback", cmd_rollback, "undo a completed run inside its undo window")
+    rollback.add_argument("run")
+    rollback.add_argument("--as", dest="as_", required=True, metavar="NAME")
+    rollback.add_argument("--reason", required=True)
 
     audit = add("audit", cmd_audit, "print a run's audit story, or `audit verify` the chain")
     audit.add_argument("run", help="workflow id, or `verify`")

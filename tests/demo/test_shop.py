@@ -17,7 +17,7 @@ import httpx
 import pytest
 import uvicorn
 
-from demo.shop import SEED_ORDERS, create_app, main
+from demo.shop import SEED_CUSTOMERS, SEED_ORDERS, create_app, main
 
 TOKEN = "test-shop-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -315,7 +315,7 @@ async def test_latency_delays_matching_requests_without_blocking_others(
 async def test_state_dump_and_request_stats(api: httpx.AsyncClient) -> None:
     before = (await api.get("/_state")).json()
     assert [o["order_id"] for o in before["orders"]] == [o[0] for o in SEED_ORDERS]
-    assert [c["customer_id"] for c in before["customers"]] == ["C-100", "C-200", "C-300"]
+    assert [c["customer_id"] for c in before["customers"]] == [c[0] for c in SEED_CUSTOMERS]
     assert before["refunds"] == before["notes"] == []
     await refund(api, key())
     await api.get("/orders/A-1001")
