@@ -70,7 +70,7 @@ class NotifyActivities:
                     continue
                 sent = await channel.send(notice, ref)
             except ChannelError as e:
-                log.warning("notify.failed", **facts, error=str(e), retryable=e.retryable)
+                log.warning("notify.failed", **_for_log(facts), error=str(e), retryable=e.retryable)
                 if e.retryable:
                     retry.append(str(e))
                 else:
@@ -81,7 +81,7 @@ class NotifyActivities:
             await audit_from_activity(
                 self.runtime, "notify.sent", {**facts, "reference": ref.ref, **sent}, n=n
             )
-            log.info("notify.sent", **facts)
+            log.info("notify.sent", **_for_log(facts))
             used.append(name)
         if retry:
             raise ApplicationError(
@@ -117,3 +117,8 @@ class NotifyActivities:
         if name == "webhook" and settings.webhook:
             return WebhookChannel(settings, get_secret(settings.webhook.secret_credential))
         return None
+
+
+def _for_log(facts: dict[str, str]) -> dict[str, str]:
+    # structlog's first argument is called `event`.
+    return {("notice" if k == "event" else k): v for k, v in facts.items()}

@@ -85,6 +85,11 @@ SEED_ORDERS = [  # order_id, customer_id, status, total = captured, items (sku, 
     ("A-1006", "C-200", "delivered", 12900, [("KTL-GLS-01", "Glass kettle", 1, 12900)]),
     ("A-1007", "C-100", "delivered", 3100, [("MUG-SET-04", "Mug set", 4, 775)]),
     ("A-1008", "C-200", "delivered", 2400, [("FLT-PPR-01", "Coffee filters", 3, 800)]),
+    # Orders the approval gateway tests refund once each (Slack, email, duplicates).
+    ("A-1051", "C-300", "delivered", 7900, [("LMP-DSK-01", "Desk lamp", 1, 7900)]),
+    ("A-1052", "C-100", "delivered", 8900, [("GRN-BUR-01", "Burr grinder", 1, 8900)]),
+    ("A-1053", "C-200", "delivered", 9900, [("SCL-KIT-01", "Kitchen scale", 1, 9900)]),
+    ("A-1054", "C-300", "delivered", 6900, [("PAN-CST-01", "Cast iron pan", 1, 6900)]),
 ]
 
 
