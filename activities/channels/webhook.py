@@ -42,8 +42,9 @@ def signed_headers(secret: str, body: bytes, now: float | None = None) -> dict[s
 
 def verify(secret: str, headers: Any, body: bytes, now: float | None = None) -> str | None:
     """None if the request is authentic and fresh, else why not (for the log, not the caller)."""
-    timestamp = headers.get(TIMESTAMP_HEADER)
-    given = headers.get(SIGNATURE_HEADER)
+    lowered = {str(k).lower(): v for k, v in headers.items()}
+    timestamp = lowered.get(TIMESTAMP_HEADER.lower())
+    given = lowered.get(SIGNATURE_HEADER.lower())
     if not timestamp or not given:
         return "missing signature or timestamp header"
     try:

@@ -101,6 +101,8 @@ class FakeSlack:
             if self.fail_with:
                 return JSONResponse({"ok": False}, status_code=self.fail_with)
             body = await request.json()
+            if body.get("channel") == "C0MISSING":
+                return JSONResponse({"ok": False, "error": "channel_not_found"})
             if method == "chat.postMessage":
                 self._ts += 1
                 ts = f"1700000000.{self._ts:06d}"
@@ -157,8 +159,7 @@ class Mailbox:
             found = [
                 m
                 for m in list(self.messages)
-                if (to is None or m["To"] == to)
-                and all(v in str(m[k]) for k, v in match.items())
+                if (to is None or m["To"] == to) and all(v in str(m[k]) for k, v in match.items())
             ]
             if len(found) >= count:
                 return found
@@ -324,8 +325,8 @@ def click(message: dict[str, Any], fake: FakeSlack, user: str, verb: str) -> dic
     }
 
 
-async def wait_until(predicate: Any, what: str, timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
+async def wait_until(predicate: Any, what: str, seconds: float = 20) -> Any:
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         value = predicate()
         if value:

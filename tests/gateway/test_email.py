@@ -66,8 +66,11 @@ async def test_email_link_confirms_then_approves_and_the_refund_executes(
     (to_alice,) = await box.wait_for(1, to="alice@example.com", Subject="A-1053")
     (to_bob,) = await box.wait_for(1, to="bob@example.com", Subject="A-1053")
     # Only the people who may decide are mailed (not the requester, not other groups).
-    assert not [m for m in box.messages if "A-1053" in m["Subject"] and m["To"] not in (
-        "alice@example.com", "bob@example.com")]
+    assert not [
+        m
+        for m in box.messages
+        if "A-1053" in m["Subject"] and m["To"] not in ("alice@example.com", "bob@example.com")
+    ]
     assert to_alice.get_body(preferencelist=("html",)) is not None
     html = to_alice.get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
     alice, bob = links(to_alice), links(to_bob)
@@ -145,8 +148,11 @@ async def test_forged_expired_and_wrong_approver_links_are_refused(
     assert response.status == 404
     assert "not valid" in await page.inner_text("#title")
     await page.close()
-    forged = [r for r in channel_runtime.audit.find("", "approval.refused") if r.data.get(
-        "step") == "open" and r.data["reason"].startswith("unknown")]
+    forged = [
+        r
+        for r in channel_runtime.audit.find("", "approval.refused")
+        if r.data.get("step") == "open" and r.data["reason"].startswith("unknown")
+    ]
     assert forged
 
     # Expired: a link for this request whose time has passed.
@@ -155,9 +161,7 @@ async def test_forged_expired_and_wrong_approver_links_are_refused(
     expired = gateway.tokens.issue(
         ref, "alice", True, expires_at=datetime.now(UTC) - timedelta(seconds=1)
     )
-    page, response = await open_page(
-        browser, f"{base}/email/decide?token={expired}", "7-expired"
-    )
+    page, response = await open_page(browser, f"{base}/email/decide?token={expired}", "7-expired")
     assert response.status == 410
     assert "expired" in await page.inner_text("#title")
     await page.close()

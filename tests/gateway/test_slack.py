@@ -89,8 +89,10 @@ async def test_slack_message_shows_the_action_and_a_click_decides(
     assert decided.data["action_hash"] == request.action_hash
 
     # The gateway rewrote the message (who decided, no buttons), and so did the settled notice.
-    updates = await wait_until(lambda: len(fake_slack.updates(message["ts"])) >= 2 and
-                               fake_slack.updates(message["ts"]), "two chat.update calls")
+    updates = await wait_until(
+        lambda: len(fake_slack.updates(message["ts"])) >= 2 and fake_slack.updates(message["ts"]),
+        "two chat.update calls",
+    )
     for update in updates:
         assert update["channel"] == SLACK_CHANNEL
         assert "Approved by alice" in json.dumps(update["blocks"])
@@ -202,8 +204,10 @@ async def test_unmapped_users_and_the_requester_are_refused(
             r = await http.post("/slack/interactions", content=body, headers=headers)
             assert r.status_code == 200  # acknowledged; the refusal follows in Slack
     refused = await wait_until(
-        lambda: len(channel_runtime.audit.find(handle.id, "approval.refused")) >= 2
-        and channel_runtime.audit.find(handle.id, "approval.refused"),
+        lambda: (
+            len(channel_runtime.audit.find(handle.id, "approval.refused")) >= 2
+            and channel_runtime.audit.find(handle.id, "approval.refused")
+        ),
         "two refusals in the audit trail",
     )
     reasons = sorted(r.data["reason"] for r in refused)
