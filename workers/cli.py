@@ -52,6 +52,11 @@ def story_line(r: AuditRecord) -> str:
         "approval.refused": lambda: (
             f"decision refused ({d.get('approver', '?')}): {d.get('reason')}"
         ),
+        "notify.sent": lambda: (
+            f"notified via {d.get('channel')}: {d.get('event')} {d.get('request_id')}"
+            + (f" to {', '.join(d['to'])}" if d.get("to") else "")
+        ),
+        "notify.failed": lambda: f"notice via {d.get('channel')} FAILED: {d.get('error')}",
         "approval.expired": lambda: f"approval {d.get('request_id')} expired: rejected",
         "action.read": lambda: f"read {d.get('tool')} {json.dumps(d.get('arguments'))}",
         "action.executed": lambda: (

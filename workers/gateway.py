@@ -188,6 +188,9 @@ class Gateway:
         self._seen[key] = now
         return True
 
+    def forget(self, key: tuple[str, str, str]) -> None:
+        self._seen.pop(key, None)
+
     # --- email -------------------------------------------------------------------------------
 
     def csrf_for(self, token: str, issued: int | None = None) -> str:
@@ -282,6 +285,7 @@ async def _slack_decide(gw: Gateway, payload: dict[str, Any], user: str, verb: s
         except RPCError as e:
             reason = f"the run could not be reached ({e.status.name}); try again"
             log.warning("slack.decide_failed", error=str(e))
+            gw.forget((value, user, verb))  # nothing was decided: a new click may retry
         else:
             await _slack_show_decision(gw, payload, identity, receipt)
             return

@@ -8,7 +8,6 @@ come from the model.
 from __future__ import annotations
 
 import html
-from datetime import datetime
 from typing import Any
 
 from activities.channels import format_value
@@ -79,7 +78,3 @@ def confirmation(link: DecisionLink, token: str, csrf: str) -> str:
 def outcome(title: str, message: str, *, details: dict[str, Any] | None = None) -> str:
     facts = f"<div class='box'>{facts_table(details)}</div>" if details else ""
     return page(title, f"<h1 id='title'>{_e(title)}</h1><p id='message'>{_e(message)}</p>{facts}")
-
-
-def decided_at(at: datetime) -> str:
-    return at.strftime("%Y-%m-%d %H:%M:%S UTC")
