@@ -72,9 +72,9 @@ class RecordInput(BaseModel):
 
 
 class ApprovalNotice(BaseModel):
-    """Tell approvers about a request: it opened, or it was settled."""
+    """Tell approvers about a request: it opened, it still waits (a reminder), or it settled."""
 
-    event: Literal["requested", "settled"]
+    event: Literal["requested", "reminder", "settled"]
     workflow_id: str
     agent: str
     task: str

@@ -51,6 +51,12 @@ def current_workflow_id() -> str:
     return workflow_id
 
 
+def activity_record_id(kind: str, n: int = 0) -> str:
+    """The audit record id the running activity writes for `kind` and `n`, on every attempt."""
+    info = activity.info()
+    return f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}/{kind}/{n}"
+
+
 async def audit_from_activity(
     runtime: Runtime, kind: str, data: dict[str, Any], *, actor: str = "countersign", n: int = 0
 ) -> AuditRecord:
@@ -61,7 +67,7 @@ async def audit_from_activity(
     """
     info = activity.info()
     return await runtime.audit.append(
-        record_id=f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}/{kind}/{n}",
+        record_id=activity_record_id(kind, n),
         workflow_id=info.workflow_id or "",
         run_id=info.workflow_run_id or "",
         kind=kind,

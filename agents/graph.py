@@ -19,7 +19,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 from activities.contracts import (
     DECIDE,
@@ -183,6 +183,8 @@ async def _notify(run: RunState, event: str, request: ApprovalRequest) -> None:
             summary=f"notify: {event} {request.request_id}",
         )
     except ActivityError as e:
+        if isinstance(e.cause, CancelledError):
+            raise  # the run is being cancelled: do not swallow it
         workflow.logger.warning("approval notice failed: %s", e.cause or e)
 
 
@@ -262,6 +264,7 @@ async def act(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
             rule_ids=v.rule_ids,
             detail=v.reason,
             read_only=v.read_only,
+            action_hash=v.action_hash,
         )
         request = requests.get(v.call_id) if v.outcome == "needs_approval" else None
         if request is not None:

@@ -70,6 +70,8 @@ async def compensate(run: RunState, reason: str) -> list[str]:
             },
         )
         if record.status == "executed":
+            # An undone action no longer counts against the limits it used.
+            await release_limits(action.action_hash)
             action.status = "compensated"
             action.detail = f"undone by {undo.tool}: {reason}"
         else:

@@ -82,6 +82,7 @@ class ActionRecord(BaseModel):
     request_id: str | None = None
     approved_by: list[str] = []
     read_only: bool = False
+    action_hash: str | None = None
     # How to undo it (None for reads and irreversible actions).
     compensation: Compensation | None = None
 

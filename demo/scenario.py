@@ -27,14 +27,21 @@ REFUNDS = [
 
 def _banner(stack: DevStack) -> str:
     s = stack.settings
-    return (
-        f"Temporal UI     {s.temporal_ui_url}\n"
+    lines = [
+        f"Temporal UI     {s.temporal_ui_url}",
         f"Temporal        {s.temporal_address} (namespace {s.temporal_namespace}, "
-        f"task queue {s.task_queue})\n"
-        f"System of record {s.systems['shop'].url}\n"
-        f"Scripted model  {s.openai_base_url}\n"
-        f"State and logs  {s.state_dir}"
-    )
+        f"task queue {s.task_queue})",
+        f"System of record {s.systems['shop'].url}",
+        f"Scripted model  {s.openai_base_url}",
+        f"Approval gateway {s.gateway_url} (Slack, email links, webhooks)",
+    ]
+    if s.email is not None and s.email.smtp_port == s.mail_catcher_port:
+        lines.append(
+            f"Mail catcher    smtp://127.0.0.1:{s.mail_catcher_port}: approval emails land in "
+            f"{(s.state_dir / 'mail').resolve()} (open the .html files, click a link)"
+        )
+    lines.append(f"State and logs  {s.state_dir}")
+    return "\n".join(lines)
 
 
 async def _wait_for_request(handle: WorkflowHandle[AgentRun, RunResult]) -> str:

@@ -76,6 +76,10 @@ SEED_CUSTOMERS = [  # customer_id, name, email, tier, phone, address
     ("C-200", "Grace Hopper", "grace@example.com", "standard", "+1 202 555 0200", "1 Navy Yard"),
     ("C-300", "Alan Turing", "alan@example.com", "standard", "+44 161 496 0300", "Bletchley Park"),
     ("C-400", "Katherine Johnson", "katherine@example.com", "gold", "+1 757 555 0400", "Hampton"),
+    ("C-500", "Edsger Dijkstra", "edsger@example.com", "standard", "+31 40 555 0500", "Nuenen"),
+    ("C-600", "Barbara Liskov", "barbara@example.com", "gold", "+1 617 555 0600", "Cambridge"),
+    ("C-700", "Donald Knuth", "donald@example.com", "standard", "+1 650 555 0700", "Stanford"),
+    ("C-800", "Frances Allen", "frances@example.com", "gold", "+1 914 555 0800", "Yorktown"),
 ]
 SEED_ORDERS = [  # order_id, customer_id, status, total = captured, items (sku, name, qty, unit)
     ("A-1001", "C-100", "delivered", 4200, [("TEA-POT-01", "Ceramic teapot", 1, 4200)]),
@@ -94,6 +98,11 @@ SEED_ORDERS = [  # order_id, customer_id, status, total = captured, items (sku, 
     ("A-1014", "C-200", "delivered", 12500, [("PAN-CST-01", "Cast iron pan", 1, 12500)]),
     ("A-1015", "C-300", "delivered", 4800, [("BRD-OAK-01", "Oak board", 1, 4800)]),
     ("A-1016", "C-400", "delivered", 1500, [("SPN-WOD-03", "Wooden spoons", 3, 500)]),
+    # Orders the approval gateway tests refund once each (Slack, email, duplicates).
+    ("A-1051", "C-500", "delivered", 7900, [("LMP-DSK-01", "Desk lamp", 1, 7900)]),
+    ("A-1052", "C-600", "delivered", 8900, [("GRN-BUR-01", "Burr grinder", 1, 8900)]),
+    ("A-1053", "C-700", "delivered", 9900, [("SCL-KIT-01", "Kitchen scale", 1, 9900)]),
+    ("A-1054", "C-800", "delivered", 6900, [("PAN-CST-01", "Cast iron pan", 1, 6900)]),
 ]
 
 

@@ -156,6 +156,13 @@ class AuditStore:
             ).fetchall()
         return [_to_record(r) for r in rows]
 
+    def get(self, record_id: str) -> AuditRecord | None:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT * FROM audit_records WHERE record_id = ?", (record_id,)
+            ).fetchone()
+        return _to_record(row) if row else None
+
     def find(self, workflow_id: str, kind: str, **data_matches: Any) -> list[AuditRecord]:
         """Records of one kind in a run whose data has the given top-level values."""
         return [

@@ -22,6 +22,7 @@ from temporalio.worker import Worker
 from activities.runtime import Runtime
 from agents.run import AgentRun
 from agents.state import RunResult
+from guardrails.policy import DEFAULT_POLICY_PATH
 from workers.credentials import configure_keyring, set_secret
 from workers.devstack import (
     DEV_SERVER_TUNING,
@@ -95,8 +96,24 @@ def model_url(state_dir: Path, scripts_dir: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(state_dir: Path, shop: Shop, model_url: str) -> Settings:
+def session_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default policy with roomy limits: one session refunds far more per customer and
+    per day than the default allows. The limits themselves are tested in tests/guardrails
+    (decision table, properties, concurrent ledger)."""
+    folder = tmp_path_factory.mktemp("policy") / "default"
+    shutil.copytree(DEFAULT_POLICY_PATH, folder)
+    rules = folder / "refunds.cedar"
+    text = rules.read_text()
+    roomy = text.replace("> 200000", "> 100000000").replace(">= 3", ">= 1000")
+    assert roomy != text
+    rules.write_text(roomy)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def settings(state_dir: Path, shop: Shop, model_url: str, session_policy: Path) -> Settings:
     settings = Settings(
+        policy_path=session_policy,
         state_dir=state_dir,
         openai_base_url=model_url,
         systems={"shop": SystemSettings(url=shop.url, credential="shop")},

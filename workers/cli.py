@@ -52,6 +52,11 @@ def story_line(r: AuditRecord) -> str:
         "approval.refused": lambda: (
             f"decision refused ({d.get('approver', '?')}): {d.get('reason')}"
         ),
+        "notify.sent": lambda: (
+            f"notified via {d.get('channel')}: {d.get('event')} {d.get('request_id')}"
+            + (f" to {', '.join(d['to'])}" if d.get("to") else "")
+        ),
+        "notify.failed": lambda: f"notice via {d.get('channel')} FAILED: {d.get('error')}",
         "approval.expired": lambda: f"approval {d.get('request_id')} expired: rejected",
         "action.read": lambda: f"read {d.get('tool')} {json.dumps(d.get('arguments'))}",
         "action.executed": lambda: (
@@ -266,6 +271,13 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     await run_worker(settings)
 
 
+async def cmd_gateway(args: argparse.Namespace, settings: Settings) -> None:
+    from workers.devstack import port_of
+    from workers.gateway import serve_gateway
+
+    await serve_gateway(settings, args.host, args.port or port_of(settings.gateway_url))
+
+
 async def cmd_secrets(args: argparse.Namespace, settings: Settings) -> None:
     from workers.credentials import configure_keyring, set_secret
 
@@ -309,6 +321,9 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     add("dev", cmd_dev, "run the embedded dev stack (Temporal + UI, shop, model, worker)")
     add("worker", cmd_worker, "run a worker against the configured Temporal")
+    gateway = add("gateway", cmd_gateway, "run the approval gateway (Slack, email links, webhooks)")
+    gateway.add_argument("--host", default="127.0.0.1", help="bind address")
+    gateway.add_argument("--port", type=int, help="default: the port of COUNTERSIGN_GATEWAY_URL")
 
     start = add("start", cmd_start, "start a run")
     start.add_argument("--agent", default="support-refunds")
@@ -363,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     from workers.logging import configure_logging
 
     args = parser().parse_args(argv)
-    configure_logging(json=args.command == "worker")
+    configure_logging(json=args.command in ("worker", "gateway"))
     code = 0
     try:
         settings = load_settings()

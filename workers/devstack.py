@@ -3,6 +3,7 @@ model server and a worker, as child processes of one command. Also used by the t
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -17,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from workers.credentials import configure_keyring, set_secret
-from workers.settings import Settings
+from workers.settings import ApproverContact, EmailSettings, Settings
 
 # The stock dev server dispatches ~20 tasks/s; every step would wait on it.
 DEV_SERVER_TUNING = ["--dynamic-config-value", "history.transferProcessorMaxPollRPS=10000"]
@@ -159,6 +160,69 @@ def start_temporal(state_dir: Path, port: int, ui_port: int | None) -> Service:
     return service
 
 
+def start_mail_catcher(state_dir: Path, port: int) -> Service:
+    service = start_service(
+        "mail-catcher",
+        [
+            sys.executable,
+            "-m",
+            "workers.mailcatcher",
+            "--port",
+            str(port),
+            "--dir",
+            str(state_dir / "mail"),
+        ],
+        state_dir / "logs",
+    )
+    wait_until(service, port)
+    return service
+
+
+def start_gateway(state_dir: Path, port: int, env: dict[str, str]) -> Service:
+    service = start_service(
+        "gateway",
+        [sys.executable, "-m", "workers", "gateway", "--port", str(port)],
+        state_dir / "logs",
+        env=env,
+    )
+    wait_until(service, f"http://127.0.0.1:{port}/healthz")
+    return service
+
+
+# The demo policy's approvers, reachable through the dev mail catcher.
+DEV_APPROVERS = {
+    name: ApproverContact(email=f"{name}@example.com") for name in ("alice", "bob", "carol")
+}
+
+
+def with_dev_email(settings: Settings) -> Settings:
+    """Unless email is configured, send it to the local mail catcher, to the demo people."""
+    if settings.email is not None:
+        return settings
+    return settings.model_copy(
+        update={
+            "email": EmailSettings(
+                smtp_host="127.0.0.1",
+                smtp_port=settings.mail_catcher_port,
+                smtp_security="none",
+                sender="Countersign (dev) <countersign@localhost>",
+            ),
+            "approvers": settings.approvers or DEV_APPROVERS,
+        }
+    )
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """What the stack's worker and gateway must see beyond the inherited environment."""
+    env = {"COUNTERSIGN_STATE_DIR": str(settings.state_dir.resolve())}
+    if settings.email is not None:
+        env["COUNTERSIGN_EMAIL"] = settings.email.model_dump_json()
+    env["COUNTERSIGN_APPROVERS"] = json.dumps(
+        {k: v.model_dump(mode="json") for k, v in settings.approvers.items()}
+    )
+    return env
+
+
 @dataclass
 class DevStack:
     """Ports and processes of a running stack, and the settings that point at it."""
@@ -180,8 +244,11 @@ def start_dev_stack(settings: Settings, *, with_worker: bool = True) -> DevStack
     """Start every part the settings point at that is not already running.
 
     Ports come from the settings (COUNTERSIGN_TEMPORAL_ADDRESS, _TEMPORAL_UI_URL,
-    _OPENAI_BASE_URL, _SYSTEMS__SHOP__URL); a fresh shop token goes into the keyring.
+    _OPENAI_BASE_URL, _SYSTEMS__SHOP__URL, _GATEWAY_URL, _MAIL_CATCHER_PORT); a fresh shop
+    token goes into the keyring. Without email settings, email goes to a local mail catcher.
     """
+    dev_mail = settings.email is None
+    settings = with_dev_email(settings)
     state_dir = settings.state_dir.resolve()
     temporal_port = port_of(settings.temporal_address)
     shop_port = port_of(settings.systems["shop"].url)
@@ -198,13 +265,18 @@ def start_dev_stack(settings: Settings, *, with_worker: bool = True) -> DevStack
             stack.services["shop"] = start_shop(state_dir, shop_port, token)
         if not port_open(model_port):
             stack.services["model-server"] = start_model_server(state_dir, model_port)
+        if dev_mail and not port_open(settings.mail_catcher_port):
+            stack.services["mail-catcher"] = start_mail_catcher(
+                state_dir, settings.mail_catcher_port
+            )
+        # Worker and gateway inherit this process's environment, so they see the same settings.
+        env = child_env(settings)
+        gateway_port = port_of(settings.gateway_url)
+        if not port_open(gateway_port):
+            stack.services["gateway"] = start_gateway(state_dir, gateway_port, env)
         if with_worker:
-            # The worker inherits this process's environment, so it sees the same settings.
             stack.services["worker"] = start_service(
-                "worker",
-                [sys.executable, "-m", "workers", "worker"],
-                state_dir / "logs",
-                env={"COUNTERSIGN_STATE_DIR": str(state_dir)},
+                "worker", [sys.executable, "-m", "workers", "worker"], state_dir / "logs", env=env
             )
     except BaseException:
         stack.stop()

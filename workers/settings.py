@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +25,46 @@ class SystemSettings(BaseModel):
     url: str
     # keyring entry (service "countersign") holding the bearer token; default: the system name.
     credential: str = ""
+    timeout_seconds: float = 10.0
+
+
+class ApproverContact(BaseModel):
+    """Where an approver (an identity named in the policy's groups) is reached."""
+
+    email: str | None = None
+    # Slack user id (e.g. U012ABCDEF): a click from this Slack user decides as this identity.
+    slack_user: str | None = None
+
+
+class SlackSettings(BaseModel):
+    """Approval requests posted to a Slack channel, decided with its buttons."""
+
+    channel: str  # channel id, e.g. C012ABCDEF
+    api_url: str = "https://slack.com/api"
+    bot_token_credential: str = "slack-bot-token"
+    signing_secret_credential: str = "slack-signing-secret"
+    timeout_seconds: float = 10.0
+
+
+class EmailSettings(BaseModel):
+    """Approval emails with one decision link per approver and verb."""
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 587
+    # none: plain SMTP (a local relay or the dev mail catcher); starttls; tls (implicit, 465).
+    smtp_security: Literal["none", "starttls", "tls"] = "starttls"
+    smtp_username: str | None = None
+    smtp_password_credential: str | None = None
+    sender: str = "Countersign <countersign@localhost>"
+    timeout_seconds: float = 10.0
+
+
+class WebhookSettings(BaseModel):
+    """Notices POSTed as signed JSON (Teams, a chat bot, a ticket system)."""
+
+    urls: list[str] = Field(min_length=1)
+    # One HMAC secret signs the notices we send and verifies the decisions called back.
+    secret_credential: str = "webhook-secret"
     timeout_seconds: float = 10.0
 
 
@@ -57,6 +98,16 @@ class Settings(BaseSettings):
         "shop": SystemSettings(url="http://127.0.0.1:8101", credential="shop")
     }
 
+    # The approval gateway: the base URL approvers' links and chat callbacks reach.
+    gateway_url: str = "http://127.0.0.1:8104"
+    # Notification channels: a channel that is not configured is skipped.
+    approvers: dict[str, ApproverContact] = {}
+    slack: SlackSettings | None = None
+    email: EmailSettings | None = None
+    webhook: WebhookSettings | None = None
+    # `countersign dev` only: the local mail catcher that the dev stack's email goes to.
+    mail_catcher_port: int = 8125
+
     # Bounds on one tool call; Temporal retries with back-off within these.
     tool_start_to_close_seconds: float = 30.0
     tool_max_attempts: int = Field(default=5, ge=1)
@@ -86,6 +137,27 @@ class Settings(BaseSettings):
     @cached_property
     def kill_switch_path(self) -> Path:
         return self.state_dir / "kill-switch.json"
+
+    @cached_property
+    def tokens_path(self) -> Path:
+        return self.state_dir / "approval-links.sqlite3"
+
+    def channel_credentials(self) -> list[str]:
+        """Keyring entries the configured notification channels need."""
+        names = []
+        if self.slack:
+            names += [self.slack.bot_token_credential, self.slack.signing_secret_credential]
+        if self.email and self.email.smtp_password_credential:
+            names.append(self.email.smtp_password_credential)
+        if self.webhook:
+            names.append(self.webhook.secret_credential)
+        return names
+
+    def identity_for_slack_user(self, slack_user: str) -> str | None:
+        for identity, contact in self.approvers.items():
+            if contact.slack_user == slack_user:
+                return identity
+        return None
 
     @cached_property
     def keyring_path(self) -> Path:

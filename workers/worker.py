@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 from temporalio import activity
+from temporalio import client as client_interceptors
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.langgraph import LangGraphPlugin
@@ -35,7 +36,9 @@ from workers.settings import Settings
 log = structlog.get_logger(__name__)
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(
+    settings: Settings, interceptors: Sequence[client_interceptors.Interceptor] = ()
+) -> Client:
     """A client for the configured Temporal (dev server, cluster, or Temporal Cloud)."""
     api_key = (
         get_secret(settings.temporal_api_key_credential)
@@ -48,6 +51,7 @@ async def connect(settings: Settings) -> Client:
         api_key=api_key,
         tls=settings.temporal_tls or api_key is not None,
         data_converter=pydantic_data_converter,
+        interceptors=interceptors,
     )
 
 
@@ -73,11 +77,14 @@ class _ActivityIds(ActivityInboundInterceptor):
 
 def check_startup(settings: Settings) -> Runtime:
     """Everything that would otherwise fail mid-run fails here, loudly: tool declarations,
-    the keyring backend and the secrets the tools need, the policy file."""
+    the keyring backend and the secrets the tools and channels need, the policy file."""
     validate_registry()
     configure_keyring(settings)
     for system in settings.systems.values():
         get_secret(system.credential)
+    # A configured notification channel without its secret would fail every notice.
+    for name in settings.channel_credentials():
+        get_secret(name)
     runtime = Runtime.from_settings(settings, tool_schemas())
     runtime.policy.current()
     if runtime.candidate is not None:

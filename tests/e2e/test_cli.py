@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import os
 import re
 import signal
@@ -11,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from workers.devstack import free_port, port_of, port_open
@@ -37,6 +40,8 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         "COUNTERSIGN_TEMPORAL_UI_URL": f"http://127.0.0.1:{free_port()}",
         "COUNTERSIGN_OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
         "COUNTERSIGN_SYSTEMS__SHOP__URL": f"http://127.0.0.1:{free_port()}",
+        "COUNTERSIGN_GATEWAY_URL": f"http://127.0.0.1:{free_port()}",
+        "COUNTERSIGN_MAIL_CATCHER_PORT": str(free_port()),
     }
     log = (state / "dev.out").open("w")
     dev = subprocess.Popen(
@@ -51,11 +56,18 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         assert dev.poll() is None, out.read_text()
         assert time.monotonic() < deadline, out.read_text()
         time.sleep(0.2)
+    banner = out.read_text()
+    assert f"Approval gateway {env['COUNTERSIGN_GATEWAY_URL']}" in banner
+    assert f"smtp://127.0.0.1:{env['COUNTERSIGN_MAIL_CATCHER_PORT']}" in banner
     yield env
     dev.send_signal(signal.SIGINT)
     assert dev.wait(30) == 130
     # Ctrl-C stops every part of the stack, not just the parent.
-    for key in ("COUNTERSIGN_TEMPORAL_ADDRESS", "COUNTERSIGN_SYSTEMS__SHOP__URL"):
+    for key in (
+        "COUNTERSIGN_TEMPORAL_ADDRESS",
+        "COUNTERSIGN_SYSTEMS__SHOP__URL",
+        "COUNTERSIGN_GATEWAY_URL",
+    ):
         assert not port_open(port_of(env[key])), f"{key} still answers after Ctrl-C"
 
 
@@ -138,3 +150,42 @@ def test_bad_input_is_a_clear_error_not_a_traceback(dev_stack: dict[str, str]) -
     assert "Traceback" not in bad.stderr
     unknown = countersign(dev_stack, "audit", "no-such-run")
     assert unknown.returncode == 2 and "no audit records for run 'no-such-run'" in unknown.stderr
+
+
+def test_dev_stack_mails_an_approval_link_that_decides(dev_stack: dict[str, str]) -> None:
+    """What a person does with `countersign dev`: open the caught email, click, confirm."""
+    started = countersign(
+        dev_stack,
+        "start",
+        "--task",
+        "Refund order A-1054: pan rusted.",
+        "--as",
+        "ops-dana",
+        "--id",
+        "e2e-mail-1",
+    )
+    assert started.returncode == 0, started.stderr
+    mail = Path(dev_stack["COUNTERSIGN_STATE_DIR"]) / "mail"
+    for _ in range(150):
+        caught = [p for p in mail.glob("*bob@example.com*.eml") if b"A-1054" in p.read_bytes()]
+        if caught:
+            break
+        time.sleep(0.2)
+    assert caught, sorted(p.name for p in mail.glob("*"))
+    message = email.message_from_bytes(caught[0].read_bytes(), policy=email.policy.default)
+    text = message.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    approve = re.search(r"Approve: (http://\S+)", text)
+    assert approve, text
+    with httpx.Client(timeout=10) as http:
+        page = http.get(approve.group(1))
+        assert page.status_code == 200 and "Approve this action?" in page.text
+        form = dict(re.findall(r"name='(token|csrf)' value='([^']+)'", page.text))
+        decided = http.post(page.url.copy_with(query=None), data=form)
+    assert decided.status_code == 200 and "Approved by bob" in decided.text
+    for _ in range(100):
+        audit = countersign(dev_stack, "audit", "e2e-mail-1")
+        if "run completed" in audit.stdout:
+            break
+        time.sleep(0.2)
+    assert "APPROVED by bob via email" in audit.stdout
+    assert "EXECUTED payments.refund" in audit.stdout

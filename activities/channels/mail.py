@@ -1,0 +1,147 @@
+"""Email: one message per named approver, with a single-use link per decision.
+
+A link opens a confirmation page on the approval gateway (opening changes nothing: mail
+scanners pre-open links); the button on that page decides. Each link's token is random, stored
+only as a hash, bound to the request, the action, the approver and the verb, and expires with
+the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+from email.message import EmailMessage
+from email.utils import make_msgid
+from typing import Any
+
+import aiosmtplib
+
+from activities.channels import (
+    ChannelError,
+    argument_lines,
+    deciders,
+    when,
+    who_may_decide,
+)
+from activities.contracts import ApprovalNotice
+from guardrails.tokens import RequestRef, TokenStore, link_id
+from workers.settings import EmailSettings, Settings
+
+DECIDE_PATH = "/email/decide"
+
+
+def build_message(
+    notice: ApprovalNotice, conf: EmailSettings, to: str, links: dict[str, str]
+) -> EmailMessage:
+    """The approval email for one approver; `links` maps "approve"/"reject" to URLs."""
+    request = notice.request
+    facts = [
+        ("Tool", request.tool),
+        *argument_lines(request),
+        ("Why (the model)", request.reason or "(none given)"),
+        ("Rules", ", ".join(request.rule_ids)),
+        ("Who may decide", who_may_decide(request)),
+        ("Expires", when(request.expires_at)),
+        ("Run", notice.workflow_id),
+    ]
+    msg = EmailMessage()
+    prefix = "Reminder: approval" if notice.event == "reminder" else "Approval"
+    msg["Subject"] = f"{prefix} needed: {request.summary()}"[:200]
+    msg["From"] = conf.sender
+    msg["To"] = to
+    msg["Message-ID"] = make_msgid(domain="countersign.local")
+    text = "\n".join(
+        [
+            f"{request.requested_by} asked agent {notice.agent}: {notice.task}",
+            "",
+            *(f"{label}: {value}" for label, value in facts),
+            "",
+            f"Approve: {links['approve']}",
+            f"Reject:  {links['reject']}",
+            "",
+            "Each link opens a confirmation page; nothing is decided until you confirm there.",
+            "The links are yours alone and work once. Do not forward this email.",
+        ]
+    )
+    msg.set_content(text)
+    rows = "".join(
+        f"<tr><th align='left' style='padding:2px 12px 2px 0'>{html.escape(label)}</th>"
+        f"<td>{html.escape(str(value))}</td></tr>"
+        for label, value in facts
+    )
+    msg.add_alternative(
+        f"""<!doctype html><html><body style="font-family:sans-serif">
+<h2>Approval needed: {html.escape(request.tool)}</h2>
+<p><b>{html.escape(request.requested_by)}</b> asked agent <b>{html.escape(notice.agent)}</b>:
+<i>{html.escape(notice.task)}</i></p>
+<table>{rows}</table>
+<p><a href="{html.escape(links["approve"])}" style="padding:8px 16px;background:#1a7f37;color:#fff;
+text-decoration:none">Approve…</a>
+&nbsp; <a href="{html.escape(links["reject"])}" style="padding:8px 16px;background:#cf222e;
+color:#fff;text-decoration:none">Reject…</a></p>
+<p style="color:#555">Each link opens a confirmation page; nothing is decided until you confirm
+there. The links are yours alone and work once. Do not forward this email.</p>
+</body></html>""",
+        subtype="html",
+    )
+    return msg
+
+
+class EmailChannel:
+    name = "email"
+
+    def __init__(self, settings: Settings, tokens: TokenStore, password: str | None) -> None:
+        assert settings.email is not None
+        self.settings = settings
+        self.conf = settings.email
+        self.tokens = tokens
+        self._password = password
+
+    async def send(self, notice: ApprovalNotice, ref: RequestRef) -> dict[str, Any]:
+        if notice.event == "settled":
+            # Outstanding links of a settled request stop working at once.
+            revoked = await asyncio.to_thread(
+                self.tokens.revoke, notice.workflow_id, notice.request.request_id
+            )
+            return {"revoked_links": revoked}
+        sent, links_issued, no_address = [], [], []
+        base = self.settings.gateway_url.rstrip("/") + DECIDE_PATH
+        for identity in deciders(notice.request):
+            contact = self.settings.approvers.get(identity)
+            if contact is None or not contact.email:
+                no_address.append(identity)
+                continue
+            links = {}
+            for verb in ("approve", "reject"):
+                token = await asyncio.to_thread(self.tokens.issue, ref, identity, verb == "approve")
+                links[verb] = f"{base}?token={token}"
+                links_issued.append(link_id(token))
+            await self._deliver(build_message(notice, self.conf, contact.email, links))
+            sent.append(identity)
+        if not sent:
+            raise ChannelError(
+                "email",
+                f"no email address configured for any of {', '.join(no_address) or 'nobody'}"
+                " (COUNTERSIGN_APPROVERS)",
+                retryable=False,
+            )
+        return {"to": sent, "links": links_issued, "no_address": no_address}
+
+    async def _deliver(self, msg: EmailMessage) -> None:
+        conf = self.conf
+        try:
+            await aiosmtplib.send(
+                msg,
+                hostname=conf.smtp_host,
+                port=conf.smtp_port,
+                username=conf.smtp_username,
+                password=self._password,
+                use_tls=conf.smtp_security == "tls",
+                start_tls=conf.smtp_security == "starttls",
+                timeout=conf.timeout_seconds,
+            )
+        except aiosmtplib.SMTPResponseException as e:
+            # 4xx: try again later; 5xx: the server refuses this for good.
+            raise ChannelError("email", f"SMTP {e.code} {e.message}", retryable=e.code < 500) from e
+        except (aiosmtplib.SMTPException, OSError) as e:
+            raise ChannelError("email", f"SMTP: {type(e).__name__}: {e}", retryable=True) from e

@@ -1,0 +1,219 @@
+"""Slack: an interactive Block Kit message per approval request, updated when it settles.
+
+The buttons' `value` is only the request's opaque reference (`ref_…`): who clicked comes from
+Slack's signed interaction payload, and what is decided comes from the run, never from the
+message. Works against any Slack-API-compatible base URL (`COUNTERSIGN_SLACK__API_URL`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from activities.channels import (
+    ChannelError,
+    argument_lines,
+    deciders,
+    outcome_line,
+    when,
+    who_may_decide,
+)
+from activities.contracts import ApprovalNotice
+from guardrails.tokens import RequestRef
+from workers.settings import Settings, SlackSettings
+
+APPROVE = "countersign.approve"
+REJECT = "countersign.reject"
+ACTIONS_BLOCK = "countersign.decision"
+
+
+class SlackApi:
+    """The few Web API methods we use, over httpx, with errors classified for retries."""
+
+    def __init__(self, conf: SlackSettings, bot_token: str) -> None:
+        self.conf = conf
+        self._token = bot_token
+
+    async def call(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
+        url = f"{self.conf.api_url.rstrip('/')}/{method}"
+        try:
+            async with httpx.AsyncClient(timeout=self.conf.timeout_seconds) as http:
+                r = await http.post(
+                    url, json=payload, headers={"Authorization": f"Bearer {self._token}"}
+                )
+        except httpx.HTTPError as e:
+            raise ChannelError("slack", f"{method}: {type(e).__name__}", retryable=True) from e
+        if r.status_code == 429 or r.status_code >= 500:
+            raise ChannelError("slack", f"{method}: HTTP {r.status_code}", retryable=True)
+        try:
+            body: dict[str, Any] = r.json()
+        except ValueError:
+            body = {"ok": False, "error": f"HTTP {r.status_code}, not JSON"}
+        if not body.get("ok"):
+            raise ChannelError("slack", f"{method}: {body.get('error')}", retryable=False)
+        return body
+
+    async def respond(self, response_url: str, payload: dict[str, Any]) -> None:
+        """Answer an interaction through its response_url (e.g. a message only the clicker
+        sees). The URL came in a signature-verified payload."""
+        try:
+            async with httpx.AsyncClient(timeout=self.conf.timeout_seconds) as http:
+                r = await http.post(response_url, json=payload)
+        except httpx.HTTPError as e:
+            raise ChannelError("slack", f"response_url: {type(e).__name__}", retryable=True) from e
+        if r.status_code >= 400:
+            raise ChannelError("slack", f"response_url: HTTP {r.status_code}", retryable=False)
+
+
+def request_blocks(
+    notice: ApprovalNotice, ref: RequestRef, settings: Settings
+) -> list[dict[str, Any]]:
+    """What the agent wants to do and why; buttons while the request is open."""
+    request = notice.request
+    mentions = [_mention(p, settings) for p in deciders(request)]
+    fields = [
+        f"*{label}*\n{value}" for label, value in [("Tool", request.tool), *argument_lines(request)]
+    ]
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": f"Approval needed: {request.tool}"},
+        },
+        {
+            "type": "section",
+            "text": {
+                "type": "mrkdwn",
+                "text": f"*{request.requested_by}* asked agent *{notice.agent}*: "
+                f"{_quote(notice.task)}",
+            },
+        },
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields[:10]]},
+        {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": f"*Why (the model):* {_quote(request.reason)}"},
+        },
+        {
+            "type": "context",
+            "elements": [
+                {
+                    "type": "mrkdwn",
+                    "text": f"Rules: {', '.join(request.rule_ids)} · Who may decide: "
+                    f"{who_may_decide(request)} {' '.join(mentions)} · "
+                    f"Expires {when(request.expires_at)} · Run {notice.workflow_id}",
+                }
+            ],
+        },
+    ]
+    if request.status == "pending":
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": ACTIONS_BLOCK,
+                "elements": [
+                    _button("Approve", APPROVE, ref.ref, "primary"),
+                    _button("Reject", REJECT, ref.ref, "danger"),
+                ],
+            }
+        )
+    else:
+        blocks.append(outcome_block(outcome_line(request), request.status))
+    return blocks
+
+
+def outcome_block(text: str, status: str) -> dict[str, Any]:
+    icon = {"approved": ":white_check_mark:", "rejected": ":x:", "expired": ":hourglass:"}
+    return {
+        "type": "section",
+        "block_id": "countersign.outcome",
+        "text": {
+            "type": "mrkdwn",
+            "text": f"{icon.get(status, ':hourglass_flowing_sand:')} {text}",
+        },
+    }
+
+
+def fallback_text(notice: ApprovalNotice) -> str:
+    """Shown in notifications and by clients that cannot render blocks."""
+    request = notice.request
+    if request.status == "pending":
+        return f"Approval needed: {request.summary()}"
+    return f"{request.summary()}: {outcome_line(request)}"
+
+
+def _button(text: str, action_id: str, value: str, style: str) -> dict[str, Any]:
+    return {
+        "type": "button",
+        "text": {"type": "plain_text", "text": text},
+        "action_id": action_id,
+        "value": value,
+        "style": style,
+    }
+
+
+def _mention(identity: str, settings: Settings) -> str:
+    contact = settings.approvers.get(identity)
+    return f"<@{contact.slack_user}>" if contact and contact.slack_user else ""
+
+
+def _quote(text: str) -> str:
+    # Model and requester text is data, not markup: no mentions or links sneak in.
+    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return f"_{escaped}_" if escaped else "_(none given)_"
+
+
+class SlackChannel:
+    name = "slack"
+
+    def __init__(self, settings: Settings, api: SlackApi, sent: dict[str, Any] | None) -> None:
+        self.settings = settings
+        self.api = api
+        # The audit data of the "requested" message, for updating it when the request settles.
+        self.sent = sent
+
+    async def send(self, notice: ApprovalNotice, ref: RequestRef) -> dict[str, Any]:
+        assert self.settings.slack is not None
+        blocks = request_blocks(notice, ref, self.settings)
+        text = fallback_text(notice)
+        if notice.event == "settled" and self.sent:
+            await self.api.call(
+                "chat.update",
+                {
+                    "channel": self.sent["slack_channel"],
+                    "ts": self.sent["ts"],
+                    "text": text,
+                    "blocks": blocks,
+                },
+            )
+            return {
+                "slack_channel": self.sent["slack_channel"],
+                "ts": self.sent["ts"],
+                "updated": True,
+            }
+        if notice.event == "settled":
+            # No message to update (Slack was configured after the request was posted).
+            return {"skipped": "no request message to update"}
+        if notice.event == "reminder" and self.sent:
+            # In the request's thread, shown in the channel too, so the buttons are one click away.
+            mentions = " ".join(_mention(p, self.settings) for p in deciders(notice.request))
+            body = await self.api.call(
+                "chat.postMessage",
+                {
+                    "channel": self.sent["slack_channel"],
+                    "thread_ts": self.sent["ts"],
+                    "reply_broadcast": True,
+                    "text": f"Reminder: still waiting for a decision on "
+                    f"{notice.request.summary()} (expires {when(notice.request.expires_at)}) "
+                    f"{mentions}".strip(),
+                },
+            )
+            return {
+                "slack_channel": body.get("channel"),
+                "ts": body.get("ts"),
+                "thread_ts": self.sent["ts"],
+            }
+        body = await self.api.call(
+            "chat.postMessage",
+            {"channel": self.settings.slack.channel, "text": text, "blocks": blocks},
+        )
+        return {"slack_channel": body.get("channel"), "ts": body.get("ts")}

@@ -1,0 +1,271 @@
+"""Approval links: opaque request references and single-use email decision tokens, in SQLite.
+
+A chat button or a webhook carries only a *reference* (`ref_…`): it names an approval request
+without revealing the run, the action or anyone's identity; the signed request around it says
+who clicked. An email link carries a *token*: a random secret that alone authorizes one
+decision (one verb, one named approver, one action) until the request expires. Only its sha256
+is stored, so a copy of this database cannot decide anything.
+
+The notify activity writes here and the approval gateway reads, so both use the same state
+directory (one machine, or a shared volume).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS refs (
+    ref TEXT PRIMARY KEY,
+    workflow_id TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    action_hash TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    -- what the approver is shown (tool, arguments, reason, rules, ...), as sent in the notice
+    details TEXT NOT NULL,
+    UNIQUE (workflow_id, request_id)
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT PRIMARY KEY,
+    ref TEXT NOT NULL REFERENCES refs (ref),
+    approver TEXT NOT NULL,
+    approve INTEGER NOT NULL,
+    expires_at TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    -- set when this token or its sibling (same request and approver) was used
+    used_at TEXT,
+    used_via TEXT,
+    revoked_at TEXT
+);
+CREATE INDEX IF NOT EXISTS tokens_by_ref ON tokens (ref, approver);
+"""
+
+Refusal = Literal["unknown", "used", "expired", "revoked"]
+
+
+class TokenRefusedError(Exception):
+    """A link that may not decide. `reason` is machine-readable; the message is for people."""
+
+    def __init__(self, reason: Refusal, message: str, link: DecisionLink | None = None) -> None:
+        super().__init__(message)
+        self.reason: Refusal = reason
+        self.link = link
+
+
+@dataclass(frozen=True)
+class RequestRef:
+    ref: str
+    workflow_id: str
+    request_id: str
+    action_hash: str
+    expires_at: datetime
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DecisionLink:
+    """What a valid email token authorizes."""
+
+    link_id: str  # a prefix of the token's hash: safe to log and audit
+    request: RequestRef
+    approver: str
+    approve: bool
+    expires_at: datetime
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def link_id(token: str) -> str:
+    return "lnk_" + token_hash(token)[:12]
+
+
+class TokenStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            yield db
+        finally:
+            db.close()
+
+    # --- references (chat buttons, webhooks) -------------------------------------------------
+
+    def reference(
+        self,
+        workflow_id: str,
+        request_id: str,
+        action_hash: str,
+        expires_at: datetime,
+        details: dict[str, Any] | None = None,
+    ) -> RequestRef:
+        """The reference of a request: the same one every time it is asked for."""
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO refs VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    "ref_" + secrets.token_urlsafe(12),
+                    workflow_id,
+                    request_id,
+                    action_hash,
+                    _iso(expires_at),
+                    json.dumps(details or {}),
+                ),
+            )
+            row = db.execute(
+                "SELECT * FROM refs WHERE workflow_id = ? AND request_id = ?",
+                (workflow_id, request_id),
+            ).fetchone()
+        return _ref(row)
+
+    def resolve(self, ref: str) -> RequestRef | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM refs WHERE ref = ?", (ref,)).fetchone()
+        return _ref(row) if row else None
+
+    def find_reference(self, workflow_id: str, request_id: str) -> RequestRef | None:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT * FROM refs WHERE workflow_id = ? AND request_id = ?",
+                (workflow_id, request_id),
+            ).fetchone()
+        return _ref(row) if row else None
+
+    # --- email decision tokens ---------------------------------------------------------------
+
+    def issue(
+        self,
+        request: RequestRef,
+        approver: str,
+        approve: bool,
+        expires_at: datetime | None = None,
+        now: datetime | None = None,
+    ) -> str:
+        """A new single-use token; it expires no later than the request does."""
+        expires = min(expires_at or request.expires_at, request.expires_at)
+        token = secrets.token_urlsafe(32)
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO tokens (token_hash, ref, approver, approve, expires_at, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    token_hash(token),
+                    request.ref,
+                    approver,
+                    int(approve),
+                    _iso(expires),
+                    _iso(now or datetime.now(UTC)),
+                ),
+            )
+        return token
+
+    def check(self, token: str, now: datetime | None = None) -> DecisionLink:
+        """What the token authorizes, or TokenRefusedError. Changes nothing."""
+        with self._connect() as db:
+            return self._check(db, token, now or datetime.now(UTC))
+
+    def claim(self, token: str, now: datetime | None = None) -> DecisionLink:
+        """Use the token (and its sibling for the other verb) once; TokenRefusedError if it
+        cannot be used. Two concurrent claims: exactly one wins."""
+        now = now or datetime.now(UTC)
+        digest = token_hash(token)
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                link = self._check(db, token, now)
+                db.execute(
+                    "UPDATE tokens SET used_at = ?, used_via = ?"
+                    " WHERE ref = ? AND approver = ? AND used_at IS NULL",
+                    (_iso(now), digest, link.request.ref, link.approver),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return link
+
+    def release(self, token: str) -> None:
+        """Undo a claim whose decision never reached the run (Temporal unreachable)."""
+        with self._connect() as db:
+            db.execute(
+                "UPDATE tokens SET used_at = NULL, used_via = NULL WHERE used_via = ?",
+                (token_hash(token),),
+            )
+
+    def revoke(self, workflow_id: str, request_id: str, now: datetime | None = None) -> int:
+        """Revoke every unused token of a settled request; returns how many."""
+        with self._connect() as db:
+            cur = db.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE used_at IS NULL AND revoked_at IS NULL"
+                " AND ref IN (SELECT ref FROM refs WHERE workflow_id = ? AND request_id = ?)",
+                (_iso(now or datetime.now(UTC)), workflow_id, request_id),
+            )
+            return cur.rowcount
+
+    def _check(self, db: sqlite3.Connection, token: str, now: datetime) -> DecisionLink:
+        row = db.execute(
+            "SELECT t.approver, t.approve, t.expires_at, t.used_at, t.revoked_at,"
+            " r.ref, r.workflow_id, r.request_id, r.action_hash, r.expires_at, r.details"
+            " FROM tokens t JOIN refs r ON r.ref = t.ref WHERE t.token_hash = ?",
+            (token_hash(token),),
+        ).fetchone()
+        if row is None:
+            raise TokenRefusedError(
+                "unknown",
+                "This link is not valid. It may have been mistyped or altered; use the link "
+                "from the approval email.",
+            )
+        approver, approve, expires_at, used_at, revoked_at, *ref_row = row
+        link = DecisionLink(
+            link_id=link_id(token),
+            request=_ref(tuple(ref_row)),
+            approver=approver,
+            approve=bool(approve),
+            expires_at=datetime.fromisoformat(expires_at),
+        )
+        if used_at is not None:
+            raise TokenRefusedError(
+                "used", f"This link was already used ({used_at[:19]} UTC). Links work once.", link
+            )
+        if revoked_at is not None:
+            raise TokenRefusedError(
+                "revoked",
+                "This approval request is already settled; the link no longer works.",
+                link,
+            )
+        if link.expires_at <= now:
+            raise TokenRefusedError("expired", f"This link expired at {expires_at[:19]} UTC.", link)
+        return link
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat()
+
+
+def _ref(row: tuple[str, ...]) -> RequestRef:
+    ref, workflow_id, request_id, action_hash, expires_at, details = row
+    return RequestRef(
+        ref,
+        workflow_id,
+        request_id,
+        action_hash,
+        datetime.fromisoformat(expires_at),
+        json.loads(details),
+    )

@@ -1,0 +1,85 @@
+"""The approval link store: references, single-use tokens stored hashed."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from guardrails.tokens import RequestRef, TokenRefusedError, TokenStore
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def store_with_request(tmp_path: Path) -> tuple[TokenStore, RequestRef]:
+    store = TokenStore(tmp_path / "links.sqlite3")
+    ref = store.reference("run-1", "apr_1", "hash-1", NOW + timedelta(hours=4), {"tool": "t"})
+    return store, ref
+
+
+def test_a_request_has_one_opaque_reference(tmp_path: Path) -> None:
+    store, ref = store_with_request(tmp_path)
+    again = store.reference("run-1", "apr_1", "hash-1", NOW + timedelta(hours=4))
+    assert again == ref and again.ref.startswith("ref_")
+    assert "run-1" not in again.ref and "apr_1" not in again.ref
+    assert store.resolve(again.ref) == ref
+    assert store.resolve("ref_nope") is None
+
+
+def test_a_token_is_stored_hashed_used_once_and_takes_its_sibling_along(tmp_path: Path) -> None:
+    store, ref = store_with_request(tmp_path)
+    approve = store.issue(ref, "alice", True, now=NOW)
+    reject = store.issue(ref, "alice", False, now=NOW)
+    bobs = store.issue(ref, "bob", True, now=NOW)
+    raw = (tmp_path / "links.sqlite3").read_bytes() + b"".join(
+        p.read_bytes() for p in tmp_path.glob("links.sqlite3-*")
+    )
+    assert approve.encode() not in raw and reject.encode() not in raw
+
+    link = store.check(approve, now=NOW)
+    assert (link.approver, link.approve, link.request.request_id) == ("alice", True, "apr_1")
+    store.check(approve, now=NOW)  # checking changes nothing
+    store.claim(approve, now=NOW)
+    for used in (approve, reject):
+        with pytest.raises(TokenRefusedError) as e:
+            store.claim(used, now=NOW)
+        assert e.value.reason == "used"
+    assert store.check(bobs, now=NOW).approver == "bob"
+
+    store.release(approve)  # the decision never reached the run
+    assert store.check(reject, now=NOW).approve is False
+
+
+def test_concurrent_claims_have_exactly_one_winner(tmp_path: Path) -> None:
+    store, ref = store_with_request(tmp_path)
+    token = store.issue(ref, "alice", True, now=NOW)
+
+    def claim() -> str:
+        try:
+            store.claim(token, now=NOW)
+            return "won"
+        except TokenRefusedError as e:
+            return e.reason
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(lambda _: claim(), range(8)))
+    assert sorted(outcomes) == ["used"] * 7 + ["won"]
+
+
+def test_unknown_expired_and_revoked_tokens_are_refused(tmp_path: Path) -> None:
+    store, ref = store_with_request(tmp_path)
+    with pytest.raises(TokenRefusedError) as e:
+        store.check("made-up", now=NOW)
+    assert e.value.reason == "unknown" and e.value.link is None
+    # A token never outlives its request, whatever it asks for.
+    late = store.issue(ref, "alice", True, expires_at=NOW + timedelta(days=9))
+    assert store.check(late, now=NOW).expires_at == NOW + timedelta(hours=4)
+    with pytest.raises(TokenRefusedError) as e:
+        store.check(late, now=NOW + timedelta(hours=4, seconds=1))
+    assert e.value.reason == "expired" and e.value.link is not None
+    assert store.revoke("run-1", "apr_1", now=NOW) == 1
+    with pytest.raises(TokenRefusedError) as e:
+        store.check(late, now=NOW)
+    assert e.value.reason == "revoked"
