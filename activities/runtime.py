@@ -11,6 +11,7 @@ from temporalio import activity
 from activities.transcript import TranscriptStore
 from guardrails.audit import AuditRecord, AuditStore
 from guardrails.policy import PolicySource
+from workers.audit import open_audit_store
 from workers.settings import Settings
 
 
@@ -25,7 +26,7 @@ class Runtime:
     def from_settings(cls, settings: Settings) -> Runtime:
         return cls(
             settings=settings,
-            audit=AuditStore(settings.audit_path),
+            audit=open_audit_store(settings, signing=True),
             transcripts=TranscriptStore(settings.transcript_path),
             policy=PolicySource(settings.policy_path),
         )
@@ -49,6 +50,12 @@ async def audit_from_activity(
 
     The record id is the activity's identity in its run (stable across attempts), the kind and
     `n` (for activities that write several records of one kind).
+
+    The record names the Temporal event behind it. An activity cannot see its
+    ActivityTaskScheduled event id (the SDK's `activity.info()` has no such field), but the
+    activity id is unique within the run and the scheduled event in history carries it: the
+    event is identified by (workflow id, run id, activity id), and `attempt` says which try
+    wrote the record.
     """
     info = activity.info()
     return await runtime.audit.append(
@@ -58,4 +65,9 @@ async def audit_from_activity(
         kind=kind,
         actor=actor,
         data=data,
+        event={
+            "activity_id": info.activity_id,
+            "activity_type": info.activity_type,
+            "attempt": info.attempt,
+        },
     )

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from guardrails.audit import AuditRecord, AuditStore
+from guardrails.audit import AuditRecord, VerifyReport
 from workers.settings import Settings, SettingsError, load_settings
 
 
@@ -130,6 +130,7 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> None:
 
 async def cmd_decide(args: argparse.Namespace, settings: Settings) -> None:
     from guardrails.approvals import Decision
+    from workers.audit import open_audit_store
     from workers.decisions import DecisionRefusedError, send_decision
     from workers.worker import connect
 
@@ -142,7 +143,7 @@ async def cmd_decide(args: argparse.Namespace, settings: Settings) -> None:
     )
     client = await connect(settings)
     try:
-        receipt = await send_decision(client, args.run, decision, AuditStore(settings.audit_path))
+        receipt = await send_decision(client, args.run, decision, open_audit_store(settings))
     except DecisionRefusedError as e:
         raise CliError(f"refused: {e}") from e
     print(
@@ -150,23 +151,57 @@ async def cmd_decide(args: argparse.Namespace, settings: Settings) -> None:
     )
 
 
+AUDIT_ACTIONS = ("verify", "checkpoint", "init-key")
+
+
 async def cmd_audit(args: argparse.Namespace, settings: Settings) -> None:
-    store = AuditStore(settings.audit_path)
+    from workers.audit import ensure_signing_key, open_audit_store, public_key
+    from workers.credentials import configure_keyring
+
+    if args.run in AUDIT_ACTIONS:
+        configure_keyring(settings)
+    if args.run == "init-key":
+        signer = ensure_signing_key(settings)
+        from guardrails.audit_signing import public_key_text
+
+        print(
+            f"audit signing key {settings.audit_signing_credential!r}: {signer.key_id}\n"
+            f"public key (for COUNTERSIGN_AUDIT_PUBLIC_KEY): {public_key_text(signer.public_key)}"
+        )
+        return
+    store = open_audit_store(settings, signing=args.run == "checkpoint")
     if args.run == "verify":
-        count, broken = store.verify()
-        if broken:
-            raise CliError(f"audit chain BROKEN at record {broken} (after {count} good records)")
-        print(f"audit chain intact: {count} records")
+        print_verification(store.verify(public_key(settings)), store.location)
+        return
+    if args.run == "checkpoint":
+        cp = store.checkpoint()
+        print(f"checkpoint: {cp.size} records, head {cp.head[:16]}…, signed by {cp.key_id}")
         return
     records = store.for_run(args.run)
     if not records:
-        raise CliError(f"no audit records for run {args.run!r} in {settings.audit_path}")
+        raise CliError(f"no audit records for run {args.run!r} in {store.location}")
     if args.json:
         print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
     else:
         print(f"{args.run}:")
         for r in records:
             print(story_line(r))
+
+
+def print_verification(report: VerifyReport, location: str) -> None:
+    """Say what holds; raise CliError (exit 2) naming what does not."""
+    signed = "signatures checked" if report.signatures_checked else "signatures NOT checked"
+    summary = f"{report.records} records, {report.checkpoints} checkpoint(s), {signed}"
+    if report.ok:
+        print(f"audit chain intact: {summary} ({location})")
+        if not report.signatures_checked:
+            print("  no public key: set COUNTERSIGN_AUDIT_PUBLIC_KEY to check signatures")
+        return
+    lines = [f"audit chain BROKEN: {summary} ({location})"]
+    if report.problem:
+        lines.append(f"  first broken record: {report.problem}")
+    lines += [f"  {p}" for p in report.checkpoint_problems]
+    raise CliError("\n".join(lines))
 
 
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
@@ -237,8 +272,13 @@ def parser() -> argparse.ArgumentParser:
         d.add_argument("--as", dest="as_", required=True, metavar="NAME")
         d.add_argument("--comment")
 
-    audit = add("audit", cmd_audit, "print a run's audit story, or `audit verify` the chain")
-    audit.add_argument("run", help="workflow id, or `verify`")
+    audit = add(
+        "audit",
+        cmd_audit,
+        "print a run's audit story; `audit verify` checks the chain and signed checkpoints, "
+        "`audit checkpoint` signs the current head, `audit init-key` creates the signing key",
+    )
+    audit.add_argument("run", help="workflow id, or verify | checkpoint | init-key")
     audit.add_argument("--json", action="store_true")
 
     secrets = sub.add_parser("secrets", help="manage secrets in the configured keyring")
@@ -252,6 +292,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     from temporalio.service import RPCError
 
+    from guardrails.audit import AuditError
+    from guardrails.audit_signing import SigningKeyError
+    from guardrails.redaction import set_pii_fields
     from workers.credentials import CredentialError
     from workers.devstack import DevStackError
     from workers.logging import configure_logging
@@ -261,8 +304,17 @@ def main(argv: list[str] | None = None) -> None:
     code = 0
     try:
         settings = load_settings()
+        set_pii_fields(settings.pii_fields)
         asyncio.run(args.fn(args, settings))
-    except (CliError, SettingsError, CredentialError, DevStackError, RPCError) as e:
+    except (
+        CliError,
+        SettingsError,
+        CredentialError,
+        DevStackError,
+        RPCError,
+        AuditError,
+        SigningKeyError,
+    ) as e:
         print(f"countersign: {e}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
