@@ -204,6 +204,40 @@ def print_verification(report: VerifyReport, location: str) -> None:
     raise CliError("\n".join(lines))
 
 
+async def cmd_replay(args: argparse.Namespace, settings: Settings) -> None:
+    from workers.replay import load_histories, replay, save_history
+
+    if not args.runs and not args.file:
+        raise CliError("name a RUN (workflow id) to fetch from Temporal, or --file history.json")
+    if args.save and len(args.runs) != 1:
+        raise CliError("--save needs exactly one RUN")
+    try:
+        histories = load_histories(args.file)
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    if args.runs:
+        from workers.worker import connect
+
+        client = await connect(settings)
+        for run in args.runs:
+            history = await client.get_workflow_handle(run).fetch_history()
+            histories.append((f"temporal {settings.temporal_address}", history))
+            if args.save:
+                save_history(args.save, history)
+    reports = await replay(histories)
+    if args.json:
+        print(json.dumps([r.model_dump(mode="json") for r in reports], indent=2))
+    else:
+        for r in reports:
+            print(r.line())
+    diverged = [r for r in reports if not r.deterministic or r.result_matches is False]
+    if diverged:
+        raise CliError(
+            f"{len(diverged)} of {len(reports)} histories do not replay: "
+            + ", ".join(r.workflow_id for r in diverged)
+        )
+
+
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     from workers.worker import run_worker
 
@@ -280,6 +314,23 @@ def parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("run", help="workflow id, or verify | checkpoint | init-key")
     audit.add_argument("--json", action="store_true")
+
+    replay = add(
+        "replay",
+        cmd_replay,
+        "replay recorded histories against the current code; report `deterministic` or the "
+        "exact divergence (no model, tool or activity is called)",
+    )
+    replay.add_argument("runs", nargs="*", metavar="RUN", help="workflow ids to fetch")
+    replay.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a history JSON file, or a folder of them (repeatable)",
+    )
+    replay.add_argument("--save", metavar="FILE", help="with one RUN: write its history here")
+    replay.add_argument("--json", action="store_true")
 
     secrets = sub.add_parser("secrets", help="manage secrets in the configured keyring")
     ssub = secrets.add_subparsers(dest="action", required=True)

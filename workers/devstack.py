@@ -282,7 +282,9 @@ def port_of(url_or_address: str) -> int:
     return int(url_or_address.rstrip("/").split(":")[-1].split("/")[0])
 
 
-def start_dev_stack(settings: Settings, *, with_worker: bool = True) -> DevStack:
+def start_dev_stack(
+    settings: Settings, *, with_worker: bool = True, scripts: Path | None = None
+) -> DevStack:
     """Start every part the settings point at that is not already running.
 
     Ports come from the settings (COUNTERSIGN_TEMPORAL_ADDRESS, _TEMPORAL_UI_URL,
@@ -305,7 +307,7 @@ def start_dev_stack(settings: Settings, *, with_worker: bool = True) -> DevStack
             set_secret(settings.systems["shop"].credential, token)
             stack.services["shop"] = start_shop(state_dir, shop_port, token)
         if not port_open(model_port):
-            stack.services["model-server"] = start_model_server(state_dir, model_port)
+            stack.services["model-server"] = start_model_server(state_dir, model_port, scripts)
         if with_worker:
             # The worker inherits this process's environment, so it sees the same settings.
             stack.services["worker"] = start_service(
