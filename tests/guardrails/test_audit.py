@@ -296,3 +296,15 @@ def test_an_old_v1_sqlite_trail_gets_a_clear_error(tmp_path: Path) -> None:
         db.execute("CREATE TABLE audit_records (seq INTEGER PRIMARY KEY, record_id TEXT)")
     with pytest.raises(AuditError, match="old \\(v1\\) hash scheme"):
         open_store(path)
+
+
+def test_pii_fields_are_redacted_from_log_events_too() -> None:
+    from guardrails.redaction import redact_processor
+
+    set_pii_fields(["email"])
+    try:
+        event = redact_processor(None, "info", {"event": "crm.updated", "email": "ann@x.io"})
+    finally:
+        set_pii_fields([])
+    assert event == {"event": "crm.updated", "email": REDACTED}
+    assert redact_processor(None, "info", {"email": "ann@x.io"}) == {"email": "ann@x.io"}

@@ -28,9 +28,11 @@ class AgentRunThatChecksFirst(AgentRun):
         return await super().run(input)
 
 
-def graph_without_approvals() -> StateGraph[Any]:
+def graph_without_approvals() -> StateGraph[LoopState, RunState, LoopState, LoopState]:
     """Someone "simplified" the guarded loop: guard goes straight to act, skipping approvals."""
-    g: StateGraph[Any] = StateGraph(LoopState, context_schema=RunState)
+    g: StateGraph[LoopState, RunState, LoopState, LoopState] = StateGraph(
+        LoopState, context_schema=RunState
+    )
     for name, node in [("plan", plan), ("guard", guard), ("act", act), ("stop", stop)]:
         g.add_node(name, node, metadata={"execute_in": "workflow"})
     g.add_edge(START, "plan")
