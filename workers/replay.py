@@ -36,6 +36,8 @@ from temporalio.worker import (
 from activities.contracts import DECIDE, NOTIFY, PLAN, RECORD
 from workers.worker import WORKFLOWS, plugins
 
+GraphFactory = Callable[[], StateGraph[Any, Any, Any, Any]]
+
 # Results the workflow code returned during replay, by workflow id (filled by the interceptor).
 _replayed_results: dict[str, Any] = {}
 
@@ -165,7 +167,7 @@ def _divergence(failure: Exception) -> str:
 
 
 def replayer(
-    workflows: Sequence[type] | None = None, graph: Callable[[], StateGraph[Any]] | None = None
+    workflows: Sequence[type] | None = None, graph: GraphFactory | None = None
 ) -> Replayer:
     """The worker's workflows, plugin and data converter, and no activities at all.
     `workflows` and `graph` replace the real ones (to prove a changed version diverges)."""
@@ -180,7 +182,7 @@ def replayer(
 async def replay(
     histories: Sequence[tuple[str, WorkflowHistory]],
     workflows: Sequence[type] | None = None,
-    graph: Callable[[], StateGraph[Any]] | None = None,
+    graph: GraphFactory | None = None,
 ) -> list[ReplayReport]:
     """Replay each (source, history); never raises for a divergence, reports it."""
     reports = []

@@ -22,7 +22,7 @@ async def test_every_record_names_the_activity_event_that_wrote_it(
     temporal: WorkflowEnvironment, worker: Worker, runtime: Runtime
 ) -> None:
     handle = await start_run(
-        temporal.client, worker.task_queue, task="Refund order A-1004: event ids."
+        temporal.client, worker.task_queue, task="Refund order A-1007: event ids."
     )
     await handle.result()
     history = await handle.fetch_history()
@@ -61,7 +61,7 @@ async def test_an_approval_flow_on_the_postgres_audit_store(
     pg_runtime = Runtime(
         settings=settings, audit=store, transcripts=runtime.transcripts, policy=runtime.policy
     )
-    before = len(shop.refunds("A-1002"))
+    before = len(shop.refunds("A-1006"))
     async with build_worker(
         temporal.client,
         settings,
@@ -69,7 +69,7 @@ async def test_an_approval_flow_on_the_postgres_audit_store(
         task_queue=task_queue,
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
     ):
-        handle = await start_run(temporal.client, task_queue, task="Refund order A-1002: pg.")
+        handle = await start_run(temporal.client, task_queue, task="Refund order A-1006: pg.")
         (request,) = await wait_for_pending(handle)
         await handle.execute_update(
             AgentRun.decide,
@@ -78,7 +78,7 @@ async def test_an_approval_flow_on_the_postgres_audit_store(
         result = await handle.result()
     refund = next(a for a in result.actions if a.tool == "payments.refund")
     assert refund.status == "executed"
-    assert len(shop.refunds("A-1002")) == before + 1
+    assert len(shop.refunds("A-1006")) == before + 1
     kinds = [r.kind for r in store.for_run(handle.id)]
     assert "approval.granted" in kinds and "action.executed" in kinds
     assert runtime.audit.for_run(handle.id) == []  # nothing went to SQLite

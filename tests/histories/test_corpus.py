@@ -116,11 +116,11 @@ async def test_cli_replays_a_live_run_by_workflow_id(
     temporal: WorkflowEnvironment, worker: Worker, tmp_path: Path
 ) -> None:
     handle = await start_run(
-        temporal.client, worker.task_queue, task="Refund order A-1006: the lid is cracked."
+        temporal.client, worker.task_queue, task="Refund order A-1003: the lid is cracked."
     )
     (request,) = await wait_for_pending(handle)
     await handle.execute_update(
-        "decide", Decision(request_id=request.request_id, approver="bob", approve=True)
+        "decide", Decision(request_id=request.request_id, approver="bob", approve=False)
     )
     await handle.result()
     env = {
