@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo dev test lint fmt bench clean
+.PHONY: demo dev test lint fmt bench histories clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ lint: $(BIN)/.installed
 fmt: $(BIN)/.installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+bench: $(BIN)/.installed  ## replay time, history size, audit append throughput (prints)
+	$(BIN)/python -m benchmarks.replay_bench
+
+histories: $(BIN)/.installed  ## re-record tests/histories on a fresh stack
+	$(BIN)/python -m tests.histories.record
 
 clean:
 	rm -rf .countersign $(VENV)

@@ -14,6 +14,7 @@ from guardrails.audit import AuditRecord, AuditStore
 from guardrails.cedar_schema import ToolSchema
 from guardrails.ledger import Ledger
 from guardrails.policy import PolicySource
+from workers.audit import open_audit_store
 from workers.settings import Settings
 
 
@@ -32,7 +33,7 @@ class Runtime:
         candidate = settings.candidate_policy_path
         return cls(
             settings=settings,
-            audit=AuditStore(settings.audit_path),
+            audit=open_audit_store(settings, signing=True),
             transcripts=TranscriptStore(settings.transcript_path),
             policy=PolicySource(settings.policy_path, tools),
             candidate=PolicySource(candidate, tools) if candidate else None,
@@ -64,6 +65,12 @@ async def audit_from_activity(
 
     The record id is the activity's identity in its run (stable across attempts), the kind and
     `n` (for activities that write several records of one kind).
+
+    The record names the Temporal event behind it. An activity cannot see its
+    ActivityTaskScheduled event id (the SDK's `activity.info()` has no such field), but the
+    activity id is unique within the run and the scheduled event in history carries it: the
+    event is identified by (workflow id, run id, activity id), and `attempt` says which try
+    wrote the record.
     """
     info = activity.info()
     return await runtime.audit.append(
@@ -73,4 +80,9 @@ async def audit_from_activity(
         kind=kind,
         actor=actor,
         data=data,
+        event={
+            "activity_id": info.activity_id,
+            "activity_type": info.activity_type,
+            "attempt": info.attempt,
+        },
     )

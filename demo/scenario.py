@@ -12,7 +12,7 @@ from temporalio.client import Client, WorkflowHandle
 from agents.run import AgentRun
 from agents.state import RunInput, RunResult
 from guardrails.approvals import Decision
-from guardrails.audit import AuditStore
+from workers.audit import open_audit_store, public_key
 from workers.cli import story_line, ui_link
 from workers.decisions import send_decision
 from workers.devstack import DevStack, port_of, port_open, start_dev_stack
@@ -82,7 +82,7 @@ async def _refund(
             ),
         )
     result = await handle.result()
-    for record in AuditStore(settings.audit_path).for_run(workflow_id):
+    for record in open_audit_store(settings).for_run(workflow_id):
         print(story_line(record))
     print(f"  result: {result.status}, {result.steps} steps, {len(result.actions)} actions")
     print(f"  see it in the Temporal UI: {ui_link(settings, workflow_id)}")
@@ -101,8 +101,11 @@ async def run_demo(settings: Settings, keep: bool = False) -> None:
         client = await connect(stack.settings)
         for order_id, task, approver in REFUNDS:
             await _refund(client, stack.settings, order_id, task, approver)
-        count, broken = AuditStore(stack.settings.audit_path).verify()
-        print(f"\nAudit chain: {count} records, {'intact' if broken is None else 'BROKEN'}.")
+        report = open_audit_store(stack.settings).verify(public_key(stack.settings))
+        print(
+            f"\nAudit chain: {report.records} records, {'intact' if report.ok else 'BROKEN'}"
+            f" ({report.checkpoints} signed checkpoint(s))."
+        )
         if keep:
             print(
                 "\nThe stack keeps running (Ctrl-C stops it). Try:\n"

@@ -98,6 +98,7 @@ SEED_ORDERS = [  # order_id, customer_id, status, total = captured, items (sku, 
     ("A-1014", "C-200", "delivered", 12500, [("PAN-CST-01", "Cast iron pan", 1, 12500)]),
     ("A-1015", "C-300", "delivered", 4800, [("BRD-OAK-01", "Oak board", 1, 4800)]),
     ("A-1016", "C-400", "delivered", 1500, [("SPN-WOD-03", "Wooden spoons", 3, 500)]),
+    ("A-1017", "C-500", "delivered", 8800, [("TRY-BMB-01", "Bamboo tray", 1, 8800)]),
     # Orders the approval gateway tests refund once each (Slack, email, duplicates).
     ("A-1051", "C-500", "delivered", 7900, [("LMP-DSK-01", "Desk lamp", 1, 7900)]),
     ("A-1052", "C-600", "delivered", 8900, [("GRN-BUR-01", "Burr grinder", 1, 8900)]),

@@ -23,11 +23,15 @@ from activities.runtime import Runtime
 from agents.run import AgentRun
 from agents.state import RunResult
 from guardrails.policy import DEFAULT_POLICY_PATH
+from workers.audit import ensure_signing_key
 from workers.credentials import configure_keyring, set_secret
 from workers.devstack import (
     DEV_SERVER_TUNING,
+    Postgres,
     free_port,
+    postgres_bin_dir,
     start_model_server,
+    start_postgres,
     start_shop,
     temporal_binary,
 )
@@ -122,7 +126,29 @@ def settings(state_dir: Path, shop: Shop, model_url: str, session_policy: Path) 
     )
     configure_keyring(settings)
     set_secret("shop", shop.token)
+    ensure_signing_key(settings)
     return settings
+
+
+@pytest.fixture(scope="session")
+def postgres(state_dir: Path) -> Iterator[Postgres]:
+    """A real PostgreSQL server (Debian's package; .ci/run installs it)."""
+    if postgres_bin_dir() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    cluster = start_postgres(state_dir / "logs", free_port())
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_dsn(postgres: Postgres) -> str:
+    """A fresh, empty database for one test."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres.dsn(), autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {name}")
+    return postgres.dsn(name)
 
 
 @pytest.fixture(scope="session")

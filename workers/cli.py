@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from guardrails.audit import AuditRecord, AuditStore
+from guardrails.audit import AuditRecord, VerifyReport
 from workers.settings import Settings, SettingsError, load_settings
 
 
@@ -135,6 +135,7 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> None:
 
 async def cmd_decide(args: argparse.Namespace, settings: Settings) -> None:
     from guardrails.approvals import Decision
+    from workers.audit import open_audit_store
     from workers.decisions import DecisionRefusedError, send_decision
     from workers.worker import connect
 
@@ -147,7 +148,7 @@ async def cmd_decide(args: argparse.Namespace, settings: Settings) -> None:
     )
     client = await connect(settings)
     try:
-        receipt = await send_decision(client, args.run, decision, AuditStore(settings.audit_path))
+        receipt = await send_decision(client, args.run, decision, open_audit_store(settings))
     except DecisionRefusedError as e:
         raise CliError(f"refused: {e}") from e
     print(
@@ -178,17 +179,35 @@ async def cmd_rollback(args: argparse.Namespace, settings: Settings) -> None:
     print(f"{args.run}: {result.status}")
 
 
+AUDIT_ACTIONS = ("verify", "checkpoint", "init-key")
+
+
 async def cmd_audit(args: argparse.Namespace, settings: Settings) -> None:
-    store = AuditStore(settings.audit_path)
+    from workers.audit import ensure_signing_key, open_audit_store, public_key
+    from workers.credentials import configure_keyring
+
+    if args.run in AUDIT_ACTIONS:
+        configure_keyring(settings)
+    if args.run == "init-key":
+        signer = ensure_signing_key(settings)
+        from guardrails.audit_signing import public_key_text
+
+        print(
+            f"audit signing key {settings.audit_signing_credential!r}: {signer.key_id}\n"
+            f"public key (for COUNTERSIGN_AUDIT_PUBLIC_KEY): {public_key_text(signer.public_key)}"
+        )
+        return
+    store = open_audit_store(settings, signing=args.run == "checkpoint")
     if args.run == "verify":
-        count, broken = store.verify()
-        if broken:
-            raise CliError(f"audit chain BROKEN at record {broken} (after {count} good records)")
-        print(f"audit chain intact: {count} records")
+        print_verification(store.verify(public_key(settings)), store.location)
+        return
+    if args.run == "checkpoint":
+        cp = store.checkpoint()
+        print(f"checkpoint: {cp.size} records, head {cp.head[:16]}…, signed by {cp.key_id}")
         return
     records = store.for_run(args.run)
     if not records:
-        raise CliError(f"no audit records for run {args.run!r} in {settings.audit_path}")
+        raise CliError(f"no audit records for run {args.run!r} in {store.location}")
     if args.json:
         print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
     else:
@@ -210,6 +229,7 @@ def _load(path: str | None, settings: Settings) -> Any:
 
 async def cmd_policy(args: argparse.Namespace, settings: Settings) -> None:
     from guardrails.review import backtest, diff, run_cases
+    from workers.audit import open_audit_store
 
     if args.action == "test":
         policy = _load(args.path, settings)
@@ -227,7 +247,7 @@ async def cmd_policy(args: argparse.Namespace, settings: Settings) -> None:
         print("\n".join(lines) or "no differences")
     else:
         candidate = _load(args.candidate, settings)
-        verdicts = AuditStore(settings.audit_path).of_kind("verdict")
+        verdicts = open_audit_store(settings).of_kind("verdict")
         replayed, flips = backtest(verdicts, candidate)
         print(
             f"backtest of {candidate.version} against {replayed} recorded decisions: "
@@ -263,6 +283,56 @@ async def cmd_kill(args: argparse.Namespace, settings: Settings) -> None:
         f"tools stopped: {', '.join(switch.tools) or 'none'}; "
         f"agents stopped: {', '.join(switch.agents) or 'none'}"
     )
+
+
+def print_verification(report: VerifyReport, location: str) -> None:
+    """Say what holds; raise CliError (exit 2) naming what does not."""
+    signed = "signatures checked" if report.signatures_checked else "signatures NOT checked"
+    summary = f"{report.records} records, {report.checkpoints} checkpoint(s), {signed}"
+    if report.ok:
+        print(f"audit chain intact: {summary} ({location})")
+        if not report.signatures_checked:
+            print("  no public key: set COUNTERSIGN_AUDIT_PUBLIC_KEY to check signatures")
+        return
+    lines = [f"audit chain BROKEN: {summary} ({location})"]
+    if report.problem:
+        lines.append(f"  first broken record: {report.problem}")
+    lines += [f"  {p}" for p in report.checkpoint_problems]
+    raise CliError("\n".join(lines))
+
+
+async def cmd_replay(args: argparse.Namespace, settings: Settings) -> None:
+    from workers.replay import load_histories, replay, save_history
+
+    if not args.runs and not args.file:
+        raise CliError("name a RUN (workflow id) to fetch from Temporal, or --file history.json")
+    if args.save and len(args.runs) != 1:
+        raise CliError("--save needs exactly one RUN")
+    try:
+        histories = load_histories(args.file)
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    if args.runs:
+        from workers.worker import connect
+
+        client = await connect(settings)
+        for run in args.runs:
+            history = await client.get_workflow_handle(run).fetch_history()
+            histories.append((f"temporal {settings.temporal_address}", history))
+            if args.save:
+                save_history(args.save, history)
+    reports = await replay(histories)
+    if args.json:
+        print(json.dumps([r.model_dump(mode="json") for r in reports], indent=2))
+    else:
+        for r in reports:
+            print(r.line())
+    diverged = [r for r in reports if not r.deterministic or r.result_matches is False]
+    if diverged:
+        raise CliError(
+            f"{len(diverged)} of {len(reports)} histories do not replay: "
+            + ", ".join(r.workflow_id for r in diverged)
+        )
 
 
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
@@ -348,9 +418,31 @@ def parser() -> argparse.ArgumentParser:
     rollback.add_argument("--as", dest="as_", required=True, metavar="NAME")
     rollback.add_argument("--reason", required=True)
 
-    audit = add("audit", cmd_audit, "print a run's audit story, or `audit verify` the chain")
-    audit.add_argument("run", help="workflow id, or `verify`")
+    audit = add(
+        "audit",
+        cmd_audit,
+        "print a run's audit story; `audit verify` checks the chain and signed checkpoints, "
+        "`audit checkpoint` signs the current head, `audit init-key` creates the signing key",
+    )
+    audit.add_argument("run", help="workflow id, or verify | checkpoint | init-key")
     audit.add_argument("--json", action="store_true")
+
+    replay = add(
+        "replay",
+        cmd_replay,
+        "replay recorded histories against the current code; report `deterministic` or the "
+        "exact divergence (no model, tool or activity is called)",
+    )
+    replay.add_argument("runs", nargs="*", metavar="RUN", help="workflow ids to fetch")
+    replay.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a history JSON file, or a folder of them (repeatable)",
+    )
+    replay.add_argument("--save", metavar="FILE", help="with one RUN: write its history here")
+    replay.add_argument("--json", action="store_true")
 
     policy = add("policy", cmd_policy, "check, compare and backtest policies")
     policy.add_argument("action", choices=["test", "diff", "backtest"])
@@ -372,7 +464,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     from temporalio.service import RPCError
 
+    from guardrails.audit import AuditError
+    from guardrails.audit_signing import SigningKeyError
     from guardrails.policy import PolicyError
+    from guardrails.redaction import set_pii_fields
     from workers.credentials import CredentialError
     from workers.devstack import DevStackError
     from workers.logging import configure_logging
@@ -382,8 +477,18 @@ def main(argv: list[str] | None = None) -> None:
     code = 0
     try:
         settings = load_settings()
+        set_pii_fields(settings.pii_fields)
         asyncio.run(args.fn(args, settings))
-    except (CliError, SettingsError, CredentialError, DevStackError, PolicyError, RPCError) as e:
+    except (
+        CliError,
+        SettingsError,
+        CredentialError,
+        DevStackError,
+        PolicyError,
+        RPCError,
+        AuditError,
+        SigningKeyError,
+    ) as e:
         print(f"countersign: {e}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:

@@ -11,12 +11,15 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psycopg
 
+from workers.audit import ensure_signing_key
 from workers.credentials import configure_keyring, set_secret
 from workers.settings import ApproverContact, EmailSettings, Settings
 
@@ -73,7 +76,11 @@ class Service:
 
 
 def start_service(
-    name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None
+    name: str,
+    argv: list[str],
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    user: str | None = None,
 ) -> Service:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
@@ -84,6 +91,7 @@ def start_service(
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
         start_new_session=True,
+        user=user,
     )
     return Service(name, process, log_path)
 
@@ -223,6 +231,104 @@ def child_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def postgres_bin_dir() -> Path | None:
+    """Where Debian's (or any) PostgreSQL server binaries are, if installed."""
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "initdb").exists():
+            return candidate
+    found = shutil.which("initdb")
+    return Path(found).parent if found else None
+
+
+@dataclass
+class Postgres:
+    """A throwaway PostgreSQL cluster: superuser `countersign`, trust auth on 127.0.0.1."""
+
+    service: Service
+    port: int
+    data_dir: Path
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        return f"postgresql://countersign@127.0.0.1:{self.port}/{dbname}"
+
+    def stop(self) -> None:
+        # SIGINT is PostgreSQL's fast shutdown: it does not wait for clients to disconnect.
+        if self.service.process.poll() is None:
+            self.service.process.send_signal(signal.SIGINT)
+        self.service.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def start_postgres(log_dir: Path, port: int) -> Postgres:
+    """initdb + postgres on `port`, for tests and benchmarks (fsync off: data is disposable).
+
+    PostgreSQL refuses to run as root; as root the cluster runs as the `postgres` user in a
+    fresh /tmp directory it owns.
+    """
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        raise DevStackError("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    user = "postgres" if os.geteuid() == 0 else None
+    data_dir = Path(tempfile.mkdtemp(prefix="countersign-pg-"))
+    if user:
+        shutil.chown(data_dir, user)
+    done = subprocess.run(
+        [
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data_dir / "data"),
+            "-U",
+            "countersign",
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ],
+        capture_output=True,
+        text=True,
+        user=user,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise DevStackError(f"initdb failed: {done.stderr[-2000:]}")
+    service = start_service(
+        f"postgres-{port}",
+        [
+            str(bin_dir / "postgres"),
+            "-D",
+            str(data_dir / "data"),
+            "-p",
+            str(port),
+            "-k",
+            str(data_dir),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ],
+        log_dir,
+        user=user,
+    )
+    cluster = Postgres(service, port, data_dir)
+    deadline = time.monotonic() + 30
+    while True:  # the port opens before the server accepts sessions
+        try:
+            psycopg.connect(cluster.dsn(), connect_timeout=2).close()
+            return cluster
+        except psycopg.OperationalError as e:
+            if service.process.poll() is not None or time.monotonic() > deadline:
+                cluster.stop()
+                raise DevStackError(
+                    f"PostgreSQL did not start: {e}; see {service.log_path}"
+                ) from None
+            time.sleep(0.1)
+
+
 @dataclass
 class DevStack:
     """Ports and processes of a running stack, and the settings that point at it."""
@@ -240,12 +346,15 @@ def port_of(url_or_address: str) -> int:
     return int(url_or_address.rstrip("/").split(":")[-1].split("/")[0])
 
 
-def start_dev_stack(settings: Settings, *, with_worker: bool = True) -> DevStack:
+def start_dev_stack(
+    settings: Settings, *, with_worker: bool = True, scripts: Path | None = None
+) -> DevStack:
     """Start every part the settings point at that is not already running.
 
     Ports come from the settings (COUNTERSIGN_TEMPORAL_ADDRESS, _TEMPORAL_UI_URL,
     _OPENAI_BASE_URL, _SYSTEMS__SHOP__URL, _GATEWAY_URL, _MAIL_CATCHER_PORT); a fresh shop
-    token goes into the keyring. Without email settings, email goes to a local mail catcher.
+    token goes into the keyring, and an audit signing key if there is none. Without email
+    settings, email goes to a local mail catcher.
     """
     dev_mail = settings.email is None
     settings = with_dev_email(settings)
@@ -256,6 +365,7 @@ def start_dev_stack(settings: Settings, *, with_worker: bool = True) -> DevStack
     stack = DevStack(settings)
     try:
         configure_keyring(settings)
+        ensure_signing_key(settings)
         if not port_open(temporal_port):
             ui_port = port_of(settings.temporal_ui_url)
             stack.services["temporal"] = start_temporal(state_dir, temporal_port, ui_port)
@@ -264,7 +374,7 @@ def start_dev_stack(settings: Settings, *, with_worker: bool = True) -> DevStack
             set_secret(settings.systems["shop"].credential, token)
             stack.services["shop"] = start_shop(state_dir, shop_port, token)
         if not port_open(model_port):
-            stack.services["model-server"] = start_model_server(state_dir, model_port)
+            stack.services["model-server"] = start_model_server(state_dir, model_port, scripts)
         if dev_mail and not port_open(settings.mail_catcher_port):
             stack.services["mail-catcher"] = start_mail_catcher(
                 state_dir, settings.mail_catcher_port

@@ -55,6 +55,7 @@ from guardrails.approvals import Channel, Decision
 from guardrails.audit import AuditStore
 from guardrails.tokens import DecisionLink, RequestRef, TokenRefusedError, TokenStore, link_id
 from workers import gateway_pages as pages
+from workers.audit import open_audit_store
 from workers.credentials import CredentialError, configure_keyring, get_secret, set_secret
 from workers.decisions import DecisionRefusedError, send_decision
 from workers.settings import Settings
@@ -146,7 +147,7 @@ class Gateway:
         gw = cls(
             settings=settings,
             client=client,
-            audit=AuditStore(settings.audit_path),
+            audit=open_audit_store(settings),
             tokens=TokenStore(settings.tokens_path),
             csrf_key=csrf_key.encode(),
         )

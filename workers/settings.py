@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from guardrails.policy import DEFAULT_POLICY_PATH
 
@@ -112,6 +112,47 @@ class Settings(BaseSettings):
     tool_start_to_close_seconds: float = 30.0
     tool_max_attempts: int = Field(default=5, ge=1)
 
+    # The audit trail: SQLite in the state folder, or PostgreSQL (`postgresql://user@host/db`;
+    # the password from keyring entry `audit_password_credential`, or libpq's PGPASSWORD/.pgpass).
+    audit_dsn: str | None = None
+    audit_password_credential: str | None = None
+    # A signed checkpoint every N records (and on `countersign audit checkpoint`).
+    audit_checkpoint_every: int = Field(default=100, ge=1)
+    # keyring entry holding the Ed25519 signing key (`countersign audit init-key` creates it).
+    audit_signing_credential: str = "audit-signing"
+    # The public key auditors verify with (base64); default: derived from the signing key.
+    audit_public_key: str | None = None
+    # Fields whose values are personal data, redacted from logs and audit: "email,phone".
+    pii_fields: Annotated[list[str], NoDecode] = []
+
+    @field_validator("pii_fields", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("audit_dsn", mode="after")
+    @classmethod
+    def _postgres_without_password(cls, dsn: str | None) -> str | None:
+        if dsn is None or not dsn.strip():
+            return None
+        if not dsn.startswith(("postgresql://", "postgres://", "sqlite:///")):
+            raise ValueError("expected postgresql://user@host:port/dbname or sqlite:///path")
+        if dsn.startswith("postgres"):
+            from psycopg.conninfo import conninfo_to_dict
+
+            try:
+                info = conninfo_to_dict(dsn)
+            except Exception as e:  # psycopg raises ProgrammingError for a malformed DSN
+                raise ValueError(f"not a valid PostgreSQL DSN: {e}") from None
+            if info.get("password"):
+                raise ValueError(
+                    "the DSN holds a password; keep it in the keyring instead "
+                    "(COUNTERSIGN_AUDIT_PASSWORD_CREDENTIAL) or in PGPASSWORD/.pgpass"
+                )
+        return dsn
+
     @field_validator("systems", mode="after")
     @classmethod
     def _credential_defaults_to_system_name(
@@ -125,6 +166,11 @@ class Settings(BaseSettings):
     @cached_property
     def audit_path(self) -> Path:
         return self.state_dir / "audit.sqlite3"
+
+    @cached_property
+    def audit_location(self) -> str:
+        """Where the audit trail lives: the DSN, or the SQLite file in the state folder."""
+        return self.audit_dsn or str(self.audit_path)
 
     @cached_property
     def transcript_path(self) -> Path:

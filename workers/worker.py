@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
+from langgraph.graph import StateGraph
 from temporalio import activity
 from temporalio import client as client_interceptors
 from temporalio.client import Client
@@ -34,6 +35,16 @@ from workers.credentials import configure_keyring, get_secret
 from workers.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+# What a worker runs, and what `countersign replay` replays: the same list, the same plugin.
+WORKFLOWS: list[type] = [AgentRun]
+
+
+def plugins(graph: StateGraph[Any, Any, Any, Any] | None = None) -> list[LangGraphPlugin]:
+    """The LangGraph plugin with a fresh graph (the plugin mutates the graph it is given).
+
+    `graph` replaces the guarded loop, for tests that replay against a changed graph."""
+    return [LangGraphPlugin(graphs={GRAPH_NAME: graph or build_graph()})]
 
 
 async def connect(
@@ -111,10 +122,10 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
-        workflows=[AgentRun],
+        workflows=WORKFLOWS,
         activities=activities_,
         interceptors=[_BindActivityIds()],
-        plugins=[LangGraphPlugin(graphs={GRAPH_NAME: build_graph()})],
+        plugins=plugins(),
         **worker_options,
     )
 

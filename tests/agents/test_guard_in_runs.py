@@ -56,8 +56,8 @@ async def test_kill_switch_denies_new_proposals_but_not_lookups(
     result = await handle.result()
     status = {a.tool: (a.status, a.rule_ids) for a in result.actions}
     assert status["orders.lookup"][0] == "executed"
-    assert status["payments.refund"] == ("denied", ["kill_switch"])
-    assert status["crm.add_note"] == ("denied", ["kill_switch"])
+    for tool in ("payments.refund", "crm.add_note"):
+        assert status[tool][0] == "denied" and "kill_switch" in status[tool][1]
     assert shop.refunds("A-1007") == []
 
 

@@ -20,7 +20,7 @@ from workers.devstack import free_port, port_of, port_open
 
 
 def countersign(
-    env: dict[str, str], *args: str, timeout: float = 60
+    env: dict[str, str], *args: str, timeout: float = 60, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "workers", *args],
@@ -28,6 +28,7 @@ def countersign(
         capture_output=True,
         text=True,
         timeout=timeout,
+        input=input,
     )
 
 

@@ -1,0 +1,88 @@
+"""The audit trail of real runs: every record names the Temporal event behind it, and the
+PostgreSQL backend carries a whole approval flow exactly as SQLite does."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.runtime import Runtime
+from agents.run import AgentRun
+from guardrails.approvals import Decision
+from guardrails.audit import open_store
+from tests.agents.test_agent_run import wait_for_pending
+from tests.conftest import Shop, start_run
+from workers.settings import Settings
+from workers.worker import build_worker
+
+
+async def test_every_record_names_the_activity_event_that_wrote_it(
+    temporal: WorkflowEnvironment, worker: Worker, runtime: Runtime
+) -> None:
+    handle = await start_run(
+        temporal.client, worker.task_queue, task="Refund order A-1007: event ids."
+    )
+    await handle.result()
+    history = await handle.fetch_history()
+    scheduled = {
+        e.activity_task_scheduled_event_attributes.activity_id: (
+            e.event_id,
+            e.activity_task_scheduled_event_attributes.activity_type.name,
+        )
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    }
+    records = runtime.audit.for_run(handle.id)
+    assert len(records) >= 10
+    for r in records:
+        assert r.run_id == history.run_id
+        event_id, activity_type = scheduled[r.event["activity_id"]]
+        assert r.event["activity_type"] == activity_type
+        assert r.event["attempt"] >= 1
+        assert event_id > 0
+    kinds_by_type = {(r.event["activity_type"], r.kind) for r in records}
+    assert ("guard.decide", "verdict") in kinds_by_type
+    assert ("payments.refund", "action.executed") in kinds_by_type
+
+
+async def test_an_approval_flow_on_the_postgres_audit_store(
+    temporal: WorkflowEnvironment,
+    settings: Settings,
+    runtime: Runtime,
+    shop: Shop,
+    task_queue: str,
+    pg_dsn: str,
+) -> None:
+    """The tool activity's authorization check reads the granted approval back from
+    PostgreSQL: without it the refund would be refused."""
+    store = open_store(pg_dsn, signer=runtime.audit.signer, checkpoint_every=5)
+    pg_runtime = dataclasses.replace(runtime, audit=store)
+    before = len(shop.refunds("A-1017"))
+    async with build_worker(
+        temporal.client,
+        settings,
+        pg_runtime,
+        task_queue=task_queue,
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
+    ):
+        handle = await start_run(temporal.client, task_queue, task="Refund order A-1017: pg.")
+        (request,) = await wait_for_pending(handle)
+        await handle.execute_update(
+            AgentRun.decide,
+            Decision(request_id=request.request_id, approver="alice", approve=True),
+        )
+        result = await handle.result()
+    refund = next(a for a in result.actions if a.tool == "payments.refund")
+    assert refund.status == "executed"
+    assert len(shop.refunds("A-1017")) == before + 1
+    kinds = [r.kind for r in store.for_run(handle.id)]
+    assert "approval.granted" in kinds and "action.executed" in kinds
+    assert runtime.audit.for_run(handle.id) == []  # nothing went to SQLite
+    assert store.signer is not None
+    report = store.verify(store.signer.public_key)
+    assert report.ok and report.records == len(kinds)
+    assert report.checkpoints == len(kinds) // 5
+    store.close()

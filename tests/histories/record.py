@@ -1,0 +1,218 @@
+"""Re-record the history corpus against a fresh dev stack, in one command:
+
+    python -m tests.histories.record              # every scenario
+    python -m tests.histories.record approved     # just some
+
+Each scenario runs the real thing — Temporal dev server (the time-skipping test server for the
+timeout), demo shop, scripted model, an in-process worker — on free ports in a throwaway state
+folder, and writes `tests/histories/<scenario>.json` (`fetch_history().to_json()`). The test
+suite replays every file on every run (`test_corpus.py`). Re-record only for an intentional
+change of workflow behaviour (see the README's "Evolving workflows safely").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from activities.runtime import Runtime
+from agents.run import AgentRun
+from agents.state import RunInput, RunResult
+from guardrails.approvals import Decision
+from workers.credentials import get_secret
+from workers.decisions import send_decision
+from workers.devstack import free_port, start_dev_stack
+from workers.replay import readable_text, save_history
+from workers.settings import Settings, SystemSettings
+from workers.worker import build_worker, check_startup, connect
+
+HERE = Path(__file__).parent
+TASK_QUEUE = "corpus"
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    client: Client
+    runtime: Runtime
+
+    def secrets(self) -> list[str]:
+        """Values that must never appear in a history."""
+        return [
+            get_secret(self.settings.systems["shop"].credential),
+            get_secret(self.settings.audit_signing_credential),
+        ]
+
+
+@asynccontextmanager
+async def fresh_stack(scripts: Path | None = None) -> AsyncIterator[Stack]:
+    """Temporal dev server, shop, scripted model (optionally other scripts) on free ports."""
+    with tempfile.TemporaryDirectory(prefix="countersign-record-") as tmp:
+        settings = Settings(
+            state_dir=Path(tmp),
+            temporal_address=f"127.0.0.1:{free_port()}",
+            temporal_ui_url=f"http://127.0.0.1:{free_port()}",
+            openai_base_url=f"http://127.0.0.1:{free_port()}/v1",
+            systems={"shop": SystemSettings(url=f"http://127.0.0.1:{free_port()}")},
+        )
+        stack = await asyncio.to_thread(
+            start_dev_stack, settings, with_worker=False, scripts=scripts
+        )
+        try:
+            runtime = check_startup(settings)
+            yield Stack(settings, await connect(settings), runtime)
+        finally:
+            stack.stop()
+
+
+async def _start(client: Client, name: str, task: str) -> WorkflowHandle[AgentRun, RunResult]:
+    run_input = RunInput(agent="support-refunds", task=task, requested_by="ops-dana")
+    return await client.start_workflow(
+        AgentRun.run,
+        run_input.model_dump(mode="json"),
+        id=name,  # the file stem: histories from the test server do not name their workflow
+        task_queue=TASK_QUEUE,
+    )
+
+
+async def _pending(handle: WorkflowHandle[AgentRun, RunResult]) -> str:
+    for _ in range(400):
+        status = await handle.query(AgentRun.status)
+        if status.pending_approvals:
+            return status.pending_approvals[0].request_id
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{handle.id} never asked for an approval")
+
+
+async def auto_approved(client: Client) -> WorkflowHandle[Any, Any]:
+    """42.00 is within the automatic limit: lookup, refund, CRM note, no human."""
+    handle = await _start(
+        client, "auto-approved", "Refund order A-1001: the teapot arrived broken."
+    )
+    await handle.result()
+    return handle
+
+
+async def approved(client: Client) -> WorkflowHandle[Any, Any]:
+    """189.00 waits for a support lead; alice approves through the CLI's path (an Update)."""
+    handle = await _start(client, "approved", "Refund order A-1002: the espresso machine leaks.")
+    request_id = await _pending(handle)
+    await send_decision(
+        client,
+        handle.id,
+        Decision(request_id=request_id, approver="alice", approve=True, comment="photo checked"),
+    )
+    await handle.result()
+    return handle
+
+
+async def rejected(client: Client) -> WorkflowHandle[Any, Any]:
+    """129.00 waits; bob rejects from the Temporal UI (the `decision` signal)."""
+    handle = await _start(
+        client, "rejected", "Refund order A-1006: the kettle is the wrong colour."
+    )
+    request_id = await _pending(handle)
+    await handle.signal(
+        "decision",
+        {
+            "request_id": request_id,
+            "approver": "bob",
+            "approve": False,
+            "comment": "colour is not a defect",
+        },
+    )
+    await handle.result()
+    return handle
+
+
+async def timed_out(client: Client) -> WorkflowHandle[Any, Any]:
+    """Nobody answers: the 4-hour approval timer fires (time-skipping server) and rejects."""
+    handle = await _start(client, "timed-out", "Refund order A-1002: nobody answers.")
+    await handle.result()
+    return handle
+
+
+Scenario = Callable[[Client], Awaitable[WorkflowHandle[Any, Any]]]
+# name → (scenario, needs the time-skipping server)
+SCENARIOS: dict[str, tuple[Scenario, bool]] = {
+    "auto-approved": (auto_approved, False),
+    "approved": (approved, False),
+    "rejected": (rejected, False),
+    "timed-out": (timed_out, True),
+}
+# TODO(compensation): add "compensated" (an approved refund whose later step fails and is
+# compensated in reverse order) once the saga lands in agents/graph.py; then re-record.
+PENDING_SCENARIOS = {"compensated": "waits for compensation in the workflow (issue 4)"}
+
+
+def check_no_secrets(name: str, text: str, secrets: list[str]) -> None:
+    for secret in secrets:
+        if secret in text:
+            raise AssertionError(f"history {name} contains a secret; not writing it")
+    if "Bearer " in text:
+        raise AssertionError(f"history {name} contains an Authorization header; not writing it")
+
+
+async def _save(stack: Stack, name: str, history: WorkflowHistory, out: Path) -> Path:
+    text = readable_text(history.to_json_dict())
+    check_no_secrets(name, text, stack.secrets())
+    path = out / f"{name}.json"
+    save_history(path, history)
+    return path
+
+
+async def record(names: list[str], out: Path = HERE) -> list[Path]:
+    written = []
+    async with fresh_stack() as stack:
+        live = [n for n in names if not SCENARIOS[n][1]]
+        skipping = [n for n in names if SCENARIOS[n][1]]
+        async with build_worker(stack.client, stack.settings, stack.runtime, task_queue=TASK_QUEUE):
+            for name in live:
+                handle = await SCENARIOS[name][0](stack.client)
+                written.append(await _save(stack, name, await handle.fetch_history(), out))
+        if skipping:
+            env = await WorkflowEnvironment.start_time_skipping(
+                test_server_existing_path=str(Path(sys.executable).parent / "temporal-test-server"),
+                data_converter=pydantic_data_converter,
+            )
+            try:
+                async with build_worker(
+                    env.client,
+                    stack.settings,
+                    stack.runtime,
+                    task_queue=TASK_QUEUE,
+                    sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
+                ):
+                    for name in skipping:
+                        handle = await SCENARIOS[name][0](env.client)
+                        written.append(await _save(stack, name, await handle.fetch_history(), out))
+            finally:
+                await env.shutdown()
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.histories.record", description=__doc__)
+    parser.add_argument("names", nargs="*", choices=[[], *SCENARIOS], metavar="SCENARIO")
+    parser.add_argument("--out", type=Path, default=HERE)
+    args = parser.parse_args(argv)
+    for path in asyncio.run(record(args.names or list(SCENARIOS), args.out)):
+        print(f"recorded {path} ({path.stat().st_size} bytes)")
+    for name, why in PENDING_SCENARIOS.items():
+        print(f"not recorded: {name} ({why})")
+
+
+if __name__ == "__main__":
+    main()

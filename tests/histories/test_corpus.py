@@ -1,0 +1,138 @@
+"""Replay of committed histories, on every run: the current code must reproduce every recorded
+decision exactly, a changed workflow must be caught, and no history may hold a secret."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from guardrails.approvals import Decision
+from tests.agents.test_agent_run import wait_for_pending
+from tests.conftest import SHOP_TOKEN, start_run
+from tests.e2e.test_cli import countersign
+from tests.histories.record import PENDING_SCENARIOS, SCENARIOS
+from tests.histories.variants import AgentRunThatChecksFirst, graph_without_approvals
+from workers.replay import load_histories, readable_text, replay
+
+HERE = Path(__file__).parent
+CORPUS = sorted(HERE.glob("*.json"))
+
+
+def test_every_scenario_is_recorded() -> None:
+    assert {p.stem for p in CORPUS} == set(SCENARIOS)
+    assert not set(PENDING_SCENARIOS) & set(SCENARIOS)
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
+async def test_recorded_history_replays_to_the_same_result(path: Path) -> None:
+    (report,) = await replay(load_histories([path]))
+    assert report.deterministic, report.divergence
+    # Every model output, verdict and tool result came from history, and the run's result
+    # computed from them now is the one the original run returned.
+    assert report.model_steps == 3 and report.verdicts == 3
+    assert report.result_matches is True
+    assert report.result is not None
+
+
+async def test_replay_reconstructs_each_scenarios_decisions() -> None:
+    reports = {r.workflow_id: r for r in await replay(load_histories([HERE]))}
+
+    def refund(name: str) -> dict:
+        result = reports[name].result
+        assert result is not None
+        return next(a for a in result["actions"] if a["tool"] == "payments.refund")
+
+    assert refund("auto-approved")["status"] == "executed"
+    assert refund("auto-approved")["rule_ids"] == ["mode.automate"]
+    assert refund("approved")["approved_by"] == ["alice"]
+    assert refund("rejected")["status"] == "rejected"
+    assert "colour is not a defect" in refund("rejected")["detail"]
+    assert refund("timed-out")["status"] == "expired"
+
+
+def test_histories_hold_no_secrets() -> None:
+    for path in CORPUS:
+        text = readable_text(json.loads(path.read_text()))
+        assert "Bearer " not in text and SHOP_TOKEN not in text, path
+        assert not re.search(
+            r"(?i)\"(authorization|api_key|token)\"\s*:\s*\"(?!\[redacted\])", text
+        )
+
+
+async def test_an_added_activity_is_caught_as_a_divergence() -> None:
+    (report,) = await replay(
+        load_histories([HERE / "auto-approved.json"]), workflows=[AgentRunThatChecksFirst]
+    )
+    assert not report.deterministic
+    assert report.divergence is not None
+    assert report.divergence == (
+        "NondeterminismError: [TMPRL1100] Nondeterminism error: Activity type of scheduled "
+        "event 'audit.record' does not match activity type of activity command "
+        "'policy.preflight'"
+    )
+
+
+async def test_a_skipped_approval_step_is_caught_as_a_divergence() -> None:
+    # Without approvals the graph goes straight from guard to the refund: replaying a run that
+    # waited for a human must fail…
+    (approved,) = await replay(
+        load_histories([HERE / "approved.json"]), graph=graph_without_approvals
+    )
+    assert not approved.deterministic
+    assert approved.divergence is not None
+    assert "scheduled event 'audit.record'" in approved.divergence  # approval.requested…
+    assert "activity command 'payments.refund'" in approved.divergence  # …became the refund
+    # …while a run that never needed approval still replays: the change is invisible there.
+    (auto,) = await replay(
+        load_histories([HERE / "auto-approved.json"]), graph=graph_without_approvals
+    )
+    assert auto.deterministic and auto.result_matches
+
+
+def test_cli_replays_the_corpus_with_nothing_reachable(tmp_path: Path) -> None:
+    """Temporal, the model and the shop all point at closed ports: replay needs none of them."""
+    env = {
+        "COUNTERSIGN_STATE_DIR": str(tmp_path),
+        "COUNTERSIGN_TEMPORAL_ADDRESS": "127.0.0.1:9",
+        "COUNTERSIGN_OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+        "COUNTERSIGN_SYSTEMS__SHOP__URL": "http://127.0.0.1:9",
+    }
+    done = countersign(env, "replay", "--file", str(HERE))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("deterministic") == len(CORPUS)
+    assert done.stdout.count("result identical") == len(CORPUS)
+
+    (tmp_path / "broken.json").write_text("{not json")
+    bad = countersign(env, "replay", "--file", str(tmp_path / "broken.json"))
+    assert bad.returncode == 2 and "not a readable history JSON file" in bad.stderr
+
+
+async def test_cli_replays_a_live_run_by_workflow_id(
+    temporal: WorkflowEnvironment, worker: Worker, tmp_path: Path
+) -> None:
+    handle = await start_run(
+        temporal.client, worker.task_queue, task="Refund order A-1003: the lid is cracked."
+    )
+    (request,) = await wait_for_pending(handle)
+    await handle.execute_update(
+        "decide", Decision(request_id=request.request_id, approver="bob", approve=False)
+    )
+    await handle.result()
+    env = {
+        "COUNTERSIGN_STATE_DIR": str(tmp_path),
+        "COUNTERSIGN_TEMPORAL_ADDRESS": temporal.client.service_client.config.target_host,
+    }
+    saved = tmp_path / "live.json"
+    done = countersign(env, "replay", handle.id, "--save", str(saved), "--json")
+    assert done.returncode == 0, done.stderr
+    (report,) = json.loads(done.stdout)
+    assert report["deterministic"] and report["result_matches"]
+    assert report["workflow_id"] == handle.id
+    # The saved file replays too, and is what `--file` and the corpus take.
+    again = countersign(env, "replay", "--file", str(saved))
+    assert again.returncode == 0 and "result identical" in again.stdout
