@@ -20,6 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.runtime import Runtime
+from agents import search_attributes
 from agents.run import AgentRun
 from agents.state import RunResult
 from workers.credentials import configure_keyring, set_secret
@@ -119,6 +120,7 @@ async def temporal() -> AsyncIterator[WorkflowEnvironment]:
         dev_server_existing_path=temporal_binary(),
         data_converter=pydantic_data_converter,
         dev_server_extra_args=DEV_SERVER_TUNING,
+        search_attributes=search_attributes.KEYS,
         ui=False,
     )
     yield env

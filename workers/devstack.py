@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from agents import search_attributes
 from workers.credentials import configure_keyring, set_secret
 from workers.settings import Settings
 
@@ -152,6 +153,7 @@ def start_temporal(state_dir: Path, port: int, ui_port: int | None) -> Service:
         "--log-level",
         "warn",
         *DEV_SERVER_TUNING,
+        *search_attributes.dev_server_args(),
     ]
     argv += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
     service = start_service("temporal", argv, state_dir / "logs")

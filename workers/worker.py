@@ -8,9 +8,14 @@ from typing import Any
 
 import structlog
 from temporalio import activity
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.langgraph import LangGraphPlugin
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import (
     ActivityInboundInterceptor,
     ExecuteActivityInput,
@@ -27,6 +32,7 @@ from activities.model import ModelActivities
 from activities.notify import NotifyActivities
 from activities.runtime import Runtime
 from activities.tools import tool_activities, validate_registry
+from agents import search_attributes
 from agents.graph import GRAPH_NAME, build_graph
 from agents.run import AgentRun
 from workers.credentials import configure_keyring, get_secret
@@ -49,6 +55,44 @@ async def connect(settings: Settings) -> Client:
         tls=settings.temporal_tls or api_key is not None,
         data_converter=pydantic_data_converter,
     )
+
+
+class SearchAttributesMissing(Exception):
+    """The namespace lacks our search attributes and they could not be registered."""
+
+
+async def ensure_search_attributes(client: Client) -> list[str]:
+    """Register the search attributes runs upsert, if the namespace lacks them; return the
+    names added. Without them every workflow task would fail in a loop, so fail here instead."""
+    namespace = client.namespace
+    known: set[str] = set()
+    try:
+        listed = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=namespace)
+        )
+        known = {*listed.system_attributes, *listed.custom_attributes}
+    except RPCError as e:
+        # The time-skipping test server can add attributes but not list them.
+        if e.status != RPCStatusCode.UNIMPLEMENTED:
+            raise
+    missing = {k.name: k.indexed_value_type for k in search_attributes.KEYS if k.name not in known}
+    if not missing:
+        return []
+    try:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)
+        )
+    except RPCError as e:
+        how = " ".join(
+            f"--name {n} --type {search_attributes.REGISTRATION[n]}" for n in sorted(missing)
+        )
+        raise SearchAttributesMissing(
+            f"namespace {namespace!r} lacks search attributes {', '.join(sorted(missing))} "
+            f"and this worker may not add them ({e.message}); register them with "
+            f"`temporal operator search-attribute create {how}` (Temporal Cloud: in the "
+            "namespace's settings)"
+        ) from e
+    return sorted(missing)
 
 
 class _BindActivityIds(Interceptor):
@@ -112,6 +156,9 @@ def build_worker(
 async def run_worker(settings: Settings) -> None:
     runtime = check_startup(settings)
     client = await connect(settings)
+    added = await ensure_search_attributes(client)
+    if added:
+        log.info("worker.search_attributes_registered", names=added)
     worker = build_worker(
         client, settings, runtime, sticky_queue_schedule_to_start_timeout=timedelta(seconds=3)
     )

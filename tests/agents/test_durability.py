@@ -15,12 +15,13 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.runtime import Runtime
+from agents import search_attributes
 from guardrails.approvals import Decision
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, start_run
 from workers.devstack import Service, start_service
 from workers.settings import Settings
-from workers.worker import build_worker
+from workers.worker import build_worker, ensure_search_attributes
 
 
 def worker_process(temporal: WorkflowEnvironment, settings: Settings, queue: str) -> Service:
@@ -113,6 +114,8 @@ async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
         test_server_existing_path=str(Path(sys.executable).parent / "temporal-test-server"),
         data_converter=pydantic_data_converter,
     )
+    # The test server has no flag for them; the worker's start-up check registers them.
+    assert await ensure_search_attributes(env.client) == sorted(search_attributes.REGISTRATION)
     yield env
     await env.shutdown()
 
