@@ -33,6 +33,12 @@ def _banner(stack: DevStack) -> str:
         f"task queue {s.task_queue})\n"
         f"System of record {s.systems['shop'].url}\n"
         f"Scripted model  {s.openai_base_url}\n"
+        + (
+            f"Codec server    {s.codec_url} (payloads encrypted; the UI decodes through it)\n"
+            if s.encrypt_payloads
+            else ""
+        )
+        + f"Worker metrics  http://{s.metrics_address or '127.0.0.1:9464'}/metrics\n"
         f"State and logs  {s.state_dir}"
     )
 

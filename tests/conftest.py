@@ -15,7 +15,6 @@ import httpx
 import hypothesis  # noqa: F401  (imported early: a lazy import during failure reports trips a CPython 3.11 AST bug)
 import pytest
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -23,6 +22,7 @@ from activities.runtime import Runtime
 from agents import search_attributes
 from agents.run import AgentRun
 from agents.state import RunResult
+from workers.codec import data_converter, ensure_payload_keys
 from workers.credentials import configure_keyring, set_secret
 from workers.devstack import (
     DEV_SERVER_TUNING,
@@ -106,6 +106,7 @@ def settings(state_dir: Path, shop: Shop, model_url: str) -> Settings:
     )
     configure_keyring(settings)
     set_secret("shop", shop.token)
+    ensure_payload_keys(settings)
     return settings
 
 
@@ -115,10 +116,11 @@ def runtime(settings: Settings) -> Runtime:
 
 
 @pytest.fixture(scope="session")
-async def temporal() -> AsyncIterator[WorkflowEnvironment]:
+async def temporal(settings: Settings) -> AsyncIterator[WorkflowEnvironment]:
+    """The dev server; its client encrypts payloads exactly as the worker's `connect()` does."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(settings),
         dev_server_extra_args=DEV_SERVER_TUNING,
         search_attributes=search_attributes.KEYS,
         ui=False,

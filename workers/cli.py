@@ -190,6 +190,34 @@ async def cmd_secrets(args: argparse.Namespace, settings: Settings) -> None:
     print(f"stored secret {args.name!r} in {settings.keyring_backend}")
 
 
+async def cmd_codec_server(args: argparse.Namespace, settings: Settings) -> None:
+    from workers.codec_server import serve_codec
+    from workers.credentials import configure_keyring
+
+    configure_keyring(settings)
+    await serve_codec(settings, host=args.host)
+
+
+async def cmd_keys(args: argparse.Namespace, settings: Settings) -> None:
+    from workers.codec import ensure_payload_keys, rotate_payload_key
+    from workers.credentials import configure_keyring, ensure_secret
+
+    configure_keyring(settings)
+    if args.action == "rotate":
+        keys = rotate_payload_key(settings)
+        print(
+            f"new active payload key {keys.active}; {len(keys.keys)} key(s) in "
+            f"{settings.payload_keys_credential!r} (old ones still decrypt)"
+        )
+    else:  # init: whatever is missing, nothing that exists is replaced
+        keys = ensure_payload_keys(settings)
+        ensure_secret(settings.codec_token_credential)
+        print(
+            f"payload keys ready (active {keys.active}); codec token ready in "
+            f"{settings.codec_token_credential!r}"
+        )
+
+
 async def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
     from demo.scenario import serve_dev_stack
 
@@ -241,6 +269,11 @@ def parser() -> argparse.ArgumentParser:
     audit.add_argument("run", help="workflow id, or `verify`")
     audit.add_argument("--json", action="store_true")
 
+    codec = add("codec-server", cmd_codec_server, "serve the codec endpoint for the Temporal UI")
+    codec.add_argument("--host", help="bind address (default: the host of COUNTERSIGN_CODEC_URL)")
+    keys = add("keys", cmd_keys, "payload encryption keys: `init` what is missing, or `rotate`")
+    keys.add_argument("action", choices=["init", "rotate"])
+
     secrets = sub.add_parser("secrets", help="manage secrets in the configured keyring")
     ssub = secrets.add_subparsers(dest="action", required=True)
     sset = ssub.add_parser("set", help="store a secret (value read from stdin or a prompt)")
@@ -257,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     from workers.logging import configure_logging
 
     args = parser().parse_args(argv)
-    configure_logging(json=args.command == "worker")
+    configure_logging(json=args.command in ("worker", "codec-server"))
     code = 0
     try:
         settings = load_settings()

@@ -17,7 +17,9 @@ from pathlib import Path
 import httpx
 
 from agents import search_attributes
-from workers.credentials import configure_keyring, set_secret
+from workers.codec import ensure_payload_keys
+from workers.codec_server import capability_endpoint
+from workers.credentials import configure_keyring, ensure_secret, set_secret
 from workers.settings import Settings
 
 # The stock dev server dispatches ~20 tasks/s; every step would wait on it.
@@ -130,6 +132,30 @@ def start_shop(state_dir: Path, port: int, token: str) -> Service:
     return service
 
 
+def start_codec_server(state_dir: Path, settings: Settings) -> Service:
+    """The codec server as a child process; it reads its settings from the environment."""
+    service = start_service(
+        "codec-server",
+        [sys.executable, "-m", "workers", "codec-server"],
+        state_dir / "logs",
+        env=settings_env(settings),
+    )
+    wait_until(service, f"{settings.codec_url.rstrip('/')}/healthz")
+    return service
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process these settings (the ones the stack sets)."""
+    return {
+        "COUNTERSIGN_STATE_DIR": str(settings.state_dir.resolve()),
+        "COUNTERSIGN_TEMPORAL_ADDRESS": settings.temporal_address,
+        "COUNTERSIGN_TEMPORAL_UI_URL": settings.temporal_ui_url,
+        "COUNTERSIGN_CODEC_URL": settings.codec_url,
+        "COUNTERSIGN_ENCRYPT_PAYLOADS": str(settings.encrypt_payloads).lower(),
+        "COUNTERSIGN_KEYRING_BACKEND": settings.keyring_backend,
+    }
+
+
 def start_model_server(state_dir: Path, port: int, scripts: Path | None = None) -> Service:
     argv = [sys.executable, "-m", "demo.model_server", "--port", str(port)]
     if scripts is not None:
@@ -139,7 +165,9 @@ def start_model_server(state_dir: Path, port: int, scripts: Path | None = None) 
     return service
 
 
-def start_temporal(state_dir: Path, port: int, ui_port: int | None) -> Service:
+def start_temporal(
+    state_dir: Path, port: int, ui_port: int | None, codec_endpoint: str | None = None
+) -> Service:
     argv = [
         temporal_binary(),
         "server",
@@ -156,6 +184,11 @@ def start_temporal(state_dir: Path, port: int, ui_port: int | None) -> Service:
         *search_attributes.dev_server_args(),
     ]
     argv += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
+    if ui_port:
+        # Offline: the UI must not fetch its news feed.
+        argv += ["--ui-disable-news-fetch"]
+    if ui_port and codec_endpoint:
+        argv += ["--ui-codec-endpoint", codec_endpoint]
     service = start_service("temporal", argv, state_dir / "logs")
     wait_until(service, port, timeout=60)
     return service
@@ -191,9 +224,19 @@ def start_dev_stack(settings: Settings, *, with_worker: bool = True) -> DevStack
     stack = DevStack(settings)
     try:
         configure_keyring(settings)
+        codec_endpoint = None
+        if settings.encrypt_payloads:
+            ensure_payload_keys(settings)
+            codec_endpoint = capability_endpoint(
+                settings, ensure_secret(settings.codec_token_credential)
+            )
         if not port_open(temporal_port):
             ui_port = port_of(settings.temporal_ui_url)
-            stack.services["temporal"] = start_temporal(state_dir, temporal_port, ui_port)
+            stack.services["temporal"] = start_temporal(
+                state_dir, temporal_port, ui_port, codec_endpoint
+            )
+        if settings.encrypt_payloads and not port_open(port_of(settings.codec_url)):
+            stack.services["codec-server"] = start_codec_server(state_dir, settings)
         if not port_open(shop_port):
             token = secrets.token_urlsafe(24)
             set_secret(settings.systems["shop"].credential, token)
@@ -206,7 +249,10 @@ def start_dev_stack(settings: Settings, *, with_worker: bool = True) -> DevStack
                 "worker",
                 [sys.executable, "-m", "workers", "worker"],
                 state_dir / "logs",
-                env={"COUNTERSIGN_STATE_DIR": str(state_dir)},
+                env={
+                    "COUNTERSIGN_STATE_DIR": str(state_dir),
+                    "COUNTERSIGN_METRICS_ADDRESS": settings.metrics_address or "127.0.0.1:9464",
+                },
             )
     except BaseException:
         stack.stop()

@@ -8,12 +8,12 @@ from typing import Any
 
 import structlog
 from temporalio import activity
+from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
     ListSearchAttributesRequest,
 )
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.langgraph import LangGraphPlugin
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import (
@@ -35,6 +35,7 @@ from activities.tools import tool_activities, validate_registry
 from agents import search_attributes
 from agents.graph import GRAPH_NAME, build_graph
 from agents.run import AgentRun
+from workers.codec import data_converter
 from workers.credentials import configure_keyring, get_secret
 from workers.settings import Settings
 
@@ -42,7 +43,9 @@ log = structlog.get_logger(__name__)
 
 
 async def connect(settings: Settings) -> Client:
-    """A client for the configured Temporal (dev server, cluster, or Temporal Cloud)."""
+    """A client for the configured Temporal (dev server, cluster, or Temporal Cloud), with the
+    deployment's data converter (payloads encrypted unless COUNTERSIGN_ENCRYPT_PAYLOADS=false)."""
+    configure_keyring(settings)
     api_key = (
         get_secret(settings.temporal_api_key_credential)
         if settings.temporal_api_key_credential
@@ -53,7 +56,7 @@ async def connect(settings: Settings) -> Client:
         namespace=settings.temporal_namespace,
         api_key=api_key,
         tls=settings.temporal_tls or api_key is not None,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(settings),
     )
 
 
@@ -75,7 +78,11 @@ async def ensure_search_attributes(client: Client) -> list[str]:
         # The time-skipping test server can add attributes but not list them.
         if e.status != RPCStatusCode.UNIMPLEMENTED:
             raise
-    missing = {k.name: k.indexed_value_type for k in search_attributes.KEYS if k.name not in known}
+    missing = {
+        k.name: IndexedValueType.ValueType(k.indexed_value_type)
+        for k in search_attributes.KEYS
+        if k.name not in known
+    }
     if not missing:
         return []
     try:

@@ -37,6 +37,8 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         "COUNTERSIGN_TEMPORAL_UI_URL": f"http://127.0.0.1:{free_port()}",
         "COUNTERSIGN_OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
         "COUNTERSIGN_SYSTEMS__SHOP__URL": f"http://127.0.0.1:{free_port()}",
+        "COUNTERSIGN_CODEC_URL": f"http://127.0.0.1:{free_port()}",
+        "COUNTERSIGN_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
     }
     log = (state / "dev.out").open("w")
     dev = subprocess.Popen(
