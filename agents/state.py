@@ -166,6 +166,7 @@ class RunState:
             lines += [
                 "",
                 f"**Waiting for approval** `{r.request_id}`: `{r.summary()}`",
+                "",
                 f"- why: {r.reason or '(no reason given)'} (rule {', '.join(r.rule_ids)})",
                 f"- needs {need.quorum} of: {', '.join(need.eligible)}"
                 + (f" (one from {need.required_group})" if need.required_group else ""),
