@@ -6,12 +6,16 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from temporalio import activity
 
+from activities import metrics
 from activities.transcript import TranscriptStore
 from guardrails.audit import AuditRecord, AuditStore
 from guardrails.policy import PolicySource
 from workers.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -51,7 +55,7 @@ async def audit_from_activity(
     `n` (for activities that write several records of one kind).
     """
     info = activity.info()
-    return await runtime.audit.append(
+    record = await runtime.audit.append(
         record_id=f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}/{kind}/{n}",
         workflow_id=info.workflow_id or "",
         run_id=info.workflow_run_id or "",
@@ -59,3 +63,27 @@ async def audit_from_activity(
         actor=actor,
         data=data,
     )
+    await _observe(runtime, record)
+    return record
+
+
+async def _observe(runtime: Runtime, record: AuditRecord) -> None:
+    """Metrics from the record; never let a metrics problem fail the activity."""
+    try:
+        requested_at = None
+        model_calls = None
+        if record.kind == "approval.decided":
+            requested = await runtime.audit_find(
+                record.workflow_id, "approval.requested", request_id=record.data.get("request_id")
+            )
+            requested_at = requested[0].at if requested else None
+        elif record.kind == "run.finished" and runtime.settings.model_prices:
+            model_calls = await runtime.audit_find(record.workflow_id, "model.call")
+        metrics.observe(
+            record,
+            prices=runtime.settings.model_prices,
+            requested_at=requested_at,
+            run_model_calls=model_calls,
+        )
+    except Exception:
+        log.exception("metrics.failed", kind=record.kind)

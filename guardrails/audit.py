@@ -148,6 +148,16 @@ class AuditStore:
             ).fetchall()
         return [_to_record(r) for r in rows]
 
+    def between(self, since: datetime, until: datetime | None = None) -> list[AuditRecord]:
+        """Records appended in [since, until), oldest first (`at` is UTC ISO text: it sorts)."""
+        until = until or datetime.now(UTC)
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM audit_records WHERE at >= ? AND at < ? ORDER BY seq",
+                (since.astimezone(UTC).isoformat(), until.astimezone(UTC).isoformat()),
+            ).fetchall()
+        return [_to_record(r) for r in rows]
+
     def find(self, workflow_id: str, kind: str, **data_matches: Any) -> list[AuditRecord]:
         """Records of one kind in a run whose data has the given top-level values."""
         return [

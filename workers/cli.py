@@ -169,6 +169,22 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> None:
             print(story_line(r))
 
 
+async def cmd_stats(args: argparse.Namespace, settings: Settings) -> None:
+    from datetime import UTC, datetime
+
+    from workers.stats import compute_stats, format_stats, parse_window
+
+    try:
+        window = parse_window(args.since)
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    until = datetime.now(UTC)
+    since = until - window
+    records = AuditStore(settings.audit_path).between(since, until)
+    stats = compute_stats(records, since=since, until=until, prices=settings.model_prices)
+    print(stats.model_dump_json(indent=2) if args.json else format_stats(stats))
+
+
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     from workers.worker import run_worker
 
@@ -273,6 +289,10 @@ def parser() -> argparse.ArgumentParser:
     codec.add_argument("--host", help="bind address (default: the host of COUNTERSIGN_CODEC_URL)")
     keys = add("keys", cmd_keys, "payload encryption keys: `init` what is missing, or `rotate`")
     keys.add_argument("action", choices=["init", "rotate"])
+
+    stats = add("stats", cmd_stats, "proposals, verdicts, approvals, override rate, cost")
+    stats.add_argument("--since", default="24h", help="window: 30m, 24h, 7d, 2w (default 24h)")
+    stats.add_argument("--json", action="store_true")
 
     secrets = sub.add_parser("secrets", help="manage secrets in the configured keyring")
     ssub = secrets.add_subparsers(dest="action", required=True)

@@ -38,6 +38,7 @@ from agents.run import AgentRun
 from workers.codec import data_converter
 from workers.credentials import configure_keyring, get_secret
 from workers.settings import Settings
+from workers.telemetry import client_interceptors, temporal_runtime
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +58,9 @@ async def connect(settings: Settings) -> Client:
         api_key=api_key,
         tls=settings.temporal_tls or api_key is not None,
         data_converter=data_converter(settings),
+        runtime=temporal_runtime(settings),
+        # Client interceptors that are also worker interceptors apply to the workers too.
+        interceptors=client_interceptors(settings),
     )
 
 
