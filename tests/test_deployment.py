@@ -3,6 +3,7 @@ keeps the repo root first on the path."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -71,6 +72,9 @@ def test_workers_scale_and_share_settings(compose: dict) -> None:
     assert env["COUNTERSIGN_TASK_QUEUE"] == "countersign"
     assert env["COUNTERSIGN_METRICS_ADDRESS"] == "0.0.0.0:9464"
     assert worker["depends_on"]["setup"]["condition"] == "service_completed_successfully"
+    # JSON-valued settings survive Compose's interpolation intact.
+    assert json.loads(env["COUNTERSIGN_EMAIL"])["smtp_host"] == "mailpit"
+    assert set(json.loads(env["COUNTERSIGN_APPROVERS"])) == {"alice", "bob", "carol"}
 
 
 def test_ui_uses_the_codec_server_and_the_codec_server_only_its_origin(compose: dict) -> None:

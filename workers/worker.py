@@ -43,9 +43,12 @@ from workers.telemetry import client_interceptors, temporal_runtime
 log = structlog.get_logger(__name__)
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(settings: Settings, *, serve_metrics: bool = False) -> Client:
     """A client for the configured Temporal (dev server, cluster, or Temporal Cloud), with the
-    deployment's data converter (payloads encrypted unless COUNTERSIGN_ENCRYPT_PAYLOADS=false)."""
+    deployment's data converter (payloads encrypted unless COUNTERSIGN_ENCRYPT_PAYLOADS=false).
+
+    `serve_metrics`: a worker's client serves /metrics on COUNTERSIGN_METRICS_ADDRESS (CLI
+    clients never do: they would fight the worker for the port)."""
     configure_keyring(settings)
     api_key = (
         get_secret(settings.temporal_api_key_credential)
@@ -58,7 +61,7 @@ async def connect(settings: Settings) -> Client:
         api_key=api_key,
         tls=settings.temporal_tls or api_key is not None,
         data_converter=data_converter(settings),
-        runtime=temporal_runtime(settings),
+        runtime=temporal_runtime(settings) if serve_metrics else None,
         # Client interceptors that are also worker interceptors apply to the workers too.
         interceptors=client_interceptors(settings),
     )
@@ -166,7 +169,7 @@ def build_worker(
 
 async def run_worker(settings: Settings) -> None:
     runtime = check_startup(settings)
-    client = await connect(settings)
+    client = await connect(settings, serve_metrics=True)
     added = await ensure_search_attributes(client)
     if added:
         log.info("worker.search_attributes_registered", names=added)

@@ -51,7 +51,7 @@ async def test_worker_serves_sdk_and_countersign_metrics_on_one_endpoint(
             "model_prices": {"scripted:refund": (0.4, 1.6)},
         }
     )
-    client = await connect(observed)
+    client = await connect(observed, serve_metrics=True)
     queue = f"metrics-{uuid.uuid4().hex[:8]}"
     async with build_worker(client, observed, Runtime.from_settings(observed), task_queue=queue):
         auto = await start_run(client, queue, task="Refund order A-1007: mugs chipped.")
