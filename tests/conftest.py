@@ -22,7 +22,7 @@ from activities.runtime import Runtime
 from agents import search_attributes
 from agents.run import AgentRun
 from agents.state import RunResult
-from workers.codec import data_converter, ensure_payload_keys
+from workers.codec import PayloadKeys, data_converter
 from workers.credentials import configure_keyring, set_secret
 from workers.devstack import (
     DEV_SERVER_TUNING,
@@ -35,6 +35,9 @@ from workers.settings import Settings, SystemSettings
 from workers.worker import build_worker, check_startup
 
 SHOP_TOKEN = "test-shop-token-" + uuid.uuid4().hex
+# A fixed, test-only key ring, so histories recorded by tests stay decryptable for replay
+# (tests/histories). Never used outside tests.
+TEST_PAYLOAD_KEYS = PayloadKeys("pk_tests", {"pk_tests": bytes(range(32))})
 SCRIPTS = Path(__file__).parent.parent / "demo" / "scripts"
 
 
@@ -106,7 +109,7 @@ def settings(state_dir: Path, shop: Shop, model_url: str) -> Settings:
     )
     configure_keyring(settings)
     set_secret("shop", shop.token)
-    ensure_payload_keys(settings)
+    set_secret(settings.payload_keys_credential, TEST_PAYLOAD_KEYS.to_json())
     return settings
 
 

@@ -244,6 +244,10 @@ def start_dev_stack(settings: Settings, *, with_worker: bool = True) -> DevStack
         if not port_open(model_port):
             stack.services["model-server"] = start_model_server(state_dir, model_port)
         if with_worker:
+            metrics = settings.metrics_address or "127.0.0.1:9464"
+            if port_open(port_of(metrics)):
+                # A second worker on a running stack (`countersign demo`): its own port.
+                metrics = f"127.0.0.1:{free_port()}"
             # The worker inherits this process's environment, so it sees the same settings.
             stack.services["worker"] = start_service(
                 "worker",
@@ -251,7 +255,7 @@ def start_dev_stack(settings: Settings, *, with_worker: bool = True) -> DevStack
                 state_dir / "logs",
                 env={
                     "COUNTERSIGN_STATE_DIR": str(state_dir),
-                    "COUNTERSIGN_METRICS_ADDRESS": settings.metrics_address or "127.0.0.1:9464",
+                    "COUNTERSIGN_METRICS_ADDRESS": metrics,
                 },
             )
     except BaseException:

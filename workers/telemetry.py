@@ -8,7 +8,7 @@ from typing import Any
 
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
-from workers.settings import Settings
+from workers.settings import Settings, SettingsError
 
 # One runtime per metrics address and process: the runtime owns the HTTP listener.
 _runtimes: dict[str, Runtime] = {}
@@ -23,20 +23,27 @@ def temporal_runtime(settings: Settings) -> Runtime | None:
     if not address:
         return None
     if address not in _runtimes:
-        _runtimes[address] = Runtime(
-            telemetry=TelemetryConfig(
-                metrics=PrometheusConfig(
-                    bind_address=address,
-                    counters_total_suffix=True,
-                    durations_as_seconds=True,
-                    histogram_bucket_overrides={
-                        "countersign_time_to_decision": DECISION_BUCKETS,
-                    },
-                ),
-                global_tags={"service": "countersign"},
-            )
-        )
+        try:
+            _runtimes[address] = _prometheus_runtime(address)
+        except ValueError as e:  # the exporter could not bind, e.g. "Address already in use"
+            raise SettingsError(f"COUNTERSIGN_METRICS_ADDRESS={address}: {e}") from None
     return _runtimes[address]
+
+
+def _prometheus_runtime(address: str) -> Runtime:
+    return Runtime(
+        telemetry=TelemetryConfig(
+            metrics=PrometheusConfig(
+                bind_address=address,
+                counters_total_suffix=True,
+                durations_as_seconds=True,
+                histogram_bucket_overrides={
+                    "countersign_time_to_decision": DECISION_BUCKETS,
+                },
+            ),
+            global_tags={"service": "countersign"},
+        )
+    )
 
 
 def client_interceptors(settings: Settings) -> list[Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -22,8 +23,9 @@ from guardrails.audit import AuditStore
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import start_run
 from workers.devstack import free_port
-from workers.settings import Settings
+from workers.settings import Settings, SettingsError
 from workers.stats import compute_stats, format_stats, parse_window
+from workers.telemetry import temporal_runtime
 from workers.worker import build_worker, connect
 
 
@@ -232,3 +234,12 @@ async def test_tracing_gives_spans_for_the_run_and_its_activities(
     } <= names
     # One trace: the run's activities hang under the start of the workflow.
     assert len({s.context.trace_id for s in exporter.get_finished_spans()}) == 1
+
+
+def test_a_taken_metrics_port_is_a_clear_settings_error(settings: Settings) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(SettingsError, match=f"COUNTERSIGN_METRICS_ADDRESS={address}: .*in use"):
+            temporal_runtime(settings.model_copy(update={"metrics_address": address}))
