@@ -19,7 +19,7 @@ AGENT = SearchAttributeKey.for_keyword("CountersignAgent")
 STAGE = SearchAttributeKey.for_keyword("CountersignStage")
 WAITING = SearchAttributeKey.for_bool("CountersignWaiting")
 TOOL = SearchAttributeKey.for_keyword("CountersignTool")
-# The order the run is about: a business id the ops team searches by, never a name or email.
+# The order (or customer) the run is about: a business id ops search by, never a name or email.
 CUSTOMER_REF = SearchAttributeKey.for_keyword("CountersignCustomerRef")
 
 KEYS: list[SearchAttributeKey[Any]] = [AGENT, STAGE, WAITING, TOOL, CUSTOMER_REF]
@@ -29,8 +29,8 @@ REGISTRATION: dict[str, str] = {
     k.name: {"KEYWORD": "Keyword", "BOOL": "Bool"}[k.indexed_value_type.name] for k in KEYS
 }
 
-# Arguments or context fields that name the order or customer a run is about.
-_REF_FIELDS = ("order_id", "customer_ref")
+# Arguments or context fields that name the order or customer a run is about, first wins.
+_REF_FIELDS = ("order_id", "customer_id", "customer_ref")
 
 
 def dev_server_args() -> list[str]:
@@ -43,7 +43,7 @@ def dev_server_args() -> list[str]:
 
 
 def customer_ref(*sources: Mapping[str, Any] | None) -> str | None:
-    """The first order id (or explicit customer ref) found in the given argument maps."""
+    """The first order id (else customer id or ref) found in the given argument maps."""
     for source in sources:
         for name in _REF_FIELDS:
             value = (source or {}).get(name)

@@ -65,3 +65,9 @@ def test_registration_names_every_key_with_its_type() -> None:
         "CountersignCustomerRef": "Keyword",
     }
     assert sa.dev_server_args()[:2] == ["--search-attribute", "CountersignAgent=Keyword"]
+
+
+def test_customer_ref_is_a_business_id_never_contact_data() -> None:
+    assert sa.customer_ref(None, {"order_id": "A-1002", "customer_id": "C-200"}) == "A-1002"
+    assert sa.customer_ref({}, {"customer_id": "C-200", "fields": {"email": "x@y"}}) == "C-200"
+    assert sa.customer_ref({"email": "grace@example.com", "name": "Grace"}) is None
