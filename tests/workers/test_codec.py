@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import os
+import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
-from temporalio.client import WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.runtime import Runtime
 from agents.run import AgentRun
 from guardrails.approvals import Decision
 from tests.agents.test_agent_run import wait_for_pending
@@ -20,9 +27,11 @@ from workers.codec import (
     EncryptionCodec,
     PayloadKeyError,
     PayloadKeys,
+    encrypted_data_converter,
     load_payload_keys,
 )
 from workers.settings import Settings
+from workers.worker import build_worker
 
 COMMENT = "Checked the photo: zebra-crossing-7781."
 
@@ -121,3 +130,58 @@ async def test_unknown_keys_and_altered_ciphertext_fail_clearly() -> None:
     altered.data = sealed.data[:-1] + bytes([sealed.data[-1] ^ 1])
     with pytest.raises(PayloadKeyError, match="failed authentication"):
         await EncryptionCodec(keys).decode([altered])
+
+
+async def test_a_run_survives_key_rotation_mid_run(
+    temporal: WorkflowEnvironment, settings: Settings, runtime: Runtime
+) -> None:
+    """Started under the old key, finished by a worker whose ring has a new active key."""
+    old = load_payload_keys(settings)
+    new = old.rotated()
+    target = temporal.client.service_client.config.target_host
+    queue = f"rotate-{uuid.uuid4().hex[:8]}"
+    before = await Client.connect(target, data_converter=encrypted_data_converter(old))
+    after = await Client.connect(target, data_converter=encrypted_data_converter(new))
+    async with build_worker(before, settings, runtime, task_queue=queue):
+        handle = await start_run(before, queue, task="Refund order A-1002: rotated.")
+        (request,) = await wait_for_pending(handle)
+    async with build_worker(after, settings, runtime, task_queue=queue):
+        await after.get_workflow_handle(handle.id).execute_update(
+            AgentRun.decide, Decision(request_id=request.request_id, approver="alice", approve=True)
+        )
+        result = await after.get_workflow_handle_for(AgentRun.run, handle.id).result()
+    assert result.status == "completed"
+    history = await after.get_workflow_handle(handle.id).fetch_history()
+    key_ids = {
+        p.metadata["encryption-key-id"].decode() for e in history.events for p in payloads_in(e)
+    }
+    assert key_ids == {old.active, new.active}
+    # A client with only the new key cannot read the old part of the history.
+    with pytest.raises(PayloadKeyError, match="not in this keyring"):
+        await EncryptionCodec(PayloadKeys(new.active, {new.active: new.keys[new.active]})).decode(
+            [p for e in history.events for p in payloads_in(e)]
+        )
+
+
+def test_keys_command_creates_then_rotates_the_ring(tmp_path: Path) -> None:
+    env = {**os.environ, "COUNTERSIGN_STATE_DIR": str(tmp_path)}
+
+    def keys(action: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "workers", "keys", action],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    assert "payload keys ready (active pk_" in keys("init")
+    first = load_payload_keys(Settings(state_dir=tmp_path))
+    assert "payload keys ready (active " + first.active in keys("init")  # idempotent
+    assert "2 key(s)" in keys("rotate")
+    ring = load_payload_keys(Settings(state_dir=tmp_path))
+    assert ring.active != first.active and ring.keys[first.active] == first.keys[first.active]
+    # Nothing secret on the screen.
+    assert base64.b64encode(ring.keys[ring.active]).decode() not in keys("rotate")
