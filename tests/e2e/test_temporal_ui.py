@@ -168,6 +168,15 @@ async def test_ops_start_a_run_in_the_ui_find_it_waiting_and_approve_it_there(
     await expect(frame.get_by_text("needs 1 of: alice, bob")).to_be_visible()
     await shot(page, "2-waiting-current-details")
 
+    # The `status` query shows the pending request and the actions so far.
+    await page.get_by_role("tab", name="Queries").click()
+    await expect(page.get_by_role("button", name="status")).to_be_visible()
+    await page.get_by_role("button", name="Run Query").click()
+    answer = page.get_by_role("textbox", name="Query Result")
+    await expect(answer).to_contain_text(request.request_id, timeout=15_000)
+    await expect(answer).to_contain_text('"stage": "waiting for approval"')
+    await shot(page, "2b-status-query")
+
     # The list page finds it with the search attribute filter.
     query = f'CountersignWaiting = true AND WorkflowId = "{workflow_id}"'
     await page.goto(f"{ui}/namespaces/default/workflows?query={quote(query)}")
