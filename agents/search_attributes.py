@@ -29,6 +29,11 @@ REGISTRATION: dict[str, str] = {
     k.name: {"KEYWORD": "Keyword", "BOOL": "Bool"}[k.indexed_value_type.name] for k in KEYS
 }
 
+
+class SearchAttributesMissing(Exception):
+    """The namespace lacks these search attributes and they could not be registered."""
+
+
 # Arguments or context fields that name the order or customer a run is about, first wins.
 _REF_FIELDS = ("order_id", "customer_id", "customer_ref")
 

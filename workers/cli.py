@@ -305,6 +305,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     from temporalio.service import RPCError
 
+    from agents.search_attributes import SearchAttributesMissing
+    from workers.codec import PayloadKeyError
     from workers.credentials import CredentialError
     from workers.devstack import DevStackError
     from workers.logging import configure_logging
@@ -315,7 +317,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = load_settings()
         asyncio.run(args.fn(args, settings))
-    except (CliError, SettingsError, CredentialError, DevStackError, RPCError) as e:
+    except (
+        CliError,
+        SettingsError,
+        CredentialError,
+        DevStackError,
+        RPCError,
+        PayloadKeyError,
+        SearchAttributesMissing,
+    ) as e:
         print(f"countersign: {e}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:

@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import keyring
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
@@ -29,7 +30,13 @@ from temporalio.converter import (
 )
 
 from guardrails.redaction import register_secret
-from workers.credentials import CredentialError, configure_keyring, get_secret, set_secret
+from workers.credentials import (
+    SERVICE,
+    CredentialError,
+    configure_keyring,
+    get_secret,
+    set_secret,
+)
 from workers.settings import Settings
 
 ENCODING = b"binary/encrypted"
@@ -81,7 +88,8 @@ class PayloadKeys:
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise CredentialError(
                 "the payload keys in the keyring are not valid JSON "
-                '{"active": ID, "keys": {ID: base64}}; create a ring with `countersign keys rotate`'
+                '{"active": ID, "keys": {ID: base64}}; repair it (its keys decrypt old '
+                "histories) or remove it and run `countersign keys init`"
             ) from e
         for value in raw["keys"].values():
             register_secret(value)
@@ -89,34 +97,41 @@ class PayloadKeys:
 
 
 def load_payload_keys(settings: Settings) -> PayloadKeys:
-    configure_keyring(settings)
+    backend = configure_keyring(settings)
     try:
         text = get_secret(settings.payload_keys_credential)
-    except CredentialError as e:
+    except CredentialError:
         raise CredentialError(
-            f"COUNTERSIGN_ENCRYPT_PAYLOADS is on but {e}; create the first key with "
-            "`countersign keys rotate` (share the keyring entry with every worker and client)"
+            f"payloads are encrypted (COUNTERSIGN_ENCRYPT_PAYLOADS) but the keyring "
+            f"({type(backend).__name__}) has no key ring {settings.payload_keys_credential!r}: "
+            "create it with `countersign keys init` and share it with every worker and client "
+            "of this deployment"
         ) from None
     return PayloadKeys.from_json(text)
 
 
+def _stored_ring(settings: Settings) -> PayloadKeys | None:
+    """The ring in the keyring, None if there is none; an unreadable ring is an error (never
+    silently replaced: its keys may be the only way to read old histories)."""
+    configure_keyring(settings)
+    if keyring.get_password(SERVICE, settings.payload_keys_credential) is None:
+        return None
+    return load_payload_keys(settings)
+
+
 def ensure_payload_keys(settings: Settings) -> PayloadKeys:
-    """The ring from the keyring, created with one key if there is none (dev stack, tests)."""
-    try:
-        return load_payload_keys(settings)
-    except CredentialError:
+    """The ring from the keyring, created with one key if there is none."""
+    keys = _stored_ring(settings)
+    if keys is None:
         keys = PayloadKeys.generate()
         set_secret(settings.payload_keys_credential, keys.to_json())
-        return keys
+    return keys
 
 
 def rotate_payload_key(settings: Settings) -> PayloadKeys:
     """Add a fresh active key (creating the ring if needed); old keys still decrypt."""
-    configure_keyring(settings)
-    try:
-        keys = load_payload_keys(settings).rotated()
-    except CredentialError:
-        keys = PayloadKeys.generate()
+    keys = _stored_ring(settings)
+    keys = keys.rotated() if keys is not None else PayloadKeys.generate()
     set_secret(settings.payload_keys_credential, keys.to_json())
     return keys
 

@@ -67,10 +67,6 @@ async def connect(settings: Settings, *, serve_metrics: bool = False) -> Client:
     )
 
 
-class SearchAttributesMissing(Exception):
-    """The namespace lacks our search attributes and they could not be registered."""
-
-
 async def ensure_search_attributes(client: Client) -> list[str]:
     """Register the search attributes runs upsert, if the namespace lacks them; return the
     names added. Without them every workflow task would fail in a loop, so fail here instead."""
@@ -100,7 +96,7 @@ async def ensure_search_attributes(client: Client) -> list[str]:
         how = " ".join(
             f"--name {n} --type {search_attributes.REGISTRATION[n]}" for n in sorted(missing)
         )
-        raise SearchAttributesMissing(
+        raise search_attributes.SearchAttributesMissing(
             f"namespace {namespace!r} lacks search attributes {', '.join(sorted(missing))} "
             f"and this worker may not add them ({e.message}); register them with "
             f"`temporal operator search-attribute create {how}` (Temporal Cloud: in the "

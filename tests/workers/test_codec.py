@@ -166,14 +166,18 @@ async def test_a_run_survives_key_rotation_mid_run(
 def test_keys_command_creates_then_rotates_the_ring(tmp_path: Path) -> None:
     env = {**os.environ, "COUNTERSIGN_STATE_DIR": str(tmp_path)}
 
-    def keys(action: str) -> str:
-        out = subprocess.run(
-            [sys.executable, "-m", "workers", "keys", action],
+    def countersign(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "workers", *args],
             env=env,
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=60,
         )
+
+    def keys(action: str) -> str:
+        out = countersign("keys", action)
         assert out.returncode == 0, out.stderr
         return out.stdout
 
@@ -185,3 +189,9 @@ def test_keys_command_creates_then_rotates_the_ring(tmp_path: Path) -> None:
     assert ring.active != first.active and ring.keys[first.active] == first.keys[first.active]
     # Nothing secret on the screen.
     assert base64.b64encode(ring.keys[ring.active]).decode() not in keys("rotate")
+
+    # A damaged ring is never silently replaced: its keys may be all that reads old histories.
+    assert countersign("secrets", "set", "payload-keys", stdin="not json\n").returncode == 0
+    refused = countersign("keys", "rotate")
+    assert refused.returncode == 2 and "repair it" in refused.stderr
+    assert countersign("keys", "init").returncode == 2
