@@ -30,6 +30,7 @@ from workers.codec import (
     encrypted_data_converter,
     load_payload_keys,
 )
+from workers.credentials import configure_keyring
 from workers.settings import Settings
 from workers.worker import build_worker
 
@@ -163,7 +164,18 @@ async def test_a_run_survives_key_rotation_mid_run(
         )
 
 
-def test_keys_command_creates_then_rotates_the_ring(tmp_path: Path) -> None:
+@pytest.fixture
+def own_keyring(tmp_path: Path, settings: Settings) -> Iterator[Settings]:
+    """Settings with a keyring of their own; the session's keyring is back afterwards (the
+    keyring backend is process-wide)."""
+    try:
+        yield Settings(state_dir=tmp_path)
+    finally:
+        configure_keyring(settings)
+
+
+def test_keys_command_creates_then_rotates_the_ring(own_keyring: Settings) -> None:
+    tmp_path = own_keyring.state_dir
     env = {**os.environ, "COUNTERSIGN_STATE_DIR": str(tmp_path)}
 
     def countersign(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -182,10 +194,10 @@ def test_keys_command_creates_then_rotates_the_ring(tmp_path: Path) -> None:
         return out.stdout
 
     assert "payload keys ready (active pk_" in keys("init")
-    first = load_payload_keys(Settings(state_dir=tmp_path))
+    first = load_payload_keys(own_keyring)
     assert "payload keys ready (active " + first.active in keys("init")  # idempotent
     assert "2 key(s)" in keys("rotate")
-    ring = load_payload_keys(Settings(state_dir=tmp_path))
+    ring = load_payload_keys(own_keyring)
     assert ring.active != first.active and ring.keys[first.active] == first.keys[first.active]
     # Nothing secret on the screen.
     assert base64.b64encode(ring.keys[ring.active]).decode() not in keys("rotate")
