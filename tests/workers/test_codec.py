@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -143,10 +144,12 @@ async def test_a_run_survives_key_rotation_mid_run(
     queue = f"rotate-{uuid.uuid4().hex[:8]}"
     before = await Client.connect(target, data_converter=encrypted_data_converter(old))
     after = await Client.connect(target, data_converter=encrypted_data_converter(new))
-    async with build_worker(before, settings, runtime, task_queue=queue):
+    # The first worker's sticky queue would hold the next task ~10 s after it stops.
+    sticky = {"sticky_queue_schedule_to_start_timeout": timedelta(seconds=1)}
+    async with build_worker(before, settings, runtime, task_queue=queue, **sticky):
         handle = await start_run(before, queue, task="Refund order A-1002: rotated.")
         (request,) = await wait_for_pending(handle)
-    async with build_worker(after, settings, runtime, task_queue=queue):
+    async with build_worker(after, settings, runtime, task_queue=queue, **sticky):
         await after.get_workflow_handle(handle.id).execute_update(
             AgentRun.decide, Decision(request_id=request.request_id, approver="alice", approve=True)
         )
