@@ -7,8 +7,10 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from temporalio import activity
 
+from activities import metrics
 from activities.transcript import TranscriptStore
 from guardrails.audit import AuditRecord, AuditStore
 from guardrails.cedar_schema import ToolSchema
@@ -16,6 +18,8 @@ from guardrails.ledger import Ledger
 from guardrails.policy import PolicySource
 from workers.audit import open_audit_store
 from workers.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -73,7 +77,7 @@ async def audit_from_activity(
     wrote the record.
     """
     info = activity.info()
-    return await runtime.audit.append(
+    record = await runtime.audit.append(
         record_id=activity_record_id(kind, n),
         workflow_id=info.workflow_id or "",
         run_id=info.workflow_run_id or "",
@@ -86,3 +90,27 @@ async def audit_from_activity(
             "attempt": info.attempt,
         },
     )
+    await _observe(runtime, record)
+    return record
+
+
+async def _observe(runtime: Runtime, record: AuditRecord) -> None:
+    """Metrics from the record; never let a metrics problem fail the activity."""
+    try:
+        requested_at = None
+        model_calls = None
+        if record.kind == "approval.decided":
+            requested = await runtime.audit_find(
+                record.workflow_id, "approval.requested", request_id=record.data.get("request_id")
+            )
+            requested_at = requested[0].at if requested else None
+        elif record.kind == "run.finished" and runtime.settings.model_prices:
+            model_calls = await runtime.audit_find(record.workflow_id, "model.call")
+        metrics.observe(
+            record,
+            prices=runtime.settings.model_prices,
+            requested_at=requested_at,
+            run_model_calls=model_calls,
+        )
+    except Exception:
+        log.exception("metrics.failed", kind=record.kind)

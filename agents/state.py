@@ -12,6 +12,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 from activities.contracts import RECORD, Compensation, RecordInput
+from agents import search_attributes as sa
 from agents.specs import AGENTS, AgentSpec
 from guardrails.approvals import ApprovalRequest, RecordedDecision
 from guardrails.policy import Mode
@@ -150,19 +151,36 @@ class RunState:
         )
 
     def show(self, stage: str) -> None:
-        """Update the stage and the markdown the Temporal UI shows under Current Details."""
+        """Update the stage: the markdown the Temporal UI shows under Current Details, and the
+        search attributes its list page filters by."""
         self.stage = stage
         info = workflow.info()
+        pending = self.pending()
+        last_tool = pending[-1].tool if pending else self.actions[-1].tool if self.actions else None
+        sa.upsert(
+            {
+                sa.AGENT: self.agent.name,
+                sa.STAGE: stage,
+                sa.WAITING: bool(pending),
+                sa.TOOL: last_tool,
+                sa.CUSTOMER_REF: sa.customer_ref(
+                    self.input.context,
+                    *(r.arguments for r in self.requests.values()),
+                    *(a.arguments for a in self.actions),
+                ),
+            }
+        )
         lines = [
             f"**{self.agent.name}** · step {self.step}/{self.max_steps} · stage **{stage}**",
             "",
             f"Task: {self.input.task}",
         ]
-        for r in self.pending():
+        for r in pending:
             need = r.need
             lines += [
                 "",
                 f"**Waiting for approval** `{r.request_id}`: `{r.summary()}`",
+                "",
                 f"- why: {r.reason or '(no reason given)'} (rule {', '.join(r.rule_ids)})",
                 f"- needs {need.quorum} of: {', '.join(need.eligible)}"
                 + (f" (one from {need.required_group})" if need.required_group else ""),

@@ -35,6 +35,11 @@ def _banner(stack: DevStack) -> str:
         f"Scripted model  {s.openai_base_url}",
         f"Approval gateway {s.gateway_url} (Slack, email links, webhooks)",
     ]
+    if s.encrypt_payloads:
+        lines.append(
+            f"Codec server    {s.codec_url} (payloads encrypted; the UI decodes through it)"
+        )
+    lines.append(f"Worker metrics  http://{s.metrics_address or '127.0.0.1:9464'}/metrics")
     if s.email is not None and s.email.smtp_port == s.mail_catcher_port:
         lines.append(
             f"Mail catcher    smtp://127.0.0.1:{s.mail_catcher_port}: approval emails land in "

@@ -274,6 +274,16 @@ class AuditStore(ABC):
             row = tx.one(f"SELECT {COLUMNS} FROM audit_records WHERE record_id = ?", (record_id,))
         return _to_record(row) if row else None
 
+    def between(self, since: datetime, until: datetime | None = None) -> list[AuditRecord]:
+        """Records appended in [since, until), oldest first (`at` is UTC ISO text: it sorts)."""
+        until = until or datetime.now(UTC)
+        with self._reader() as tx:
+            rows = tx.all(
+                f"SELECT {COLUMNS} FROM audit_records WHERE at >= ? AND at < ? ORDER BY seq",
+                (since.astimezone(UTC).isoformat(), until.astimezone(UTC).isoformat()),
+            )
+        return [_to_record(r) for r in rows]
+
     def find(self, workflow_id: str, kind: str, **data_matches: Any) -> list[AuditRecord]:
         """Records of one kind in a run whose data has the given top-level values."""
         return [

@@ -15,15 +15,16 @@ import httpx
 import hypothesis  # noqa: F401  (imported early: a lazy import during failure reports trips a CPython 3.11 AST bug)
 import pytest
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.runtime import Runtime
+from agents import search_attributes
 from agents.run import AgentRun
 from agents.state import RunResult
 from guardrails.policy import DEFAULT_POLICY_PATH
 from workers.audit import ensure_signing_key
+from workers.codec import PayloadKeys, data_converter
 from workers.credentials import configure_keyring, set_secret
 from workers.devstack import (
     DEV_SERVER_TUNING,
@@ -39,6 +40,9 @@ from workers.settings import Settings, SystemSettings
 from workers.worker import build_worker, check_startup
 
 SHOP_TOKEN = "test-shop-token-" + uuid.uuid4().hex
+# A fixed, test-only key ring, so histories recorded by tests stay decryptable for replay
+# (tests/histories). Never used outside tests.
+TEST_PAYLOAD_KEYS = PayloadKeys("pk_tests", {"pk_tests": bytes(range(32))})
 SCRIPTS = Path(__file__).parent.parent / "demo" / "scripts"
 
 
@@ -127,6 +131,7 @@ def settings(state_dir: Path, shop: Shop, model_url: str, session_policy: Path) 
     configure_keyring(settings)
     set_secret("shop", shop.token)
     ensure_signing_key(settings)
+    set_secret(settings.payload_keys_credential, TEST_PAYLOAD_KEYS.to_json())
     return settings
 
 
@@ -157,11 +162,13 @@ def runtime(settings: Settings) -> Runtime:
 
 
 @pytest.fixture(scope="session")
-async def temporal() -> AsyncIterator[WorkflowEnvironment]:
+async def temporal(settings: Settings) -> AsyncIterator[WorkflowEnvironment]:
+    """The dev server; its client encrypts payloads exactly as the worker's `connect()` does."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(settings),
         dev_server_extra_args=DEV_SERVER_TUNING,
+        search_attributes=search_attributes.KEYS,
         ui=False,
     )
     yield env

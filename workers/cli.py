@@ -335,6 +335,23 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> None:
         )
 
 
+async def cmd_stats(args: argparse.Namespace, settings: Settings) -> None:
+    from datetime import UTC, datetime
+
+    from workers.audit import open_audit_store
+    from workers.stats import compute_stats, format_stats, parse_window
+
+    try:
+        window = parse_window(args.since)
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    until = datetime.now(UTC)
+    since = until - window
+    records = open_audit_store(settings).between(since, until)
+    stats = compute_stats(records, since=since, until=until, prices=settings.model_prices)
+    print(stats.model_dump_json(indent=2) if args.json else format_stats(stats))
+
+
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     from workers.worker import run_worker
 
@@ -361,6 +378,34 @@ async def cmd_secrets(args: argparse.Namespace, settings: Settings) -> None:
         raise CliError("no value given; nothing stored")
     set_secret(args.name, value)
     print(f"stored secret {args.name!r} in {settings.keyring_backend}")
+
+
+async def cmd_codec_server(args: argparse.Namespace, settings: Settings) -> None:
+    from workers.codec_server import serve_codec
+    from workers.credentials import configure_keyring
+
+    configure_keyring(settings)
+    await serve_codec(settings, host=args.host)
+
+
+async def cmd_keys(args: argparse.Namespace, settings: Settings) -> None:
+    from workers.codec import ensure_payload_keys, rotate_payload_key
+    from workers.credentials import configure_keyring, ensure_secret
+
+    configure_keyring(settings)
+    if args.action == "rotate":
+        keys = rotate_payload_key(settings)
+        print(
+            f"new active payload key {keys.active}; {len(keys.keys)} key(s) in "
+            f"{settings.payload_keys_credential!r} (old ones still decrypt)"
+        )
+    else:  # init: whatever is missing, nothing that exists is replaced
+        keys = ensure_payload_keys(settings)
+        ensure_secret(settings.codec_token_credential)
+        print(
+            f"payload keys ready (active {keys.active}); codec token ready in "
+            f"{settings.codec_token_credential!r}"
+        )
 
 
 async def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
@@ -453,6 +498,15 @@ def parser() -> argparse.ArgumentParser:
         k.add_argument("what", choices=["tool", "agent", "all", "status"])
         k.add_argument("name", nargs="?")
 
+    codec = add("codec-server", cmd_codec_server, "serve the codec endpoint for the Temporal UI")
+    codec.add_argument("--host", help="bind address (default: the host of COUNTERSIGN_CODEC_URL)")
+    keys = add("keys", cmd_keys, "payload encryption keys: `init` what is missing, or `rotate`")
+    keys.add_argument("action", choices=["init", "rotate"])
+
+    stats = add("stats", cmd_stats, "proposals, verdicts, approvals, override rate, cost")
+    stats.add_argument("--since", default="24h", help="window: 30m, 24h, 7d, 2w (default 24h)")
+    stats.add_argument("--json", action="store_true")
+
     secrets = sub.add_parser("secrets", help="manage secrets in the configured keyring")
     ssub = secrets.add_subparsers(dest="action", required=True)
     sset = ssub.add_parser("set", help="store a secret (value read from stdin or a prompt)")
@@ -464,16 +518,18 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     from temporalio.service import RPCError
 
+    from agents.search_attributes import SearchAttributesMissing
     from guardrails.audit import AuditError
     from guardrails.audit_signing import SigningKeyError
     from guardrails.policy import PolicyError
     from guardrails.redaction import set_pii_fields
+    from workers.codec import PayloadKeyError
     from workers.credentials import CredentialError
     from workers.devstack import DevStackError
     from workers.logging import configure_logging
 
     args = parser().parse_args(argv)
-    configure_logging(json=args.command in ("worker", "gateway"))
+    configure_logging(json=args.command in ("worker", "gateway", "codec-server"))
     code = 0
     try:
         settings = load_settings()
@@ -488,6 +544,8 @@ def main(argv: list[str] | None = None) -> None:
         RPCError,
         AuditError,
         SigningKeyError,
+        PayloadKeyError,
+        SearchAttributesMissing,
     ) as e:
         print(f"countersign: {e}", file=sys.stderr)
         code = 2

@@ -7,6 +7,7 @@ so we never let it choose: the backend is a setting, loaded by name and checked 
 from __future__ import annotations
 
 import os
+import secrets
 
 import keyring
 import keyring.backend
@@ -48,6 +49,16 @@ def get_secret(name: str) -> str:
             f"secret {name!r} is not in the keyring ({type(keyring.get_keyring()).__name__}); "
             f"store it with: countersign secrets set {name}"
         )
+    register_secret(value)
+    return value
+
+
+def ensure_secret(name: str) -> str:
+    """The secret stored under `name`, or a fresh random token stored there (dev stack)."""
+    value = keyring.get_password(SERVICE, name)
+    if value is None:
+        value = secrets.token_urlsafe(24)
+        set_secret(name, value)
     register_secret(value)
     return value
 

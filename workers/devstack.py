@@ -19,8 +19,11 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from agents import search_attributes
 from workers.audit import ensure_signing_key
-from workers.credentials import configure_keyring, set_secret
+from workers.codec import ensure_payload_keys
+from workers.codec_server import capability_endpoint
+from workers.credentials import configure_keyring, ensure_secret, set_secret
 from workers.settings import ApproverContact, EmailSettings, Settings
 
 # The stock dev server dispatches ~20 tasks/s; every step would wait on it.
@@ -138,6 +141,45 @@ def start_shop(state_dir: Path, port: int, token: str) -> Service:
     return service
 
 
+def start_codec_server(state_dir: Path, settings: Settings) -> Service:
+    """The codec server as a child process; it reads its settings from the environment."""
+    service = start_service(
+        "codec-server",
+        [sys.executable, "-m", "workers", "codec-server"],
+        state_dir / "logs",
+        env=settings_env(settings),
+    )
+    wait_until(service, f"{settings.codec_url.rstrip('/')}/healthz")
+    return service
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process (worker, gateway, codec server) the stack's
+    settings, however they were made: from the environment or in code (tests, recorder)."""
+    shop = settings.systems["shop"]
+    env = {
+        "COUNTERSIGN_STATE_DIR": str(settings.state_dir.resolve()),
+        "COUNTERSIGN_TEMPORAL_ADDRESS": settings.temporal_address,
+        "COUNTERSIGN_TEMPORAL_NAMESPACE": settings.temporal_namespace,
+        "COUNTERSIGN_TASK_QUEUE": settings.task_queue,
+        "COUNTERSIGN_TEMPORAL_UI_URL": settings.temporal_ui_url,
+        "COUNTERSIGN_CODEC_URL": settings.codec_url,
+        "COUNTERSIGN_ENCRYPT_PAYLOADS": str(settings.encrypt_payloads).lower(),
+        "COUNTERSIGN_KEYRING_BACKEND": settings.keyring_backend,
+        "COUNTERSIGN_OPENAI_BASE_URL": settings.openai_base_url,
+        "COUNTERSIGN_SYSTEMS__SHOP__URL": shop.url,
+        "COUNTERSIGN_SYSTEMS__SHOP__CREDENTIAL": shop.credential,
+        "COUNTERSIGN_GATEWAY_URL": settings.gateway_url,
+        "COUNTERSIGN_POLICY_PATH": str(settings.policy_path),
+        "COUNTERSIGN_APPROVERS": json.dumps(
+            {k: v.model_dump(mode="json") for k, v in settings.approvers.items()}
+        ),
+    }
+    if settings.email is not None:
+        env["COUNTERSIGN_EMAIL"] = settings.email.model_dump_json()
+    return env
+
+
 def start_model_server(state_dir: Path, port: int, scripts: Path | None = None) -> Service:
     argv = [sys.executable, "-m", "demo.model_server", "--port", str(port)]
     if scripts is not None:
@@ -147,7 +189,9 @@ def start_model_server(state_dir: Path, port: int, scripts: Path | None = None) 
     return service
 
 
-def start_temporal(state_dir: Path, port: int, ui_port: int | None) -> Service:
+def start_temporal(
+    state_dir: Path, port: int, ui_port: int | None, codec_endpoint: str | None = None
+) -> Service:
     argv = [
         temporal_binary(),
         "server",
@@ -161,8 +205,14 @@ def start_temporal(state_dir: Path, port: int, ui_port: int | None) -> Service:
         "--log-level",
         "warn",
         *DEV_SERVER_TUNING,
+        *search_attributes.dev_server_args(),
     ]
     argv += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
+    if ui_port:
+        # Offline: the UI must not fetch its news feed.
+        argv += ["--ui-disable-news-fetch"]
+    if ui_port and codec_endpoint:
+        argv += ["--ui-codec-endpoint", codec_endpoint]
     service = start_service("temporal", argv, state_dir / "logs")
     wait_until(service, port, timeout=60)
     return service
@@ -218,17 +268,6 @@ def with_dev_email(settings: Settings) -> Settings:
             "approvers": settings.approvers or DEV_APPROVERS,
         }
     )
-
-
-def child_env(settings: Settings) -> dict[str, str]:
-    """What the stack's worker and gateway must see beyond the inherited environment."""
-    env = {"COUNTERSIGN_STATE_DIR": str(settings.state_dir.resolve())}
-    if settings.email is not None:
-        env["COUNTERSIGN_EMAIL"] = settings.email.model_dump_json()
-    env["COUNTERSIGN_APPROVERS"] = json.dumps(
-        {k: v.model_dump(mode="json") for k, v in settings.approvers.items()}
-    )
-    return env
 
 
 def postgres_bin_dir() -> Path | None:
@@ -366,9 +405,19 @@ def start_dev_stack(
     try:
         configure_keyring(settings)
         ensure_signing_key(settings)
+        codec_endpoint = None
+        if settings.encrypt_payloads:
+            ensure_payload_keys(settings)
+            codec_endpoint = capability_endpoint(
+                settings, ensure_secret(settings.codec_token_credential)
+            )
         if not port_open(temporal_port):
             ui_port = port_of(settings.temporal_ui_url)
-            stack.services["temporal"] = start_temporal(state_dir, temporal_port, ui_port)
+            stack.services["temporal"] = start_temporal(
+                state_dir, temporal_port, ui_port, codec_endpoint
+            )
+        if settings.encrypt_payloads and not port_open(port_of(settings.codec_url)):
+            stack.services["codec-server"] = start_codec_server(state_dir, settings)
         if not port_open(shop_port):
             token = secrets.token_urlsafe(24)
             set_secret(settings.systems["shop"].credential, token)
@@ -380,13 +429,21 @@ def start_dev_stack(
                 state_dir, settings.mail_catcher_port
             )
         # Worker and gateway inherit this process's environment, so they see the same settings.
-        env = child_env(settings)
+        env = settings_env(settings)
         gateway_port = port_of(settings.gateway_url)
         if not port_open(gateway_port):
             stack.services["gateway"] = start_gateway(state_dir, gateway_port, env)
         if with_worker:
+            metrics = settings.metrics_address or "127.0.0.1:9464"
+            if port_open(port_of(metrics)):
+                # A second worker on a running stack (`countersign demo`): its own port.
+                metrics = f"127.0.0.1:{free_port()}"
+            # The worker inherits this process's environment, so it sees the same settings.
             stack.services["worker"] = start_service(
-                "worker", [sys.executable, "-m", "workers", "worker"], state_dir / "logs", env=env
+                "worker",
+                [sys.executable, "-m", "workers", "worker"],
+                state_dir / "logs",
+                env={**env, "COUNTERSIGN_METRICS_ADDRESS": metrics},
             )
     except BaseException:
         stack.stop()

@@ -81,6 +81,23 @@ class Settings(BaseSettings):
     temporal_api_key_credential: str | None = None
     temporal_ui_url: str = "http://127.0.0.1:8233"
 
+    # Protected payloads: every payload AES-GCM encrypted with keys from the keyring entry
+    # below (see workers/codec.py). Every client and worker of a deployment must agree.
+    encrypt_payloads: bool = True
+    payload_keys_credential: str = "payload-keys"
+    # The codec server lets the Temporal UI (only from its origin, temporal_ui_url) and
+    # operators holding the token in keyring entry `codec_token_credential` read payloads.
+    codec_url: str = "http://127.0.0.1:8105"
+    codec_token_credential: str = "codec-token"
+
+    # Prometheus metrics of the worker (Temporal SDK + Countersign), e.g. 127.0.0.1:9464;
+    # empty: off. Tracing: OpenTelemetry spans for workflows and activities (needs an
+    # OpenTelemetry SDK tracer provider configured by the deployment to export them).
+    metrics_address: str = ""
+    tracing: bool = False
+    # USD per million tokens (prompt, completion) by model name, for cost figures.
+    model_prices: dict[str, tuple[float, float]] = {}
+
     state_dir: Path = Path(".countersign")
     policy_path: Path = DEFAULT_POLICY_PATH
     # A candidate policy evaluated beside the active one; its flips are recorded, never enforced.

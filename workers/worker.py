@@ -9,10 +9,15 @@ from typing import Any
 import structlog
 from langgraph.graph import StateGraph
 from temporalio import activity
-from temporalio import client as client_interceptors
+from temporalio import client as temporal_client
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.langgraph import LangGraphPlugin
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import (
     ActivityInboundInterceptor,
     ExecuteActivityInput,
@@ -29,10 +34,13 @@ from activities.model import ModelActivities
 from activities.notify import NotifyActivities
 from activities.runtime import Runtime
 from activities.tools import tool_activities, tool_schemas, validate_registry
+from agents import search_attributes
 from agents.graph import GRAPH_NAME, build_graph
 from agents.run import AgentRun
+from workers.codec import data_converter
 from workers.credentials import configure_keyring, get_secret
 from workers.settings import Settings
+from workers.telemetry import client_interceptors, temporal_runtime
 
 log = structlog.get_logger(__name__)
 
@@ -48,9 +56,18 @@ def plugins(graph: StateGraph[Any, Any, Any, Any] | None = None) -> list[LangGra
 
 
 async def connect(
-    settings: Settings, interceptors: Sequence[client_interceptors.Interceptor] = ()
+    settings: Settings,
+    *,
+    serve_metrics: bool = False,
+    interceptors: Sequence[temporal_client.Interceptor] = (),
 ) -> Client:
-    """A client for the configured Temporal (dev server, cluster, or Temporal Cloud)."""
+    """A client for the configured Temporal (dev server, cluster, or Temporal Cloud), with the
+    deployment's data converter (payloads encrypted unless COUNTERSIGN_ENCRYPT_PAYLOADS=false).
+
+    `serve_metrics`: a worker's client serves /metrics on COUNTERSIGN_METRICS_ADDRESS (CLI
+    clients never do: they would fight the worker for the port). `interceptors`: extra client
+    interceptors (the gateway's updates-only guard)."""
+    configure_keyring(settings)
     api_key = (
         get_secret(settings.temporal_api_key_credential)
         if settings.temporal_api_key_credential
@@ -61,9 +78,49 @@ async def connect(
         namespace=settings.temporal_namespace,
         api_key=api_key,
         tls=settings.temporal_tls or api_key is not None,
-        data_converter=pydantic_data_converter,
-        interceptors=interceptors,
+        data_converter=data_converter(settings),
+        runtime=temporal_runtime(settings) if serve_metrics else None,
+        # Client interceptors that are also worker interceptors apply to the workers too.
+        interceptors=[*client_interceptors(settings), *interceptors],
     )
+
+
+async def ensure_search_attributes(client: Client) -> list[str]:
+    """Register the search attributes runs upsert, if the namespace lacks them; return the
+    names added. Without them every workflow task would fail in a loop, so fail here instead."""
+    namespace = client.namespace
+    known: set[str] = set()
+    try:
+        listed = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=namespace)
+        )
+        known = {*listed.system_attributes, *listed.custom_attributes}
+    except RPCError as e:
+        # The time-skipping test server can add attributes but not list them.
+        if e.status != RPCStatusCode.UNIMPLEMENTED:
+            raise
+    missing = {
+        k.name: IndexedValueType.ValueType(k.indexed_value_type)
+        for k in search_attributes.KEYS
+        if k.name not in known
+    }
+    if not missing:
+        return []
+    try:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)
+        )
+    except RPCError as e:
+        how = " ".join(
+            f"--name {n} --type {search_attributes.REGISTRATION[n]}" for n in sorted(missing)
+        )
+        raise search_attributes.SearchAttributesMissing(
+            f"namespace {namespace!r} lacks search attributes {', '.join(sorted(missing))} "
+            f"and this worker may not add them ({e.message}); register them with "
+            f"`temporal operator search-attribute create {how}` (Temporal Cloud: in the "
+            "namespace's settings)"
+        ) from e
+    return sorted(missing)
 
 
 class _BindActivityIds(Interceptor):
@@ -132,7 +189,10 @@ def build_worker(
 
 async def run_worker(settings: Settings) -> None:
     runtime = check_startup(settings)
-    client = await connect(settings)
+    client = await connect(settings, serve_metrics=True)
+    added = await ensure_search_attributes(client)
+    if added:
+        log.info("worker.search_attributes_registered", names=added)
     worker = build_worker(
         client, settings, runtime, sticky_queue_schedule_to_start_timeout=timedelta(seconds=3)
     )

@@ -11,16 +11,17 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowUpdateStage
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.runtime import Runtime
+from agents import search_attributes
 from guardrails.approvals import Decision
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, start_run
+from workers.codec import data_converter
 from workers.devstack import Service, start_service
 from workers.settings import Settings
-from workers.worker import build_worker
+from workers.worker import build_worker, ensure_search_attributes
 
 
 def worker_process(temporal: WorkflowEnvironment, settings: Settings, queue: str) -> Service:
@@ -108,11 +109,13 @@ async def test_killed_workers_lose_no_decision_and_refund_exactly_once(
 
 
 @pytest.fixture(scope="module")
-async def time_skipping() -> AsyncIterator[WorkflowEnvironment]:
+async def time_skipping(settings: Settings) -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(Path(sys.executable).parent / "temporal-test-server"),
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(settings),
     )
+    # The test server has no flag for them; the worker's start-up check registers them.
+    assert await ensure_search_attributes(env.client) == sorted(search_attributes.REGISTRATION)
     yield env
     await env.shutdown()
 

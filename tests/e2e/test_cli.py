@@ -43,6 +43,8 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         "COUNTERSIGN_SYSTEMS__SHOP__URL": f"http://127.0.0.1:{free_port()}",
         "COUNTERSIGN_GATEWAY_URL": f"http://127.0.0.1:{free_port()}",
         "COUNTERSIGN_MAIL_CATCHER_PORT": str(free_port()),
+        "COUNTERSIGN_CODEC_URL": f"http://127.0.0.1:{free_port()}",
+        "COUNTERSIGN_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
     }
     log = (state / "dev.out").open("w")
     dev = subprocess.Popen(
