@@ -321,7 +321,9 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> None:
             histories.append((f"temporal {settings.temporal_address}", history))
             if args.save:
                 save_history(args.save, history)
-    reports = await replay(histories)
+    from workers.codec import data_converter
+
+    reports = await replay(histories, converter=data_converter(settings))
     if args.json:
         print(json.dumps([r.model_dump(mode="json") for r in reports], indent=2))
     else:

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 from temporalio.worker import (
     ExecuteWorkflowInput,
     Interceptor,
@@ -138,14 +139,16 @@ def readable_text(history_json: Any) -> str:
     return "\n".join(parts)
 
 
-def _recorded_result(history: WorkflowHistory) -> dict[str, Any] | None:
+async def _recorded_result(
+    history: WorkflowHistory, converter: DataConverter
+) -> dict[str, Any] | None:
     last = history.events[-1]
     if not last.HasField("workflow_execution_completed_event_attributes"):
         return None
     payloads = last.workflow_execution_completed_event_attributes.result.payloads
     if not payloads:
         return None
-    (value,) = pydantic_data_converter.payload_converter.from_payloads(payloads)
+    (value,) = await converter.decode(payloads)
     return value if isinstance(value, dict) else None
 
 
@@ -167,14 +170,17 @@ def _divergence(failure: Exception) -> str:
 
 
 def replayer(
-    workflows: Sequence[type] | None = None, graph: GraphFactory | None = None
+    workflows: Sequence[type] | None = None,
+    graph: GraphFactory | None = None,
+    converter: DataConverter = pydantic_data_converter,
 ) -> Replayer:
     """The worker's workflows, plugin and data converter, and no activities at all.
-    `workflows` and `graph` replace the real ones (to prove a changed version diverges)."""
+    `workflows` and `graph` replace the real ones (to prove a changed version diverges);
+    `converter` is the deployment's (it decrypts payloads when they are encrypted)."""
     return Replayer(
         workflows=list(workflows or WORKFLOWS),
         plugins=plugins(graph() if graph else None),
-        data_converter=pydantic_data_converter,
+        data_converter=converter,
         interceptors=[_KeepResults()],
     )
 
@@ -183,12 +189,13 @@ async def replay(
     histories: Sequence[tuple[str, WorkflowHistory]],
     workflows: Sequence[type] | None = None,
     graph: GraphFactory | None = None,
+    converter: DataConverter = pydantic_data_converter,
 ) -> list[ReplayReport]:
     """Replay each (source, history); never raises for a divergence, reports it."""
     reports = []
     for source, history in histories:
         _replayed_results.pop(history.workflow_id, None)
-        result = await replayer(workflows, graph).replay_workflow(
+        result = await replayer(workflows, graph, converter).replay_workflow(
             history, raise_on_replay_failure=False
         )
         failure = result.replay_failure
@@ -197,7 +204,7 @@ async def replay(
         replayed_json = (
             replayed.model_dump(mode="json") if isinstance(replayed, BaseModel) else replayed
         )
-        recorded = _recorded_result(history)
+        recorded = await _recorded_result(history, converter)
         reports.append(
             ReplayReport(
                 workflow_id=history.workflow_id,

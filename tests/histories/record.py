@@ -28,7 +28,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.runtime import Runtime
-from agents.run import AgentRun
+from agents.run import AgentRun, RollbackRequest
 from agents.state import RunInput, RunResult
 from guardrails.approvals import Decision
 from workers.credentials import get_secret
@@ -36,7 +36,7 @@ from workers.decisions import send_decision
 from workers.devstack import free_port, start_dev_stack
 from workers.replay import readable_text, save_history
 from workers.settings import Settings, SystemSettings
-from workers.worker import build_worker, check_startup, connect
+from workers.worker import build_worker, check_startup, connect, ensure_search_attributes
 
 HERE = Path(__file__).parent
 TASK_QUEUE = "corpus"
@@ -66,6 +66,8 @@ async def fresh_stack(scripts: Path | None = None) -> AsyncIterator[Stack]:
             temporal_ui_url=f"http://127.0.0.1:{free_port()}",
             openai_base_url=f"http://127.0.0.1:{free_port()}/v1",
             systems={"shop": SystemSettings(url=f"http://127.0.0.1:{free_port()}")},
+            # The corpus must replay anywhere, without this throwaway stack's keys.
+            encrypt_payloads=False,
         )
         stack = await asyncio.to_thread(
             start_dev_stack, settings, with_worker=False, scripts=scripts
@@ -77,8 +79,10 @@ async def fresh_stack(scripts: Path | None = None) -> AsyncIterator[Stack]:
             stack.stop()
 
 
-async def _start(client: Client, name: str, task: str) -> WorkflowHandle[AgentRun, RunResult]:
-    run_input = RunInput(agent="support-refunds", task=task, requested_by="ops-dana")
+async def _start(
+    client: Client, name: str, task: str, **options: Any
+) -> WorkflowHandle[AgentRun, RunResult]:
+    run_input = RunInput(agent="support-refunds", task=task, requested_by="ops-dana", **options)
     return await client.start_workflow(
         AgentRun.run,
         run_input.model_dump(mode="json"),
@@ -139,7 +143,24 @@ async def rejected(client: Client) -> WorkflowHandle[Any, Any]:
 
 async def timed_out(client: Client) -> WorkflowHandle[Any, Any]:
     """Nobody answers: the 4-hour approval timer fires (time-skipping server) and rejects."""
-    handle = await _start(client, "timed-out", "Refund order A-1002: nobody answers.")
+    handle = await _start(client, "timed-out", "Refund order A-1011: nobody answers.")
+    await handle.result()
+    return handle
+
+
+async def compensated(client: Client) -> WorkflowHandle[Any, Any]:
+    """A 48.00 refund and its note run automatically; inside the undo window alice rolls the
+    run back, and both are compensated newest first (note deleted, refund reversed)."""
+    handle = await _start(
+        client, "compensated", "Refund order A-1015: the board split.", undo_window_seconds=600
+    )
+    for _ in range(400):
+        if (await handle.query(AgentRun.status)).stage.startswith("completed"):
+            break
+        await asyncio.sleep(0.05)
+    await handle.execute_update(
+        AgentRun.rollback, RollbackRequest(requested_by="alice", reason="duplicate ticket")
+    )
     await handle.result()
     return handle
 
@@ -151,10 +172,9 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {
     "approved": (approved, False),
     "rejected": (rejected, False),
     "timed-out": (timed_out, True),
+    "compensated": (compensated, False),
 }
-# TODO(compensation): add "compensated" (an approved refund whose later step fails and is
-# compensated in reverse order) once the saga lands in agents/graph.py; then re-record.
-PENDING_SCENARIOS = {"compensated": "waits for compensation in the workflow (issue 4)"}
+PENDING_SCENARIOS: dict[str, str] = {}
 
 
 def check_no_secrets(name: str, text: str, secrets: list[str]) -> None:
@@ -188,6 +208,7 @@ async def record(names: list[str], out: Path = HERE) -> list[Path]:
                 data_converter=pydantic_data_converter,
             )
             try:
+                await ensure_search_attributes(env.client)
                 async with build_worker(
                     env.client,
                     stack.settings,
