@@ -503,6 +503,19 @@ async def clear_faults(request: Request) -> Response:
     return JSONResponse({"faults": None})
 
 
+def _reseed(conn: sqlite3.Connection) -> Result:
+    for table in ("idempotency_keys", "notes", "refunds", "order_items", "orders", "customers"):
+        conn.execute(f"DELETE FROM {table}")
+    _seed(conn)
+    return {"reset": True}
+
+
+async def reset(request: Request) -> Response:
+    """Back to the seed data (demo and tests: every test starts from the same shop)."""
+    request.app.state.shop.faults = None
+    return await _in_db(request, _reseed, write=True)
+
+
 async def get_state(request: Request) -> Response:
     return await _in_db(request, _dump_state)
 
@@ -571,6 +584,7 @@ ROUTES = [
     ("POST", "/_faults", set_faults),
     ("DELETE", "/_faults", clear_faults),
     ("GET", "/_state", get_state),
+    ("POST", "/_reset", reset),
     ("GET", "/_stats", get_stats),
 ]
 

@@ -72,6 +72,10 @@ class Shop:
         with self.client() as c:
             c.delete("/_faults").raise_for_status()
 
+    def reset(self) -> None:
+        with self.client() as c:
+            c.post("/_reset").raise_for_status()
+
 
 @pytest.fixture(scope="session")
 def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -176,7 +180,10 @@ async def temporal(settings: Settings) -> AsyncIterator[WorkflowEnvironment]:
 
 
 @pytest.fixture
-def task_queue() -> str:
+def task_queue(shop: Shop) -> str:
+    """A fresh task queue, and the shop back at its seed data: every run-level test starts
+    from the same orders, whatever earlier tests refunded."""
+    shop.reset()
     return f"test-{uuid.uuid4().hex[:12]}"
 
 

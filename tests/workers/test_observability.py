@@ -19,7 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.runtime import Runtime
 from agents.run import AgentRun
 from guardrails.approvals import Decision
-from guardrails.audit import AuditStore
+from guardrails.audit import AuditStore, open_store
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import start_run
 from workers.devstack import free_port
@@ -43,7 +43,7 @@ def value(text: str, name: str, **labels: str) -> float:
 
 
 async def test_worker_serves_sdk_and_countersign_metrics_on_one_endpoint(
-    temporal: WorkflowEnvironment, settings: Settings
+    temporal: WorkflowEnvironment, settings: Settings, task_queue: str
 ) -> None:
     address = f"127.0.0.1:{free_port()}"
     observed = settings.model_copy(
@@ -54,7 +54,7 @@ async def test_worker_serves_sdk_and_countersign_metrics_on_one_endpoint(
         }
     )
     client = await connect(observed, serve_metrics=True)
-    queue = f"metrics-{uuid.uuid4().hex[:8]}"
+    queue = task_queue
     async with build_worker(client, observed, Runtime.from_settings(observed), task_queue=queue):
         auto = await start_run(client, queue, task="Refund order A-1007: mugs chipped.")
         rejected = await start_run(client, queue, task="Refund order A-1002: not convinced.")
@@ -101,7 +101,7 @@ def append(store: AuditStore, run: str, kind: str, **data: object) -> None:
 @pytest.fixture
 def filled_store(tmp_path: Path) -> AuditStore:
     """Two runs: one approved after 60 s, one rejected after 120 s; one failed tool call."""
-    store = AuditStore(tmp_path / "audit.sqlite3")
+    store = open_store(tmp_path / "audit.sqlite3")
     now = datetime.now(UTC)
     for run, approve, wait in (("run-a", True, 60), ("run-b", False, 120)):
         append(store, run, "run.started", task="t", requested_by="dana")
