@@ -22,16 +22,10 @@ from activities.tools import REGISTRY, lookup_tool
 from agents.specs import AGENTS
 from guardrails.audit import AuditStore
 from guardrails.controls import read_kill_switch
+from guardrails.errors import describe
 from guardrails.policy import DecisionInput, PolicyBundle, PolicyError, Verdict, decide
 
 log = structlog.get_logger(__name__)
-
-
-def _errors(e: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or '(arguments)'}: {err['msg']}"
-        for err in e.errors(include_url=False)
-    )
 
 
 def facts_for(audit: AuditStore, workflow_id: str, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -87,7 +81,7 @@ class GuardActivities:
                     mode="json"
                 )
             except ValidationError as e:
-                error = _errors(e)
+                error = describe(e, "(arguments)")
         settings = self.runtime.settings
         d = DecisionInput(
             proposal=proposal,

@@ -15,6 +15,7 @@ from activities.contracts import RECORD, Compensation, RecordInput
 from agents import search_attributes as sa
 from agents.specs import AGENTS, AgentSpec
 from guardrails.approvals import ApprovalRequest, RecordedDecision
+from guardrails.errors import describe
 from guardrails.policy import Mode
 
 AGENT_RUN = "AgentRun"
@@ -47,12 +48,8 @@ def parse_run_input(raw: Any) -> RunInput:
     try:
         run_input = RunInput.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(input)'}: {err['msg']}"
-            for err in e.errors(include_url=False)
-        )
         raise ApplicationError(
-            f"invalid run input: {problems}", type="InvalidRunInput", non_retryable=True
+            f"invalid run input: {describe(e)}", type="InvalidRunInput", non_retryable=True
         ) from None
     if run_input.agent not in AGENTS:
         raise ApplicationError(

@@ -26,6 +26,7 @@ import cedarpy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from guardrails.cedar_schema import ToolSchema, cedar_schema
+from guardrails.errors import describe
 
 Mode = Literal["shadow", "augment", "automate"]
 Outcome = Literal["allow", "deny", "needs_approval", "shadow"]
@@ -256,11 +257,7 @@ def load_policy(
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
-            for err in e.errors(include_url=False)
-        )
-        raise PolicyError(f"{settings_file}: {problems}") from None
+        raise PolicyError(f"{settings_file}: {describe(e, '(top level)')}") from None
 
     files = sorted(path.glob("*.cedar"))
     if not files:
