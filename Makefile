@@ -29,7 +29,8 @@ fmt: $(BIN)/.installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(BIN)/.installed  ## replay time, history size, audit append throughput (prints)
+bench: $(BIN)/.installed  ## guard decision latency; replay time, history size, audit throughput
+	$(BIN)/python -m benchmarks.policy_bench
 	$(BIN)/python -m benchmarks.replay_bench
 
 histories: $(BIN)/.installed  ## re-record tests/histories on a fresh stack
