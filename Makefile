@@ -29,9 +29,10 @@ fmt: $(BIN)/.installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(BIN)/.installed  ## guard decision latency; replay time, history size, audit throughput
+bench: $(BIN)/.installed  ## guard latency; replay, history size, audit; durability overhead, throughput
 	$(BIN)/python -m benchmarks.policy_bench
 	$(BIN)/python -m benchmarks.replay_bench
+	$(BIN)/python -m benchmarks.durability_bench
 
 histories: $(BIN)/.installed  ## re-record tests/histories on a fresh stack
 	$(BIN)/python -m tests.histories.record

@@ -57,7 +57,9 @@ async def model_node(state: BareState) -> BareState:
     client = openai.AsyncOpenAI(base_url=ep.model_url, api_key=ep.model_key, max_retries=0)
     try:
         response = await client.chat.completions.create(
-            model="gpt-4.1-mini", messages=state["messages"], tools=ep.tools  # type: ignore[arg-type]
+            model="gpt-4.1-mini",
+            messages=state["messages"],
+            tools=ep.tools,  # type: ignore[arg-type]
         )
     finally:
         await client.close()

@@ -20,13 +20,14 @@ latency) on free ports; workers run in this process.
 4. memory: this process's RSS (VmRSS: it hosts the worker, the client and the benchmark) with
    N runs parked on an approval; the delta over the idle worker is the figure that scales.
 
-Medians over repeats, with min–max. Ratios are measured in the same run on the same stack.
+Medians over repeats, with min..max. Ratios are measured in the same run on the same stack.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import statistics
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.langgraph import LangGraphPlugin
 from temporalio.service import RPCError
 from temporalio.worker import Worker
@@ -71,7 +72,7 @@ def three_step_script() -> dict[str, object]:
 
 
 def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
+    return f"{statistics.median(values):.1f} ({min(values):.1f}..{max(values):.1f})"
 
 
 def rss_mb() -> float:
@@ -134,17 +135,16 @@ async def bench_overhead(stack: Stack, n: int, repeats: int) -> dict[str, list[f
 # --- 2. throughput ---------------------------------------------------------------------------
 
 
-async def bench_throughput(stack: Stack, batches: list[int], repeats: int) -> dict[int, list[float]]:
+async def bench_throughput(
+    stack: Stack, batches: list[int], repeats: int
+) -> dict[int, list[float]]:
     out: dict[int, list[float]] = {}
     for k in batches:
         rates = []
         for r in range(repeats):
             t = time.perf_counter()
             handles = await asyncio.gather(
-                *(
-                    _agent_run(stack.client, f"tp-{k}-{r}-{i}", "Benchmark three")
-                    for i in range(k)
-                )
+                *(_agent_run(stack.client, f"tp-{k}-{r}-{i}", "Benchmark three") for i in range(k))
             )
             results = await asyncio.gather(*(h.result() for h in handles))
             elapsed = time.perf_counter() - t
@@ -166,8 +166,8 @@ async def _reset_shop(stack: Stack) -> None:
         (await http.post("/_reset")).raise_for_status()
 
 
-async def _wait_pending(handle: Any, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
+async def _wait_pending(handle: Any, wait_s: float = 60) -> str:
+    deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         try:
             status = await handle.query(AgentRun.status)
@@ -185,7 +185,9 @@ async def bench_decision(stack: Stack, samples: int) -> list[float]:
     for i in range(samples):
         await _reset_shop(stack)
         handle = await _agent_run(
-            stack.client, f"dec-{i}", "Refund order A-1002: the espresso machine leaks.",
+            stack.client,
+            f"dec-{i}",
+            "Refund order A-1002: the espresso machine leaks.",
             agent="support-refunds",
         )
         request_id = await _wait_pending(handle)
@@ -217,26 +219,47 @@ async def bench_decision(stack: Stack, samples: int) -> list[float]:
 # --- 4. memory -------------------------------------------------------------------------------
 
 
-async def bench_memory(stack: Stack, parked: int) -> tuple[float, float]:
+async def _parked(handle: Any, wait_s: float = 120) -> bool:
+    """True once the run waits on an approval; False if it finished without one (the guard
+    can refuse a refund that another parked run has already reserved)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            if (await handle.query(AgentRun.status)).pending_approvals:
+                return True
+        except RPCError:
+            await asyncio.sleep(0.5)
+            continue
+        if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
+            return False
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def bench_memory(stack: Stack, parked: int) -> tuple[float, float, int]:
     idle = rss_mb()
     handles = []
     for start in range(0, parked, 50):
         handles += await asyncio.gather(
             *(
                 _agent_run(
-                    stack.client, f"park-{parked}-{i}", "Refund order A-1002: it leaks.",
+                    stack.client,
+                    f"park-{parked}-{i}",
+                    "Refund order A-1002: it leaks.",
                     agent="support-refunds",
                 )
                 for i in range(start, min(parked, start + 50))
             )
         )
+    count = 0
     for h in handles:
-        await _wait_pending(h, 600)
+        count += await _parked(h)
     await asyncio.sleep(1)
     loaded = rss_mb()
     for h in handles:
-        await h.terminate("benchmark done")
-    return idle, loaded
+        with contextlib.suppress(RPCError):  # already finished
+            await h.terminate("benchmark done")
+    return idle, loaded, count
 
 
 # --- the stack -------------------------------------------------------------------------------
@@ -261,9 +284,13 @@ async def run(args: argparse.Namespace) -> None:
                 stack.client,
                 task_queue=BARE_QUEUE,
                 workflows=[bare_loop.BareLoop],
-                plugins=[LangGraphPlugin(graphs={bare_loop.BARE_GRAPH: bare_loop.build_bare_graph()})],
+                plugins=[
+                    LangGraphPlugin(graphs={bare_loop.BARE_GRAPH: bare_loop.build_bare_graph()})
+                ],
             )
-            cs_worker = build_worker(stack.client, stack.settings, stack.runtime, task_queue=CS_QUEUE)
+            cs_worker = build_worker(
+                stack.client, stack.settings, stack.runtime, task_queue=CS_QUEUE
+            )
             async with bare_worker, cs_worker:
                 await report(stack, args)
 
@@ -271,39 +298,49 @@ async def run(args: argparse.Namespace) -> None:
 async def report(stack: Stack, args: argparse.Namespace) -> None:
     parts = args.only or ["overhead", "throughput", "decision", "memory"]
     if "memory" in parts:  # first, before the other parts' runs sit in the worker's cache
-        idle, loaded = await bench_memory(stack, args.parked)
+        idle, loaded, count = await bench_memory(stack, args.parked)
         print(
-            f"\nMemory: {args.parked} runs parked on an approval: RSS {loaded:.0f} MB "
+            f"\nMemory: {count} of {args.parked} runs parked on an approval: RSS {loaded:.0f} MB "
             f"(idle worker {idle:.0f} MB, +{loaded - idle:.0f} MB, "
-            f"{1024 * (loaded - idle) / args.parked:.0f} KB/run)",
+            f"{1024 * (loaded - idle) / max(count, 1):.0f} KB/parked run)",
             flush=True,
         )
     if "overhead" in parts:
         o = await bench_overhead(stack, args.steps, args.repeats)
         med = {k: statistics.median(v) for k, v in o.items()}
-        print(f"\nOverhead per iteration (model call + tool call), N={args.steps}, "
-              f"{args.repeats} repeats, ms median (min–max)")
+        print(
+            f"\nOverhead per iteration (model call + tool call), N={args.steps}, "
+            f"{args.repeats} repeats, ms median (min..max)"
+        )
         print(f"  (a) plain LangGraph       {spread(o['plain'])}")
         print(f"  (b) Temporal plugin, bare {spread(o['plugin'])}")
         print(f"  (c) Countersign AgentRun  {spread(o['countersign'])}")
-        print(f"  (c)/(a) = {med['countersign'] / med['plain']:.1f}x   "
-              f"(c)/(b) = {med['countersign'] / med['plugin']:.2f}x", flush=True)
+        print(
+            f"  (c)/(a) = {med['countersign'] / med['plain']:.1f}x   "
+            f"(c)/(b) = {med['countersign'] / med['plugin']:.2f}x",
+            flush=True,
+        )
     if "throughput" in parts:
         tp = await bench_throughput(stack, args.batches, args.repeats)
-        print(f"\nThroughput: 3-step runs started at once, one worker, runs/s median (min–max)")
+        print("\nThroughput: 3-step runs started at once, one worker, runs/s median (min..max)")
         for k, rates in tp.items():
             print(f"  {k:>4} at once  {spread(rates)}", flush=True)
     if "decision" in parts:
         lat = await bench_decision(stack, args.samples)
         q = statistics.quantiles(lat, n=100)
-        print(f"\nDecision latency, approval Update sent → payments.refund started, "
-              f"{len(lat)} runs: p50 {statistics.median(lat):.1f} ms, p99 {q[98]:.1f} ms, "
-              f"min {min(lat):.1f}, max {max(lat):.1f}", flush=True)
+        print(
+            f"\nDecision latency, approval Update sent → payments.refund started, "
+            f"{len(lat)} runs: p50 {statistics.median(lat):.1f} ms, p99 {q[98]:.1f} ms, "
+            f"min {min(lat):.1f}, max {max(lat):.1f}",
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.durability_bench")
-    parser.add_argument("--only", nargs="+", choices=["overhead", "throughput", "decision", "memory"])
+    parser.add_argument(
+        "--only", nargs="+", choices=["overhead", "throughput", "decision", "memory"]
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 10, 100])
