@@ -190,7 +190,16 @@ async def bench_decision(stack: Stack, samples: int) -> list[float]:
             "Refund order A-1002: the espresso machine leaks.",
             agent="support-refunds",
         )
-        request_id = await _wait_pending(handle)
+        try:
+            request_id = await _wait_pending(handle, 20)
+        except TimeoutError:
+            # The default policy's refund budgets (per agent per day, per customer per week)
+            # live in the guard's ledger, which the shop reset does not touch: after a few
+            # approved refunds the guard refuses outright and nothing waits any more.
+            print(f"  … decision: run {i} was refused by the refund budget; stopping", flush=True)
+            with contextlib.suppress(RPCError):
+                await handle.terminate("benchmark done")
+            break
         sent = time.time()
         await send_decision(
             stack.client,
@@ -327,7 +336,7 @@ async def report(stack: Stack, args: argparse.Namespace) -> None:
             print(f"  {k:>4} at once  {spread(rates)}", flush=True)
     if "decision" in parts:
         lat = await bench_decision(stack, args.samples)
-        q = statistics.quantiles(lat, n=100)
+        q = statistics.quantiles(lat, n=100) if len(lat) > 1 else lat * 99
         print(
             f"\nDecision latency, approval Update sent → payments.refund started, "
             f"{len(lat)} runs: p50 {statistics.median(lat):.1f} ms, p99 {q[98]:.1f} ms, "
