@@ -50,11 +50,12 @@ from agents.state import RunInput
 from benchmarks import bare_loop
 from benchmarks.replay_bench import BENCH_AGENT, loop_script
 from guardrails.approvals import Decision
+from guardrails.policy import DEFAULT_POLICY_PATH
 from tests.histories.record import Stack, fresh_stack
 from workers.credentials import get_secret, openai_api_key
 from workers.decisions import send_decision
 from workers.logging import configure_logging
-from workers.worker import build_worker
+from workers.worker import build_worker, check_startup
 
 DEMO_SCRIPTS = Path(__file__).resolve().parent.parent / "demo" / "scripts"
 CS_QUEUE = "bench-countersign"
@@ -271,6 +272,18 @@ async def bench_memory(stack: Stack, parked: int) -> tuple[float, float, int]:
     return idle, loaded, count
 
 
+def bench_policy(folder: Path) -> Path:
+    shutil.copytree(DEFAULT_POLICY_PATH, folder)
+    cedar = folder / "refunds.cedar"
+    text = cedar.read_text()
+    for limit, raised in ((">= 3", ">= 1000000"), ("> 200000", "> 100000000000")):
+        assert limit in text, f"default policy changed: {limit!r} not in {cedar}"
+        text = text.replace(limit, raised)
+    cedar.write_text(text)
+    (folder / "cases.toml").unlink(missing_ok=True)  # its budget cases no longer hold
+    return folder
+
+
 # --- the stack -------------------------------------------------------------------------------
 
 
@@ -281,6 +294,13 @@ async def run(args: argparse.Namespace) -> None:
         (Path(scripts) / "three.json").write_text(json.dumps(three_step_script()))
         shutil.copy(DEMO_SCRIPTS / "refund.json", Path(scripts) / "refund.json")
         async with fresh_stack(scripts=Path(scripts)) as stack:
+            # Decision and memory runs refund the same orders again and again: the default
+            # refund budgets would refuse them after three, so this stack's guard reads a copy
+            # of the default policy with the budgets out of reach (the rules are unchanged).
+            stack.settings = stack.settings.model_copy(
+                update={"policy_path": bench_policy(Path(scripts) / "policy")}
+            )
+            stack.runtime = check_startup(stack.settings)
             shop = stack.settings.systems["shop"]
             bare_loop.ENDPOINTS = bare_loop.Endpoints(
                 model_url=stack.settings.openai_base_url,
