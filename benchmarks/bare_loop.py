@@ -17,7 +17,7 @@ import json
 import operator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, TypedDict, cast
 
 from langgraph.graph import END, START, StateGraph
 from temporalio import workflow
@@ -58,8 +58,8 @@ async def model_node(state: BareState) -> BareState:
     try:
         response = await client.chat.completions.create(
             model="gpt-4.1-mini",
-            messages=state["messages"],
-            tools=ep.tools,  # type: ignore[arg-type]
+            messages=cast(Any, state["messages"]),
+            tools=cast(Any, ep.tools),
         )
     finally:
         await client.close()
