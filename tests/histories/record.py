@@ -159,7 +159,7 @@ async def compensated(client: Client) -> WorkflowHandle[Any, Any]:
             break
         await asyncio.sleep(0.05)
     await handle.execute_update(
-        AgentRun.rollback, RollbackRequest(requested_by="alice", reason="duplicate ticket")
+        "rollback", RollbackRequest(requested_by="alice", reason="duplicate ticket")
     )
     await handle.result()
     return handle
