@@ -40,6 +40,18 @@ from workers.settings import Settings, SystemSettings
 from workers.worker import build_worker, check_startup
 
 SHOP_TOKEN = "test-shop-token-" + uuid.uuid4().hex
+# Debian's chromium, as Playwright must launch it here (never `playwright install`): headless,
+# and nothing that reaches for the network beyond loopback.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # A fixed, test-only key ring, so histories recorded by tests stay decryptable for replay
 # (tests/histories). Never used outside tests.
 TEST_PAYLOAD_KEYS = PayloadKeys("pk_tests", {"pk_tests": bytes(range(32))})

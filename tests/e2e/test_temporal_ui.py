@@ -20,7 +20,7 @@ from temporalio.client import Client
 
 from activities.runtime import Runtime
 from agents.run import AgentRun
-from tests.conftest import Shop
+from tests.conftest import CHROMIUM_ARGS, Shop
 from workers.codec import ENCODING
 from workers.codec_server import capability_endpoint
 from workers.credentials import ensure_secret
@@ -31,16 +31,6 @@ from workers.worker import build_worker, connect
 playwright = pytest.importorskip("playwright.async_api")
 
 ARTIFACTS = Path(__file__).parent.parent.parent / "test-artifacts" / "temporal-ui"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @dataclass

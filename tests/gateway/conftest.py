@@ -34,6 +34,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.runtime import Runtime
+from tests.conftest import CHROMIUM_ARGS
 from workers.credentials import set_secret
 from workers.devstack import free_port
 from workers.gateway import Gateway, UpdatesOnly, create_app
@@ -265,16 +266,7 @@ async def browser() -> AsyncIterator[Any]:
     async with async_playwright() as pw:
         b = await pw.chromium.launch(
             executable_path=executable,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
+            args=CHROMIUM_ARGS,
         )
         yield b
         await b.close()
