@@ -53,7 +53,7 @@ from guardrails.approvals import Decision
 from guardrails.policy import DEFAULT_POLICY_PATH
 from tests.histories.record import Stack, fresh_stack
 from workers.credentials import get_secret, openai_api_key
-from workers.decisions import send_decision
+from workers.decisions import send_decision, wait_for_requests
 from workers.logging import configure_logging
 from workers.worker import build_worker, check_startup
 
@@ -167,20 +167,6 @@ async def _reset_shop(stack: Stack) -> None:
         (await http.post("/_reset")).raise_for_status()
 
 
-async def _wait_pending(handle: Any, wait_s: float = 60) -> str:
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        try:
-            status = await handle.query(AgentRun.status)
-        except RPCError:  # a query waits behind the run's tasks; under load it can time out
-            await asyncio.sleep(0.5)
-            continue
-        if status.pending_approvals:
-            return str(status.pending_approvals[0].request_id)
-        await asyncio.sleep(0.02)
-    raise TimeoutError(f"{handle.id} never asked for an approval")
-
-
 async def bench_decision(stack: Stack, samples: int) -> list[float]:
     latencies = []
     for i in range(samples):
@@ -192,7 +178,7 @@ async def bench_decision(stack: Stack, samples: int) -> list[float]:
             agent="support-refunds",
         )
         try:
-            request_id = await _wait_pending(handle, 20)
+            request_id = (await wait_for_requests(handle, seconds=20))[0].request_id
         except TimeoutError:
             # The default policy's refund budgets (per agent per day, per customer per week)
             # live in the guard's ledger, which the shop reset does not touch: after a few

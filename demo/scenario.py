@@ -7,14 +7,14 @@ import asyncio
 import uuid
 from datetime import timedelta
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client
 
 from agents.run import AgentRun
-from agents.state import RunInput, RunResult
+from agents.state import RunInput
 from guardrails.approvals import Decision
 from workers.audit import open_audit_store, public_key
 from workers.cli import story_line, ui_link
-from workers.decisions import send_decision
+from workers.decisions import send_decision, wait_for_requests
 from workers.devstack import DevStack, port_of, port_open, start_dev_stack
 from workers.settings import Settings
 from workers.worker import connect
@@ -49,15 +49,6 @@ def _banner(stack: DevStack) -> str:
     return "\n".join(lines)
 
 
-async def _wait_for_request(handle: WorkflowHandle[AgentRun, RunResult]) -> str:
-    for _ in range(600):
-        status = await handle.query(AgentRun.status)
-        if status.pending_approvals:
-            return status.pending_approvals[0].request_id
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"{handle.id} never asked for an approval")
-
-
 async def _refund(
     client: Client, settings: Settings, order_id: str, task: str, approver: str | None
 ) -> str:
@@ -73,7 +64,7 @@ async def _refund(
     )
     print(f"\n▶ {workflow_id}: {task!r} (requested by ops-dana)")
     if approver:
-        request_id = await _wait_for_request(handle)
+        request_id = (await wait_for_requests(handle))[0].request_id
         print(f"  … waiting for approval {request_id}; approving as {approver} (CLI path)")
         await send_decision(
             client,

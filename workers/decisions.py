@@ -3,14 +3,41 @@ chat and email gateway."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.service import RPCError
 
 from agents.run import DecisionReceipt
-from guardrails.approvals import Decision
+from agents.state import RunStatus
+from guardrails.approvals import ApprovalRequest, Decision
 from guardrails.audit import AuditStore
+
+
+async def wait_for_requests(
+    handle: WorkflowHandle[Any, Any], count: int = 1, seconds: float = 30
+) -> list[ApprovalRequest]:
+    """Poll the run's `status` query until `count` approval requests are pending."""
+    deadline = time.monotonic() + seconds
+    stage = "unknown"
+    while time.monotonic() < deadline:
+        try:
+            status = await handle.query("status", result_type=RunStatus)
+        except RPCError:  # under load a query can time out behind the run's tasks: ask again
+            await asyncio.sleep(0.2)
+            continue
+        if len(status.pending_approvals) >= count:
+            return status.pending_approvals
+        stage = status.stage
+        await asyncio.sleep(0.05)
+    raise TimeoutError(
+        f"{handle.id}: {count} pending approval request(s) expected after {seconds:.0f}s "
+        f"(stage {stage})"
+    )
 
 
 class DecisionRefusedError(Exception):

@@ -13,15 +13,11 @@ from temporalio.worker import Worker
 from agents.run import AgentRun
 from guardrails.approvals import Decision
 from tests.conftest import Shop, start_run
+from workers.decisions import wait_for_requests
 
 
 async def wait_for_pending(handle, count: int = 1):
-    for _ in range(400):
-        status = await handle.query(AgentRun.status)
-        if len(status.pending_approvals) >= count:
-            return status.pending_approvals
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no pending approval after 20s (stage {status.stage})")
+    return await wait_for_requests(handle, count)
 
 
 async def test_small_refund_is_automatic(

@@ -32,7 +32,7 @@ from agents.run import AgentRun, RollbackRequest
 from agents.state import RunInput, RunResult
 from guardrails.approvals import Decision
 from workers.credentials import get_secret
-from workers.decisions import send_decision
+from workers.decisions import send_decision, wait_for_requests
 from workers.devstack import free_port, start_dev_stack
 from workers.replay import readable_text, save_history
 from workers.settings import Settings, SystemSettings
@@ -91,15 +91,6 @@ async def _start(
     )
 
 
-async def _pending(handle: WorkflowHandle[AgentRun, RunResult]) -> str:
-    for _ in range(400):
-        status = await handle.query(AgentRun.status)
-        if status.pending_approvals:
-            return status.pending_approvals[0].request_id
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"{handle.id} never asked for an approval")
-
-
 async def auto_approved(client: Client) -> WorkflowHandle[Any, Any]:
     """42.00 is within the automatic limit: lookup, refund, CRM note, no human."""
     handle = await _start(
@@ -112,7 +103,7 @@ async def auto_approved(client: Client) -> WorkflowHandle[Any, Any]:
 async def approved(client: Client) -> WorkflowHandle[Any, Any]:
     """189.00 waits for a support lead; alice approves through the CLI's path (an Update)."""
     handle = await _start(client, "approved", "Refund order A-1002: the espresso machine leaks.")
-    request_id = await _pending(handle)
+    request_id = (await wait_for_requests(handle))[0].request_id
     await send_decision(
         client,
         handle.id,
@@ -127,7 +118,7 @@ async def rejected(client: Client) -> WorkflowHandle[Any, Any]:
     handle = await _start(
         client, "rejected", "Refund order A-1006: the kettle is the wrong colour."
     )
-    request_id = await _pending(handle)
+    request_id = (await wait_for_requests(handle))[0].request_id
     await handle.signal(
         "decision",
         {
