@@ -99,6 +99,8 @@ class ModelActivities:
             api_key=openai_api_key(),
             max_retries=0,
             timeout=settings.openai_timeout_seconds,
+            # Pooled (see activities.http); the key is still read per call, so rotation works.
+            http_client=self.runtime.http.get("openai", openai.DefaultAsyncHttpxClient),
         )
         try:
             response = await client.chat.completions.create(
@@ -118,8 +120,6 @@ class ModelActivities:
                 type="ModelAuthentication",
                 non_retryable=True,
             ) from e
-        finally:
-            await client.close()
         if not response.choices:
             raise ApplicationError("the model returned no choices", type="ModelEmptyReply")
         choice = response.choices[0]

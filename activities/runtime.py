@@ -1,16 +1,17 @@
 """What every activity needs, built once per worker: settings, the audit trail, transcripts,
-the policy (active and candidate) and the limits ledger."""
+the policy (active and candidate), the limits ledger and pooled HTTP clients."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from temporalio import activity
 
 from activities import metrics
+from activities.http import HttpClients
 from activities.transcript import TranscriptStore
 from guardrails.audit import AuditRecord, AuditStore
 from guardrails.cedar_schema import ToolSchema
@@ -30,6 +31,7 @@ class Runtime:
     policy: PolicySource
     candidate: PolicySource | None
     ledger: Ledger
+    http: HttpClients = field(default_factory=HttpClients)
 
     @classmethod
     def from_settings(cls, settings: Settings, tools: list[ToolSchema] | None = None) -> Runtime:

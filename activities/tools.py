@@ -35,11 +35,11 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.contracts import Compensation, ToolCall, ToolOutcome
+from activities.http import BearerFromKeyring
 from activities.runtime import Runtime, audit_from_activity, current_workflow_id
 from guardrails.cedar_schema import ToolSchema
 from guardrails.controls import read_kill_switch
 from guardrails.policy import ToolFacts, sha256_hex
-from workers.credentials import get_secret
 
 Risk = Literal["low", "medium", "high"]
 _NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
@@ -64,6 +64,7 @@ class ToolContext:
     @asynccontextmanager
     async def http(self, system: str) -> AsyncIterator[httpx.AsyncClient]:
         """An HTTP client for a configured system: base URL, bearer token from keyring, timeouts.
+        Pooled and shared by every tool call on this worker (see activities.http).
 
         No transport retries: Temporal owns retries, with back-off, bounded per tool call.
         Responses >= 400 raise, so a tool cannot forget to check.
@@ -77,20 +78,21 @@ class ToolContext:
                 non_retryable=True,
             )
         conf = systems[system]
-        token = get_secret(conf.credential)
+        yield self.runtime.http.get(
+            f"system:{system}",
+            lambda: httpx.AsyncClient(
+                base_url=conf.url,
+                auth=BearerFromKeyring(conf.credential),
+                timeout=conf.timeout_seconds,
+                event_hooks={"response": [_raise_for_status]},
+            ),
+        )
 
-        async def raise_for_status(response: httpx.Response) -> None:
-            if response.is_error:
-                await response.aread()
-                response.raise_for_status()
 
-        async with httpx.AsyncClient(
-            base_url=conf.url,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=conf.timeout_seconds,
-            event_hooks={"response": [raise_for_status]},
-        ) as client:
-            yield client
+async def _raise_for_status(response: httpx.Response) -> None:
+    if response.is_error:
+        await response.aread()
+        response.raise_for_status()
 
 
 ToolFunction = Callable[[Any, ToolContext], Awaitable[BaseModel]]

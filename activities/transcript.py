@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
+
+from guardrails.sqlite import SqliteFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS transcript_messages (
@@ -28,36 +29,28 @@ CREATE TABLE IF NOT EXISTS transcript_messages (
 class TranscriptStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        return db
+        # NORMAL: commits survive a crashed worker; a message lost with the machine's power
+        # makes the next model call fail loudly (TranscriptIncomplete), never run on a gap.
+        self._file = SqliteFile(path, synchronous="NORMAL")
+        self._file.connection().executescript(_SCHEMA)
 
     def _write(self, workflow_id: str, start_seq: int, messages: list[dict[str, Any]]) -> None:
-        db = self._connect()
-        try:
-            with db:
-                db.executemany(
-                    "INSERT OR REPLACE INTO transcript_messages VALUES (?, ?, ?)",
-                    [(workflow_id, start_seq + i, json.dumps(m)) for i, m in enumerate(messages)],
-                )
-        finally:
-            db.close()
+        with self._file.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO transcript_messages VALUES (?, ?, ?)",
+                [(workflow_id, start_seq + i, json.dumps(m)) for i, m in enumerate(messages)],
+            )
 
     def _read(self, workflow_id: str, upto_seq: int) -> list[dict[str, Any]]:
-        db = self._connect()
-        try:
-            rows = db.execute(
+        rows = (
+            self._file.connection()
+            .execute(
                 "SELECT message FROM transcript_messages WHERE workflow_id = ? AND seq < ?"
                 " ORDER BY seq",
                 (workflow_id, upto_seq),
-            ).fetchall()
-        finally:
-            db.close()
+            )
+            .fetchall()
+        )
         return [json.loads(r[0]) for r in rows]
 
     async def write(self, workflow_id: str, start_seq: int, messages: list[dict[str, Any]]) -> None:

@@ -4,7 +4,8 @@
 Temporal through the `temporalio-langgraph` plugin, both nodes as activities (the plugin's
 default way), with no guard, no audit, no transcript store. Both do exactly the I/O a
 Countersign step does — one chat completion through the `openai` client, one GET to the shop
-with a bearer token — so the differences the benchmark reports are orchestration.
+with a bearer token, both over pooled clients — so the differences the benchmark reports
+are orchestration.
 
 Nodes are module-level and the router is `async` (the plugin's workflow loop has no executor
 for sync routers). The endpoints live in a module global set by the benchmark process, which
@@ -25,6 +26,8 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from temporalio.langgraph import graph
 
+    from activities.http import HttpClients
+
 BARE_GRAPH = "bare-loop"
 
 
@@ -38,6 +41,9 @@ class Endpoints:
 
 
 ENDPOINTS: Endpoints | None = None
+# Pooled clients, as Countersign's activities use (activities.http): the comparison is about
+# orchestration, not about who builds more TLS contexts.
+HTTP = HttpClients()
 
 
 class BareState(TypedDict, total=False):
@@ -54,15 +60,17 @@ async def model_node(state: BareState) -> BareState:
     import openai
 
     ep = _endpoints()
-    client = openai.AsyncOpenAI(base_url=ep.model_url, api_key=ep.model_key, max_retries=0)
-    try:
-        response = await client.chat.completions.create(
-            model="gpt-4.1-mini",
-            messages=cast(Any, state["messages"]),
-            tools=cast(Any, ep.tools),
-        )
-    finally:
-        await client.close()
+    client = openai.AsyncOpenAI(
+        base_url=ep.model_url,
+        api_key=ep.model_key,
+        max_retries=0,
+        http_client=HTTP.get("openai", openai.DefaultAsyncHttpxClient),
+    )
+    response = await client.chat.completions.create(
+        model="gpt-4.1-mini",
+        messages=cast(Any, state["messages"]),
+        tools=cast(Any, ep.tools),
+    )
     reply = response.choices[0].message
     assistant: dict[str, Any] = {"role": "assistant", "content": reply.content}
     if reply.tool_calls:
@@ -74,15 +82,18 @@ async def tool_node(state: BareState) -> BareState:
     import httpx
 
     ep = _endpoints()
+    shop = HTTP.get(
+        "shop",
+        lambda: httpx.AsyncClient(
+            base_url=ep.shop_url, headers={"Authorization": f"Bearer {ep.shop_token}"}
+        ),
+    )
     out = []
-    async with httpx.AsyncClient(
-        base_url=ep.shop_url, headers={"Authorization": f"Bearer {ep.shop_token}"}
-    ) as shop:
-        for call in state["messages"][-1].get("tool_calls", []):
-            order_id = json.loads(call["function"]["arguments"])["order_id"]
-            r = await shop.get(f"/orders/{order_id}")
-            r.raise_for_status()
-            out.append({"role": "tool", "tool_call_id": call["id"], "content": r.text})
+    for call in state["messages"][-1].get("tool_calls", []):
+        order_id = json.loads(call["function"]["arguments"])["order_id"]
+        r = await shop.get(f"/orders/{order_id}")
+        r.raise_for_status()
+        out.append({"role": "tool", "tool_call_id": call["id"], "content": r.text})
     return {"messages": out}
 
 

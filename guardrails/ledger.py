@@ -8,12 +8,12 @@ until it is released (the action was rejected, expired or failed); executed acti
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from guardrails.policy import Counter, DecisionInput, Verdict, action_hash
+from guardrails.sqlite import SqliteFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reservations (
@@ -53,17 +53,9 @@ def key_of(counter: Counter, d: DecisionInput) -> str:
 class Ledger:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = self._connect()
-        try:
-            db.executescript(_SCHEMA)
-        finally:
-            db.close()
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        return db
+        # FULL: a reservation is money not yet spent; it must survive a power cut.
+        self._file = SqliteFile(path, synchronous="FULL")
+        self._file.connection().executescript(_SCHEMA)
 
     def decide_and_reserve(
         self,
@@ -78,67 +70,54 @@ class Ledger:
         """
         now = now or datetime.now(UTC)
         applicable = [c for c in counters if d.tool is not None and c.tool == d.tool.name]
-        db = self._connect()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                usage = {c.id: 0 for c in counters}
-                places = {}
-                for c in counters:
-                    place = (key_of(c, d), window_of(c, d.workflow_id, now))
-                    places[c.id] = place
-                    (total,) = db.execute(
-                        "SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE counter_id = ?"
-                        " AND key = ? AND window = ? AND released = 0 AND action_hash != ?",
-                        (c.id, *place, _hash_of(d)),
-                    ).fetchone()
-                    usage[c.id] = total
-                d = d.model_copy(update={"usage": usage})
-                verdict = decide(d)
-                if verdict.outcome in ("allow", "needs_approval") and verdict.action_hash:
-                    for c in applicable:
-                        amount = int((d.arguments or {}).get(c.sum, 0)) if c.sum else 1
-                        db.execute(
-                            "INSERT OR IGNORE INTO reservations VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
-                            (
-                                verdict.action_hash,
-                                c.id,
-                                *places[c.id],
-                                amount,
-                                d.workflow_id,
-                                now.isoformat(),
-                            ),
-                        )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        finally:
-            db.close()
+        with self._file.transaction() as db:
+            usage = {c.id: 0 for c in counters}
+            places = {}
+            for c in counters:
+                place = (key_of(c, d), window_of(c, d.workflow_id, now))
+                places[c.id] = place
+                (total,) = db.execute(
+                    "SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE counter_id = ?"
+                    " AND key = ? AND window = ? AND released = 0 AND action_hash != ?",
+                    (c.id, *place, _hash_of(d)),
+                ).fetchone()
+                usage[c.id] = total
+            d = d.model_copy(update={"usage": usage})
+            verdict = decide(d)
+            if verdict.outcome in ("allow", "needs_approval") and verdict.action_hash:
+                for c in applicable:
+                    amount = int((d.arguments or {}).get(c.sum, 0)) if c.sum else 1
+                    db.execute(
+                        "INSERT OR IGNORE INTO reservations VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
+                        (
+                            verdict.action_hash,
+                            c.id,
+                            *places[c.id],
+                            amount,
+                            d.workflow_id,
+                            now.isoformat(),
+                        ),
+                    )
         return verdict, d
 
     def release(self, action_hash: str) -> int:
         """Give back what an action that will not happen had reserved."""
-        db = self._connect()
-        try:
-            cur = db.execute(
-                "UPDATE reservations SET released = 1 WHERE action_hash = ?", (action_hash,)
-            )
-            return cur.rowcount
-        finally:
-            db.close()
+        cur = self._file.connection().execute(
+            "UPDATE reservations SET released = 1 WHERE action_hash = ?", (action_hash,)
+        )
+        return cur.rowcount
 
     def total(self, counter_id: str, key: str, window: str) -> int:
-        db = self._connect()
-        try:
-            (total,) = db.execute(
+        (total,) = (
+            self._file.connection()
+            .execute(
                 "SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE counter_id = ?"
                 " AND key = ? AND window = ? AND released = 0",
                 (counter_id, key, window),
-            ).fetchone()
-            return int(total)
-        finally:
-            db.close()
+            )
+            .fetchone()
+        )
+        return int(total)
 
 
 def _hash_of(d: DecisionInput) -> str:

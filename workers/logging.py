@@ -19,10 +19,13 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
         # temporalio's loggers put workflow/activity ids in `extra`: keep them.
         structlog.stdlib.ExtraAdder(),
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        # No frame locals in tracebacks: they are where secrets hide.
+        # No frame locals in tracebacks: they are where secrets hide. The console renderer
+        # wants the traceback as text (plain text has no locals), JSON as a list of frames.
         structlog.processors.ExceptionRenderer(
             structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-        ),
+        )
+        if json
+        else structlog.processors.ExceptionRenderer(),
         redact_processor,
     ]
     renderer: structlog.types.Processor = (

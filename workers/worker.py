@@ -202,4 +202,7 @@ async def run_worker(settings: Settings) -> None:
         namespace=settings.temporal_namespace,
         task_queue=settings.task_queue,
     )
-    await worker.run()
+    try:
+        await worker.run()
+    finally:
+        await runtime.http.aclose()
