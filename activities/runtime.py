@@ -61,7 +61,12 @@ def current_workflow_id() -> str:
 def activity_record_id(kind: str, n: int = 0) -> str:
     """The audit record id the running activity writes for `kind` and `n`, on every attempt."""
     info = activity.info()
-    return f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}/{kind}/{n}"
+    return f"{info.workflow_id}/{info.workflow_run_id}/{_activity_ref(info)}/{kind}/{n}"
+
+
+def _activity_ref(info: activity.Info) -> str:
+    """Local activities are numbered apart from ordinary ones: keep the two apart."""
+    return f"local-{info.activity_id}" if info.is_local else info.activity_id
 
 
 async def audit_from_activity(
@@ -76,7 +81,8 @@ async def audit_from_activity(
     ActivityTaskScheduled event id (the SDK's `activity.info()` has no such field), but the
     activity id is unique within the run and the scheduled event in history carries it: the
     event is identified by (workflow id, run id, activity id), and `attempt` says which try
-    wrote the record.
+    wrote the record. A local activity's result is the MarkerRecorded event carrying its
+    activity id; `local` says so.
     """
     info = activity.info()
     record = await runtime.audit.append(
@@ -90,6 +96,7 @@ async def audit_from_activity(
             "activity_id": info.activity_id,
             "activity_type": info.activity_type,
             "attempt": info.attempt,
+            **({"local": True} if info.is_local else {}),
         },
     )
     await _observe(runtime, record)

@@ -34,7 +34,7 @@ from activities.contracts import (
     ToolCall,
     ToolOutcome,
 )
-from agents.state import ActionRecord, RunState
+from agents.state import ActionRecord, RunState, run_bookkeeping
 from guardrails.approvals import ApprovalRequest, new_request
 from guardrails.policy import Proposal
 
@@ -85,8 +85,9 @@ async def after_plan(state: LoopState, runtime: Runtime[RunState]) -> str:
 
 
 async def decide_proposal(run: RunState, proposal: Proposal) -> GuardResult:
-    """The guard's verdict on one proposal (an activity: the policy may change any time)."""
-    return await workflow.execute_activity(
+    """The guard's verdict on one proposal (an activity: the policy may change any time; its
+    verdict is recorded in history)."""
+    return await run_bookkeeping(
         DECIDE,
         GuardInput(
             agent=run.agent.name,
@@ -96,8 +97,6 @@ async def decide_proposal(run: RunState, proposal: Proposal) -> GuardResult:
             run_context=dict(run.input.context),
         ),
         result_type=GuardResult,
-        start_to_close_timeout=timedelta(seconds=30),
-        retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
         summary=f"guard: {proposal.tool}",
     )
 
@@ -298,13 +297,8 @@ async def release_limits(action_hash: str | None) -> None:
     """An action that will not happen gives back the limits its verdict reserved."""
     if action_hash is None:
         return
-    await workflow.execute_activity(
-        RELEASE,
-        action_hash,
-        result_type=int,
-        start_to_close_timeout=timedelta(seconds=30),
-        retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
-        summary=f"release limits {action_hash[:16]}",
+    await run_bookkeeping(
+        RELEASE, action_hash, result_type=int, summary=f"release limits {action_hash[:16]}"
     )
 
 

@@ -11,38 +11,33 @@ import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, Field
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 # The graph's nodes are registered with the plugin by the worker, outside the sandbox, so the
 # models they build are the worker's. The workflow must use the very same classes: pass our
-# (pure, deterministic) modules through instead of re-importing them in the sandbox.
+# (pure, deterministic) modules through instead of re-importing them in the sandbox. The
+# sandbox re-executes this module for every run, so it defines no models of its own (building
+# a pydantic class costs milliseconds).
 with workflow.unsafe.imports_passed_through():
     from temporalio.langgraph import graph
 
     from agents.rollback import compensate
     from agents.state import (
         AGENT_RUN,
+        RollbackRequest,
         RunResult,
         RunState,
         RunStatus,
         parse_run_input,
     )
-    from guardrails.approvals import Decision, DecisionRefused, apply_decision, check_decision
-
-
-class RollbackRequest(BaseModel):
-    requested_by: str = Field(min_length=1)
-    reason: str = Field(min_length=3)
-
-
-class DecisionReceipt(Decision):
-    """What the approver's client hears back."""
-
-    status: str
-    approvals: int
-    quorum: int
+    from guardrails.approvals import (
+        Decision,
+        DecisionReceipt,
+        DecisionRefused,
+        apply_decision,
+        check_decision,
+    )
 
 
 @workflow.defn(name=AGENT_RUN)

@@ -34,6 +34,14 @@ class Decision(BaseModel):
     action_hash: str | None = None
 
 
+class DecisionReceipt(Decision):
+    """What the approver's client hears back."""
+
+    status: str
+    approvals: int
+    quorum: int
+
+
 class RecordedDecision(Decision):
     decided_at: datetime
 

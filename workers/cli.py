@@ -159,7 +159,8 @@ async def cmd_decide(args: argparse.Namespace, settings: Settings) -> None:
 async def cmd_rollback(args: argparse.Namespace, settings: Settings) -> None:
     from temporalio.client import WorkflowUpdateFailedError
 
-    from agents.run import AgentRun, RollbackRequest
+    from agents.run import AgentRun
+    from agents.state import RollbackRequest
     from workers.worker import connect
 
     client = await connect(settings)

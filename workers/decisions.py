@@ -12,9 +12,8 @@ from typing import Any
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
-from agents.run import DecisionReceipt
 from agents.state import RunStatus
-from guardrails.approvals import ApprovalRequest, Decision
+from guardrails.approvals import ApprovalRequest, Decision, DecisionReceipt
 from guardrails.audit import AuditStore
 
 

@@ -50,8 +50,7 @@ from activities.channels.slack import (
     outcome_block,
 )
 from activities.channels.webhook import verify as verify_webhook
-from agents.run import DecisionReceipt
-from guardrails.approvals import Channel, Decision
+from guardrails.approvals import Channel, Decision, DecisionReceipt
 from guardrails.audit import AuditStore
 from guardrails.tokens import DecisionLink, RequestRef, TokenRefusedError, TokenStore, link_id
 from workers import gateway_pages as pages

@@ -17,6 +17,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,9 @@ from temporalio.worker import (
 
 from activities.contracts import DECIDE, NOTIFY, PLAN, RECORD
 from workers.worker import WORKFLOWS, plugins
+
+# The SDK core's marker for a completed local activity.
+LOCAL_ACTIVITY_MARKER = "core_local_activity"
 
 GraphFactory = Callable[[], StateGraph[Any, Any, Any, Any]]
 
@@ -152,12 +156,37 @@ async def _recorded_result(
     return value if isinstance(value, dict) else None
 
 
+@dataclass(frozen=True)
+class ActivityEvent:
+    """An activity in a history: its ActivityTaskScheduled event, or for a local activity the
+    MarkerRecorded event that holds its result (local ones are numbered apart: `local`)."""
+
+    event_id: int
+    activity_id: str
+    activity_type: str
+    local: bool
+
+
+def activities_in(history: WorkflowHistory) -> list[ActivityEvent]:
+    found = []
+    for e in history.events:
+        if e.HasField("activity_task_scheduled_event_attributes"):
+            attrs = e.activity_task_scheduled_event_attributes
+            found.append(
+                ActivityEvent(e.event_id, attrs.activity_id, attrs.activity_type.name, False)
+            )
+        elif e.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER:
+            # The SDK core's own record of the local activity: plain JSON, no user data.
+            data = e.marker_recorded_event_attributes.details["data"].payloads[0].data
+            marker = json.loads(data)
+            found.append(
+                ActivityEvent(e.event_id, marker["activity_id"], marker["activity_type"], True)
+            )
+    return found
+
+
 def _activity_counts(history: WorkflowHistory) -> Counter[str]:
-    return Counter(
-        e.activity_task_scheduled_event_attributes.activity_type.name
-        for e in history.events
-        if e.HasField("activity_task_scheduled_event_attributes")
-    )
+    return Counter(a.activity_type for a in activities_in(history))
 
 
 def _divergence(failure: Exception) -> str:

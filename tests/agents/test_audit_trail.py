@@ -15,6 +15,7 @@ from guardrails.approvals import Decision
 from guardrails.audit import open_store
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, start_run
+from workers.replay import activities_in
 from workers.settings import Settings
 from workers.worker import build_worker
 
@@ -27,22 +28,15 @@ async def test_every_record_names_the_activity_event_that_wrote_it(
     )
     await handle.result()
     history = await handle.fetch_history()
-    scheduled = {
-        e.activity_task_scheduled_event_attributes.activity_id: (
-            e.event_id,
-            e.activity_task_scheduled_event_attributes.activity_type.name,
-        )
-        for e in history.events
-        if e.HasField("activity_task_scheduled_event_attributes")
-    }
+    written_by = {(a.local, a.activity_id): a for a in activities_in(history)}
     records = runtime.audit.for_run(handle.id)
     assert len(records) >= 10
     for r in records:
         assert r.run_id == history.run_id
-        event_id, activity_type = scheduled[r.event["activity_id"]]
-        assert r.event["activity_type"] == activity_type
+        activity = written_by[r.event.get("local", False), r.event["activity_id"]]
+        assert r.event["activity_type"] == activity.activity_type
         assert r.event["attempt"] >= 1
-        assert event_id > 0
+        assert activity.event_id > 0
     kinds_by_type = {(r.event["activity_type"], r.kind) for r in records}
     assert ("guard.decide", "verdict") in kinds_by_type
     assert ("payments.refund", "action.executed") in kinds_by_type

@@ -14,7 +14,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.runtime import Runtime
-from agents.run import AgentRun, RollbackRequest
+from agents.run import AgentRun
+from agents.state import RollbackRequest
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, start_run
 

@@ -28,8 +28,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.runtime import Runtime
-from agents.run import AgentRun, RollbackRequest
-from agents.state import RunInput, RunResult
+from agents.run import AgentRun
+from agents.state import RollbackRequest, RunInput, RunResult
 from guardrails.approvals import Decision
 from workers.credentials import get_secret
 from workers.decisions import send_decision, wait_for_requests

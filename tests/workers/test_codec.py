@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
+from temporalio.api.history.v1 import MarkerRecordedEventAttributes
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -32,6 +33,7 @@ from workers.codec import (
     load_payload_keys,
 )
 from workers.credentials import configure_keyring
+from workers.replay import LOCAL_ACTIVITY_MARKER
 from workers.settings import Settings
 from workers.worker import build_worker
 
@@ -44,9 +46,17 @@ def history_bytes(events: list[Message]) -> bytes:
 
 def payloads_in(message: Message) -> Iterator[Payload]:
     """Every payload in a protobuf message (history events nest them deeply), except search
-    attributes: the server indexes those, so they are plain by design (and carry no PII)."""
+    attributes (the server indexes those, so they are plain by design and carry no PII) and
+    the SDK core's own marker bookkeeping (a patch id; a local activity's id, type, attempt and
+    times). A local activity's result and failure are ours, and are included."""
     if isinstance(message, Payload):
         yield message
+        return
+    if isinstance(message, MarkerRecordedEventAttributes):
+        if "result" in message.details:
+            yield from message.details["result"].payloads
+        if message.HasField("failure"):
+            yield from payloads_in(message.failure)
         return
     for field, value in message.ListFields():
         if field.message_type is None or field.name == "search_attributes":
@@ -83,6 +93,13 @@ async def test_history_holds_no_plaintext_of_arguments_results_or_decisions(
         raw = history_bytes(list(history.events))
         payloads = [p for e in history.events for p in payloads_in(e)]
         assert payloads and all(p.metadata["encoding"] == ENCODING for p in payloads)
+        # The guard's verdicts and audit appends are local activities: their results count.
+        local = [
+            e.marker_recorded_event_attributes
+            for e in history.events
+            if e.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER
+        ]
+        assert local and all("result" in m.details for m in local)
         plain = b"".join(p.SerializeToString() for p in await codec.decode(payloads))
         # The facts are in the history (the worker replays them), only never in plain text.
         secrets = {
