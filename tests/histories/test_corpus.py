@@ -21,15 +21,21 @@ from workers.replay import load_histories, readable_text, replay
 from workers.settings import Settings
 
 HERE = Path(__file__).parent
+# Runs recorded before a patch (agents.state.LOCAL_BOOKKEEPING) must keep replaying after it.
+BEFORE_PATCH = HERE / "before-local-bookkeeping"
 CORPUS = sorted(HERE.glob("*.json"))
+ALL_HISTORIES = CORPUS + sorted(BEFORE_PATCH.glob("*.json"))
 
 
 def test_every_scenario_is_recorded() -> None:
     assert {p.stem for p in CORPUS} == set(SCENARIOS)
+    assert {p.stem for p in BEFORE_PATCH.glob("*.json")} == set(SCENARIOS)
     assert not set(PENDING_SCENARIOS) & set(SCENARIOS)
 
 
-@pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
+@pytest.mark.parametrize(
+    "path", ALL_HISTORIES, ids=[f"{p.parent.name}/{p.stem}" for p in ALL_HISTORIES]
+)
 async def test_recorded_history_replays_to_the_same_result(path: Path) -> None:
     (report,) = await replay(load_histories([path]))
     assert report.deterministic, report.divergence
@@ -42,8 +48,9 @@ async def test_recorded_history_replays_to_the_same_result(path: Path) -> None:
     assert report.result is not None
 
 
-async def test_replay_reconstructs_each_scenarios_decisions() -> None:
-    reports = {r.workflow_id: r for r in await replay(load_histories([HERE]))}
+@pytest.mark.parametrize("folder", [HERE, BEFORE_PATCH], ids=["current", "before-patch"])
+async def test_replay_reconstructs_each_scenarios_decisions(folder: Path) -> None:
+    reports = {r.workflow_id: r for r in await replay(load_histories([folder]))}
 
     def refund(name: str) -> dict:
         result = reports[name].result
@@ -61,7 +68,7 @@ async def test_replay_reconstructs_each_scenarios_decisions() -> None:
 
 
 def test_histories_hold_no_secrets() -> None:
-    for path in CORPUS:
+    for path in ALL_HISTORIES:
         text = readable_text(json.loads(path.read_text()))
         assert "Bearer " not in text and SHOP_TOKEN not in text, path
         assert not re.search(
@@ -71,7 +78,7 @@ def test_histories_hold_no_secrets() -> None:
 
 async def test_an_added_activity_is_caught_as_a_divergence() -> None:
     (report,) = await replay(
-        load_histories([HERE / "auto-approved.json"]), workflows=[AgentRunThatChecksFirst]
+        load_histories([BEFORE_PATCH / "auto-approved.json"]), workflows=[AgentRunThatChecksFirst]
     )
     assert not report.deterministic
     assert report.divergence is not None
@@ -80,6 +87,12 @@ async def test_an_added_activity_is_caught_as_a_divergence() -> None:
         "event 'audit.record' does not match activity type of activity command "
         "'policy.preflight'"
     )
+    # In a current run the first recorded command is the patch marker the change displaced.
+    (current,) = await replay(
+        load_histories([HERE / "auto-approved.json"]), workflows=[AgentRunThatChecksFirst]
+    )
+    assert current.divergence is not None
+    assert "patch marker encountered for change local-guard-and-audit" in current.divergence
 
 
 async def test_a_skipped_approval_step_is_caught_as_a_divergence() -> None:
