@@ -59,6 +59,9 @@ class GuardResult(BaseModel):
     # How the tool activity may run, from worker settings (so workflow code reads none).
     tool_timeout_seconds: float
     tool_max_attempts: int
+    # A read-only tool runs as a local activity (see agents.graph.execute_action). Recorded
+    # here, not looked up by the workflow, so replay follows what the run did.
+    tool_read_only: bool = False
 
 
 class RecordInput(BaseModel):

@@ -121,6 +121,7 @@ class GuardActivities:
             verdict=verdict,
             tool_timeout_seconds=settings.tool_start_to_close_seconds,
             tool_max_attempts=settings.tool_max_attempts,
+            tool_read_only=spec is not None and spec.read_only,
         )
 
     def _candidate(self, d: DecisionInput, active: Verdict) -> dict[str, Any]:

@@ -314,8 +314,12 @@ async def execute_action(run: RunState, g: GuardResult, record: ActionRecord) ->
     """Run an allowed action's tool activity; fills `record`, returns what the model sees."""
     v = g.verdict
     assert v.arguments is not None and v.action_hash is not None
+    # Reads (short, idempotent, no side effect) run as local activities, on this worker with
+    # no round trip through the server's task queue; side effects stay ordinary activities,
+    # visible and routed like any other.
+    run_tool = workflow.execute_local_activity if g.tool_read_only else workflow.execute_activity
     try:
-        outcome: ToolOutcome = await workflow.execute_activity(
+        outcome: ToolOutcome = await run_tool(
             v.tool,
             ToolCall(
                 tool=v.tool,

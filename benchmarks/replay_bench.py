@@ -42,7 +42,7 @@ from guardrails.audit_signing import CheckpointSigner, generate_signing_key
 from tests.histories.record import fresh_stack
 from workers.devstack import free_port, postgres_bin_dir, start_postgres
 from workers.logging import configure_logging
-from workers.replay import replay
+from workers.replay import replay, save_history
 from workers.worker import build_worker
 
 BENCH_AGENT = AgentSpec(
@@ -65,7 +65,7 @@ def loop_script(steps: int) -> dict[str, object]:
     }
 
 
-async def bench_replay(step_counts: list[int]) -> list[dict[str, float]]:
+async def bench_replay(step_counts: list[int], save: Path | None = None) -> list[dict[str, float]]:
     AGENTS[BENCH_AGENT.name] = BENCH_AGENT
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-scripts-") as scripts:
@@ -96,6 +96,8 @@ async def bench_replay(step_counts: list[int]) -> list[dict[str, float]]:
                     run_seconds = time.perf_counter() - started
                     assert result.steps == n + 1, result
                     history = await handle.fetch_history()
+                    if save:
+                        save_history(save / f"bench-loop-{n}.json", history)
                     timings = []
                     for _ in range(3):
                         t = time.perf_counter()
@@ -179,11 +181,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.replay_bench")
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 100, 500])
     parser.add_argument("--appends", type=int, default=2000)
+    parser.add_argument(
+        "--save", type=Path, help="folder to keep the histories in (to profile or replay them)"
+    )
     args = parser.parse_args(argv)
     configure_logging(level="WARNING", json=False)
 
     print(f"Replay: runs of {', '.join(map(str, args.steps))} agent steps (fresh dev stack)")
-    rows = asyncio.run(bench_replay(args.steps))
+    rows = asyncio.run(bench_replay(args.steps, args.save))
     print(
         f"\n{'steps':>6} {'events':>7} {'JSON':>9} {'JSON/step':>10} {'proto/step':>11} "
         f"{'run':>8} {'replay':>8} {'replay/step':>12}"

@@ -60,6 +60,7 @@ SCHEMA = [
         hash TEXT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS audit_by_workflow ON audit_records (workflow_id, seq)",
+    "CREATE INDEX IF NOT EXISTS audit_by_workflow_kind ON audit_records (workflow_id, kind, seq)",
     """CREATE TABLE IF NOT EXISTS audit_checkpoints (
         size BIGINT PRIMARY KEY,
         head TEXT NOT NULL,
@@ -286,11 +287,14 @@ class AuditStore(ABC):
 
     def find(self, workflow_id: str, kind: str, **data_matches: Any) -> list[AuditRecord]:
         """Records of one kind in a run whose data has the given top-level values."""
-        return [
-            r
-            for r in self.for_run(workflow_id)
-            if r.kind == kind and all(r.data.get(k) == v for k, v in data_matches.items())
-        ]
+        with self._reader() as tx:
+            rows = tx.all(
+                f"SELECT {COLUMNS} FROM audit_records WHERE workflow_id = ? AND kind = ?"
+                " ORDER BY seq",
+                (workflow_id, kind),
+            )
+        records = (_to_record(r) for r in rows)
+        return [r for r in records if all(r.data.get(k) == v for k, v in data_matches.items())]
 
     def count(self) -> int:
         with self._reader() as tx:

@@ -70,6 +70,7 @@ class ReplayReport(BaseModel):
     deterministic: bool
     divergence: str | None = None
     events: int
+    # Protobuf bytes: what the server stores and limits (warns at 10 MB, fails at 50 MB).
     history_bytes: int
     model_steps: int
     verdicts: int
@@ -242,7 +243,7 @@ async def replay(
                 deterministic=failure is None,
                 divergence=_divergence(failure) if failure else None,
                 events=len(history.events),
-                history_bytes=len(history.to_json().encode()),
+                history_bytes=sum(e.ByteSize() for e in history.events),
                 model_steps=counts[PLAN],
                 verdicts=counts[DECIDE],
                 tool_calls=sum(
