@@ -190,8 +190,16 @@ def start_model_server(state_dir: Path, port: int, scripts: Path | None = None) 
 
 
 def start_temporal(
-    state_dir: Path, port: int, ui_port: int | None, codec_endpoint: str | None = None
+    state_dir: Path,
+    port: int,
+    ui_port: int | None,
+    codec_endpoint: str | None = None,
+    *,
+    tuned: bool = True,
+    persist: bool = True,
 ) -> Service:
+    """`tuned`: pass DEV_SERVER_TUNING (False: the stock dispatch rate). `persist`: keep the
+    server's state in a SQLite file in `state_dir` (False: in memory, gone when it stops)."""
     argv = [
         temporal_binary(),
         "server",
@@ -200,11 +208,10 @@ def start_temporal(
         "127.0.0.1",
         "--port",
         str(port),
-        "--db-filename",
-        str(state_dir / "temporal.sqlite3"),
+        *(["--db-filename", str(state_dir / "temporal.sqlite3")] if persist else []),
         "--log-level",
         "warn",
-        *DEV_SERVER_TUNING,
+        *(DEV_SERVER_TUNING if tuned else []),
         *search_attributes.dev_server_args(),
     ]
     argv += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
@@ -386,14 +393,20 @@ def port_of(url_or_address: str) -> int:
 
 
 def start_dev_stack(
-    settings: Settings, *, with_worker: bool = True, scripts: Path | None = None
+    settings: Settings,
+    *,
+    with_worker: bool = True,
+    scripts: Path | None = None,
+    tuned: bool = True,
+    persist: bool = True,
 ) -> DevStack:
     """Start every part the settings point at that is not already running.
 
     Ports come from the settings (COUNTERSIGN_TEMPORAL_ADDRESS, _TEMPORAL_UI_URL,
     _OPENAI_BASE_URL, _SYSTEMS__SHOP__URL, _GATEWAY_URL, _MAIL_CATCHER_PORT); a fresh shop
     token goes into the keyring, and an audit signing key if there is none. Without email
-    settings, email goes to a local mail catcher.
+    settings, email goes to a local mail catcher. `tuned` and `persist` go to start_temporal
+    (benchmarks compare the stock and in-memory dev server).
     """
     dev_mail = settings.email is None
     settings = with_dev_email(settings)
@@ -414,7 +427,7 @@ def start_dev_stack(
         if not port_open(temporal_port):
             ui_port = port_of(settings.temporal_ui_url)
             stack.services["temporal"] = start_temporal(
-                state_dir, temporal_port, ui_port, codec_endpoint
+                state_dir, temporal_port, ui_port, codec_endpoint, tuned=tuned, persist=persist
             )
         if settings.encrypt_payloads and not port_open(port_of(settings.codec_url)):
             stack.services["codec-server"] = start_codec_server(state_dir, settings)

@@ -57,8 +57,11 @@ class Stack:
 
 
 @asynccontextmanager
-async def fresh_stack(scripts: Path | None = None) -> AsyncIterator[Stack]:
-    """Temporal dev server, shop, scripted model (optionally other scripts) on free ports."""
+async def fresh_stack(
+    scripts: Path | None = None, *, tuned: bool = True, persist: bool = True
+) -> AsyncIterator[Stack]:
+    """Temporal dev server, shop, scripted model (optionally other scripts) on free ports.
+    `tuned` and `persist`: the dev server's options (see `start_temporal`)."""
     with tempfile.TemporaryDirectory(prefix="countersign-record-") as tmp:
         settings = Settings(
             state_dir=Path(tmp),
@@ -70,7 +73,12 @@ async def fresh_stack(scripts: Path | None = None) -> AsyncIterator[Stack]:
             encrypt_payloads=False,
         )
         stack = await asyncio.to_thread(
-            start_dev_stack, settings, with_worker=False, scripts=scripts
+            start_dev_stack,
+            settings,
+            with_worker=False,
+            scripts=scripts,
+            tuned=tuned,
+            persist=persist,
         )
         try:
             runtime = check_startup(settings)
