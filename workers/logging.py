@@ -48,4 +48,6 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # One line per HTTP request is noise at INFO; failures surface through the caller.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # (httpx2: the openai client's own copy of httpx.)
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
