@@ -317,7 +317,9 @@ async def execute_action(run: RunState, g: GuardResult, record: ActionRecord) ->
     # Reads (short, idempotent, no side effect) run as local activities, on this worker with
     # no round trip through the server's task queue; side effects stay ordinary activities,
     # visible and routed like any other.
-    run_tool = workflow.execute_local_activity if g.tool_read_only else workflow.execute_activity
+    # (Summaries label ordinary activities only: see state.run_bookkeeping.)
+    local = g.tool_read_only
+    run_tool = workflow.execute_local_activity if local else workflow.execute_activity
     try:
         outcome: ToolOutcome = await run_tool(
             v.tool,
@@ -335,7 +337,7 @@ async def execute_action(run: RunState, g: GuardResult, record: ActionRecord) ->
                 maximum_interval=timedelta(seconds=10),
                 maximum_attempts=g.tool_max_attempts,
             ),
-            summary=f"{v.tool} {record.call_id}",
+            summary=None if local else f"{v.tool} {record.call_id}",
         )
     except ActivityError as e:
         cause = e.cause

@@ -39,11 +39,12 @@ async def run_bookkeeping(
         "result_type": result_type,
         "start_to_close_timeout": timedelta(seconds=30),
         "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10)),
-        "summary": summary,
     }
     if workflow.patched(LOCAL_BOOKKEEPING):
+        # No summary: the Web UI shows a local activity by its type only, and every summary is
+        # one more payload the SDK converts on every workflow task and every replay.
         return await workflow.execute_local_activity(activity, arg, **options)
-    return await workflow.execute_activity(activity, arg, **options)
+    return await workflow.execute_activity(activity, arg, summary=summary, **options)
 
 
 class RunInput(BaseModel):
