@@ -9,6 +9,7 @@ proposals: parsed, never trusted (the guard decides them).
 from __future__ import annotations
 
 import json
+import weakref
 from typing import Any, cast
 
 import openai
@@ -67,6 +68,27 @@ def proposals_from(message: Any) -> list[Proposal]:
 class ModelActivities:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        # One openai client per pooled HTTP client (so per event loop), rebuilt when the key
+        # changes: building one costs milliseconds (it parses and normalizes the base URL).
+        self._clients: weakref.WeakKeyDictionary[Any, tuple[str, openai.AsyncOpenAI]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _client(self) -> openai.AsyncOpenAI:
+        settings = self.runtime.settings
+        http = self.runtime.http.get("openai", openai.DefaultAsyncHttpxClient)
+        api_key = openai_api_key()  # read per call, so a rotated key takes effect at once
+        cached = self._clients.get(http)
+        if cached is None or cached[0] != api_key:
+            client = openai.AsyncOpenAI(
+                base_url=settings.openai_base_url,
+                api_key=api_key,
+                max_retries=0,  # Temporal owns retries
+                timeout=settings.openai_timeout_seconds,
+                http_client=http,
+            )
+            cached = self._clients[http] = (api_key, client)
+        return cached[1]
 
     @activity.defn(name=PLAN)
     async def plan(self, input: PlanInput) -> PlanOutput:
@@ -92,16 +114,7 @@ class ModelActivities:
             *history,
         ]
         tools = tools_for(agent)
-        settings = self.runtime.settings
-        # Temporal owns retries; the client must not retry on its own.
-        client = openai.AsyncOpenAI(
-            base_url=settings.openai_base_url,
-            api_key=openai_api_key(),
-            max_retries=0,
-            timeout=settings.openai_timeout_seconds,
-            # Pooled (see activities.http); the key is still read per call, so rotation works.
-            http_client=self.runtime.http.get("openai", openai.DefaultAsyncHttpxClient),
-        )
+        client = self._client()
         try:
             response = await client.chat.completions.create(
                 model=agent.model,
