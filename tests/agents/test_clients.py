@@ -34,7 +34,10 @@ async def test_a_pooled_system_client_sends_the_current_token(shop: Shop) -> Non
     clients = HttpClients()
     credential = "test-rotation-token"
     keyring.set_password(SERVICE, credential, "wrong-token")
-    build = lambda: httpx.AsyncClient(base_url=shop.url, auth=BearerFromKeyring(credential))  # noqa: E731
+
+    def build() -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=shop.url, auth=BearerFromKeyring(credential))
+
     try:
         client = clients.get("shop", build)
         assert (await client.get("/orders/A-1001")).status_code == 401
