@@ -26,6 +26,8 @@ after the other to compare them: each run starts its own stack.
    then, per batch, the clock starts before the first start (at most 100 starts in flight)
    and stops when the last result is in. The processes are stopped (SIGTERM) before the next
    N.
+   ceiling: for scale, 100 of the same 3-step runs at once on in-process workers, bare plugin
+   (`bare_loop`, "Benchmark loop 2") against Countersign, in the same stack and process.
 3. decision: the demo refund of A-1002 (189.00) waits for a support lead; the time from the
    approval Update being sent (client clock, just before `send_decision`) to the server's
    ActivityTaskStarted event of `payments.refund` in the run's history (same machine's clock).
@@ -340,6 +342,33 @@ async def bench_throughput(
     return out
 
 
+async def bench_in_process(stack: Stack, k: int, repeats: int) -> dict[str, list[float]]:
+    """The same 3-step run (model → lookup, twice, then an answer) k at once, on in-process
+    workers of this one process: the bare plugin (`bare_loop`) and Countersign, runs/s. What
+    this machine's server and one Python process allow at all, next to what Countersign gets."""
+    out: dict[str, list[float]] = {"plugin": [], "countersign": []}
+    for r in range(repeats):
+        t = time.perf_counter()
+        counts = await asyncio.gather(
+            *(
+                stack.client.execute_workflow(
+                    bare_loop.BareLoop.run,
+                    "Benchmark loop 2",
+                    id=f"ceiling-bare-{r}-{i}",
+                    task_queue=BARE_QUEUE,
+                    execution_timeout=timedelta(minutes=30),
+                )
+                for i in range(k)
+            )
+        )
+        out["plugin"].append(k / (time.perf_counter() - t))
+        assert all(c == 2 + 2 * 2 + 1 for c in counts), counts[0]
+        ids = [f"ceiling-cs-{r}-{i}" for i in range(k)]
+        out["countersign"].append(k / await three_step_batch(stack.client, CS_QUEUE, ids))
+    print(f"  … in-process throughput, batch {k} done", flush=True)
+    return out
+
+
 # --- 3. decision latency ---------------------------------------------------------------------
 
 
@@ -471,6 +500,9 @@ def bench_policy(folder: Path) -> Path:
     return folder
 
 
+PARTS = ["overhead", "throughput", "ceiling", "decision", "memory"]
+
+
 # --- the stack -------------------------------------------------------------------------------
 
 
@@ -479,6 +511,7 @@ async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-durability-") as scripts:
         (Path(scripts) / "loop.json").write_text(json.dumps(loop_script(args.steps)))
         (Path(scripts) / "three.json").write_text(json.dumps(three_step_script()))
+        (Path(scripts) / "loop-2.json").write_text(json.dumps(loop_script(2)))
         shutil.copy(DEMO_SCRIPTS / "refund.json", Path(scripts) / "refund.json")
         async with fresh_stack(
             scripts=Path(scripts),
@@ -526,7 +559,7 @@ def server_line(args: argparse.Namespace) -> str:
 
 
 async def report(stack: Stack, args: argparse.Namespace) -> None:
-    parts = args.only or ["overhead", "throughput", "decision", "memory"]
+    parts = args.only or PARTS
     on = f"[{args.server} server, {args.persistence}]"
     print(server_line(args), flush=True)
     if "memory" in parts:  # first, while the stack has run nothing else
@@ -576,6 +609,14 @@ async def report(stack: Stack, args: argparse.Namespace) -> None:
                 f"  {k:>7} " + "".join(f"{spread(by_n[n]):>{width}}" for n in args.workers),
                 flush=True,
             )
+    if "ceiling" in parts:
+        c = await bench_in_process(stack, 100, args.repeats)
+        print(
+            f"\nThroughput in one process {on}: 100 3-step runs at once, in-process workers, "
+            f"runs/s median (min..max) of {args.repeats}"
+        )
+        print(f"  Temporal plugin, bare   {spread(c['plugin'])}")
+        print(f"  Countersign AgentRun    {spread(c['countersign'])}", flush=True)
     if "decision" in parts:
         lat = await bench_decision(stack, args.samples)
         q = statistics.quantiles(lat, n=100) if len(lat) > 1 else lat * 99
@@ -589,9 +630,7 @@ async def report(stack: Stack, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.durability_bench")
-    parser.add_argument(
-        "--only", nargs="+", choices=["overhead", "throughput", "decision", "memory"]
-    )
+    parser.add_argument("--only", nargs="+", choices=PARTS)
     parser.add_argument(
         "--server",
         choices=["tuned", "stock"],
