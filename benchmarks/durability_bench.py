@@ -221,13 +221,17 @@ async def wait_for_pollers(client: Client, task_queue: str, workers: list[Servic
             TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
             TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
         ):
-            described = await client.workflow_service.describe_task_queue(
-                DescribeTaskQueueRequest(
-                    namespace=client.namespace,
-                    task_queue=TaskQueue(name=task_queue),
-                    task_queue_type=kind,
+            try:
+                described = await client.workflow_service.describe_task_queue(
+                    DescribeTaskQueueRequest(
+                        namespace=client.namespace,
+                        task_queue=TaskQueue(name=task_queue),
+                        task_queue_type=kind,
+                    )
                 )
-            )
+            except RPCError:  # a server still busy with the last batch: ask again
+                polling.append(0)
+                continue
             polling.append(len({p.identity for p in described.pollers}))
         if min(polling) >= len(workers):
             return
@@ -336,7 +340,7 @@ async def bench_throughput(
                     )
                     for r in range(repeats)
                 ]
-                print(f"  … throughput: {n} worker(s), batch {k} done", flush=True)
+                print(f"  … throughput: {n} worker(s), batch {k}: {spread(out[k][n])}", flush=True)
         finally:
             await asyncio.to_thread(stop_workers, workers)
     return out
