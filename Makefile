@@ -29,10 +29,14 @@ fmt: $(BIN)/.installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(BIN)/.installed  ## guard latency; replay, history size, audit; durability overhead, throughput
+bench: $(BIN)/.installed  ## guard latency; replay, history size, audit; durability overhead, throughput (~35 min)
 	$(BIN)/python -m benchmarks.policy_bench
 	$(BIN)/python -m benchmarks.replay_bench
 	$(BIN)/python -m benchmarks.durability_bench
+	for setting in "stock sqlite" "tuned memory" "stock memory"; do set -- $$setting; \
+	  $(BIN)/python -m benchmarks.durability_bench --server $$1 --persistence $$2 \
+	    --only overhead throughput decision --workers 1 --batches 100 --samples 20 || exit 1; \
+	done
 
 histories: $(BIN)/.installed  ## re-record tests/histories on a fresh stack
 	$(BIN)/python -m tests.histories.record

@@ -649,7 +649,7 @@ def main(argv: list[str] | None = None) -> None:
         help="dev server state in a SQLite file (default) or in memory",
     )
     parser.add_argument("--steps", type=int, default=20, help="overhead: loop iterations")
-    parser.add_argument("--repeats", type=int, default=5, help="overhead, throughput")
+    parser.add_argument("--repeats", type=int, default=3, help="overhead, throughput, ceiling")
     parser.add_argument(
         "--workers",
         type=int,
