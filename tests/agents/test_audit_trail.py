@@ -37,9 +37,13 @@ async def test_every_record_names_the_activity_event_that_wrote_it(
         assert r.event["activity_type"] == activity.activity_type
         assert r.event["attempt"] >= 1
         assert activity.event_id > 0
-    kinds_by_type = {(r.event["activity_type"], r.kind) for r in records}
-    assert ("guard.decide", "verdict") in kinds_by_type
-    assert ("payments.refund", "action.executed") in kinds_by_type
+    kinds_by_type = {
+        (r.event["activity_type"], r.kind, r.event.get("local", False)) for r in records
+    }
+    # The guard and reads run as local activities; a side effect is an ordinary activity.
+    assert ("guard.decide", "verdict", True) in kinds_by_type
+    assert ("orders.lookup", "action.read", True) in kinds_by_type
+    assert ("payments.refund", "action.executed", False) in kinds_by_type
 
 
 async def test_an_approval_flow_on_the_postgres_audit_store(
