@@ -58,6 +58,8 @@ class HttpClients:
         closes it."""
         clients = self._by_loop.setdefault(asyncio.get_running_loop(), {})
         client = clients.get(key)
+        # Closed by mistake (e.g. `AsyncOpenAI.close()` closes the client it was given): a
+        # fresh one, rather than every later call on this worker failing.
         if client is None or client.is_closed:
             client = clients[key] = build()
         return client  # type: ignore[return-value]  # one key, one type: the builder's
