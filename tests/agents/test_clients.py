@@ -44,6 +44,9 @@ async def test_a_pooled_system_client_sends_the_current_token(shop: Shop) -> Non
         keyring.set_password(SERVICE, credential, shop.token)
         assert clients.get("shop", build) is client
         assert (await client.get("/orders/A-1001")).status_code == 200
+        await client.aclose()  # closed by mistake: the next caller gets a working client
+        again = clients.get("shop", build)
+        assert again is not client and (await again.get("/orders/A-1001")).status_code == 200
     finally:
         keyring.delete_password(SERVICE, credential)
         await clients.aclose()
