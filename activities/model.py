@@ -105,7 +105,7 @@ class ModelActivities:
         if len(history) != upto:
             raise ApplicationError(
                 f"transcript of {workflow_id} has {len(history)} messages, expected {upto}"
-                f" (is COUNTERSIGN_STATE_DIR the same for every worker?)",
+                " (workers on several machines need one shared COUNTERSIGN_STATE_DSN)",
                 type="TranscriptIncomplete",
             )
         messages = [

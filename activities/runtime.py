@@ -1,5 +1,6 @@
 """What every activity needs, built once per worker: settings, the audit trail, transcripts,
-the policy (active and candidate), the limits ledger and pooled HTTP clients."""
+the policy (active and candidate), the limits ledger, the kill switch and pooled HTTP clients.
+The stores are SQLite files or one shared PostgreSQL database, as configured (workers/state.py)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from activities.http import HttpClients
 from activities.transcript import TranscriptStore
 from guardrails.audit import AuditRecord, AuditStore
 from guardrails.cedar_schema import ToolSchema
+from guardrails.controls import KillSwitchStore
 from guardrails.ledger import Ledger
 from guardrails.policy import PolicySource
 from workers.audit import open_audit_store
 from workers.settings import Settings
+from workers.state import open_kill_switch, open_ledger, open_transcripts
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +34,7 @@ class Runtime:
     policy: PolicySource
     candidate: PolicySource | None
     ledger: Ledger
+    kill_switch: KillSwitchStore
     http: HttpClients = field(default_factory=HttpClients)
 
     @classmethod
@@ -40,10 +44,11 @@ class Runtime:
         return cls(
             settings=settings,
             audit=open_audit_store(settings, signing=True),
-            transcripts=TranscriptStore(settings.transcript_path),
+            transcripts=open_transcripts(settings),
             policy=PolicySource(settings.policy_path, tools),
             candidate=PolicySource(candidate, tools) if candidate else None,
-            ledger=Ledger(settings.ledger_path),
+            ledger=open_ledger(settings),
+            kill_switch=open_kill_switch(settings),
         )
 
     async def audit_find(self, workflow_id: str, kind: str, **matches: Any) -> list[AuditRecord]:

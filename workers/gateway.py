@@ -58,6 +58,7 @@ from workers.audit import open_audit_store
 from workers.credentials import CredentialError, configure_keyring, get_secret, set_secret
 from workers.decisions import DecisionRefusedError, send_decision
 from workers.settings import Settings
+from workers.state import open_tokens
 
 log = structlog.get_logger(__name__)
 
@@ -147,7 +148,7 @@ class Gateway:
             settings=settings,
             client=client,
             audit=open_audit_store(settings),
-            tokens=TokenStore(settings.tokens_path),
+            tokens=open_tokens(settings),
             csrf_key=csrf_key.encode(),
         )
         if settings.slack:
