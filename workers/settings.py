@@ -111,6 +111,8 @@ class Settings(BaseSettings):
     candidate_policy_path: Path | None = None
     # keyring backend, set explicitly (never auto-detected): a class path.
     keyring_backend: str = "keyrings.alt.file.PlaintextKeyring"
+    # The folder of the `workers.credentials.SecretFiles` backend (one file per secret).
+    secrets_dir: Path = Path("/run/secrets")
 
     openai_base_url: str = Field(
         default="http://127.0.0.1:8102/v1",
