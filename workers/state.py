@@ -39,6 +39,14 @@ def shared_database(settings: Settings) -> Database | None:
         return _databases[key]
 
 
+def close_shared_databases() -> None:
+    """Close every shared database's connections (tests; a process that is done with them)."""
+    with _lock:
+        for db in _databases.values():
+            db.close()
+        _databases.clear()
+
+
 def state_location(settings: Settings) -> str:
     """For messages and `countersign` output: where the state lives."""
     db = shared_database(settings)
