@@ -122,6 +122,7 @@ class GuardActivities:
             verdict=verdict,
             tool_timeout_seconds=settings.tool_start_to_close_seconds,
             tool_max_attempts=settings.tool_max_attempts,
+            tool_heartbeat_seconds=settings.tool_heartbeat_seconds,
             tool_read_only=spec is not None and spec.read_only,
         )
 

@@ -5,6 +5,8 @@ The stores are SQLite files or one shared PostgreSQL database, as configured (wo
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +63,32 @@ def current_workflow_id() -> str:
     if workflow_id is None:
         raise RuntimeError("this activity must be scheduled by a workflow")
     return workflow_id
+
+
+@asynccontextmanager
+async def heartbeating() -> AsyncIterator[None]:
+    """Heartbeat while the block runs (a model call, a side effect waiting on its system).
+
+    Temporal then notices a dead worker after the activity's heartbeat timeout instead of its
+    whole start-to-close, and an attempt that timed out is cancelled here instead of running
+    on unseen. Nothing to do for activities without a heartbeat timeout (local ones)."""
+    info = activity.info()
+    timeout = info.heartbeat_timeout
+    if info.is_local or not timeout:
+        yield
+        return
+    interval = max(timeout.total_seconds() / 3, 0.05)
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
 
 
 def activity_record_id(kind: str, n: int = 0) -> str:

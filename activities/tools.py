@@ -37,7 +37,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.contracts import Compensation, ToolCall, ToolOutcome
 from activities.http import BearerFromKeyring
-from activities.runtime import Runtime, audit_from_activity, current_workflow_id
+from activities.runtime import Runtime, audit_from_activity, current_workflow_id, heartbeating
 from guardrails.cedar_schema import ToolSchema
 from guardrails.policy import ToolFacts, sha256_hex
 
@@ -276,7 +276,8 @@ def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awai
             "arguments": call.arguments,
         }
         try:
-            result = await spec.fn(args, ctx)
+            async with heartbeating():
+                result = await spec.fn(args, ctx)
         except httpx.HTTPStatusError as e:
             error = _classify(spec.name, e)
             if error.non_retryable:

@@ -11,7 +11,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
-from activities.contracts import RECORD, Compensation, RecordInput
+from activities.contracts import MODEL_BOUNDS, RECORD, Compensation, ModelBounds, RecordInput
 from agents import search_attributes as sa
 from agents.specs import AGENTS, AgentSpec
 from guardrails.approvals import ApprovalRequest, RecordedDecision
@@ -23,6 +23,8 @@ DEFAULT_TASK_QUEUE = "countersign"
 
 # Since this patch, the guard, limit releases and audit records run as local activities.
 LOCAL_BOOKKEEPING = "local-guard-and-audit"
+# Since this patch, model calls take their timeouts from settings and heartbeat.
+MODEL_BOUNDS_FROM_SETTINGS = "model-bounds-from-settings"
 
 
 async def run_bookkeeping(
@@ -45,6 +47,19 @@ async def run_bookkeeping(
         # one more payload the SDK converts on every workflow task and every replay.
         return await workflow.execute_local_activity(activity, arg, **options)
     return await workflow.execute_activity(activity, arg, summary=summary, **options)
+
+
+async def model_bounds() -> ModelBounds:
+    """The model call's timeouts from settings, read once per run by a local activity (its
+    result lands in history). Runs started before the patch keep the constants they used."""
+    if not workflow.patched(MODEL_BOUNDS_FROM_SETTINGS):
+        return ModelBounds()
+    return await workflow.execute_local_activity(
+        MODEL_BOUNDS,
+        result_type=ModelBounds,
+        start_to_close_timeout=timedelta(seconds=30),
+        retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+    )
 
 
 class RunInput(BaseModel):
@@ -150,6 +165,8 @@ class RunState:
     # Decisions accepted by handlers, waiting to be written to the audit by an activity.
     unrecorded: list[tuple[str, RecordedDecision]] = field(default_factory=list)
     refused: list[dict[str, Any]] = field(default_factory=list)
+    # Read at the first model call (see model_bounds).
+    model_bounds: ModelBounds | None = None
 
     @property
     def agent(self) -> AgentSpec:

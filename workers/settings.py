@@ -134,9 +134,16 @@ class Settings(BaseSettings):
     # `countersign dev` only: the local mail catcher that the dev stack's email goes to.
     mail_catcher_port: int = 8125
 
-    # Bounds on one tool call; Temporal retries with back-off within these.
-    tool_start_to_close_seconds: float = 30.0
+    # Bounds on one tool call; Temporal retries with back-off within these. A side effect's
+    # activity heartbeats, so a worker that dies mid-call is noticed after
+    # `tool_heartbeat_seconds`, not after the whole start-to-close.
+    tool_start_to_close_seconds: float = Field(default=30.0, gt=0)
     tool_max_attempts: int = Field(default=5, ge=1)
+    tool_heartbeat_seconds: float = Field(default=10.0, gt=0)
+    # The same for the model call (one planning step).
+    model_start_to_close_seconds: float = Field(default=120.0, gt=0)
+    model_max_attempts: int = Field(default=4, ge=1)
+    model_heartbeat_seconds: float = Field(default=10.0, gt=0)
 
     # Where everything that must be one per deployment lives (limits ledger, transcripts,
     # approval links, kill switch, audit trail): unset, SQLite files in the state folder (one

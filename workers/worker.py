@@ -170,6 +170,7 @@ def build_worker(
 ) -> Worker:
     activities_: Sequence[Any] = [
         ModelActivities(runtime).plan,
+        ModelActivities(runtime).bounds,
         GuardActivities(runtime).decide,
         GuardActivities(runtime).release,
         AuditActivities(runtime).record,

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -31,7 +32,7 @@ from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import TEST_PAYLOAD_KEYS, Shop, start_run
 from tests.gateway.conftest import serve, stop
 from workers.credentials import SERVICE, configure_keyring
-from workers.devstack import Service, free_port, start_service
+from workers.devstack import Service, free_port, start_service, wait_until
 from workers.gateway import Gateway, UpdatesOnly, create_app
 from workers.settings import Settings
 from workers.state import close_shared_databases, open_ledger, open_tokens
@@ -275,41 +276,53 @@ def provision_host(settings: Settings, pg_dsn: str, name: str) -> dict[str, str]
     }
 
 
-@pytest.fixture
-def worker_processes(
-    temporal: WorkflowEnvironment, settings: Settings, pg_dsn: str, task_queue: str
-) -> Iterator[list[Service]]:
-    """Two real `countersign worker` processes on one task queue."""
+def start_fleet(
+    temporal: WorkflowEnvironment,
+    settings: Settings,
+    pg_dsn: str,
+    task_queue: str,
+    **env: str,
+) -> list[Service]:
+    """Two real `countersign worker` processes on one task queue; `env`: more settings."""
     services = []
     address = temporal.client.service_client.config.target_host
     for name in ("a", "b"):
-        env = provision_host(settings, pg_dsn, name)
+        host = provision_host(settings, pg_dsn, name)
         services.append(
             start_service(
                 f"fleet-worker-{name}-{uuid.uuid4().hex[:6]}",
                 [sys.executable, "-m", "workers", "worker"],
-                Path(env["COUNTERSIGN_STATE_DIR"]) / "logs",
+                Path(host["COUNTERSIGN_STATE_DIR"]) / "logs",
                 env={
-                    **env,
+                    **host,
                     "COUNTERSIGN_TEMPORAL_ADDRESS": address,
                     "COUNTERSIGN_TASK_QUEUE": task_queue,
                     "COUNTERSIGN_POLICY_PATH": str(settings.policy_path),
                     "COUNTERSIGN_OPENAI_BASE_URL": settings.openai_base_url,
                     "COUNTERSIGN_SYSTEMS__SHOP__URL": settings.systems["shop"].url,
                     "COUNTERSIGN_TOOL_START_TO_CLOSE_SECONDS": "3",
+                    **env,
                 },
             )
         )
+    return services
+
+
+@pytest.fixture
+def worker_processes(
+    temporal: WorkflowEnvironment, settings: Settings, pg_dsn: str, task_queue: str
+) -> Iterator[list[Service]]:
+    services = start_fleet(temporal, settings, pg_dsn, task_queue)
     yield services
     for service in services:
         service.stop()
 
 
-async def activity_host(handle: Any, tool: str) -> str | None:
-    """The worker identity (pid@host) running the run's pending `tool` activity, if any."""
+async def activity_host(handle: Any, activity_type: str) -> str | None:
+    """The worker identity (pid@host) running the run's pending activity, if any."""
     description = await handle.describe()
     for pending in description.raw_description.pending_activities:
-        if pending.activity_type.name == tool and pending.last_worker_identity:
+        if pending.activity_type.name == activity_type and pending.last_worker_identity:
             return str(pending.last_worker_identity)
     return None
 
@@ -361,3 +374,69 @@ async def test_a_run_whose_host_is_killed_mid_refund_completes_on_the_other_once
         assert audit.verify().ok
     finally:
         audit.close()
+
+
+@pytest.fixture
+def slow_model(settings: Settings, scripts_dir: Path) -> Iterator[str]:
+    """A model endpoint that takes 3 s to answer."""
+    port = free_port()
+    service = start_service(
+        f"slow-model-{port}",
+        [
+            sys.executable,
+            "-m",
+            "demo.model_server",
+            "--port",
+            str(port),
+            "--latency-ms",
+            "3000",
+            "--scripts",
+            str(scripts_dir),
+        ],
+        settings.state_dir / "logs",
+    )
+    wait_until(service, f"http://127.0.0.1:{port}/healthz")
+    yield f"http://127.0.0.1:{port}/v1"
+    service.stop()
+
+
+@pytest.mark.slow
+async def test_a_worker_dying_during_a_model_call_is_noticed_in_seconds(
+    temporal: WorkflowEnvironment,
+    settings: Settings,
+    pg_dsn: str,
+    task_queue: str,
+    slow_model: str,
+) -> None:
+    """The model call heartbeats: the dead worker's call is retried on the other after the
+    2 s heartbeat timeout, long before its 60 s start-to-close would have run out."""
+    services = start_fleet(
+        temporal,
+        settings,
+        pg_dsn,
+        task_queue,
+        COUNTERSIGN_OPENAI_BASE_URL=slow_model,
+        COUNTERSIGN_MODEL_START_TO_CLOSE_SECONDS="60",
+        COUNTERSIGN_MODEL_HEARTBEAT_SECONDS="2",
+    )
+    try:
+        # No script matches: one model call, then the run is done.
+        handle = await start_run(temporal.client, task_queue, task="Say hello to the team.")
+        identity = None
+        for _ in range(600):
+            identity = await activity_host(handle, "model.plan")
+            if identity:
+                break
+            await asyncio.sleep(0.05)
+        assert identity, "the model call never started"
+        (dying,) = [s for s in services if s.process.pid == int(identity.split("@")[0])]
+        dying.kill()
+        killed_at = time.monotonic()
+        result = await asyncio.wait_for(handle.result(), 40)
+        took = time.monotonic() - killed_at
+    finally:
+        for service in services:
+            service.stop()
+    assert result.status == "completed" and result.steps == 1
+    # heartbeat timeout 2 s + retry back-off 1 s + a 3 s answer, with room for a slow machine.
+    assert took < 20, f"the run took {took:.1f}s after its worker died"
