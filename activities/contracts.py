@@ -21,6 +21,7 @@ RECORD = "audit.record"
 NOTIFY = "notify.approval"
 RELEASE = "guard.release"
 MODEL_BOUNDS = "model.bounds"
+RECONCILE = "tool.reconcile"
 
 
 class PlanInput(BaseModel):
@@ -121,3 +122,13 @@ class ToolOutcome(BaseModel):
     idempotency_key: str
     result: dict[str, Any]
     compensation: Compensation | None = None
+
+
+class Reconciliation(BaseModel):
+    """What the system of record says, asked under the action's idempotency key, about a side
+    effect whose activity failed without a definite answer (timeout, lost answer, retries
+    exhausted): it happened (with its result), it did not, or nobody can tell."""
+
+    status: Literal["executed", "not_executed", "unknown"]
+    outcome: ToolOutcome | None = None
+    detail: str = ""

@@ -52,6 +52,16 @@ class Refund(BaseModel):
     status: Literal["succeeded", "pending", "reversed"]
 
 
+async def find_refund(args: RefundArgs, ctx: ToolContext) -> Refund | None:
+    """The refund made under this call's idempotency key, if the shop made one."""
+    async with ctx.http("shop") as shop:
+        r = await shop.get(
+            "/refunds", params={"order_id": args.order_id, "idempotency_key": ctx.idempotency_key}
+        )
+    found = r.json()["refunds"]
+    return Refund.model_validate(found[0]) if found else None
+
+
 @guarded_tool(
     "payments.refund",
     scope="payments:refund",
@@ -61,6 +71,8 @@ class Refund(BaseModel):
     ),
     # One refund per order and amount per run, however often the model asks.
     business_key=lambda a: f"{a.order_id}:{a.amount_cents}",
+    # Money: when the answer is lost, ask the shop before calling the refund failed.
+    reconcile=find_refund,
 )
 async def refund(args: RefundArgs, ctx: ToolContext) -> Refund:
     """Refund part or all of an order's captured payment. Amount in cents."""

@@ -35,9 +35,10 @@ from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.contracts import Compensation, ToolCall, ToolOutcome
+from activities.contracts import RECONCILE, Compensation, Reconciliation, ToolCall, ToolOutcome
 from activities.http import BearerFromKeyring
 from activities.runtime import Runtime, audit_from_activity, current_workflow_id, heartbeating
+from agents.failures import cause_of
 from guardrails.cedar_schema import ToolSchema
 from guardrails.policy import ToolFacts, sha256_hex
 
@@ -96,6 +97,8 @@ async def _raise_for_status(response: httpx.Response) -> None:
 
 
 ToolFunction = Callable[[Any, ToolContext], Awaitable[BaseModel]]
+# Finds the action a call with this context's idempotency key made, or None if it made none.
+ReconcileFunction = Callable[[Any, ToolContext], Awaitable[BaseModel | None]]
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,7 @@ class ToolSpec:
     fn: ToolFunction
     business_key: Callable[[Any], str] | None = field(default=None, compare=False)
     fact: str | None = None
+    reconcile: ReconcileFunction | None = field(default=None, compare=False)
 
     @property
     def facts(self) -> ToolFacts:
@@ -179,16 +183,26 @@ def guarded_tool(
     compensate: Undo | None = None,
     business_key: Callable[[Any], str] | None = None,
     fact: str | None = None,
+    reconcile: ReconcileFunction | None = None,
 ) -> Callable[[ToolFunction], ToolFunction]:
     """Register an async function `(args: ArgsModel, ctx: ToolContext) -> ResultModel`.
 
     `fact` (read-only tools): the policy may use this tool's latest matching result in a run
     as `context.facts.<fact>` (e.g. an order's captured amount before a refund).
+
+    `reconcile` (side effects): `async (args, ctx) -> ResultModel | None`, how to ask the
+    system of record whether the action under `ctx.idempotency_key` happened. When the
+    tool's activity fails without a definite answer, the run asks before deciding the action
+    failed; a tool without one leaves such an action's outcome unknown.
     """
     if not _NAME.match(name):
         raise ToolDeclarationError(f"tool name {name!r} must look like 'system.action'")
     if fact is not None and not read_only:
         raise ToolDeclarationError(f"tool {name}: only read-only tools provide facts")
+    if reconcile is not None and (read_only or not inspect.iscoroutinefunction(reconcile)):
+        raise ToolDeclarationError(
+            f"tool {name}: reconcile= must be an async function, on a side-effecting tool"
+        )
     if not _SCOPE.match(scope):
         raise ToolDeclarationError(f"tool {name}: scope {scope!r} must look like 'area:verb'")
 
@@ -222,6 +236,7 @@ def guarded_tool(
             fn=fn,
             business_key=business_key,
             fact=fact,
+            reconcile=reconcile,
         )
         return fn
 
@@ -253,9 +268,16 @@ def tool_activities(runtime: Runtime) -> list[Callable[[ToolCall], Awaitable[Too
     return [_activity_for(spec, runtime) for spec in REGISTRY.values()]
 
 
-def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awaitable[ToolOutcome]]:
-    async def run_tool(call: ToolCall) -> ToolOutcome:
-        workflow_id = current_workflow_id()
+@dataclass
+class _Call:
+    """One call of a tool, as its activities see it: parsed arguments, idempotency key."""
+
+    spec: ToolSpec
+    args: BaseModel
+    ctx: ToolContext
+
+    @classmethod
+    def parse(cls, spec: ToolSpec, call: ToolCall, runtime: Runtime) -> _Call:
         try:
             args = spec.args_model.model_validate(call.arguments)
         except ValidationError as e:
@@ -264,54 +286,124 @@ def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awai
                 type="InvalidToolArguments",
                 non_retryable=True,
             ) from e
-        if not spec.read_only:
-            await _check_authorized(spec, call, runtime, workflow_id)
-        key = spec.idempotency_key(workflow_id, args)
-        ctx = ToolContext(call=call, idempotency_key=key, runtime=runtime)
-        base = {
-            "tool": spec.name,
+        key = spec.idempotency_key(current_workflow_id(), args)
+        return cls(spec, args, ToolContext(call=call, idempotency_key=key, runtime=runtime))
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        """What every audit record about this action carries."""
+        call = self.ctx.call
+        return {
+            "tool": self.spec.name,
             "call_id": call.call_id,
             "action_hash": call.action_hash,
-            "idempotency_key": key,
+            "idempotency_key": self.ctx.idempotency_key,
             "arguments": call.arguments,
         }
+
+    async def failed(self, error: ApplicationError) -> None:
+        """Audit a failure no retry will change (the activity fails for good)."""
+        cause = cause_of(error)
+        await audit_from_activity(
+            self.ctx.runtime,
+            "action.failed",
+            {**self.facts, "error": str(error), "cause": cause.model_dump()},
+        )
+
+    async def done(self, result: BaseModel, **extra: Any) -> ToolOutcome:
+        """Audit what the action did and hand back its outcome (with how to undo it)."""
+        spec = self.spec
+        payload = result.model_dump(mode="json")
+        undo = spec.compensate
+        compensation = (
+            Compensation(tool=undo.tool, arguments=undo.arguments(self.args, result))
+            if undo
+            else None
+        )
+        await audit_from_activity(
+            self.ctx.runtime,
+            "action.read" if spec.read_only else "action.executed",
+            {
+                **self.facts,
+                "result": payload,
+                "compensation": compensation.model_dump() if compensation else None,
+                **extra,
+            },
+        )
+        return ToolOutcome(
+            tool=spec.name,
+            call_id=self.ctx.call.call_id,
+            idempotency_key=self.ctx.idempotency_key,
+            result=payload,
+            compensation=compensation,
+        )
+
+
+def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awaitable[ToolOutcome]]:
+    async def run_tool(call: ToolCall) -> ToolOutcome:
+        this = _Call.parse(spec, call, runtime)
+        if not spec.read_only:
+            try:
+                await _check_authorized(spec, call, runtime, current_workflow_id())
+            except ApplicationError as e:
+                await this.failed(e)
+                raise
         try:
             async with heartbeating():
-                result = await spec.fn(args, ctx)
+                result = await spec.fn(this.args, this.ctx)
         except httpx.HTTPStatusError as e:
             error = _classify(spec.name, e)
             if error.non_retryable:
-                await audit_from_activity(runtime, "action.failed", {**base, "error": str(error)})
+                await this.failed(error)
             raise error from e
         except httpx.TransportError as e:
             raise ApplicationError(
                 f"{spec.name}: system unreachable: {e!r}", type="SystemUnavailable"
             ) from e
-        payload = result.model_dump(mode="json")
-        undo = spec.compensate
-        compensation = (
-            Compensation(tool=undo.tool, arguments=undo.arguments(args, result)) if undo else None
-        )
-        kind = "action.read" if spec.read_only else "action.executed"
-        await audit_from_activity(
-            runtime,
-            kind,
-            {
-                **base,
-                "result": payload,
-                "compensation": compensation.model_dump() if compensation else None,
-            },
-        )
-        return ToolOutcome(
-            tool=spec.name,
-            call_id=call.call_id,
-            idempotency_key=key,
-            result=payload,
-            compensation=compensation,
-        )
+        except ApplicationError as e:  # e.g. ToolMisconfigured
+            if e.non_retryable:
+                await this.failed(e)
+            raise
+        return await this.done(result)
 
     run_tool.__doc__ = spec.description
     return activity.defn(name=spec.name)(run_tool)
+
+
+def reconcile_activity(runtime: Runtime) -> Callable[[ToolCall], Awaitable[Reconciliation]]:
+    """The activity that asks a tool's system of record what became of an action."""
+
+    @activity.defn(name=RECONCILE)
+    async def reconcile(call: ToolCall) -> Reconciliation:
+        spec = lookup_tool(call.tool)
+        if spec is None or spec.reconcile is None:
+            return Reconciliation(
+                status="unknown",
+                detail=f"{call.tool} declares no way to look an action up by its idempotency key",
+            )
+        this = _Call.parse(spec, call, runtime)
+        try:
+            async with heartbeating():
+                found = await spec.reconcile(this.args, this.ctx)
+        except httpx.HTTPStatusError as e:
+            raise _classify(f"{spec.name} (reconcile)", e) from e
+        except httpx.TransportError as e:
+            raise ApplicationError(
+                f"{spec.name} (reconcile): system unreachable: {e!r}", type="SystemUnavailable"
+            ) from e
+        key = this.ctx.idempotency_key
+        if found is None:
+            return Reconciliation(
+                status="not_executed", detail=f"the system of record has no action under {key}"
+            )
+        outcome = await this.done(found, reconciled=True)
+        return Reconciliation(
+            status="executed",
+            outcome=outcome,
+            detail=f"the system of record holds the action under {key}",
+        )
+
+    return reconcile
 
 
 async def _check_authorized(spec: ToolSpec, call: ToolCall, runtime: Runtime, run: str) -> None:

@@ -19,22 +19,32 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, RetryState
 
 from activities.contracts import (
     DECIDE,
     NOTIFY,
     PLAN,
+    RECONCILE,
     RELEASE,
     ApprovalNotice,
     GuardInput,
     GuardResult,
+    ModelBounds,
     PlanInput,
     PlanOutput,
+    Reconciliation,
     ToolCall,
     ToolOutcome,
 )
-from agents.state import ActionRecord, RunState, model_bounds, run_bookkeeping
+from agents.failures import cause_of
+from agents.state import (
+    RECONCILE_UNKNOWN_OUTCOMES,
+    ActionRecord,
+    RunState,
+    model_bounds,
+    run_bookkeeping,
+)
 from guardrails.approvals import ApprovalRequest, new_request
 from guardrails.policy import Proposal
 
@@ -64,6 +74,16 @@ async def plan(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
     if run.model_bounds is None:
         run.model_bounds = await model_bounds()
     bounds = run.model_bounds
+    try:
+        out = await _plan(run, state, bounds)
+    except ActivityError as e:
+        run.failure = cause_of(e, max_attempts=bounds.max_attempts)
+        raise
+    run.tokens += out.usage.prompt_tokens + out.usage.completion_tokens
+    return {"seq": out.seq, "observations": [], "proposals": out.proposals, "final": out.content}
+
+
+async def _plan(run: RunState, state: LoopState, bounds: ModelBounds) -> PlanOutput:
     out: PlanOutput = await workflow.execute_activity(
         PLAN,
         PlanInput(
@@ -82,8 +102,7 @@ async def plan(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
         ),
         summary=f"model: step {run.step}",
     )
-    run.tokens += out.usage.prompt_tokens + out.usage.completion_tokens
-    return {"seq": out.seq, "observations": [], "proposals": out.proposals, "final": out.content}
+    return out
 
 
 def _seconds(value: float | None) -> timedelta | None:
@@ -291,16 +310,104 @@ async def act(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
         else:
             try:
                 payload = await execute_action(run, g, record)
-            except ActivityError:
-                # The run fails here; the action did not complete, so its limits go back.
-                await release_limits(v.action_hash)
-                raise
+            except ActivityError as e:
+                if not workflow.patched(RECONCILE_UNKNOWN_OUTCOMES):
+                    # The run fails here; the action did not complete, so its limits go back.
+                    await release_limits(v.action_hash)
+                    raise
+                payload = await settle_failed_action(run, g, record, e)
         if record.status in ("rejected", "expired", "failed") and v.action_hash:
             await release_limits(v.action_hash)
         run.actions.append(record)
         observations.append(_observation(v.call_id, payload))
     run.show("acting")
     return {"observations": observations, "proposals": [], "guarded": []}
+
+
+async def settle_failed_action(
+    run: RunState, g: GuardResult, record: ActionRecord, error: ActivityError
+) -> dict[str, Any]:
+    """An action's activity failed for good. Before calling a side effect failed, ask its
+    system of record (under the same idempotency key) whether it happened: a timeout or a
+    lost answer says nothing about that.
+
+    Happened: the action is executed (counted, undone if the run later fails) and the run
+    goes on. Did not: it failed, its limits go back. Nobody can tell: it is recorded as
+    unknown, keeps its limits, and needs a person. Either way but the first, the run fails.
+    """
+    v = g.verdict
+    cause = cause_of(error, max_attempts=g.tool_max_attempts)
+    record.status, record.detail = "failed", cause.describe()
+    found = ""
+    # A non-retryable failure is a definite answer, audited by the activity that raised it.
+    definite = error.retry_state == RetryState.NON_RETRYABLE_FAILURE
+    if not definite and not g.tool_read_only:
+        reconciliation = await _reconcile(run, g, record)
+        if reconciliation.status == "executed" and reconciliation.outcome is not None:
+            record.detail = f"reconciled after: {cause.describe()}"
+            return _executed(record, reconciliation.outcome)
+        found = reconciliation.detail
+        if reconciliation.status == "unknown":
+            record.status = "unknown"
+            record.detail = f"{cause.describe()}; whether it happened is unknown: {found}"
+    run.failure = cause
+    if record.status == "failed":
+        await release_limits(v.action_hash)
+    if not definite:
+        await run.record(
+            f"action.{record.status}",
+            {
+                "tool": v.tool,
+                "call_id": v.call_id,
+                "action_hash": v.action_hash,
+                "arguments": v.arguments,
+                "error": str(error.cause or error),
+                "cause": cause.model_dump(),
+                "reconciliation": found,
+            },
+        )
+    run.actions.append(record)
+    raise error
+
+
+async def _reconcile(run: RunState, g: GuardResult, record: ActionRecord) -> Reconciliation:
+    v = g.verdict
+    assert v.arguments is not None and v.action_hash is not None
+    try:
+        return await workflow.execute_activity(
+            RECONCILE,
+            ToolCall(
+                tool=v.tool,
+                call_id=v.call_id,
+                arguments=v.arguments,
+                action_hash=v.action_hash,
+                agent=run.agent.name,
+            ),
+            result_type=Reconciliation,
+            start_to_close_timeout=timedelta(seconds=g.tool_timeout_seconds),
+            heartbeat_timeout=_seconds(g.tool_heartbeat_seconds),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=1),
+                maximum_interval=timedelta(seconds=10),
+                maximum_attempts=g.tool_max_attempts,
+            ),
+            summary=f"reconcile {v.tool} {record.call_id}",
+        )
+    except ActivityError as e:
+        if isinstance(e.cause, CancelledError):
+            raise
+        return Reconciliation(
+            status="unknown",
+            detail=f"asking failed too: {cause_of(e, max_attempts=g.tool_max_attempts).describe()}",
+        )
+
+
+def _executed(record: ActionRecord, outcome: ToolOutcome) -> dict[str, Any]:
+    record.status = "executed"
+    record.result = outcome.result
+    record.idempotency_key = outcome.idempotency_key
+    record.compensation = outcome.compensation
+    return {"result": outcome.result}
 
 
 async def release_limits(action_hash: str | None) -> None:
@@ -363,11 +470,7 @@ async def execute_action(run: RunState, g: GuardResult, record: ActionRecord) ->
             record.detail = cause.message
             return {"error": cause.message}
         raise
-    record.status = "executed"
-    record.result = outcome.result
-    record.idempotency_key = outcome.idempotency_key
-    record.compensation = outcome.compensation
-    return {"result": outcome.result}
+    return _executed(record, outcome)
 
 
 async def after_act(state: LoopState, runtime: Runtime[RunState]) -> str:

@@ -26,6 +26,10 @@ async def compensate(run: RunState, reason: str) -> list[str]:
         request.status = "rejected"
         await release_limits(request.action_hash)
     for action in reversed(run.actions):
+        if action.status == "unknown":
+            # Nothing to undo that anyone can name: a person must look (see its audit record).
+            irreversible.append(f"{action.tool} {action.call_id} (outcome unknown)")
+            continue
         if action.status != "executed" or action.read_only:
             continue
         if action.compensation is None:

@@ -22,6 +22,7 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from temporalio.langgraph import graph
 
+    from agents.failures import cause_of
     from agents.rollback import compensate
     from agents.state import (
         AGENT_RUN,
@@ -69,11 +70,14 @@ class AgentRun:
             )
         except (asyncio.CancelledError, Exception) as e:
             # Failed or cancelled part-way: undo what was done, newest first, then end as such.
-            reason = (
-                "run cancelled" if isinstance(e, asyncio.CancelledError) else f"run failed: {e}"
-            )
+            cancelled = isinstance(e, asyncio.CancelledError)
+            cause = cause_of(e) if cancelled else run.failure or cause_of(e)
+            reason = "run cancelled" if cancelled else f"run failed: {cause.describe()}"
             irreversible = await compensate(run, reason)
-            await run.record("run.compensated", {"reason": reason, "irreversible": irreversible})
+            await run.record(
+                "run.compensated",
+                {"reason": reason, "irreversible": irreversible, "cause": cause.model_dump()},
+            )
             raise
         result = RunResult(
             agent=run.agent.name,

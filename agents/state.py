@@ -13,6 +13,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.contracts import MODEL_BOUNDS, RECORD, Compensation, ModelBounds, RecordInput
 from agents import search_attributes as sa
+from agents.failures import FailureCause
 from agents.specs import AGENTS, AgentSpec
 from guardrails.approvals import ApprovalRequest, RecordedDecision
 from guardrails.errors import describe
@@ -25,6 +26,9 @@ DEFAULT_TASK_QUEUE = "countersign"
 LOCAL_BOOKKEEPING = "local-guard-and-audit"
 # Since this patch, model calls take their timeouts from settings and heartbeat.
 MODEL_BOUNDS_FROM_SETTINGS = "model-bounds-from-settings"
+# Since this patch, a side effect that failed without a definite answer is reconciled with
+# its system of record, and every failed action is audited with its cause.
+RECONCILE_UNKNOWN_OUTCOMES = "reconcile-unknown-outcomes"
 
 
 async def run_bookkeeping(
@@ -101,8 +105,10 @@ def parse_run_input(raw: Any) -> RunInput:
     return run_input
 
 
+# "unknown": a side effect that may or may not have happened (its system could not say):
+# it keeps its limits and needs a person's attention.
 ActionStatus = Literal[
-    "executed", "failed", "shadow", "denied", "rejected", "expired", "compensated"
+    "executed", "failed", "unknown", "shadow", "denied", "rejected", "expired", "compensated"
 ]
 
 
@@ -167,6 +173,8 @@ class RunState:
     refused: list[dict[str, Any]] = field(default_factory=list)
     # Read at the first model call (see model_bounds).
     model_bounds: ModelBounds | None = None
+    # Why the run is failing, named where it is best known (the failed action or model call).
+    failure: FailureCause | None = None
 
     @property
     def agent(self) -> AgentSpec:

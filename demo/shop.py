@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import uvicorn
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
@@ -141,6 +141,8 @@ class FaultRule(_Body):
     fail_status: Annotated[StrictInt, Field(ge=400, le=599)] | None = None
     fail_count: Annotated[StrictInt, Field(ge=0)] = 0
     path_prefix: str = "/"
+    # Only requests with this method (e.g. "POST": slow writes, prompt reads); None: all.
+    method: Literal["GET", "POST", "PATCH", "DELETE"] | None = None
     latency_after_commit: bool = False
 
 
@@ -307,7 +309,21 @@ def _create_refund(conn: sqlite3.Connection, req: RefundRequest) -> tuple[int, R
     return 201, _refund_json(_fetch_one(conn, "refunds", "refund_id", refund_id))
 
 
-def _list_refunds(conn: sqlite3.Connection, order_id: str | None) -> Result:
+def _list_refunds(
+    conn: sqlite3.Connection, order_id: str | None, idempotency_key: str | None = None
+) -> Result:
+    """Refunds, of one order, or the one made by the request with an Idempotency-Key (how a
+    client whose answer was lost finds out whether its refund happened)."""
+    if idempotency_key is not None:
+        stored = conn.execute(
+            "SELECT response FROM idempotency_keys WHERE key = ?", (idempotency_key,)
+        ).fetchone()
+        refund_id = json.loads(stored["response"]).get("refund_id") if stored else None
+        rows = conn.execute(
+            "SELECT * FROM refunds WHERE refund_id = ? AND (? IS NULL OR order_id = ?)",
+            (refund_id, order_id, order_id),
+        )
+        return {"refunds": [_refund_json(r) for r in rows]}
     sql = "SELECT * FROM refunds WHERE ? IS NULL OR order_id = ? ORDER BY rowid"
     return {"refunds": [_refund_json(r) for r in conn.execute(sql, (order_id, order_id))]}
 
@@ -483,7 +499,10 @@ async def create_refund(request: Request) -> Response:
 
 
 async def list_refunds(request: Request) -> Response:
-    return await _in_db(request, _list_refunds, request.query_params.get("order_id"))
+    params = request.query_params
+    return await _in_db(
+        request, _list_refunds, params.get("order_id"), params.get("idempotency_key")
+    )
 
 
 async def reverse_refund(request: Request) -> Response:
@@ -532,10 +551,10 @@ def _authorized(request: Request, api_token: str) -> bool:
     return hmac.compare_digest(supplied, f"Bearer {api_token}".encode())
 
 
-def _matching_fault(rule: FaultRule | None, path: str) -> FaultRule | None:
+def _matching_fault(rule: FaultRule | None, method: str, path: str) -> FaultRule | None:
     if rule is None or path in CONTROL_PATHS or not path.startswith(rule.path_prefix):
         return None
-    return rule
+    return rule if rule.method in (None, method) else None
 
 
 def _endpoint(method: str, template: str, handler: Handler, *, public: bool = False) -> Route:
@@ -551,7 +570,7 @@ def _endpoint(method: str, template: str, handler: Handler, *, public: bool = Fa
                 "missing or invalid Authorization header; expected 'Bearer <SHOP_API_TOKEN>'",
                 **{"WWW-Authenticate": "Bearer"},
             )
-        rule = _matching_fault(shop.faults, request.url.path)
+        rule = _matching_fault(shop.faults, method, request.url.path)
         if rule and not rule.latency_after_commit:
             await asyncio.sleep(rule.latency_ms / 1000)
         if rule and rule.fail_count > 0 and rule.fail_status is not None:

@@ -33,7 +33,12 @@ from activities.guard import GuardActivities
 from activities.model import ModelActivities
 from activities.notify import NotifyActivities
 from activities.runtime import Runtime
-from activities.tools import tool_activities, tool_schemas, validate_registry
+from activities.tools import (
+    reconcile_activity,
+    tool_activities,
+    tool_schemas,
+    validate_registry,
+)
 from agents import search_attributes
 from agents.graph import GRAPH_NAME, build_graph
 from agents.run import AgentRun
@@ -176,6 +181,7 @@ def build_worker(
         AuditActivities(runtime).record,
         NotifyActivities(runtime).notify,
         *tool_activities(runtime),
+        reconcile_activity(runtime),
     ]
     return Worker(
         client,
