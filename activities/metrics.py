@@ -41,6 +41,14 @@ def _count(meter: MetricMeter, name: str, description: str, **labels: str) -> No
     meter.create_counter(name, description).add(1, labels)
 
 
+def _count_failure(meter: MetricMeter, what: str, data: dict[str, Any]) -> None:
+    cause = data.get("cause") or {}
+    kind = str(cause.get("kind", "unclassified")) if isinstance(cause, dict) else "unclassified"
+    if what == "run" and kind == "cancelled":
+        return
+    _count(meter, "countersign_failures", "failed actions and runs by cause", what=what, cause=kind)
+
+
 def observe(
     record: AuditRecord,
     *,
@@ -97,6 +105,10 @@ def observe(
             tool=d["tool"],
             status=kind.removeprefix("action."),
         )
+        if kind in ("action.failed", "action.unknown"):
+            _count_failure(meter, "action", d)
+    elif kind == "run.compensated":
+        _count_failure(meter, "run", d)
     elif kind == "run.finished":
         agent = str(d.get("agent"))
         _count(meter, "countersign_runs_finished", "runs finished", status=str(d.get("status")))

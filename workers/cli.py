@@ -122,7 +122,8 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> None:
     from workers.worker import connect
 
     client = await connect(settings)
-    status = await client.get_workflow_handle(args.run).query(AgentRun.status)
+    handle = client.get_workflow_handle(args.run)
+    status = await handle.query(AgentRun.status)
     print(f"{args.run}: stage {status.stage}, step {status.step}")
     for r in status.pending_approvals:
         print(
@@ -131,6 +132,22 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> None:
         )
     for a in status.actions:
         print(f"  {a.status:9} {a.tool} {json.dumps(a.arguments)}")
+        if a.status in ("failed", "unknown"):
+            print(f"            why: {a.detail}")
+    unknown = [a for a in status.actions if a.status == "unknown"]
+    if unknown:
+        print(
+            f"  NEEDS ATTENTION: {len(unknown)} action(s) may or may not have happened; "
+            f"check the system of record (countersign audit {args.run})"
+        )
+    from temporalio.client import WorkflowExecutionStatus
+
+    if (await handle.describe()).status == WorkflowExecutionStatus.FAILED:
+        from workers.audit import open_audit_store
+
+        ended = open_audit_store(settings).find(args.run, "run.compensated")
+        reason = ended[-1].data.get("reason") if ended else "run failed (no cause recorded)"
+        print(f"  FAILED: {reason}")
 
 
 async def cmd_decide(args: argparse.Namespace, settings: Settings) -> None:

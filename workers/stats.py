@@ -49,6 +49,12 @@ class Stats(BaseModel):
     tool_calls: int
     tool_errors: int
     tool_error_rate: float | None
+    # Runs that failed (not cancelled), and failures by cause (agents.failures kinds), for
+    # failed actions and failed runs alike.
+    runs_failed: int = 0
+    failure_causes: dict[str, int] = {}
+    # Side effects that may or may not have happened: each needs a person.
+    actions_unknown: int = 0
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -99,7 +105,13 @@ def compute_stats(
     unpriced = sorted({model for model, cost in costs if cost is None})
     cost = sum(c for _, c in costs if c is not None) if model_calls and not unpriced else None
     runs = len({r.workflow_id for r in model_calls}) or None
-    tool_calls = kinds["action.executed"] + kinds["action.read"] + kinds["action.failed"]
+    unknown = kinds["action.unknown"]
+    tool_calls = kinds["action.executed"] + kinds["action.read"] + kinds["action.failed"] + unknown
+    ended = [r for r in records if r.kind == "run.compensated"]
+    failed_runs = [r for r in ended if _cause(r) != "cancelled"]
+    causes = Counter(
+        _cause(r) for r in records if r.kind in ("action.failed", "action.unknown")
+    ) + Counter(_cause(r) for r in failed_runs)
     waits.sort()
     return Stats(
         since=since,
@@ -129,9 +141,20 @@ def compute_stats(
         cost_per_run_usd=cost / runs if cost is not None and runs else None,
         unpriced_models=unpriced,
         tool_calls=tool_calls,
-        tool_errors=kinds["action.failed"],
-        tool_error_rate=_ratio(kinds["action.failed"], tool_calls),
+        tool_errors=kinds["action.failed"] + unknown,
+        tool_error_rate=_ratio(kinds["action.failed"] + unknown, tool_calls),
+        runs_failed=len(failed_runs),
+        failure_causes=dict(causes),
+        actions_unknown=unknown,
     )
+
+
+def _cause(record: AuditRecord) -> str:
+    """The failure's kind (agents.failures); records written before causes: "unclassified"."""
+    cause = record.data.get("cause")
+    if isinstance(cause, dict) and cause.get("kind"):
+        return str(cause["kind"])
+    return "cancelled" if record.data.get("reason") == "run cancelled" else "unclassified"
 
 
 def _duration(seconds: float) -> str:
@@ -183,5 +206,12 @@ def format_stats(s: Stats) -> str:
         f"  cost              {cost}",
         f"  tool calls        {s.tool_calls} · failed {s.tool_errors} · "
         f"error rate {_pct(s.tool_error_rate)}",
+        f"  runs failed       {s.runs_failed}",
+        f"  failure causes    {_counts(s.failure_causes)}",
     ]
+    if s.actions_unknown:
+        lines.append(
+            f"  NEEDS ATTENTION   {s.actions_unknown} action(s) whose outcome is unknown "
+            "(audit kind action.unknown)"
+        )
     return "\n".join(lines)

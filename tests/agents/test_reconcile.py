@@ -4,6 +4,7 @@ every failure is audited with its cause."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,7 +15,9 @@ from temporalio.worker import Worker
 from activities.runtime import Runtime
 from agents.run import AgentRun
 from tests.conftest import Shop, start_run
+from tests.e2e.test_cli import countersign
 from workers.settings import Settings
+from workers.stats import Stats, compute_stats, format_stats
 from workers.worker import build_worker
 
 
@@ -29,6 +32,11 @@ async def impatient_worker(
     runtime = Runtime.from_settings(impatient)
     async with build_worker(temporal.client, impatient, runtime, task_queue=task_queue) as w:
         yield w, runtime
+
+
+def run_stats(runtime: Runtime, workflow_id: str) -> Stats:
+    trail = runtime.audit.for_run(workflow_id)
+    return compute_stats(trail, since=trail[0].at, until=trail[-1].at, prices={})
 
 
 def records(runtime: Runtime, workflow_id: str, kind: str, tool: str | None = None) -> list[dict]:
@@ -90,6 +98,9 @@ async def test_a_refund_the_shop_never_made_fails_with_its_cause_and_gives_back_
         "run failed: system unavailable after 2 attempts (payments.refund): "
     )
     assert "503" in ended["reason"]
+    # `stats` groups by the same causes.
+    stats = run_stats(runtime, handle.id)
+    assert stats.runs_failed == 1 and stats.failure_causes == {"system_unavailable": 2}
 
 
 async def test_a_refund_nobody_can_account_for_stays_unknown_and_keeps_its_limits(
@@ -115,3 +126,20 @@ async def test_a_refund_nobody_can_account_for_stays_unknown_and_keeps_its_limit
     status = await handle.query(AgentRun.status)
     refund = next(a for a in status.actions if a.tool == "payments.refund")
     assert refund.status == "unknown" and "whether it happened is unknown" in refund.detail
+    stats = run_stats(runtime, handle.id)
+    assert stats.actions_unknown == 1 and "NEEDS ATTENTION   1 action(s)" in format_stats(stats)
+    assert stats.failure_causes == {"system_unavailable": 2}
+
+    # `countersign status` says the same (the worker answers the query meanwhile).
+    shown = await asyncio.to_thread(
+        countersign,
+        {
+            "COUNTERSIGN_STATE_DIR": str(runtime.settings.state_dir),
+            "COUNTERSIGN_TEMPORAL_ADDRESS": temporal.client.service_client.config.target_host,
+        },
+        "status",
+        handle.id,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "unknown   payments.refund" in shown.stdout and "NEEDS ATTENTION: 1" in shown.stdout
+    assert "FAILED: run failed: system unavailable after 2 attempts" in shown.stdout
