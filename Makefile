@@ -33,6 +33,7 @@ bench: $(BIN)/.installed  ## guard latency; replay, history size, audit; durabil
 	$(BIN)/python -m benchmarks.policy_bench
 	$(BIN)/python -m benchmarks.replay_bench
 	$(BIN)/python -m benchmarks.durability_bench
+	$(BIN)/python -m benchmarks.fleet_bench
 	for setting in "stock sqlite" "tuned memory" "stock memory"; do set -- $$setting; \
 	  $(BIN)/python -m benchmarks.durability_bench --server $$1 --persistence $$2 \
 	    --only overhead throughput decision --workers 1 --batches 100 --samples 20 || exit 1; \
