@@ -177,6 +177,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
     if settings.email is not None:
         env["COUNTERSIGN_EMAIL"] = settings.email.model_dump_json()
+    if settings.state_dsn:
+        env["COUNTERSIGN_STATE_DSN"] = settings.state_dsn
+        if settings.state_password_credential:
+            env["COUNTERSIGN_STATE_PASSWORD_CREDENTIAL"] = settings.state_password_credential
     return env
 
 
