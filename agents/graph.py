@@ -39,7 +39,6 @@ from activities.contracts import (
 )
 from agents.failures import cause_of
 from agents.state import (
-    RECONCILE_UNKNOWN_OUTCOMES,
     ActionRecord,
     RunState,
     model_bounds,
@@ -72,7 +71,7 @@ async def plan(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
     run.step += 1
     run.show("planning")
     if run.model_bounds is None:
-        run.model_bounds = await model_bounds()
+        run.model_bounds = await model_bounds(run)
     bounds = run.model_bounds
     try:
         out = await _plan(run, state, bounds)
@@ -311,7 +310,7 @@ async def act(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
             try:
                 payload = await execute_action(run, g, record)
             except ActivityError as e:
-                if not workflow.patched(RECONCILE_UNKNOWN_OUTCOMES):
+                if not run.reconciles_unknown_outcomes:
                     # The run fails here; the action did not complete, so its limits go back.
                     await release_limits(v.action_hash)
                     raise

@@ -53,10 +53,10 @@ async def run_bookkeeping(
     return await workflow.execute_activity(activity, arg, summary=summary, **options)
 
 
-async def model_bounds() -> ModelBounds:
+async def model_bounds(run: RunState) -> ModelBounds:
     """The model call's timeouts from settings, read once per run by a local activity (its
     result lands in history). Runs started before the patch keep the constants they used."""
-    if not workflow.patched(MODEL_BOUNDS_FROM_SETTINGS):
+    if not run.reads_model_bounds:
         return ModelBounds()
     return await workflow.execute_local_activity(
         MODEL_BOUNDS,
@@ -173,8 +173,16 @@ class RunState:
     refused: list[dict[str, Any]] = field(default_factory=list)
     # Read at the first model call (see model_bounds).
     model_bounds: ModelBounds | None = None
+    reads_model_bounds: bool = False
+    reconciles_unknown_outcomes: bool = False
     # Why the run is failing, named where it is best known (the failed action or model call).
     failure: FailureCause | None = None
+
+    def __post_init__(self) -> None:
+        # Decided when the run starts, before its first command: asked later, right after a
+        # local activity's result, the patch marker made replays fail now and then.
+        self.reads_model_bounds = workflow.patched(MODEL_BOUNDS_FROM_SETTINGS)
+        self.reconciles_unknown_outcomes = workflow.patched(RECONCILE_UNKNOWN_OUTCOMES)
 
     @property
     def agent(self) -> AgentSpec:
