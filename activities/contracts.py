@@ -12,7 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from guardrails.approvals import ApprovalRequest
-from guardrails.policy import Mode, Proposal, Verdict
+from guardrails.identity import Envelope, Verified
+from guardrails.policy import Authority, Mode, Proposal, Verdict
 
 # Activity names, the one place they are spelled.
 PLAN = "model.plan"
@@ -20,6 +21,7 @@ DECIDE = "guard.decide"
 RECORD = "audit.record"
 NOTIFY = "notify.approval"
 RELEASE = "guard.release"
+VERIFY = "identity.verify"
 
 
 class PlanInput(BaseModel):
@@ -107,3 +109,19 @@ class ToolOutcome(BaseModel):
     idempotency_key: str
     result: dict[str, Any]
     compensation: Compensation | None = None
+
+
+class VerifyInput(BaseModel):
+    """A signed statement to check against the live identity directory; with `authority`,
+    the proven identity must also be in a group the active policy names for it."""
+
+    envelope: Envelope
+    authority: Authority | None = None
+
+
+class VerifyResult(BaseModel):
+    """Who the statement proves (recorded in history, so replay needs no directory), or why
+    it proves nothing."""
+
+    verified: Verified | None = None
+    refused: str | None = None

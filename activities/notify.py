@@ -108,11 +108,14 @@ class NotifyActivities:
             )
             sent = requested[0].data if requested else None
             api = SlackApi(settings.slack, get_secret(settings.slack.bot_token_credential))
-            return SlackChannel(settings, api, sent)
+            return SlackChannel(settings, api, sent, self.runtime.directory.current())
         if name == "email" and settings.email:
             credential = settings.email.smtp_password_credential
             return EmailChannel(
-                settings, self.tokens, get_secret(credential) if credential else None
+                settings,
+                self.tokens,
+                get_secret(credential) if credential else None,
+                self.runtime.directory.current(),
             )
         if name == "webhook" and settings.webhook:
             return WebhookChannel(settings, get_secret(settings.webhook.secret_credential))

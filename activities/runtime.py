@@ -15,6 +15,7 @@ from activities.http import HttpClients
 from activities.transcript import TranscriptStore
 from guardrails.audit import AuditRecord, AuditStore
 from guardrails.cedar_schema import ToolSchema
+from guardrails.identity import DirectorySource
 from guardrails.ledger import Ledger
 from guardrails.policy import PolicySource
 from workers.audit import open_audit_store
@@ -31,6 +32,7 @@ class Runtime:
     policy: PolicySource
     candidate: PolicySource | None
     ledger: Ledger
+    directory: DirectorySource
     http: HttpClients = field(default_factory=HttpClients)
 
     @classmethod
@@ -44,6 +46,7 @@ class Runtime:
             policy=PolicySource(settings.policy_path, tools),
             candidate=PolicySource(candidate, tools) if candidate else None,
             ledger=Ledger(settings.ledger_path),
+            directory=DirectorySource(settings.directory_file),
         )
 
     async def audit_find(self, workflow_id: str, kind: str, **matches: Any) -> list[AuditRecord]:

@@ -127,6 +127,7 @@ async def approvals(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
             verdict=g.verdict,
             reason=reasons[g.verdict.call_id],
             requested_by=run.input.requested_by,
+            requester=run.requester,
             agent=run.agent.name,
             now=workflow.now(),
         )

@@ -22,10 +22,13 @@ from activities.runtime import Runtime
 from agents import search_attributes
 from agents.run import AgentRun
 from agents.state import RunResult
+from guardrails.approvals import ApprovalRequest
+from guardrails.identity import Envelope
 from guardrails.policy import DEFAULT_POLICY_PATH
 from workers.audit import ensure_signing_key
 from workers.codec import PayloadKeys, data_converter
 from workers.credentials import configure_keyring, set_secret
+from workers.decisions import sign_decision
 from workers.devstack import (
     DEV_SERVER_TUNING,
     Postgres,
@@ -36,6 +39,7 @@ from workers.devstack import (
     start_shop,
     temporal_binary,
 )
+from workers.identities import ensure_dev_directory, signer_for
 from workers.settings import Settings, SystemSettings
 from workers.worker import build_worker, check_startup
 
@@ -56,6 +60,10 @@ CHROMIUM_ARGS = [
 # (tests/histories). Never used outside tests.
 TEST_PAYLOAD_KEYS = PayloadKeys("pk_tests", {"pk_tests": bytes(range(32))})
 SCRIPTS = Path(__file__).parent.parent / "demo" / "scripts"
+# Everyone the tests sign as: the policy's people, the default requester, an outsider (mallory,
+# in no group) and the webhook integration. Their keys are in the session's keyring.
+TEST_PEOPLE = ("alice", "bob", "carol", "erin", "dana", "ops-dana", "mallory")
+TEST_SLACK_USERS = {"alice": "U0ALICE", "bob": "U0BOB", "carol": "U0CAROL", "dana": "U0DANA"}
 
 
 @dataclass
@@ -148,6 +156,7 @@ def settings(state_dir: Path, shop: Shop, model_url: str, session_policy: Path) 
     set_secret("shop", shop.token)
     ensure_signing_key(settings)
     set_secret(settings.payload_keys_credential, TEST_PAYLOAD_KEYS.to_json())
+    ensure_dev_directory(settings, TEST_PEOPLE, slack_users=TEST_SLACK_USERS)
     return settings
 
 
@@ -230,4 +239,13 @@ async def start_run(
         id=workflow_id or f"run-{uuid.uuid4().hex[:12]}",
         task_queue=task_queue,
         execution_timeout=execution_timeout,
+    )
+
+
+def signed(
+    workflow_id: str, request: ApprovalRequest, who: str, approve: bool = True, **kw: Any
+) -> Envelope:
+    """`who`'s decision on `request`, signed with their key from the session keyring."""
+    return sign_decision(
+        signer_for(who), workflow_id, request.request_id, request.action_hash, approve=approve, **kw
     )

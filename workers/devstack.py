@@ -3,7 +3,6 @@ model server and a worker, as child processes of one command. Also used by the t
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -24,7 +23,8 @@ from workers.audit import ensure_signing_key
 from workers.codec import ensure_payload_keys
 from workers.codec_server import capability_endpoint
 from workers.credentials import configure_keyring, ensure_secret, set_secret
-from workers.settings import ApproverContact, EmailSettings, Settings
+from workers.identities import ensure_dev_directory
+from workers.settings import EmailSettings, Settings
 
 # The stock dev server dispatches ~20 tasks/s; every step would wait on it.
 DEV_SERVER_TUNING = ["--dynamic-config-value", "history.transferProcessorMaxPollRPS=10000"]
@@ -171,9 +171,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "COUNTERSIGN_SYSTEMS__SHOP__CREDENTIAL": shop.credential,
         "COUNTERSIGN_GATEWAY_URL": settings.gateway_url,
         "COUNTERSIGN_POLICY_PATH": str(settings.policy_path),
-        "COUNTERSIGN_APPROVERS": json.dumps(
-            {k: v.model_dump(mode="json") for k, v in settings.approvers.items()}
-        ),
+        "COUNTERSIGN_DIRECTORY_PATH": str(settings.directory_file.resolve()),
     }
     if settings.email is not None:
         env["COUNTERSIGN_EMAIL"] = settings.email.model_dump_json()
@@ -254,14 +252,9 @@ def start_gateway(state_dir: Path, port: int, env: dict[str, str]) -> Service:
     return service
 
 
-# The demo policy's approvers, reachable through the dev mail catcher.
-DEV_APPROVERS = {
-    name: ApproverContact(email=f"{name}@example.com") for name in ("alice", "bob", "carol")
-}
-
-
 def with_dev_email(settings: Settings) -> Settings:
-    """Unless email is configured, send it to the local mail catcher, to the demo people."""
+    """Unless email is configured, send it to the local mail catcher (the demo people's
+    addresses are in the development directory, see workers.identities)."""
     if settings.email is not None:
         return settings
     return settings.model_copy(
@@ -272,7 +265,6 @@ def with_dev_email(settings: Settings) -> Settings:
                 smtp_security="none",
                 sender="Countersign (dev) <countersign@localhost>",
             ),
-            "approvers": settings.approvers or DEV_APPROVERS,
         }
     )
 
@@ -418,6 +410,7 @@ def start_dev_stack(
     try:
         configure_keyring(settings)
         ensure_signing_key(settings)
+        ensure_dev_directory(settings)
         codec_endpoint = None
         if settings.encrypt_payloads:
             ensure_payload_keys(settings)

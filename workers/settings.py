@@ -28,14 +28,6 @@ class SystemSettings(BaseModel):
     timeout_seconds: float = 10.0
 
 
-class ApproverContact(BaseModel):
-    """Where an approver (an identity named in the policy's groups) is reached."""
-
-    email: str | None = None
-    # Slack user id (e.g. U012ABCDEF): a click from this Slack user decides as this identity.
-    slack_user: str | None = None
-
-
 class SlackSettings(BaseModel):
     """Approval requests posted to a Slack channel, decided with its buttons."""
 
@@ -65,6 +57,9 @@ class WebhookSettings(BaseModel):
     urls: list[str] = Field(min_length=1)
     # One HMAC secret signs the notices we send and verifies the decisions called back.
     secret_credential: str = "webhook-secret"
+    # The integration's identity in the directory: a callback decides as it, never as a
+    # person (it relays a person's own signed envelope for that).
+    identity: str = "webhook"
     timeout_seconds: float = 10.0
 
 
@@ -102,6 +97,11 @@ class Settings(BaseSettings):
     policy_path: Path = DEFAULT_POLICY_PATH
     # A candidate policy evaluated beside the active one; its flips are recorded, never enforced.
     candidate_policy_path: Path | None = None
+    # Who can prove who they are (see guardrails/identity.py): default STATE/directory.toml.
+    directory_path: Path | None = None
+    # The approval gateway's own identity in the directory; its attestation key is in the
+    # gateway host's keyring as `identity-key:<name>`.
+    gateway_identity: str = "gateway"
     # keyring backend, set explicitly (never auto-detected): a class path.
     keyring_backend: str = "keyrings.alt.file.PlaintextKeyring"
 
@@ -117,8 +117,8 @@ class Settings(BaseSettings):
 
     # The approval gateway: the base URL approvers' links and chat callbacks reach.
     gateway_url: str = "http://127.0.0.1:8104"
-    # Notification channels: a channel that is not configured is skipped.
-    approvers: dict[str, ApproverContact] = {}
+    # Notification channels: a channel that is not configured is skipped. Approvers' email
+    # addresses and Slack user ids are in the identity directory.
     slack: SlackSettings | None = None
     email: EmailSettings | None = None
     webhook: WebhookSettings | None = None
@@ -198,6 +198,10 @@ class Settings(BaseSettings):
         return self.state_dir / "ledger.sqlite3"
 
     @cached_property
+    def directory_file(self) -> Path:
+        return self.directory_path or self.state_dir / "directory.toml"
+
+    @cached_property
     def kill_switch_path(self) -> Path:
         return self.state_dir / "kill-switch.json"
 
@@ -215,12 +219,6 @@ class Settings(BaseSettings):
         if self.webhook:
             names.append(self.webhook.secret_credential)
         return names
-
-    def identity_for_slack_user(self, slack_user: str) -> str | None:
-        for identity, contact in self.approvers.items():
-            if contact.slack_user == slack_user:
-                return identity
-        return None
 
     @cached_property
     def keyring_path(self) -> Path:
