@@ -175,9 +175,10 @@ class AgentRun:
         and raise DecisionRefused."""
         run = self._state()
         claimed = payload.get("approver") if isinstance(payload, dict) else None
+        channel, proven = via, False
         try:
             envelope = _envelope_of(payload)
-            claimed = envelope.statement.identity
+            claimed, channel = envelope.statement.identity, envelope.statement.channel
             check_statement(
                 run.requests,
                 envelope.statement,
@@ -188,6 +189,7 @@ class AgentRun:
                 verified = await verify_statement(envelope)
             except StatementRefusedError as e:
                 raise DecisionRefused(str(e)) from None
+            proven = True
             # Checked again after the signature: the same envelope (or another decision) may
             # have been accepted meanwhile. Only a proven envelope uses up its nonce, so a
             # forged copy cannot burn the real one.
@@ -201,12 +203,12 @@ class AgentRun:
             decision = decision_from(envelope, verified)
             request = check_decision(run.requests, decision)
         except DecisionRefused as e:
-            summary = f"{claimed or 'someone'} via {via}: {e}"
-            run.refusals.append(summary)
+            who = f"{channel}:{claimed or '?'}" + ("" if proven else " (unverified)")
+            run.refusals.append(f"{who}: {e}")
             await run.record(
                 "approval.refused",
                 {"reason": str(e), "channel": via, "claimed": claimed, "payload": _shown(payload)},
-                actor=f"{via}:{claimed or '?'} (unverified)",
+                actor=who,
             )
             run.show(run.stage)
             raise

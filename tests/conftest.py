@@ -7,7 +7,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from temporalio.worker import Worker
 from activities.runtime import Runtime
 from agents import search_attributes
 from agents.run import AgentRun
-from agents.state import RunResult
+from agents.state import RunInput, RunResult
 from guardrails.approvals import ApprovalRequest
 from guardrails.identity import Envelope
 from guardrails.policy import DEFAULT_POLICY_PATH
@@ -229,14 +229,28 @@ async def start_run(
     *,
     workflow_id: str | None = None,
     execution_timeout: timedelta | None = timedelta(minutes=5),
+    signed_requester: bool = False,
     **run_input: Any,
 ) -> WorkflowHandle[AgentRun, RunResult]:
+    """Start a run as the Temporal UI does (the requester only claimed), or, with
+    `signed_requester`, as `countersign start` does (signed with the requester's key)."""
     run_input.setdefault("agent", "support-refunds")
     run_input.setdefault("requested_by", "dana")
+    workflow_id = workflow_id or f"run-{uuid.uuid4().hex[:12]}"
+    if signed_requester:
+        typed = RunInput.model_validate(run_input)
+        proof = signer_for(typed.requested_by).sign(
+            purpose="start",
+            channel="cli",
+            now=datetime.now(UTC),
+            workflow_id=workflow_id,
+            claims={"input": typed.digest()},
+        )
+        run_input = {**run_input, "requester_proof": proof.model_dump(mode="json")}
     return await client.start_workflow(
         AgentRun.run,
         run_input,
-        id=workflow_id or f"run-{uuid.uuid4().hex[:12]}",
+        id=workflow_id,
         task_queue=task_queue,
         execution_timeout=execution_timeout,
     )

@@ -27,7 +27,12 @@ def story_line(r: AuditRecord) -> str:
     d = r.data
     when = r.at.strftime("%H:%M:%S")
     text = {
-        "run.started": lambda: f"run started by {d.get('requested_by')}: {d.get('task')!r}",
+        "run.started": lambda: (
+            f"run started by {d.get('requested_by')}"
+            + (" (claimed, not signed)" if d.get("requester") == {"verified": False} else "")
+            + f": {d.get('task')!r}"
+        ),
+        "run.refused": lambda: f"run REFUSED: {d.get('reason')}",
         "model.call": lambda: (
             f"model {d.get('model')} step {d.get('step')}: "
             f"{d.get('tool_calls')} tool call(s), {sum(d.get('usage', {}).values())} tokens"
@@ -51,8 +56,9 @@ def story_line(r: AuditRecord) -> str:
             f"approval granted {d.get('request_id')} by {', '.join(d.get('approvers', []))}"
         ),
         "approval.refused": lambda: (
-            f"decision refused ({d.get('approver', '?')}): {d.get('reason')}"
+            f"decision refused ({d.get('claimed') or d.get('approver') or '?'}): {d.get('reason')}"
         ),
+        "rollback.refused": lambda: f"rollback refused ({d.get('claimed')}): {d.get('reason')}",
         "notify.sent": lambda: (
             f"notified via {d.get('channel')}: {d.get('event')} {d.get('request_id')}"
             + (f" to {', '.join(d['to'])}" if d.get("to") else "")

@@ -75,7 +75,7 @@ async def test_worker_serves_sdk_and_countersign_metrics_on_one_endpoint(
     assert value(text, "countersign_verdicts_total", outcome="allow", tool="payments.refund") == 1
     assert value(text, "countersign_verdicts_total", outcome="needs_approval") == 1
     assert value(text, "countersign_approvals_requested_total") == 1
-    assert value(text, "countersign_decisions_total", decision="reject", channel="api") == 1
+    assert value(text, "countersign_decisions_total", decision="reject", channel="cli") == 1
     assert value(text, "countersign_approvals_settled_total", outcome="rejected") == 1
     assert value(text, "countersign_time_to_decision_count", decision="reject") == 1
     assert 0.3 <= value(text, "countersign_time_to_decision_sum") < 30
