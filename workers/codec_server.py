@@ -195,7 +195,7 @@ def oidc_verifier(settings: Settings) -> OidcVerifier | None:
     """The verifier for people's access tokens, or None when no issuer is configured."""
     if not settings.codec_oidc_issuer:
         return None
-    if not settings.codec_oidc_audience:
+    if not settings.codec_oidc_audience:  # a token for another app must not open payloads
         raise SettingsError(
             "invalid settings: COUNTERSIGN_CODEC_OIDC_AUDIENCE: required with "
             "COUNTERSIGN_CODEC_OIDC_ISSUER (the audience your issuer puts in the UI's access "
@@ -204,8 +204,9 @@ def oidc_verifier(settings: Settings) -> OidcVerifier | None:
     return OidcVerifier(
         settings.codec_oidc_issuer,
         settings.codec_oidc_audience,
-        jwks_url=settings.codec_oidc_jwks_url,
-        required_group=settings.codec_oidc_required_group,
+        # An empty variable (e.g. docker compose's `${VAR:-}`) means unset.
+        jwks_url=settings.codec_oidc_jwks_url or None,
+        required_group=settings.codec_oidc_required_group or None,
         groups_claim=settings.codec_oidc_groups_claim,
     )
 

@@ -29,11 +29,11 @@ from starlette.routing import Route
 from temporalio.api.common.v1 import Payload
 
 from workers.codec import EncryptionCodec, load_payload_keys
-from workers.codec_server import capability_endpoint
+from workers.codec_server import capability_endpoint, oidc_verifier
 from workers.credentials import ensure_secret
 from workers.devstack import Service, free_port, start_codec_server
 from workers.oidc import OidcVerifier, TokenRefused
-from workers.settings import Settings
+from workers.settings import Settings, SettingsError
 
 UI = "http://127.0.0.1:8233"
 SECRET_TEXT = b'{"email": "grace@example.com", "amount_cents": 18900}'
@@ -417,3 +417,18 @@ async def test_a_rotated_key_is_fetched_once_and_random_key_ids_do_not_flood_the
             await verifier.verify(forged)
         assert refused.value.status == 401
     assert issuer.fetches["jwks"] == before["jwks"] + 2
+
+
+def test_an_issuer_needs_an_audience_and_empty_settings_mean_unset(settings: Settings) -> None:
+    # docker compose passes unset variables as empty strings.
+    empty = settings.model_copy(
+        update={"codec_oidc_issuer": "", "codec_oidc_audience": "", "codec_oidc_jwks_url": ""}
+    )
+    assert oidc_verifier(empty) is None
+    partial = settings.model_copy(
+        update={"codec_oidc_issuer": "https://idp.example", "codec_oidc_required_group": ""}
+    )
+    with pytest.raises(SettingsError, match="COUNTERSIGN_CODEC_OIDC_AUDIENCE"):
+        oidc_verifier(partial)
+    verifier = oidc_verifier(partial.model_copy(update={"codec_oidc_audience": AUDIENCE}))
+    assert verifier is not None and verifier.required_group is None
