@@ -85,6 +85,8 @@ class OidcVerifier:
         self.timeout_seconds = timeout_seconds
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at: float | None = None
+        self._attempted_at: float | None = None
+        self._failure: TokenRefused | None = None
         self._lock = asyncio.Lock()
 
     async def verify(self, token: str) -> VerifiedToken:
@@ -142,15 +144,27 @@ class OidcVerifier:
     async def _key(self, kid: str) -> jwt.PyJWK:
         async with self._lock:
             now = time.monotonic()
-            age = None if self._fetched_at is None else now - self._fetched_at
-            stale = age is None or age > self.max_age_seconds
-            unknown = kid not in self._keys and (age is None or age > self.refresh_cooldown_seconds)
-            if stale or unknown:
-                self._keys = await self._fetch_keys()
-                self._fetched_at = time.monotonic()
+            fresh = self._fetched_at is not None and now - self._fetched_at <= self.max_age_seconds
+            # One attempt per cooldown, failed ones included: an unreachable issuer answers
+            # 503 at once instead of making every request wait for a timeout.
+            may_fetch = (
+                self._attempted_at is None
+                or now - self._attempted_at > self.refresh_cooldown_seconds
+            )
+            if (not fresh or kid not in self._keys) and may_fetch:
+                self._attempted_at = now
+                try:
+                    self._keys = await self._fetch_keys()
+                    self._fetched_at = time.monotonic()
+                    self._failure = None
+                except TokenRefused as e:
+                    self._failure = e
+            fresh = self._fetched_at is not None and now - self._fetched_at <= self.max_age_seconds
             key = self._keys.get(kid)
-        if key is None:
-            raise TokenRefused(401, f"the issuer publishes no key with id {kid!r}")
+        if not fresh:
+            raise self._failure or TokenRefused(503, f"no signing keys of issuer {self.issuer!r}")
+        if key is None:  # a failed refresh could not rule out a new key: say so, not "unknown"
+            raise self._failure or TokenRefused(401, f"the issuer publishes no key with id {kid!r}")
         return key
 
     async def _fetch_keys(self) -> dict[str, jwt.PyJWK]:

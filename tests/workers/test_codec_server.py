@@ -51,7 +51,9 @@ class Issuer:
     url: str
     keys: dict[str, SigningKey] = field(default_factory=dict)
     published: list[str] = field(default_factory=list)
-    fetches: dict[str, int] = field(default_factory=lambda: {"discovery": 0, "jwks": 0})
+    fetches: dict[str, int] = field(
+        default_factory=lambda: {"discovery": 0, "jwks": 0, "missing": 0}
+    )
 
     def add_key(self, kid: str, key: SigningKey, *, publish: bool = True) -> None:
         self.keys[kid] = key
@@ -105,8 +107,16 @@ def issuer() -> Iterator[Issuer]:
         issuer.fetches["jwks"] += 1
         return JSONResponse(issuer.jwks())
 
+    async def missing(request: Request) -> JSONResponse:
+        issuer.fetches["missing"] += 1
+        return JSONResponse({"error": "down for maintenance"}, status_code=500)
+
     app = Starlette(
-        routes=[Route("/.well-known/openid-configuration", discovery), Route("/keys", keys)]
+        routes=[
+            Route("/.well-known/openid-configuration", discovery),
+            Route("/keys", keys),
+            Route("/no-such-keys", missing),
+        ]
     )
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
@@ -401,7 +411,8 @@ async def test_a_rotated_key_is_fetched_once_and_random_key_ids_do_not_flood_the
     before = dict(issuer.fetches)
     assert (await verifier.verify(issuer.token("rsa-1"))).subject == "alice@example.com"
     assert (await verifier.verify(issuer.token("ec-1"))).subject == "alice@example.com"
-    assert issuer.fetches == {"discovery": before["discovery"], "jwks": before["jwks"] + 1}
+    assert issuer.fetches["discovery"] == before["discovery"]
+    assert issuer.fetches["jwks"] == before["jwks"] + 1
 
     # The issuer rotates in a new key: the first token naming it refetches the keys.
     kid = f"rsa-{uuid.uuid4().hex[:6]}"
@@ -432,3 +443,18 @@ def test_an_issuer_needs_an_audience_and_empty_settings_mean_unset(settings: Set
         oidc_verifier(partial)
     verifier = oidc_verifier(partial.model_copy(update={"codec_oidc_audience": AUDIENCE}))
     assert verifier is not None and verifier.required_group is None
+
+
+async def test_an_unreachable_issuer_is_a_quick_503_not_a_wait_per_request(
+    issuer: Issuer,
+) -> None:
+    verifier = OidcVerifier(
+        issuer.url, AUDIENCE, jwks_url=f"{issuer.url}/no-such-keys", refresh_cooldown_seconds=60
+    )
+    before = issuer.fetches["missing"]
+    for _ in range(3):
+        with pytest.raises(TokenRefused, match="cannot fetch the signing keys") as refused:
+            await verifier.verify(issuer.token())
+        assert refused.value.status == 503
+    # One attempt per cooldown, not one per request.
+    assert issuer.fetches["missing"] == before + 1
