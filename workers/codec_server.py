@@ -225,6 +225,12 @@ def build_codec_app(settings: Settings) -> Starlette:
             "the URL, and a Temporal UI without login publishes it on its settings endpoint. "
             "Unset COUNTERSIGN_CODEC_CAPABILITY_URL outside development.",
         )
+    if oidc is not None and urlsplit(oidc.issuer).scheme != "https":
+        log.warning(
+            "codec.oidc_issuer_not_https",
+            issuer=oidc.issuer,
+            warning="the issuer's signing keys are fetched without TLS: development only",
+        )
     if oidc is None:
         log.info(
             "codec.no_user_tokens",

@@ -174,7 +174,10 @@ class OidcVerifier:
                 jwks_url = self.jwks_url or await self._discover_jwks_url(http)
                 r = await http.get(jwks_url)
                 r.raise_for_status()
-                jwks = jwt.PyJWKSet.from_dict(r.json())
+                body = r.json()
+                if not isinstance(body, dict):
+                    raise ValueError(f"{jwks_url} is not a JWK set")
+                jwks = jwt.PyJWKSet.from_dict(body)
         except (httpx.HTTPError, ValueError, jwt.PyJWTError) as e:
             raise TokenRefused(
                 503, f"cannot fetch the signing keys of issuer {self.issuer!r}: {e}"
@@ -193,6 +196,8 @@ class OidcVerifier:
         r = await http.get(url)
         r.raise_for_status()
         doc = r.json()
+        if not isinstance(doc, dict):
+            raise ValueError(f"{url} is not a discovery document")
         # OIDC Discovery 1.0 §4.3: the document must name exactly the issuer we trust.
         if doc.get("issuer") != self.issuer:
             raise ValueError(f"{url} names issuer {doc.get('issuer')!r}, not {self.issuer!r}")
