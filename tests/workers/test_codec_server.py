@@ -371,6 +371,9 @@ def test_capability_url_works_only_in_dev_mode_and_says_so_loudly(settings: Sett
     accepted unless an issuer is configured."""
     conf = codec_settings(settings, codec_capability_url=True)
     token = ensure_secret(conf.codec_token_credential)
+    # Codec servers of this session share one log file: read only what this one wrote.
+    log_file = settings.state_dir / "logs" / "codec-server.log"
+    offset = log_file.stat().st_size if log_file.exists() else 0
     service = start_codec_server(settings.state_dir, conf)
     namespace = f"ns-{uuid.uuid4().hex[:6]}"
     try:
@@ -395,7 +398,7 @@ def test_capability_url_works_only_in_dev_mode_and_says_so_loudly(settings: Sett
         service.stop()
     [decode] = log_lines(service, "codec.decode", namespace)
     assert (decode["subject"], decode["via"]) == ("capability-url", "capability-url")
-    log = service.log_path.read_text()
+    log = service.log_path.read_bytes()[offset:].decode()
     [on] = [json.loads(line) for line in log.splitlines() if "codec.capability_url_on" in line]
     assert on["level"] == "warning" and "DEVELOPMENT ONLY" in on["warning"]
     assert token not in log
