@@ -147,10 +147,26 @@ def start_codec_server(state_dir: Path, settings: Settings) -> Service:
         "codec-server",
         [sys.executable, "-m", "workers", "codec-server"],
         state_dir / "logs",
-        env=settings_env(settings),
+        env={**settings_env(settings), **codec_env(settings)},
     )
     wait_until(service, f"{settings.codec_url.rstrip('/')}/healthz")
     return service
+
+
+def codec_env(settings: Settings) -> dict[str, str]:
+    """The codec server's own settings (who may decode) as environment variables."""
+    env = {
+        "COUNTERSIGN_CODEC_TOKEN_CREDENTIAL": settings.codec_token_credential,
+        "COUNTERSIGN_CODEC_OIDC_GROUPS_CLAIM": settings.codec_oidc_groups_claim,
+        "COUNTERSIGN_CODEC_CAPABILITY_URL": str(settings.codec_capability_url).lower(),
+    }
+    optional = {
+        "COUNTERSIGN_CODEC_OIDC_ISSUER": settings.codec_oidc_issuer,
+        "COUNTERSIGN_CODEC_OIDC_AUDIENCE": settings.codec_oidc_audience,
+        "COUNTERSIGN_CODEC_OIDC_JWKS_URL": settings.codec_oidc_jwks_url,
+        "COUNTERSIGN_CODEC_OIDC_REQUIRED_GROUP": settings.codec_oidc_required_group,
+    }
+    return env | {name: value for name, value in optional.items() if value is not None}
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -412,6 +428,9 @@ def start_dev_stack(
         ensure_signing_key(settings)
         ensure_dev_directory(settings)
         codec_endpoint = None
+        # The dev UI has no login, so it reads payloads through the capability URL: a
+        # development convenience that only the dev stack turns on (see README).
+        dev_codec = settings.model_copy(update={"codec_capability_url": True})
         if settings.encrypt_payloads:
             ensure_payload_keys(settings)
             codec_endpoint = capability_endpoint(
@@ -423,7 +442,7 @@ def start_dev_stack(
                 state_dir, temporal_port, ui_port, codec_endpoint, tuned=tuned, persist=persist
             )
         if settings.encrypt_payloads and not port_open(port_of(settings.codec_url)):
-            stack.services["codec-server"] = start_codec_server(state_dir, settings)
+            stack.services["codec-server"] = start_codec_server(state_dir, dev_codec)
         if not port_open(shop_port):
             token = secrets.token_urlsafe(24)
             set_secret(settings.systems["shop"].credential, token)

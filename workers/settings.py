@@ -84,6 +84,17 @@ class Settings(BaseSettings):
     # operators holding the token in keyring entry `codec_token_credential` read payloads.
     codec_url: str = "http://127.0.0.1:8105"
     codec_token_credential: str = "codec-token"
+    # People signed in to the Temporal UI (codec setting "pass access token"): their access
+    # token is verified against this OIDC issuer, for this audience. JWKS URL default: the
+    # issuer's discovery document. If a group is set, the token's groups claim must hold it.
+    codec_oidc_issuer: str | None = None
+    codec_oidc_audience: str | None = None
+    codec_oidc_jwks_url: str | None = None
+    codec_oidc_required_group: str | None = None
+    codec_oidc_groups_claim: str = "groups"
+    # Development only (`countersign dev` turns it on): the token in the URL, /codec/k/TOKEN,
+    # for a UI without login. Whoever learns that URL reads every payload.
+    codec_capability_url: bool = False
 
     # Prometheus metrics of the worker (Temporal SDK + Countersign), e.g. 127.0.0.1:9464;
     # empty: off. Tracing: OpenTelemetry spans for workflows and activities (needs an

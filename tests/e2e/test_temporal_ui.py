@@ -63,6 +63,8 @@ async def ui_stack(
             "temporal_address": f"127.0.0.1:{temporal_port}",
             "temporal_ui_url": f"http://127.0.0.1:{ui_port}",
             "codec_url": f"http://127.0.0.1:{free_port()}",
+            # The dev server's UI has no login: it reads payloads as `countersign dev` does.
+            "codec_capability_url": True,
             "task_queue": "countersign",
         }
     )
