@@ -22,6 +22,7 @@ RECORD = "audit.record"
 NOTIFY = "notify.approval"
 RELEASE = "guard.release"
 VERIFY = "identity.verify"
+MODEL_BOUNDS = "model.bounds"
 
 
 class PlanInput(BaseModel):
@@ -32,6 +33,16 @@ class PlanInput(BaseModel):
     seq: int
     new_messages: list[dict[str, Any]]
     step: int
+
+
+class ModelBounds(BaseModel):
+    """How the model activity may run, from worker settings (workflow code reads none).
+    The defaults are what runs used before these were settings."""
+
+    start_to_close_seconds: float = 120.0
+    # The activity heartbeats while the call runs: a dead worker is noticed after this long.
+    heartbeat_seconds: float | None = None
+    max_attempts: int = 4
 
 
 class Usage(BaseModel):
@@ -61,6 +72,9 @@ class GuardResult(BaseModel):
     # How the tool activity may run, from worker settings (so workflow code reads none).
     tool_timeout_seconds: float
     tool_max_attempts: int
+    # Side effects heartbeat while they run, so a dead worker is noticed after this long
+    # rather than after the whole timeout (None: runs decided before this was a setting).
+    tool_heartbeat_seconds: float | None = None
     # A read-only tool runs as a local activity (see agents.graph.execute_action). Recorded
     # here, not looked up by the workflow, so replay follows what the run did.
     tool_read_only: bool = False

@@ -12,9 +12,11 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 from activities.contracts import (
+    MODEL_BOUNDS,
     RECORD,
     VERIFY,
     Compensation,
+    ModelBounds,
     RecordInput,
     VerifyInput,
     VerifyResult,
@@ -31,6 +33,8 @@ DEFAULT_TASK_QUEUE = "countersign"
 
 # Since this patch, the guard, limit releases and audit records run as local activities.
 LOCAL_BOOKKEEPING = "local-guard-and-audit"
+# Since this patch, model calls take their timeouts from settings and heartbeat.
+MODEL_BOUNDS_FROM_SETTINGS = "model-bounds-from-settings"
 # Since this patch, decisions, rollbacks and requesters count only when a signed statement
 # proves who is behind them (guardrails/identity.py); runs recorded before replay as they were.
 SIGNED_IDENTITIES = "signed-identities"
@@ -75,6 +79,19 @@ async def run_bookkeeping(
         # one more payload the SDK converts on every workflow task and every replay.
         return await workflow.execute_local_activity(activity, arg, **options)
     return await workflow.execute_activity(activity, arg, summary=summary, **options)
+
+
+async def model_bounds() -> ModelBounds:
+    """The model call's timeouts from settings, read once per run by a local activity (its
+    result lands in history). Runs started before the patch keep the constants they used."""
+    if not workflow.patched(MODEL_BOUNDS_FROM_SETTINGS):
+        return ModelBounds()
+    return await workflow.execute_local_activity(
+        MODEL_BOUNDS,
+        result_type=ModelBounds,
+        start_to_close_timeout=timedelta(seconds=30),
+        retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+    )
 
 
 class RunInput(BaseModel):
@@ -202,6 +219,8 @@ class RunState:
     nonces: set[str] = field(default_factory=set)
     # The latest refused decisions, shown to people in Current Details (signals cannot answer).
     refusals: list[str] = field(default_factory=list)
+    # Read at the first model call (see model_bounds).
+    model_bounds: ModelBounds | None = None
 
     @property
     def agent(self) -> AgentSpec:

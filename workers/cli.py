@@ -330,9 +330,10 @@ async def cmd_policy(args: argparse.Namespace, settings: Settings) -> None:
 
 
 async def cmd_kill(args: argparse.Namespace, settings: Settings) -> None:
-    from guardrails.controls import read_kill_switch, write_kill_switch
+    from workers.state import open_kill_switch
 
-    switch = read_kill_switch(settings.kill_switch_path)
+    store = open_kill_switch(settings)
+    switch = store.read()
     on = args.command == "kill"
     if args.what == "all":
         switch.all_side_effects = on
@@ -345,7 +346,7 @@ async def cmd_kill(args: argparse.Namespace, settings: Settings) -> None:
         if not on and args.name in names:
             names.remove(args.name)
     if args.what != "status":
-        write_kill_switch(settings.kill_switch_path, switch)
+        store.write(switch)
     print(
         f"kill switch: all side effects {'OFF' if switch.all_side_effects else 'on'}; "
         f"tools stopped: {', '.join(switch.tools) or 'none'}; "
@@ -605,6 +606,7 @@ def main(argv: list[str] | None = None) -> None:
     from agents.search_attributes import SearchAttributesMissing
     from guardrails.audit import AuditError
     from guardrails.audit_signing import SigningKeyError
+    from guardrails.database import DatabaseError
     from guardrails.identity import IdentityError
     from guardrails.policy import PolicyError
     from guardrails.redaction import set_pii_fields
@@ -628,6 +630,7 @@ def main(argv: list[str] | None = None) -> None:
         PolicyError,
         RPCError,
         AuditError,
+        DatabaseError,
         SigningKeyError,
         IdentityError,
         PayloadKeyError,

@@ -60,6 +60,7 @@ from workers.credentials import CredentialError, configure_keyring, get_secret, 
 from workers.decisions import DecisionRefusedError, send_decision, sign_decision
 from workers.identities import signer_for
 from workers.settings import Settings
+from workers.state import open_tokens
 
 log = structlog.get_logger(__name__)
 
@@ -158,7 +159,7 @@ class Gateway:
             settings=settings,
             client=client,
             audit=open_audit_store(settings),
-            tokens=TokenStore(settings.tokens_path),
+            tokens=open_tokens(settings),
             directory=DirectorySource(settings.directory_file),
             csrf_key=csrf_key.encode(),
             attestation=signer_for(settings.gateway_identity),

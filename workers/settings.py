@@ -9,7 +9,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from guardrails.policy import DEFAULT_POLICY_PATH
@@ -115,6 +122,8 @@ class Settings(BaseSettings):
     gateway_identity: str = "gateway"
     # keyring backend, set explicitly (never auto-detected): a class path.
     keyring_backend: str = "keyrings.alt.file.PlaintextKeyring"
+    # The folder of the `workers.credentials.SecretFiles` backend (one file per secret).
+    secrets_dir: Path = Path("/run/secrets")
 
     openai_base_url: str = Field(
         default="http://127.0.0.1:8102/v1",
@@ -136,12 +145,26 @@ class Settings(BaseSettings):
     # `countersign dev` only: the local mail catcher that the dev stack's email goes to.
     mail_catcher_port: int = 8125
 
-    # Bounds on one tool call; Temporal retries with back-off within these.
-    tool_start_to_close_seconds: float = 30.0
+    # Bounds on one tool call; Temporal retries with back-off within these. A side effect's
+    # activity heartbeats, so a worker that dies mid-call is noticed after
+    # `tool_heartbeat_seconds`, not after the whole start-to-close.
+    tool_start_to_close_seconds: float = Field(default=30.0, gt=0)
     tool_max_attempts: int = Field(default=5, ge=1)
+    tool_heartbeat_seconds: float = Field(default=10.0, gt=0)
+    # The same for the model call (one planning step).
+    model_start_to_close_seconds: float = Field(default=120.0, gt=0)
+    model_max_attempts: int = Field(default=4, ge=1)
+    model_heartbeat_seconds: float = Field(default=10.0, gt=0)
 
-    # The audit trail: SQLite in the state folder, or PostgreSQL (`postgresql://user@host/db`;
-    # the password from keyring entry `audit_password_credential`, or libpq's PGPASSWORD/.pgpass).
+    # Where everything that must be one per deployment lives (limits ledger, transcripts,
+    # approval links, kill switch, audit trail): unset, SQLite files in the state folder (one
+    # machine); `postgresql://user@host:5432/db`, one PostgreSQL database for a fleet. The
+    # password comes from keyring entry `state_password_credential` (or PGPASSWORD/.pgpass).
+    state_dsn: str | None = None
+    state_password_credential: str | None = None
+    # The audit trail elsewhere than the rest (older deployments set only this): SQLite path or
+    # PostgreSQL DSN; default: state_dsn, else the state folder. Its password: keyring entry
+    # `audit_password_credential`, else `state_password_credential`.
     audit_dsn: str | None = None
     audit_password_credential: str | None = None
     # A signed checkpoint every N records (and on `countersign audit checkpoint`).
@@ -160,11 +183,17 @@ class Settings(BaseSettings):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
-    @field_validator("audit_dsn", mode="after")
+    @field_validator("audit_dsn", "state_dsn", mode="after")
     @classmethod
-    def _postgres_without_password(cls, dsn: str | None) -> str | None:
+    def _postgres_without_password(cls, dsn: str | None, field: ValidationInfo) -> str | None:
         if dsn is None or not dsn.strip():
             return None
+        store = (field.field_name or "").removesuffix("_dsn").upper()
+        if store == "STATE" and not dsn.startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                "expected postgresql://user@host:port/dbname (leave it unset for SQLite files "
+                "in COUNTERSIGN_STATE_DIR)"
+            )
         if not dsn.startswith(("postgresql://", "postgres://", "sqlite:///")):
             raise ValueError("expected postgresql://user@host:port/dbname or sqlite:///path")
         if dsn.startswith("postgres"):
@@ -177,7 +206,7 @@ class Settings(BaseSettings):
             if info.get("password"):
                 raise ValueError(
                     "the DSN holds a password; keep it in the keyring instead "
-                    "(COUNTERSIGN_AUDIT_PASSWORD_CREDENTIAL) or in PGPASSWORD/.pgpass"
+                    f"(COUNTERSIGN_{store}_PASSWORD_CREDENTIAL) or in PGPASSWORD/.pgpass"
                 )
         return dsn
 
@@ -197,8 +226,14 @@ class Settings(BaseSettings):
 
     @cached_property
     def audit_location(self) -> str:
-        """Where the audit trail lives: the DSN, or the SQLite file in the state folder."""
-        return self.audit_dsn or str(self.audit_path)
+        """Where the audit trail lives: its own DSN, the state DSN, or the SQLite file in the
+        state folder."""
+        return self.audit_dsn or self.state_dsn or str(self.audit_path)
+
+    @cached_property
+    def audit_credential(self) -> str | None:
+        """The keyring entry holding the audit database's password, if any."""
+        return self.audit_password_credential or self.state_password_credential
 
     @cached_property
     def transcript_path(self) -> Path:

@@ -185,6 +185,7 @@ def build_worker(
 ) -> Worker:
     activities_: Sequence[Any] = [
         ModelActivities(runtime).plan,
+        ModelActivities(runtime).bounds,
         GuardActivities(runtime).decide,
         GuardActivities(runtime).release,
         AuditActivities(runtime).record,
