@@ -96,9 +96,7 @@ class GuardActivities:
             facts=await asyncio.to_thread(
                 facts_for, self.runtime.audit, workflow_id, arguments or {}
             ),
-            killed=(await asyncio.to_thread(self.runtime.kill_switch.read)).stops(
-                proposal.tool, agent.name
-            ),
+            killed=(await self.runtime.kill_switch_now()).stops(proposal.tool, agent.name),
         )
         verdict, d = await asyncio.to_thread(
             self.runtime.ledger.decide_and_reserve,

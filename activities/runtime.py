@@ -18,7 +18,7 @@ from activities.http import HttpClients
 from activities.transcript import TranscriptStore
 from guardrails.audit import AuditRecord, AuditStore
 from guardrails.cedar_schema import ToolSchema
-from guardrails.controls import KillSwitchStore
+from guardrails.controls import KillSwitch, KillSwitchStore
 from guardrails.identity import DirectorySource
 from guardrails.ledger import Ledger
 from guardrails.policy import PolicySource
@@ -55,6 +55,17 @@ class Runtime:
             kill_switch=open_kill_switch(settings),
             directory=DirectorySource(settings.directory_file),
         )
+
+    async def kill_switch_now(self) -> KillSwitch:
+        """The kill switch as the signed changes of operators with the authority set it."""
+        stored = await asyncio.to_thread(self.kill_switch.read)
+        policy = self.policy.current()
+        switch, ignored = stored.effective(
+            self.directory.current(), lambda who: policy.has_authority(who, "kill_switch")
+        )
+        if ignored:
+            log.warning("kill_switch.unverified_changes_ignored", changes=ignored)
+        return switch
 
     async def audit_find(self, workflow_id: str, kind: str, **matches: Any) -> list[AuditRecord]:
         return await asyncio.to_thread(self.audit.find, workflow_id, kind, **matches)
