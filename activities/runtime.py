@@ -23,6 +23,7 @@ from guardrails.identity import DirectorySource
 from guardrails.ledger import Ledger
 from guardrails.policy import PolicySource
 from workers.audit import open_audit_store
+from workers.policies import activation_gate
 from workers.settings import Settings
 from workers.state import open_kill_switch, open_ledger, open_transcripts
 
@@ -45,15 +46,22 @@ class Runtime:
     def from_settings(cls, settings: Settings, tools: list[ToolSchema] | None = None) -> Runtime:
         """`tools`: the registered tools, to type-check policies against."""
         candidate = settings.candidate_policy_path
+        audit = open_audit_store(settings, signing=True)
+        directory = DirectorySource(settings.directory_file)
+        gate = (
+            activation_gate(audit, directory.current)
+            if settings.require_policy_activation
+            else None
+        )
         return cls(
             settings=settings,
-            audit=open_audit_store(settings, signing=True),
+            audit=audit,
             transcripts=open_transcripts(settings),
-            policy=PolicySource(settings.policy_path, tools),
+            policy=PolicySource(settings.policy_path, tools, gate),
             candidate=PolicySource(candidate, tools) if candidate else None,
             ledger=open_ledger(settings),
             kill_switch=open_kill_switch(settings),
-            directory=DirectorySource(settings.directory_file),
+            directory=directory,
         )
 
     async def kill_switch_now(self) -> KillSwitch:

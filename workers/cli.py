@@ -299,6 +299,22 @@ async def cmd_policy(args: argparse.Namespace, settings: Settings) -> None:
     from guardrails.review import backtest, diff, run_cases
     from workers.audit import open_audit_store
 
+    if args.action == "activate":
+        from workers.credentials import configure_keyring
+        from workers.identities import signer_for
+        from workers.policies import activate
+
+        if not args.as_:
+            raise CliError("sign the activation: countersign policy activate [FOLDER] --as NAME")
+        configure_keyring(settings)
+        policy = _load(args.path, settings)
+        envelope = activate(open_audit_store(settings), policy, signer_for(args.as_))
+        print(
+            f"activated {policy.version} ({policy.path}) as {args.as_} "
+            f"(key {envelope.statement.key_id}); workers put it in force at their next "
+            "decision if the policy in force gives you [authority] policy"
+        )
+        return
     if args.action == "test":
         policy = _load(args.path, settings)
         failures = run_cases(policy)
@@ -596,9 +612,10 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true")
 
     policy = add("policy", cmd_policy, "check, compare and backtest policies")
-    policy.add_argument("action", choices=["test", "diff", "backtest"])
+    policy.add_argument("action", choices=["test", "diff", "backtest", "activate"])
     policy.add_argument("path", nargs="?", help="policy folder (test, diff: default active)")
     policy.add_argument("--candidate", help="candidate policy folder (diff, backtest)")
+    policy.add_argument("--as", dest="as_", metavar="NAME", help="activate: sign as NAME")
     for verb in ("kill", "revive"):
         k = add(verb, cmd_kill, f"{verb} side effects of a tool, an agent, or all, at once")
         k.add_argument("what", choices=["tool", "agent", "all", "status"])
