@@ -65,6 +65,65 @@ def proposals_from(message: Any) -> list[Proposal]:
     return proposals
 
 
+# How much of a reply's text the audit keeps; the whole reply is represented by its hash.
+AUDIT_EXCERPT_CHARS = 1000
+RETRY_NOTE = (
+    "Countersign discarded your previous reply and executed none of it: {why}. "
+    "Reply again: shorter, with at most the tool calls this step needs, each with its own id."
+)
+
+
+def _usage(response: Any) -> dict[str, int]:
+    u = response.usage
+    return Usage(
+        prompt_tokens=u.prompt_tokens if u else 0, completion_tokens=u.completion_tokens if u else 0
+    ).model_dump()
+
+
+def reply_bytes(message: Any) -> int:
+    """The size of what the model sent: its text and every tool call's name and arguments."""
+    size = len((message.content or "").encode())
+    for call in message.tool_calls or []:
+        size += len((call.function.name or "").encode())
+        size += len((call.function.arguments or "").encode())
+    return size
+
+
+def refusal(finish_reason: str | None, message: Any, max_bytes: int, max_calls: int) -> str | None:
+    """Why a reply must execute nothing, or None. A compromised or broken model must not get a
+    half-written or oversized batch of tool calls executed."""
+    if finish_reason == "length":
+        return "the reply was cut off at the token limit (finish_reason 'length')"
+    if finish_reason == "content_filter":
+        return "the reply was withheld by the content filter (finish_reason 'content_filter')"
+    size = reply_bytes(message)
+    if size > max_bytes:
+        return f"the reply is {size} bytes; at most {max_bytes} are accepted"
+    calls = message.tool_calls or []
+    if len(calls) > max_calls:
+        return f"the reply has {len(calls)} tool calls; at most {max_calls} per turn are accepted"
+    ids = [c.id for c in calls]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        return f"tool-call id(s) {', '.join(duplicates)} are used more than once in one reply"
+    return None
+
+
+def reply_digest(message: Any) -> dict[str, Any]:
+    """What the audit keeps of a reply: a bounded excerpt, its size and the sha256 of it all."""
+    content = message.content or ""
+    calls = [c.model_dump(mode="json") for c in message.tool_calls or []]
+    text = content[:AUDIT_EXCERPT_CHARS]
+    if len(content) > AUDIT_EXCERPT_CHARS:
+        text += f" [… {len(content) - AUDIT_EXCERPT_CHARS} more characters]"
+    return {
+        "content": text,
+        "reply_bytes": reply_bytes(message),
+        "reply_sha256": sha256_hex({"content": content, "tool_calls": calls}),
+        "tool_calls": len(calls),
+    }
+
+
 class ModelActivities:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -114,9 +173,81 @@ class ModelActivities:
             *history,
         ]
         tools = tools_for(agent)
-        client = self._client()
+        settings = self.runtime.settings
+        # A reply that must not execute is discarded, and the model is asked once more with a
+        # note saying why; a second such reply stops the run (PlanOutput.refused).
+        written: list[dict[str, Any]] = []
+        usage = Usage()
+        refused: str | None = None
+        for attempt in range(2):
+            response = await self._complete(agent, [*messages, *written], tools)
+            if not response.choices:
+                raise ApplicationError("the model returned no choices", type="ModelEmptyReply")
+            choice = response.choices[0]
+            reply = choice.message
+            if response.usage:
+                usage.prompt_tokens += response.usage.prompt_tokens
+                usage.completion_tokens += response.usage.completion_tokens
+            refused = refusal(
+                choice.finish_reason,
+                reply,
+                settings.max_reply_bytes,
+                settings.max_tool_calls_per_turn,
+            )
+            await audit_from_activity(
+                self.runtime,
+                "model.call",
+                {
+                    "agent": agent.name,
+                    "step": input.step,
+                    "attempt": attempt + 1,
+                    "model": response.model,
+                    "prompt_hash": sha256_hex(messages),
+                    "tools_offered": [t["function"]["name"] for t in tools],
+                    "usage": _usage(response),  # this call's own: stats sum them
+                    "finish_reason": choice.finish_reason,
+                    **reply_digest(reply),
+                    "refused": refused,
+                },
+                actor=f"agent:{agent.name}",
+                n=attempt,
+            )
+            if refused is None:
+                assistant: dict[str, Any] = {"role": "assistant", "content": reply.content}
+                if reply.tool_calls:
+                    assistant["tool_calls"] = [c.model_dump(mode="json") for c in reply.tool_calls]
+                written.append(assistant)
+                break
+            # What the conversation keeps of a refused reply: that it was discarded, and why.
+            written.append({"role": "assistant", "content": f"[reply discarded: {refused}]"})
+            if attempt == 0:
+                written.append({"role": "user", "content": RETRY_NOTE.format(why=refused)})
+        await transcripts.write(workflow_id, upto, written)
+        seq = upto + len(written)
+        if refused is not None:
+            return PlanOutput(
+                content="",
+                proposals=[],
+                finish_reason=choice.finish_reason or "stop",
+                model=response.model,
+                usage=usage,
+                seq=seq,
+                refused=refused,
+            )
+        return PlanOutput(
+            content=reply.content or "",
+            proposals=proposals_from(reply),
+            finish_reason=choice.finish_reason or "stop",
+            model=response.model,
+            usage=usage,
+            seq=seq,
+        )
+
+    async def _complete(
+        self, agent: AgentSpec, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> Any:
         try:
-            response = await client.chat.completions.create(
+            return await self._client().chat.completions.create(
                 model=agent.model,
                 messages=cast(Any, messages),
                 tools=cast(Any, tools) if tools else openai.omit,
@@ -133,39 +264,3 @@ class ModelActivities:
                 type="ModelAuthentication",
                 non_retryable=True,
             ) from e
-        if not response.choices:
-            raise ApplicationError("the model returned no choices", type="ModelEmptyReply")
-        choice = response.choices[0]
-        reply = choice.message
-        assistant: dict[str, Any] = {"role": "assistant", "content": reply.content}
-        if reply.tool_calls:
-            assistant["tool_calls"] = [c.model_dump(mode="json") for c in reply.tool_calls]
-        await transcripts.write(workflow_id, upto, [assistant])
-        usage = Usage(
-            prompt_tokens=response.usage.prompt_tokens if response.usage else 0,
-            completion_tokens=response.usage.completion_tokens if response.usage else 0,
-        )
-        await audit_from_activity(
-            self.runtime,
-            "model.call",
-            {
-                "agent": agent.name,
-                "step": input.step,
-                "model": response.model,
-                "prompt_hash": sha256_hex(messages),
-                "tools_offered": [t["function"]["name"] for t in tools],
-                "usage": usage.model_dump(),
-                "finish_reason": choice.finish_reason,
-                "content": reply.content,
-                "tool_calls": len(reply.tool_calls or []),
-            },
-            actor=f"agent:{agent.name}",
-        )
-        return PlanOutput(
-            content=reply.content or "",
-            proposals=proposals_from(reply),
-            finish_reason=choice.finish_reason or "stop",
-            model=response.model,
-            usage=usage,
-            seq=upto + 1,
-        )

@@ -316,6 +316,17 @@ def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awai
 async def _check_authorized(spec: ToolSpec, call: ToolCall, runtime: Runtime, run: str) -> None:
     """The activity is the boundary: an approval in workflow state alone is not enough."""
     if read_kill_switch(runtime.settings.kill_switch_path).stops(spec.name, call.agent):
+        # Its own record: an approved action stopped at the door, not a failure of the tool.
+        await audit_from_activity(
+            runtime,
+            "action.blocked",
+            {
+                "tool": spec.name,
+                "call_id": call.call_id,
+                "action_hash": call.action_hash,
+                "reason": "kill_switch",
+            },
+        )
         raise ApplicationError(
             f"{spec.name} is switched off by the kill switch; the action was not executed",
             type="KillSwitch",

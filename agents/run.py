@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         RunResult,
         RunState,
         RunStatus,
+        finished_status,
         parse_run_input,
     )
     from guardrails.approvals import (
@@ -77,7 +78,10 @@ class AgentRun:
             raise
         result = RunResult(
             agent=run.agent.name,
-            status="stopped" if final.get("stop_reason") else "completed",
+            # Runs recorded before refusals were reported replay to the result they returned.
+            status=finished_status(
+                run.actions, final.get("stop_reason"), workflow.patched("run-refusals")
+            ),
             stop_reason=final.get("stop_reason"),
             final_message=final.get("final", ""),
             steps=run.step,
