@@ -9,6 +9,7 @@ backtested against what really happened.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -20,10 +21,11 @@ from activities.contracts import DECIDE, RELEASE, GuardInput, GuardResult
 from activities.runtime import Runtime, audit_from_activity, current_workflow_id
 from activities.tools import REGISTRY, lookup_tool
 from agents.specs import AGENTS
-from guardrails.audit import AuditStore
+from guardrails.audit import AuditRecord, AuditStore
 from guardrails.controls import read_kill_switch
 from guardrails.errors import describe
 from guardrails.policy import DecisionInput, PolicyBundle, PolicyError, Verdict, decide
+from guardrails.rollout import OverrideCount, Rollout, override_counts
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +46,28 @@ def facts_for(audit: AuditStore, workflow_id: str, arguments: dict[str, Any]) ->
         if shared and all(looked_up[k] == arguments[k] for k in shared):
             facts[spec.fact] = record.data.get("result") or {}
     return facts
+
+
+def overrides_for(audit: AuditStore, rollout: Rollout | None, agent: str) -> OverrideCount | None:
+    """Human decisions on the agent's proposals over the rollout's window, from the audit
+    trail; None when the agent's rollout does not demote on overrides."""
+    if rollout is None or rollout.demote_when_override_rate_above is None:
+        return None
+    since = datetime.now(UTC) - timedelta(hours=rollout.window_hours)
+
+    def requested(decided: AuditRecord) -> dict[str, Any] | None:
+        found = audit.find(
+            decided.workflow_id, "approval.requested", request_id=decided.data.get("request_id")
+        )
+        return found[0].data if found else None
+
+    counts = override_counts(audit.between(since), requested)
+    mine = [c for (a, _), c in counts.items() if a == agent]
+    return OverrideCount(
+        decisions=sum(c.decisions for c in mine),
+        rejections=sum(c.rejections for c in mine),
+        window_hours=rollout.window_hours,
+    )
 
 
 class GuardActivities:
@@ -98,6 +122,12 @@ class GuardActivities:
                 facts_for, self.runtime.audit, workflow_id, arguments or {}
             ),
             killed=read_kill_switch(settings.kill_switch_path).stops(proposal.tool, agent.name),
+            overrides=await asyncio.to_thread(
+                overrides_for,
+                self.runtime.audit,
+                policy.settings.rollout.get(agent.name),
+                agent.name,
+            ),
         )
         verdict, d = await asyncio.to_thread(
             self.runtime.ledger.decide_and_reserve,

@@ -145,6 +145,8 @@ async def approvals(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
             "approval.requested",
             {
                 "request_id": request.request_id,
+                "agent": run.agent.name,
+                "mode": g.verdict.mode,
                 "action": request.summary(),
                 "action_hash": request.action_hash,
                 "rule_ids": request.rule_ids,

@@ -27,8 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from guardrails.cedar_schema import ToolSchema, cedar_schema
 from guardrails.errors import describe
+from guardrails.rollout import Mode, OverrideCount, Rollout, rollout_mode
 
-Mode = Literal["shadow", "augment", "automate"]
 Outcome = Literal["allow", "deny", "needs_approval", "shadow"]
 
 DEFAULT_POLICY_PATH = Path(__file__).parent / "policies" / "default"
@@ -106,6 +106,8 @@ class Settings(BaseModel):
     # Who countersigns side effects in `augment` mode.
     augment_groups: list[str] = ["support-leads"]
     augment_timeout_minutes: int = Field(default=240, ge=1)
+    # Per agent: automate for a share of runs, demote on human overrides (guardrails/rollout.py).
+    rollout: dict[str, Rollout] = {}
 
 
 class ApprovalNeed(BaseModel):
@@ -139,6 +141,8 @@ class Verdict(BaseModel):
     read_only: bool = False
     compensate: str | None = None
     approval: ApprovalNeed | None = None
+    # Why a rollout put this run in its mode (share of runs, or demotion), when one did.
+    mode_reason: str | None = None
 
 
 def action_hash(workflow_id: str, call_id: str, tool: str, arguments: dict[str, Any]) -> str:
@@ -214,13 +218,25 @@ class PolicyBundle:
         # cedarpy names policies policy0, policy1, ... in source order.
         self._ids = [r.id for r in rules]
 
-    def mode_for(self, agent: str, requested: Mode | None) -> Mode:
-        """The strictest of the agent's configured mode and the mode the run asked for."""
+    def mode_for(
+        self,
+        agent: str,
+        requested: Mode | None,
+        workflow_id: str = "",
+        overrides: OverrideCount | None = None,
+    ) -> tuple[Mode, str | None]:
+        """The strictest of the agent's configured mode (after its rollout, if any) and the
+        mode the run asked for; and why the rollout chose, if it did."""
         order = ["shadow", "augment", "automate"]
-        configured = self.settings.modes.get(agent, self.settings.default_mode)
+        configured, why = rollout_mode(
+            self.settings.modes.get(agent, self.settings.default_mode),
+            self.settings.rollout.get(agent),
+            workflow_id,
+            overrides,
+        )
         if requested is None:
-            return configured
-        return min(configured, requested, key=order.index)  # type: ignore[return-value]
+            return configured, why
+        return min(configured, requested, key=order.index), why  # type: ignore[return-value]
 
     def evaluate(
         self, request: dict[str, Any], entities: list[dict[str, Any]]
@@ -332,6 +348,8 @@ class DecisionInput(BaseModel):
     # Records looked up earlier in the run that this call concerns (e.g. "order").
     facts: dict[str, dict[str, Any]] = {}
     killed: bool = False
+    # Human decisions on this agent's proposals over its rollout window (when it has one).
+    overrides: OverrideCount | None = None
 
 
 def cedar_request(d: DecisionInput) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -373,7 +391,7 @@ def _cedar_value(value: Any) -> Any:
 def decide(d: DecisionInput, policy: PolicyBundle) -> Verdict:
     """Decide a proposal. Same input and policy, same verdict."""
     proposal = d.proposal
-    mode = policy.mode_for(d.agent, d.requested_mode)
+    mode, mode_reason = policy.mode_for(d.agent, d.requested_mode, d.workflow_id, d.overrides)
 
     def verdict(outcome: Outcome, rule_ids: list[str], reason: str, **extra: Any) -> Verdict:
         return Verdict(
@@ -384,6 +402,7 @@ def decide(d: DecisionInput, policy: PolicyBundle) -> Verdict:
             policy_version=policy.version,
             reason=reason,
             mode=mode,
+            mode_reason=mode_reason,
             **extra,
         )
 
@@ -426,7 +445,8 @@ def decide(d: DecisionInput, policy: PolicyBundle) -> Verdict:
         "needs_approval",
         [need.rule_id],
         f"{need.quorum} approval(s) from {', '.join(need.groups)} required"
-        + (f", one of them from {need.required_group}" if need.required_group else ""),
+        + (f", one of them from {need.required_group}" if need.required_group else "")
+        + (f" ({mode_reason})" if mode_reason and need.rule_id == "mode.augment" else ""),
         approval=need,
         **facts,
     )
