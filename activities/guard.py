@@ -19,6 +19,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.contracts import DECIDE, RELEASE, GuardInput, GuardResult
 from activities.runtime import Runtime, audit_from_activity, current_workflow_id
+from activities.sealing import SealError, keep_sealed, seal_fields, sealer_for
 from activities.tools import REGISTRY, lookup_tool
 from agents.specs import AGENTS
 from guardrails.audit import AuditRecord, AuditStore
@@ -101,11 +102,19 @@ class GuardActivities:
         arguments, error = None, proposal.arguments_error
         if spec is not None and proposal.arguments is not None:
             try:
-                arguments = spec.args_model.model_validate(proposal.arguments).model_dump(
-                    mode="json"
+                # Validated in clear; the verdict keeps secret and personal values sealed.
+                sealer = sealer_for(self.runtime.settings)
+                clear = sealer.unseal(proposal.arguments)
+                arguments = spec.args_model.model_validate(clear).model_dump(mode="json")
+                arguments = seal_fields(
+                    sealer,
+                    keep_sealed(proposal.arguments, arguments, spec.args_model),
+                    spec.args_model,
                 )
             except ValidationError as e:
                 error = describe(e, "(arguments)")
+            except SealError as e:  # e.g. a token the model forged
+                error = f"(arguments): {e}"
         settings = self.runtime.settings
         d = DecisionInput(
             proposal=proposal,

@@ -18,9 +18,11 @@ from temporalio.exceptions import ApplicationError
 
 from activities.contracts import PLAN, PlanInput, PlanOutput, Usage
 from activities.runtime import Runtime, audit_from_activity, current_workflow_id
+from activities.sealing import Sealer, seal_fields, sealer_for
 from activities.tools import REGISTRY, lookup_tool
 from agents.specs import AGENTS, AgentSpec
 from guardrails.policy import Proposal, sha256_hex
+from guardrails.redaction import Kind
 from workers.credentials import openai_api_key
 
 
@@ -51,7 +53,8 @@ def proposals_from(message: Any) -> list[Proposal]:
             else:
                 error = f"arguments must be a JSON object, got {type(parsed).__name__}"
         except json.JSONDecodeError as e:
-            error = f"arguments are not valid JSON ({e.msg} at position {e.pos}): {raw[:200]}"
+            # Not echoed: malformed text may hold a value that could not be sealed by type.
+            error = f"arguments are not valid JSON ({e.msg} at position {e.pos})"
         spec = lookup_tool(call.function.name)
         proposals.append(
             Proposal(
@@ -109,19 +112,45 @@ def refusal(finish_reason: str | None, message: Any, max_bytes: int, max_calls: 
     return None
 
 
-def reply_digest(message: Any) -> dict[str, Any]:
+def reply_sha256(message: Any) -> str:
+    calls = [c.model_dump(mode="json") for c in message.tool_calls or []]
+    return sha256_hex({"content": message.content or "", "tool_calls": calls})
+
+
+def reply_digest(message: Any, sha256: str) -> dict[str, Any]:
     """What the audit keeps of a reply: a bounded excerpt, its size and the sha256 of it all."""
     content = message.content or ""
-    calls = [c.model_dump(mode="json") for c in message.tool_calls or []]
     text = content[:AUDIT_EXCERPT_CHARS]
     if len(content) > AUDIT_EXCERPT_CHARS:
         text += f" [… {len(content) - AUDIT_EXCERPT_CHARS} more characters]"
     return {
         "content": text,
         "reply_bytes": reply_bytes(message),
-        "reply_sha256": sha256_hex({"content": content, "tool_calls": calls}),
-        "tool_calls": len(calls),
+        "reply_sha256": sha256,
+        "tool_calls": len(message.tool_calls or []),
     }
+
+
+def sealed_reply(sealer: Sealer, message: Any, known: dict[str, Kind]) -> Any:
+    """The reply as the run keeps it: arguments typed secret or personal sealed, and every
+    value the model was shown in clear sealed again wherever it repeats it."""
+    sealed = message.model_copy(deep=True)
+    if sealed.content:
+        sealed.content = sealer.seal_known(sealed.content, known)
+    for call in sealed.tool_calls or []:
+        text = call.function.arguments or ""
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            spec = lookup_tool(call.function.name)
+            if spec is not None:
+                parsed = seal_fields(sealer, parsed, spec.args_model)
+            call.function.arguments = json.dumps(sealer.seal_known(parsed, known))
+        else:
+            call.function.arguments = sealer.seal_known(text, known)
+    return sealed
 
 
 class ModelActivities:
@@ -167,10 +196,14 @@ class ModelActivities:
                 f" (is COUNTERSIGN_STATE_DIR the same for every worker?)",
                 type="TranscriptIncomplete",
             )
+        # The transcript holds sealed values; the model sees its conversation in clear, and
+        # every value shown to it is sealed again wherever it comes back (activities/sealing).
+        sealer = sealer_for(self.runtime.settings)
+        known: dict[str, Kind] = {}
         messages = [
             {"role": "system", "content": agent.system_prompt},
             task_message(input.task, input.context),
-            *history,
+            *sealer.unseal(history, known),
         ]
         tools = tools_for(agent)
         settings = self.runtime.settings
@@ -184,7 +217,8 @@ class ModelActivities:
             if not response.choices:
                 raise ApplicationError("the model returned no choices", type="ModelEmptyReply")
             choice = response.choices[0]
-            reply = choice.message
+            raw_sha256 = reply_sha256(choice.message)
+            reply = sealed_reply(sealer, choice.message, known)
             if response.usage:
                 usage.prompt_tokens += response.usage.prompt_tokens
                 usage.completion_tokens += response.usage.completion_tokens
@@ -206,7 +240,7 @@ class ModelActivities:
                     "tools_offered": [t["function"]["name"] for t in tools],
                     "usage": _usage(response),  # this call's own: stats sum them
                     "finish_reason": choice.finish_reason,
-                    **reply_digest(reply),
+                    **reply_digest(reply, raw_sha256),
                     "refused": refused,
                 },
                 actor=f"agent:{agent.name}",
