@@ -26,6 +26,7 @@ from guardrails.audit import AuditRecord, AuditStore
 from guardrails.controls import read_kill_switch
 from guardrails.errors import describe
 from guardrails.policy import DecisionInput, PolicyBundle, PolicyError, Verdict, decide
+from guardrails.redaction import Kind
 from guardrails.rollout import OverrideCount, Rollout, override_counts
 
 log = structlog.get_logger(__name__)
@@ -104,12 +105,12 @@ class GuardActivities:
             try:
                 # Validated in clear; the verdict keeps secret and personal values sealed.
                 sealer = sealer_for(self.runtime.settings)
-                clear = sealer.unseal(proposal.arguments)
+                known: dict[str, Kind] = {}
+                clear = sealer.unseal(proposal.arguments, known)
                 arguments = spec.args_model.model_validate(clear).model_dump(mode="json")
-                arguments = seal_fields(
-                    sealer,
-                    keep_sealed(proposal.arguments, arguments, spec.args_model),
-                    spec.args_model,
+                arguments = keep_sealed(proposal.arguments, arguments, spec.args_model)
+                arguments = sealer.seal_known(
+                    seal_fields(sealer, arguments, spec.args_model), known
                 )
             except ValidationError as e:
                 error = describe(e, "(arguments)")
