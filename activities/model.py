@@ -203,7 +203,7 @@ class ModelActivities:
         messages = [
             {"role": "system", "content": agent.system_prompt},
             task_message(input.task, input.context),
-            *sealer.unseal(history, known),
+            *sealer.unseal(history, known, strict=False),
         ]
         tools = tools_for(agent)
         settings = self.runtime.settings

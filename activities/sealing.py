@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -47,7 +48,11 @@ def _derive(key: bytes) -> AESGCM:
 
 
 class Sealer:
-    def __init__(self, keys: PayloadKeys) -> None:
+    def __init__(self, keys: PayloadKeys, reload: Callable[[], PayloadKeys] | None = None) -> None:
+        self._reload = reload
+        self._use(keys)
+
+    def _use(self, keys: PayloadKeys) -> None:
         self.active = keys.active
         self._ciphers = {key_id: _derive(key) for key_id, key in keys.keys.items()}
 
@@ -64,6 +69,8 @@ class Sealer:
         return f"[[sealed:{kind}:{self.active}:{token}]]"
 
     def _open(self, kind: str, key_id: str, token: str) -> Any:
+        if key_id not in self._ciphers and self._reload is not None:
+            self._use(self._reload())  # sealed by a worker that has a newer ring (rotated)
         cipher = self._ciphers.get(key_id)
         if cipher is None:
             raise SealError(f"sealed value uses key {key_id!r}, which is not in the keyring")
@@ -75,38 +82,36 @@ class Sealer:
 
     # -- trees -----------------------------------------------------------------------------
 
-    def unseal(self, value: Any, known: dict[str, Kind] | None = None) -> Any:
-        """A copy with every token replaced by its value; each clear value lands in `known`."""
+    def unseal(self, value: Any, known: dict[str, Kind] | None = None, strict: bool = True) -> Any:
+        """A copy with every token replaced by its value; each clear value lands in `known`.
+        Not `strict`: a token that does not open (one the model forged) stays as it is."""
         if isinstance(value, dict):
-            return {k: self.unseal(v, known) for k, v in value.items()}
+            return {k: self.unseal(v, known, strict) for k, v in value.items()}
         if isinstance(value, list):
-            return [self.unseal(v, known) for v in value]
+            return [self.unseal(v, known, strict) for v in value]
         if not isinstance(value, str) or "[[sealed:" not in value:
             return value
-        whole = SEALED.fullmatch(value)
-        if whole:
-            clear = self._open(*whole.groups())
-            _remember(known, clear, whole.group(1))  # type: ignore[arg-type]
-            return clear
-        return self.unseal_text(value, known)
-
-    def unseal_text(self, text: str, known: dict[str, Kind] | None = None) -> str:
-        """Tokens inside text (JSON text keeps its quoting intact)."""
-        if "[[sealed:" not in text:
-            return text
         try:
-            parsed = json.loads(text)
+            parsed = json.loads(value)
         except ValueError:
             parsed = None
-        if isinstance(parsed, dict | list):
-            return json.dumps(self.unseal(parsed, known))
+        if isinstance(parsed, dict | list):  # JSON text: keep its quoting intact
+            return json.dumps(self.unseal(parsed, known, strict))
+        whole = SEALED.fullmatch(value)
 
-        def clear(m: Any) -> str:
-            value = self._open(*m.groups())
-            _remember(known, value, m.group(1))
-            return value if isinstance(value, str) else json.dumps(value)
+        def clear(m: Any) -> Any:
+            try:
+                opened = self._open(*m.groups())
+            except SealError:
+                if strict:
+                    raise
+                return m.group(0)
+            _remember(known, opened, m.group(1))
+            return opened
 
-        return SEALED.sub(clear, text)
+        if whole:
+            return clear(whole)
+        return SEALED.sub(lambda m: _as_text(clear(m)), value)
 
     def seal_paths(self, data: dict[str, Any], paths: dict[Path, Kind]) -> dict[str, Any]:
         """Seal the values at the given paths (those not sealed yet) in a copy of `data`."""
@@ -163,6 +168,10 @@ class Sealer:
         return text
 
 
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def scrub(text: str, known: dict[str, Kind]) -> str:
     """A failure message without the clear values of the call that failed."""
     for clear in sorted(known, key=len, reverse=True):
@@ -208,5 +217,5 @@ def sealer_for(settings: Settings) -> Sealer:
     """The worker's sealer (keys from the keyring, loaded once per process)."""
     name = settings.payload_keys_credential
     if name not in _sealers:
-        _sealers[name] = Sealer(load_payload_keys(settings))
+        _sealers[name] = Sealer(load_payload_keys(settings), lambda: load_payload_keys(settings))
     return _sealers[name]

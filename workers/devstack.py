@@ -419,8 +419,9 @@ def start_dev_stack(
         configure_keyring(settings)
         ensure_signing_key(settings)
         codec_endpoint = None
+        # The key ring also seals secret and personal values (activities/sealing.py).
+        ensure_payload_keys(settings)
         if settings.encrypt_payloads:
-            ensure_payload_keys(settings)
             codec_endpoint = capability_endpoint(
                 settings, ensure_secret(settings.codec_token_credential)
             )
