@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
@@ -42,6 +43,14 @@ def run_id_in(share: bool, cut: float = 0.5) -> str:
         candidate = f"run-{uuid.uuid4().hex[:12]}"
         if (share_of(candidate) < cut) == share:
             return candidate
+
+
+async def reject_all(handle: Any, requests: list[Any]) -> None:
+    for r in requests:
+        await handle.execute_update(
+            AgentRun.decide, Decision(request_id=r.request_id, approver="alice", approve=False)
+        )
+    await handle.result()
 
 
 # --- pure ---------------------------------------------------------------------------------
@@ -152,7 +161,7 @@ async def test_runs_outside_the_automate_share_wait_for_a_human(
     (verdict,) = runtime.audit.find(outside.id, "verdict", tool="payments.refund")
     assert verdict.data["mode"] == "augment"
     assert "outside the automate share" in verdict.data["mode_reason"]
-    await outside.terminate()
+    await reject_all(outside, requests)
 
 
 async def test_the_guard_demotes_an_agent_that_humans_keep_overriding(
@@ -188,7 +197,7 @@ async def test_the_guard_demotes_an_agent_that_humans_keep_overriding(
     assert verdict.data["mode"] == "augment"
     assert "demoted to augment" in verdict.data["mode_reason"]
     assert verdict.data["input"]["overrides"]["rejections"] >= 2
-    await handle.terminate()
+    await reject_all(handle, requests)
 
     now = datetime.now(UTC)
     stats = compute_stats(
