@@ -277,3 +277,26 @@ async def test_a_forged_sealed_value_is_denied_not_retried(
     )
     assert "sealed value" in note.detail
     assert notes(shop) == notes_before
+
+
+async def test_a_failed_refund_skips_the_note_proposed_after_it(
+    temporal: WorkflowEnvironment, worker: Worker, shop: Shop, runtime: Runtime
+) -> None:
+    notes_before = notes(shop, "C-100")
+    shop.faults(fail_status=409, fail_count=1, path_prefix="/refunds")  # refused for good
+    try:
+        handle = await start_run(
+            temporal.client, worker.task_queue, task="Refund order A-1004: tea was stale."
+        )
+        result = await handle.result()
+    finally:
+        shop.clear_faults()
+    status = {a.tool: a.status for a in result.actions}
+    assert status == {
+        "orders.lookup": "executed",
+        "payments.refund": "failed",
+        "crm.add_note": "skipped",
+    }
+    assert shop.refunds("A-1004") == [] and notes(shop, "C-100") == notes_before
+    assert result.status == "completed_with_refusals"
+    assert runtime.audit.find(handle.id, "action.executed") == []
