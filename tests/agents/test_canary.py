@@ -24,9 +24,8 @@ from temporalio.worker import Worker
 from activities.runtime import Runtime
 from activities.tools import REGISTRY, Personal, Secret, ToolContext, guarded_tool
 from agents.run import AgentRun
-from guardrails.approvals import Decision
 from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import TEST_PAYLOAD_KEYS, Shop, start_run
+from tests.conftest import TEST_PAYLOAD_KEYS, Shop, signed, start_run
 from workers.codec import EncryptionCodec
 from workers.logging import configure_logging
 from workers.settings import Settings
@@ -160,9 +159,7 @@ async def canary_worker(
 
 async def approve_all(handle: WorkflowHandle[Any, Any], count: int) -> None:
     for request in await wait_for_pending(handle, count):
-        await handle.execute_update(
-            AgentRun.decide, Decision(request_id=request.request_id, approver="alice", approve=True)
-        )
+        await handle.execute_update(AgentRun.decide, signed(handle.id, request, "alice"))
 
 
 async def decrypted_history(handle: WorkflowHandle[Any, Any]) -> str:

@@ -13,9 +13,8 @@ from temporalio.worker import Worker
 
 from activities.runtime import Runtime
 from agents.run import AgentRun
-from guardrails.approvals import Decision
 from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import Shop, start_run
+from tests.conftest import Shop, signed, start_run
 
 LOOKUP = {"name": "orders.lookup", "arguments": {"order_id": "{order_id}"}}
 REFUND = {
@@ -213,7 +212,7 @@ async def test_a_rejected_refund_skips_the_note_proposed_beside_it(
     (request,) = await wait_for_pending(handle)
     await handle.execute_update(
         AgentRun.decide,
-        Decision(request_id=request.request_id, approver="bob", approve=False, comment="no"),
+        signed(handle.id, request, "bob", approve=False, comment="no"),
     )
     result = await handle.result()
     status = {a.tool: a.status for a in result.actions}
@@ -247,9 +246,7 @@ async def test_an_independent_agent_still_writes_the_note(
         temporal.client, worker.task_queue, task="Refund order A-1002: it rattles."
     )
     (request,) = await wait_for_pending(handle)
-    await handle.execute_update(
-        AgentRun.decide, Decision(request_id=request.request_id, approver="bob", approve=False)
-    )
+    await handle.execute_update(AgentRun.decide, signed(handle.id, request, "bob", approve=False))
     result = await handle.result()
     assert {a.tool: a.status for a in result.actions}["crm.add_note"] == "executed"
     assert len(notes(shop)) == len(notes_before) + 1

@@ -17,11 +17,10 @@ from temporalio.worker import Worker
 from activities.runtime import Runtime
 from agents.run import AgentRun
 from agents.specs import AGENTS
-from guardrails.approvals import Decision
 from guardrails.policy import DecisionInput, Proposal, ToolFacts, decide, load_policy
 from guardrails.rollout import OverrideCount, Rollout, rollout_mode, share_of
 from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import Shop, start_run
+from tests.conftest import Shop, signed, start_run
 from workers.settings import Settings
 from workers.stats import compute_stats, format_stats
 from workers.worker import build_worker, check_startup
@@ -47,9 +46,7 @@ def run_id_in(share: bool, cut: float = 0.5) -> str:
 
 async def reject_all(handle: Any, requests: list[Any]) -> None:
     for r in requests:
-        await handle.execute_update(
-            AgentRun.decide, Decision(request_id=r.request_id, approver="alice", approve=False)
-        )
+        await handle.execute_update(AgentRun.decide, signed(handle.id, r, "alice", approve=False))
     await handle.result()
 
 
@@ -178,7 +175,7 @@ async def test_the_guard_demotes_an_agent_that_humans_keep_overriding(
         (request,) = await wait_for_pending(handle)
         await handle.execute_update(
             AgentRun.decide,
-            Decision(request_id=request.request_id, approver="bob", approve=False),
+            signed(handle.id, request, "bob", approve=False),
         )
         await handle.result()
 
