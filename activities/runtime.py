@@ -14,7 +14,7 @@ from activities import metrics
 from activities.http import HttpClients
 from activities.transcript import TranscriptStore
 from guardrails.audit import AuditRecord, AuditStore
-from guardrails.cedar_schema import ToolSchema
+from guardrails.cedar_schema import PolicySurface
 from guardrails.ledger import Ledger
 from guardrails.policy import PolicySource
 from workers.audit import open_audit_store
@@ -34,7 +34,7 @@ class Runtime:
     http: HttpClients = field(default_factory=HttpClients)
 
     @classmethod
-    def from_settings(cls, settings: Settings, tools: list[ToolSchema] | None = None) -> Runtime:
+    def from_settings(cls, settings: Settings, tools: PolicySurface | None = None) -> Runtime:
         """`tools`: the registered tools, to type-check policies against."""
         candidate = settings.candidate_policy_path
         return cls(

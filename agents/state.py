@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from temporalio import workflow
@@ -54,8 +55,15 @@ class RunInput(BaseModel):
 
     agent: str = Field(description="Agent name, e.g. support-refunds")
     task: str = Field(min_length=3, max_length=4000, description="What to do, in plain words")
+    subject: dict[str, str] = Field(
+        default_factory=dict,
+        description="What the run is about, e.g. {'order_id': 'A-1001'}: the agent's subject "
+        "fields. Side effects are bound to it; without it a run can read but not act.",
+    )
     context: dict[str, str | int | float | bool] = Field(
-        default_factory=dict, description="Structured facts, e.g. {'order_id': 'A-1001'}"
+        default_factory=dict,
+        description="Structured facts for the model; an agent's subject fields given here "
+        "count as the subject (older inputs)",
     )
     requested_by: str = Field(min_length=1, description="Who asks; can never approve this run")
     mode: Mode | None = Field(default=None, description="shadow | augment | automate")
@@ -83,7 +91,32 @@ def parse_run_input(raw: Any) -> RunInput:
             type="InvalidRunInput",
             non_retryable=True,
         )
-    return run_input
+    return run_input.model_copy(update={"subject": _subject(run_input)})
+
+
+def _subject(run_input: RunInput) -> dict[str, str]:
+    """The validated subject. Subject fields in `context` (inputs written before `subject`
+    existed) count as the subject too; given in both with different values, the run fails."""
+    fields = AGENTS[run_input.agent].subject
+    subject = dict(run_input.subject)
+    for name, value in run_input.context.items():
+        if name in fields and isinstance(value, str) and subject.setdefault(name, value) != value:
+            _invalid(f"subject.{name}: {subject[name]!r} differs from context.{name} {value!r}")
+    for name, value in subject.items():
+        if name not in fields:
+            _invalid(
+                f"subject.{name}: agent {run_input.agent!r} takes no subject field {name!r} "
+                f"(accepted: {', '.join(sorted(fields)) or 'none'})"
+            )
+        if not re.fullmatch(fields[name].strip("^$"), value):
+            _invalid(f"subject.{name}: {value!r} does not match {fields[name]}")
+    return subject
+
+
+def _invalid(message: str) -> NoReturn:
+    raise ApplicationError(
+        f"invalid run input: {message}", type="InvalidRunInput", non_retryable=True
+    )
 
 
 ActionStatus = Literal[
@@ -185,7 +218,7 @@ class RunState:
                 sa.WAITING: bool(pending),
                 sa.TOOL: last_tool,
                 sa.CUSTOMER_REF: sa.customer_ref(
-                    self.input.context,
+                    self.input.subject,
                     *(r.arguments for r in self.requests.values()),
                     *(a.arguments for a in self.actions),
                 ),

@@ -7,7 +7,7 @@ Approval tiers are `permit` rules with annotations (`@approval_groups`, `@quorum
 such a rule is among those that allowed a call, the call needs that approval.
 
 `decide()` is pure: given the proposal and the facts the guard activity gathered (usage of
-limits, looked-up records, kill switch), it returns the same verdict every time. The guard
+limits, records it fetched itself, kill switch), it returns the same verdict every time. The guard
 activity (`activities/guard.py`) gathers the facts, calls it, reserves limits and audits.
 """
 
@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import cedarpy
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from guardrails.cedar_schema import ToolSchema, cedar_schema
+from guardrails.cedar_schema import PolicySurface, cedar_schema
 from guardrails.errors import describe
 
 Mode = Literal["shadow", "augment", "automate"]
@@ -90,7 +90,13 @@ class Counter(BaseModel):
     tool: str
     # Sum this integer argument; without it, count calls.
     sum: str | None = None
-    per: Literal["agent", "run", "customer"] = "agent"
+    # One total per agent, per run, or per value of an argument, fact or subject field:
+    # "args.order_id", "facts.order.customer_id", "subject.customer_id" ("customer": the
+    # call's customer_id, else its order's customer). Calls without the value share one total.
+    per: str = Field(
+        default="agent",
+        pattern=r"^(agent|run|customer|(args|subject|facts|subject_facts)(\.[A-Za-z_]\w*)+)$",
+    )
     window: Literal["run", "day", "week"] = "day"
 
 
@@ -229,7 +235,11 @@ class PolicyBundle:
         result = cedarpy.is_authorized(request, self._policy_set, entities)
         if result.diagnostics.errors:
             # A rule that errors is skipped by Cedar; say so rather than hide it.
-            raise PolicyError(f"{self.path}: rule evaluation failed: {result.diagnostics.errors}")
+            errors = "; ".join(
+                re.sub(r"`policy(\d+)`", lambda m: repr(self._ids[int(m[1])]), str(e))
+                for e in result.diagnostics.errors
+            )
+            raise PolicyError(f"the policy could not be evaluated: {errors}")
         reasons = [self._ids[int(p.removeprefix("policy"))] for p in result.diagnostics.reasons]
         return result.allowed, reasons
 
@@ -238,7 +248,7 @@ class PolicyBundle:
 
 
 def load_policy(
-    path: str | Path = DEFAULT_POLICY_PATH, tools: list[ToolSchema] | None = None
+    path: str | Path = DEFAULT_POLICY_PATH, tools: PolicySurface | None = None
 ) -> PolicyBundle:
     """Load a policy folder; raise PolicyError naming the file, line and reason.
 
@@ -326,12 +336,25 @@ class DecisionInput(BaseModel):
     requested_mode: Mode | None
     workflow_id: str
     requested_by: str
+    # What the run is about (fields the agent declares), e.g. {"order_id": "A-1002"}.
+    subject: dict[str, str] = {}
+    # Recorded before the subject existed: its string values count as the subject.
     run_context: dict[str, Any] = {}
     # Running totals of the policy's counters, before this call.
     usage: dict[str, int] = {}
-    # Records looked up earlier in the run that this call concerns (e.g. "order").
+    # Records the guard fetched itself (activities/facts.py), keyed by this call's arguments
+    # (e.g. "order" for args.order_id) and by the run's subject.
     facts: dict[str, dict[str, Any]] = {}
+    subject_facts: dict[str, dict[str, Any]] = {}
+    # Why a fact this call needs could not be fetched: the guard then denies.
+    facts_error: str | None = None
     killed: bool = False
+
+    @model_validator(mode="after")
+    def _subject_from_context(self) -> DecisionInput:
+        if not self.subject and self.run_context:
+            self.subject = {k: v for k, v in self.run_context.items() if isinstance(v, str)}
+        return self
 
 
 def cedar_request(d: DecisionInput) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -353,10 +376,37 @@ def cedar_request(d: DecisionInput) -> tuple[dict[str, Any], list[dict[str, Any]
             "usage": d.usage,
             "facts": _cedar_value(d.facts),
             "killed": d.killed,
-            "run": {"requested_by": d.requested_by, "context": _cedar_value(d.run_context)},
+            "run": {
+                "requested_by": d.requested_by,
+                "subject": d.subject,
+                "subject_facts": _cedar_value(d.subject_facts),
+            },
         },
     }
     return request, entities
+
+
+# Cedar's integers are 64-bit signed.
+CEDAR_LONG = (-(2**63), 2**63 - 1)
+
+
+def _out_of_range(value: Any, path: str) -> str | None:
+    """The first integer the policy engine cannot represent, as `path: value`."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and not CEDAR_LONG[0] <= value <= CEDAR_LONG[1]:
+        return f"{path}: {value}"
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _out_of_range(item, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return None
 
 
 def _cedar_value(value: Any) -> Any:
@@ -392,8 +442,24 @@ def decide(d: DecisionInput, policy: PolicyBundle) -> Verdict:
         return verdict("deny", ["tool.unknown"], f"there is no tool named {proposal.tool!r}")
     if d.arguments is None:
         return verdict("deny", ["arguments.invalid"], f"invalid arguments: {d.arguments_error}")
-
-    allowed, rule_ids = policy.evaluate(*cedar_request(d))
+    if d.facts_error is not None:
+        return verdict("deny", ["fact.unavailable"], d.facts_error)
+    too_big = _out_of_range(d.arguments, "") or _out_of_range(
+        {"usage": d.usage, "facts": d.facts, "subject_facts": d.subject_facts}, ""
+    )
+    if too_big:
+        return verdict(
+            "deny",
+            ["arguments.unevaluable"],
+            f"{too_big} is outside what the policy engine can evaluate "
+            f"({CEDAR_LONG[0]}..{CEDAR_LONG[1]})",
+        )
+    try:
+        allowed, rule_ids = policy.evaluate(*cedar_request(d))
+    except PolicyError as e:
+        # A rule that cannot be evaluated (e.g. an overflowing sum) would be skipped by
+        # Cedar, and a skipped `forbid` lets the call through: deny instead.
+        return verdict("deny", ["policy.unevaluable"], str(e))
     if not allowed:
         rule_ids = rule_ids or ["default_deny"]
         return verdict("deny", rule_ids, _deny_reason(rule_ids, d, policy))
@@ -474,7 +540,7 @@ class PolicySource:
     the caller) and the last valid version stays in force.
     """
 
-    def __init__(self, path: str | Path, tools: list[ToolSchema] | None = None) -> None:
+    def __init__(self, path: str | Path, tools: PolicySurface | None = None) -> None:
         self.path = Path(path)
         self.tools = tools
         self._stamp: tuple[tuple[str, float], ...] | None = None
