@@ -144,6 +144,34 @@ async def test_hallucinated_tool_and_malformed_arguments_go_back_to_the_model(
             "mode",
         ),
         ("just a string", "(input)"),
+        (
+            {
+                "agent": "crm-updates",
+                "task": "Fix C-100",
+                "requested_by": "dana",
+                "subject": {"order_id": "A-1001"},
+            },
+            "subject.order_id: agent 'crm-updates' takes no subject field",
+        ),
+        (
+            {
+                "agent": "support-refunds",
+                "task": "Refund",
+                "requested_by": "dana",
+                "subject": {"order_id": "A1001"},
+            },
+            "subject.order_id: 'A1001' does not match",
+        ),
+        (
+            {
+                "agent": "support-refunds",
+                "task": "Refund",
+                "requested_by": "dana",
+                "subject": {"order_id": "A-1001"},
+                "context": {"order_id": "A-1002"},
+            },
+            "subject.order_id: 'A-1001' differs from context.order_id 'A-1002'",
+        ),
     ],
 )
 async def test_invalid_run_input_fails_fast_naming_the_field(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from agents.run import AgentRun
 from guardrails.approvals import Decision
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, start_run
+from workers.settings import Settings
+from workers.worker import build_worker, check_startup
 
 
 def script(name: str, match: str, *turns: list[dict[str, Any]]) -> dict[str, Any]:
@@ -316,4 +319,35 @@ async def test_a_fact_the_guard_cannot_fetch_denies(
         shop.clear_faults()
     (v,) = assert_denied(runtime, handle.id, "payments.refund", "fact.unavailable")
     assert "GET /orders/A-1001 answered 503" in v["reason"]
+    assert shop.refunds("A-1001") == []
+
+
+async def test_any_guard_error_is_a_recorded_deny_not_a_retry_loop(
+    temporal: WorkflowEnvironment,
+    settings: Settings,
+    shop: Shop,
+    session_policy: Path,
+    task_queue: str,
+    tmp_path: Path,
+) -> None:
+    # A policy mistake the guard only meets at decision time: summing a text argument.
+    folder = tmp_path / "policy"
+    shutil.copytree(session_policy, folder)
+    toml = folder / "policy.toml"
+    toml.write_text(
+        toml.read_text().replace(
+            'sum = "amount_cents"\nper = "agent"', 'sum = "reason"\nper = "agent"'
+        )
+    )
+    broken = settings.model_copy(update={"policy_path": folder})
+    runtime = check_startup(broken)
+    async with build_worker(temporal.client, broken, runtime, task_queue=task_queue):
+        handle = await start_run(
+            temporal.client, task_queue, task="Refund order A-1001: the teapot cracked."
+        )
+        result = await asyncio.wait_for(handle.result(), timeout=30)
+    refund = next(a for a in result.actions if a.tool == "payments.refund")
+    assert (refund.status, refund.rule_ids) == ("denied", ["guard.error"])
+    (v,) = assert_denied(runtime, handle.id, "payments.refund", "guard.error")
+    assert "ValueError" in v["reason"] and v["policy_version"].startswith("pol_")
     assert shop.refunds("A-1001") == []
