@@ -98,9 +98,9 @@ def fact(name: str, *, keyed_by: str) -> Callable[[Resolver], Resolver]:
 
     def register(fn: Resolver) -> Resolver:
         where = f"fact {name} ({fn.__module__}.{fn.__qualname__})"
-        result = get_type_hints(fn).get("return")
         if not inspect.iscoroutinefunction(fn) or len(inspect.signature(fn).parameters) != 2:
             raise ToolDeclarationError(f"{where} must be `async def f(key, ctx: FactContext)`")
+        result = get_type_hints(fn).get("return")
         if not (isinstance(result, type) and issubclass(result, BaseModel)):
             raise ToolDeclarationError(f"{where} must return a pydantic model")
         if name in FACTS and FACTS[name].fn is not fn:
