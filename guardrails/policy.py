@@ -286,6 +286,7 @@ def load_policy(
         seen[rule.id] = rule
         _check_annotations(rule, settings)
     if tools is not None:
+        _check_counters(settings_file, settings.counters, tools)
         _validate(rules, cedar_schema(tools, [c.id for c in settings.counters]))
     version = (
         "pol_"
@@ -312,6 +313,41 @@ def _check_annotations(rule: Rule, settings: Settings) -> None:
     for key in ("quorum", "timeout_minutes"):
         if key in a and not a[key].isdigit():
             raise PolicyError(f"{where}: @{key} must be a whole number, got {a[key]!r}")
+
+
+def _check_counters(file: Path, counters: list[Counter], surface: PolicySurface) -> None:
+    """A counter naming a tool, argument, fact or subject field that does not exist would keep
+    its total under one shared key, or fail at decision time: refuse it when the policy loads."""
+    tools = {t.name: t.args_schema.get("properties", {}) for t in surface.tools}
+    facts = {f.name: f.result_schema.get("properties", {}) for f in surface.facts}
+    for c in counters:
+        where = f"{file}: counter {c.id!r}"
+        if c.tool not in tools:
+            raise PolicyError(f"{where}: tool {c.tool!r} is not registered")
+        args = tools[c.tool]
+        integers = sorted(a for a, prop in args.items() if prop.get("type") == "integer")
+        if c.sum is not None and c.sum not in integers:
+            raise PolicyError(
+                f"{where}: sum {c.sum!r} is not an integer argument of {c.tool} "
+                f"(integer arguments: {', '.join(integers) or 'none'})"
+            )
+        root, *path = c.per.split(".")
+        known: dict[str, Any] = {
+            "args": args,
+            "subject": dict.fromkeys(surface.subject),
+            "facts": facts,
+            "subject_facts": facts,
+        }.get(root, {})
+        if path and path[0] not in known:
+            raise PolicyError(
+                f"{where}: per {c.per!r}: {root} has no {path[0]!r} "
+                f"(known: {', '.join(sorted(known)) or 'none'})"
+            )
+        if root in ("facts", "subject_facts") and len(path) > 1 and path[1] not in facts[path[0]]:
+            raise PolicyError(
+                f"{where}: per {c.per!r}: fact {path[0]!r} has no field {path[1]!r} "
+                f"(fields: {', '.join(sorted(facts[path[0]]))})"
+            )
 
 
 def _validate(rules: list[Rule], schema: dict[str, Any]) -> None:

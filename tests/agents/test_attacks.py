@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from temporalio.worker import Worker
 from activities.runtime import Runtime
 from agents.run import AgentRun
 from guardrails.approvals import Decision
+from guardrails.ledger import Ledger
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, start_run
 from workers.settings import Settings
@@ -326,28 +326,21 @@ async def test_any_guard_error_is_a_recorded_deny_not_a_retry_loop(
     temporal: WorkflowEnvironment,
     settings: Settings,
     shop: Shop,
-    session_policy: Path,
     task_queue: str,
     tmp_path: Path,
+    scripts_dir: Path,
 ) -> None:
-    # A policy mistake the guard only meets at decision time: summing a text argument.
-    folder = tmp_path / "policy"
-    shutil.copytree(session_policy, folder)
-    toml = folder / "policy.toml"
-    toml.write_text(
-        toml.read_text().replace(
-            'sum = "amount_cents"\nper = "agent"', 'sum = "reason"\nper = "agent"'
-        )
-    )
-    broken = settings.model_copy(update={"policy_path": folder})
-    runtime = check_startup(broken)
-    async with build_worker(temporal.client, broken, runtime, task_queue=task_queue):
-        handle = await start_run(
-            temporal.client, task_queue, task="Refund order A-1001: the teapot cracked."
-        )
+    install(scripts_dir, script("no-ledger", r"(?i)attack: no ledger", [refund("A-1001", 100)]))
+    # A real fault the guard meets at decision time: its limits ledger is not a database
+    # (a corrupted disk). Every attempt would fail the same way: deny once, say why, move on.
+    runtime = check_startup(settings)
+    runtime.ledger = Ledger(tmp_path / "ledger.sqlite3")
+    runtime.ledger._file.close()  # the last connection: SQLite folds its WAL into the file
+    (tmp_path / "ledger.sqlite3").write_bytes(b"not a database " * 512)
+    async with build_worker(temporal.client, settings, runtime, task_queue=task_queue):
+        handle = await start_run(temporal.client, task_queue, task="attack: no ledger for A-1001")
         result = await asyncio.wait_for(handle.result(), timeout=30)
-    refund = next(a for a in result.actions if a.tool == "payments.refund")
-    assert (refund.status, refund.rule_ids) == ("denied", ["guard.error"])
+    assert [(a.status, a.rule_ids) for a in result.actions] == [("denied", ["guard.error"])]
     (v,) = assert_denied(runtime, handle.id, "payments.refund", "guard.error")
-    assert "ValueError" in v["reason"] and v["policy_version"].startswith("pol_")
+    assert "not a database" in v["reason"] and v["policy_version"].startswith("pol_")
     assert shop.refunds("A-1001") == []

@@ -4,6 +4,7 @@ call through and one where it stops it."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -303,3 +304,29 @@ def test_invalid_edit_keeps_the_active_policy(tmp_path: Path) -> None:
     os.utime(broken, (1, 1))
     assert source.current() is active
     assert source.last_error is not None and "refunds.cedar" in str(source.last_error)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            'per = "facts.order.customer_id"',
+            'per = "facts.ordr.customer_id"',
+            "facts has no 'ordr'",
+        ),
+        ('per = "facts.order.customer_id"', 'per = "facts.order.customer"', "no field 'customer'"),
+        ('per = "agent"', 'per = "args.order"', "args has no 'order'"),
+        ('per = "agent"', 'per = "subject.account_id"', "subject has no 'account_id'"),
+        ('sum = "amount_cents"', 'sum = "reason"', "sum 'reason' is not an integer argument"),
+        ('tool = "payments.refund"', 'tool = "payments.refnd"', "tool 'payments.refnd' is not"),
+    ],
+)
+def test_a_counter_naming_what_does_not_exist_is_refused(
+    tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    folder = copy_policy(tmp_path)
+    toml = folder / "policy.toml"
+    assert old in toml.read_text()
+    toml.write_text(toml.read_text().replace(old, new, 1))
+    with pytest.raises(PolicyError, match=r"policy\.toml: counter '\w+': .*" + re.escape(expected)):
+        load_policy(folder, tool_schemas())
