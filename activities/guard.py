@@ -25,7 +25,6 @@ from activities.facts import FactUnavailable, resolve_facts
 from activities.runtime import Runtime, audit_from_activity, current_workflow_id
 from activities.tools import ToolSpec, lookup_tool, validate_arguments
 from agents.specs import AGENTS
-from guardrails.controls import read_kill_switch
 from guardrails.errors import describe
 from guardrails.policy import DecisionInput, PolicyBundle, PolicyError, Verdict, decide
 
@@ -71,11 +70,12 @@ class GuardActivities:
             workflow_id=workflow_id,
             requested_by=input.requested_by,
             subject=input.subject,
-            killed=read_kill_switch(settings.kill_switch_path).stops(proposal.tool, agent.name),
         )
         policy: PolicyBundle | None = None
         try:
             policy = self._policy()
+            switch = await asyncio.to_thread(self.runtime.kill_switch.read)
+            d = d.model_copy(update={"killed": switch.stops(proposal.tool, agent.name)})
             d = await self._gather(d, spec)
             verdict, d = await asyncio.to_thread(
                 self.runtime.ledger.decide_and_reserve,
@@ -112,6 +112,7 @@ class GuardActivities:
             verdict=verdict,
             tool_timeout_seconds=settings.tool_start_to_close_seconds,
             tool_max_attempts=settings.tool_max_attempts,
+            tool_heartbeat_seconds=settings.tool_heartbeat_seconds,
             tool_read_only=spec is not None and spec.read_only,
         )
 

@@ -22,6 +22,7 @@ action.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import re
@@ -37,10 +38,9 @@ from temporalio.exceptions import ApplicationError
 
 from activities.contracts import Compensation, ToolCall, ToolOutcome
 from activities.http import BearerFromKeyring
-from activities.runtime import Runtime, audit_from_activity, current_workflow_id
+from activities.runtime import Runtime, audit_from_activity, current_workflow_id, heartbeating
 from agents.specs import subject_fields
 from guardrails.cedar_schema import PolicySurface, ToolSchema
-from guardrails.controls import read_kill_switch
 from guardrails.policy import ToolFacts, sha256_hex
 
 Risk = Literal["low", "medium", "high"]
@@ -292,7 +292,8 @@ def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awai
             "arguments": call.arguments,
         }
         try:
-            result = await spec.fn(args, ctx)
+            async with heartbeating():
+                result = await spec.fn(args, ctx)
         except httpx.HTTPStatusError as e:
             error = _classify(spec.name, e)
             if error.non_retryable:
@@ -331,7 +332,8 @@ def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awai
 
 async def _check_authorized(spec: ToolSpec, call: ToolCall, runtime: Runtime, run: str) -> None:
     """The activity is the boundary: an approval in workflow state alone is not enough."""
-    if read_kill_switch(runtime.settings.kill_switch_path).stops(spec.name, call.agent):
+    switch = await asyncio.to_thread(runtime.kill_switch.read)
+    if switch.stops(spec.name, call.agent):
         raise ApplicationError(
             f"{spec.name} is switched off by the kill switch; the action was not executed",
             type="KillSwitch",

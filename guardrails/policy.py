@@ -30,6 +30,8 @@ from guardrails.errors import describe
 
 Mode = Literal["shadow", "augment", "automate"]
 Outcome = Literal["allow", "deny", "needs_approval", "shadow"]
+# Acts that need a verified identity in a group the policy names for them.
+Authority = Literal["rollback", "kill_switch"]
 
 DEFAULT_POLICY_PATH = Path(__file__).parent / "policies" / "default"
 
@@ -112,6 +114,8 @@ class Settings(BaseModel):
     # Who countersigns side effects in `augment` mode.
     augment_groups: list[str] = ["support-leads"]
     augment_timeout_minutes: int = Field(default=240, ge=1)
+    # Who may do what besides deciding approval requests: verified identities in these groups.
+    authority: dict[Authority, list[str]] = {}
 
 
 class ApprovalNeed(BaseModel):
@@ -127,6 +131,9 @@ class ApprovalNeed(BaseModel):
     # On expiry, hand the request to this group once instead of rejecting it.
     escalate_to: str | None = None
     escalate_members: list[str] = []
+    # Opt-in per rule (`@requester_may_approve("true")`): the run's *verified* requester may
+    # confirm their own action (a customer confirming a payment). Never the default.
+    requester_may_approve: bool = False
 
 
 class Verdict(BaseModel):
@@ -246,6 +253,12 @@ class PolicyBundle:
     def members(self, group: str) -> list[str]:
         return sorted(self.settings.groups.get(group, []))
 
+    def groups_of(self, identity: str) -> list[str]:
+        return sorted(g for g, members in self.settings.groups.items() if identity in members)
+
+    def has_authority(self, identity: str, authority: Authority) -> bool:
+        return bool(set(self.groups_of(identity)) & set(self.settings.authority.get(authority, [])))
+
 
 def load_policy(
     path: str | Path = DEFAULT_POLICY_PATH, tools: PolicySurface | None = None
@@ -269,6 +282,13 @@ def load_policy(
     except ValidationError as e:
         raise PolicyError(f"{settings_file}: {describe(e, '(top level)')}") from None
 
+    for authority, groups in settings.authority.items():
+        unknown = [g for g in groups if g not in settings.groups]
+        if unknown:
+            raise PolicyError(
+                f"{settings_file}: authority.{authority} names group(s) {', '.join(unknown)}, "
+                f"which [groups] does not define"
+            )
     files = sorted(path.glob("*.cedar"))
     if not files:
         raise PolicyError(f"{path}: no *.cedar rule files")
@@ -310,6 +330,8 @@ def _check_annotations(rule: Rule, settings: Settings) -> None:
             )
     if groups and rule.effect != "permit":
         raise PolicyError(f"{where}: approval annotations belong on permit rules")
+    if a.get("requester_may_approve", "false") not in ("true", "false"):
+        raise PolicyError(f'{where}: @requester_may_approve must be "true" or "false"')
     for key in ("quorum", "timeout_minutes"):
         if key in a and not a[key].isdigit():
             raise PolicyError(f"{where}: @{key} must be a whole number, got {a[key]!r}")
@@ -552,6 +574,7 @@ def _strictest(rules: list[Rule], policy: PolicyBundle) -> ApprovalNeed:
             timeout=timedelta(minutes=int(a.get("timeout_minutes", "240"))),
             escalate_to=escalate,
             escalate_members=policy.members(escalate) if escalate else [],
+            requester_may_approve=a.get("requester_may_approve") == "true",
         )
 
     needs = [need(r) for r in rules]

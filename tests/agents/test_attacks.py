@@ -18,10 +18,9 @@ from temporalio.worker import Worker
 
 from activities.runtime import Runtime
 from agents.run import AgentRun
-from guardrails.approvals import Decision
 from guardrails.ledger import Ledger
 from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import Shop, start_run
+from tests.conftest import Shop, signed, start_run
 from workers.settings import Settings
 from workers.worker import build_worker, check_startup
 
@@ -244,8 +243,7 @@ async def test_split_refunds_never_lower_the_tier(
     assert outcomes == ["allow"] + ["needs_approval"] * 4
     for r in pending:
         await handle.execute_update(
-            AgentRun.decide,
-            Decision(request_id=r.request_id, approver="bob", approve=False, comment="split"),
+            AgentRun.decide, signed(handle.id, r, "bob", approve=False, comment="split")
         )
     await handle.result()
     assert len(shop.refunds("A-1003")) == 1
@@ -335,7 +333,7 @@ async def test_any_guard_error_is_a_recorded_deny_not_a_retry_loop(
     # (a corrupted disk). Every attempt would fail the same way: deny once, say why, move on.
     runtime = check_startup(settings)
     runtime.ledger = Ledger(tmp_path / "ledger.sqlite3")
-    runtime.ledger._file.close()  # the last connection: SQLite folds its WAL into the file
+    runtime.ledger.db.close()  # the last connection: SQLite folds its WAL into the file
     (tmp_path / "ledger.sqlite3").write_bytes(b"not a database " * 512)
     async with build_worker(temporal.client, settings, runtime, task_queue=task_queue):
         handle = await start_run(temporal.client, task_queue, task="attack: no ledger for A-1001")

@@ -13,12 +13,11 @@ from temporalio.worker import Worker
 from activities.runtime import Runtime
 from activities.tools import tool_schemas
 from agents.run import AgentRun
-from guardrails.approvals import Decision
 from guardrails.controls import KillSwitch, write_kill_switch
 from guardrails.policy import load_policy
 from guardrails.review import backtest
 from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import Shop, start_run
+from tests.conftest import Shop, signed, start_run
 from workers.settings import Settings
 from workers.worker import build_worker, check_startup
 
@@ -37,9 +36,7 @@ async def test_kill_switch_flipped_while_waiting_stops_the_approved_action(
     )
     (request,) = await wait_for_pending(handle)
     write_kill_switch(kill_switch, KillSwitch(tools=["payments.refund"]))
-    await handle.execute_update(
-        AgentRun.decide, Decision(request_id=request.request_id, approver="bob", approve=True)
-    )
+    await handle.execute_update(AgentRun.decide, signed(handle.id, request, "bob"))
     result = await handle.result()
     refund = next(a for a in result.actions if a.tool == "payments.refund")
     assert refund.status == "failed" and "kill switch" in refund.detail
