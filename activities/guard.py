@@ -74,7 +74,7 @@ class GuardActivities:
         policy: PolicyBundle | None = None
         try:
             policy = self._policy()
-            switch = await asyncio.to_thread(self.runtime.kill_switch.read)
+            switch = await self.runtime.kill_switch_now()
             d = d.model_copy(update={"killed": switch.stops(proposal.tool, agent.name)})
             d = await self._gather(d, spec)
             verdict, d = await asyncio.to_thread(

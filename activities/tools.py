@@ -22,7 +22,6 @@ action.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 import re
@@ -332,8 +331,7 @@ def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awai
 
 async def _check_authorized(spec: ToolSpec, call: ToolCall, runtime: Runtime, run: str) -> None:
     """The activity is the boundary: an approval in workflow state alone is not enough."""
-    switch = await asyncio.to_thread(runtime.kill_switch.read)
-    if switch.stops(spec.name, call.agent):
+    if (await runtime.kill_switch_now()).stops(spec.name, call.agent):
         raise ApplicationError(
             f"{spec.name} is switched off by the kill switch; the action was not executed",
             type="KillSwitch",

@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from agents.rollback import compensate
     from agents.state import (
         AGENT_RUN,
+        MODEL_BOUNDS_FROM_SETTINGS,
         SIGNED_IDENTITIES,
         RollbackRequest,
         RunResult,
@@ -66,7 +67,10 @@ class AgentRun:
         in a retry loop; validating here fails the run at once, naming the bad field."""
         run_input = parse_run_input(input)
         run = self._run = RunState(run_input)
+        # Every patch is decided here, in the run's first activation, before any local
+        # activity: a marker recorded later could fall into another workflow task on replay.
         self._signed = workflow.patched(SIGNED_IDENTITIES)
+        workflow.patched(MODEL_BOUNDS_FROM_SETTINGS)  # read again (memoized) at the first plan
         if not self._signed:
             run.requester = run_input.requested_by  # as runs recorded before took it
         elif run_input.requester_proof is not None:

@@ -53,7 +53,7 @@ MAX_LIFETIME = timedelta(hours=24)
 CLOCK_SKEW = timedelta(minutes=2)
 
 Kind = Literal["person", "integration", "gateway"]
-Purpose = Literal["decision", "start", "rollback", "kill"]
+Purpose = Literal["decision", "start", "rollback", "kill", "policy"]
 Channel = Literal["cli", "temporal-ui", "slack", "email", "webhook"]
 # Channels a person proves with their own key, and channels only the gateway can attest.
 SELF_SIGNED_CHANNELS: frozenset[str] = frozenset({"cli", "temporal-ui"})

@@ -17,6 +17,7 @@ import hashlib
 import json
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -31,7 +32,7 @@ from guardrails.errors import describe
 Mode = Literal["shadow", "augment", "automate"]
 Outcome = Literal["allow", "deny", "needs_approval", "shadow"]
 # Acts that need a verified identity in a group the policy names for them.
-Authority = Literal["rollback", "kill_switch"]
+Authority = Literal["rollback", "kill_switch", "policy"]
 
 DEFAULT_POLICY_PATH = Path(__file__).parent / "policies" / "default"
 
@@ -592,18 +593,31 @@ def _deny_reason(rule_ids: list[str], d: DecisionInput, policy: PolicyBundle) ->
     return "forbidden: " + "; ".join(described)
 
 
+# Says whether a loaded policy may become active, given the one in force (None before the
+# first): None when it may, else why not (e.g. no verified activation; see workers.policies).
+ActivationGate = Callable[["PolicyBundle", "PolicyBundle | None"], str | None]
+
+
 class PolicySource:
     """The active policy, re-read when a file in its folder changes.
 
     An invalid edit never replaces a valid active policy: the error is kept (and reported by
-    the caller) and the last valid version stays in force.
+    the caller) and the last valid version stays in force. With a `gate`, neither does a valid
+    edit until the gate lets it through (a verified activation): it waits as `pending`.
     """
 
-    def __init__(self, path: str | Path, tools: PolicySurface | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        tools: PolicySurface | None = None,
+        gate: ActivationGate | None = None,
+    ) -> None:
         self.path = Path(path)
         self.tools = tools
+        self.gate = gate
         self._stamp: tuple[tuple[str, float], ...] | None = None
         self._active: PolicyBundle | None = None
+        self.pending: PolicyBundle | None = None
         self.last_error: PolicyError | None = None
 
     def _files_stamp(self) -> tuple[tuple[str, float], ...]:
@@ -615,11 +629,22 @@ class PolicySource:
         if stamp != self._stamp:
             self._stamp = stamp
             try:
-                self._active = load_policy(self.path, self.tools)
+                self.pending = load_policy(self.path, self.tools)
                 self.last_error = None
             except PolicyError as e:
-                self.last_error = e
-                if self._active is None:
-                    raise
-        assert self._active is not None
+                self.pending, self.last_error = None, e
+        if self.pending is not None:
+            self._try_activate(self.pending)
+        if self._active is None:
+            raise self.last_error or PolicyError(f"{self.path}: no policy in force")
         return self._active
+
+    def _try_activate(self, candidate: PolicyBundle) -> None:
+        if self._active is not None and candidate.version == self._active.version:
+            self.pending = None
+            return
+        refusal = self.gate(candidate, self._active) if self.gate else None
+        if refusal is None:
+            self._active, self.pending, self.last_error = candidate, None, None
+        else:
+            self.last_error = PolicyError(refusal)

@@ -167,6 +167,8 @@ def settings(state_dir: Path, shop: Shop, model_url: str, session_policy: Path) 
         systems={"shop": SystemSettings(url=shop.url, credential="shop")},
         tool_start_to_close_seconds=5,
         tool_max_attempts=3,
+        # Tests rewrite policies freely; activation itself is tested in test_policy_activation.
+        require_policy_activation=False,
     )
     configure_keyring(settings)
     set_secret("shop", shop.token)

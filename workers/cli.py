@@ -300,6 +300,22 @@ async def cmd_policy(args: argparse.Namespace, settings: Settings) -> None:
     from guardrails.review import backtest, diff, run_cases
     from workers.audit import open_audit_store
 
+    if args.action == "activate":
+        from workers.credentials import configure_keyring
+        from workers.identities import signer_for
+        from workers.policies import activate
+
+        if not args.as_:
+            raise CliError("sign the activation: countersign policy activate [FOLDER] --as NAME")
+        configure_keyring(settings)
+        policy = _load(args.path, settings)
+        envelope = activate(open_audit_store(settings), policy, signer_for(args.as_))
+        print(
+            f"activated {policy.version} ({policy.path}) as {args.as_} "
+            f"(key {envelope.statement.key_id}); workers put it in force at their next "
+            "decision if the policy in force gives you [authority] policy"
+        )
+        return
     if args.action == "test":
         policy = _load(args.path, settings)
         failures = run_cases(policy)
@@ -331,28 +347,56 @@ async def cmd_policy(args: argparse.Namespace, settings: Settings) -> None:
 
 
 async def cmd_kill(args: argparse.Namespace, settings: Settings) -> None:
+    """Flip the switch with a change signed by the operator's own key; workers count it only
+    if the operator is in a group the policy's `[authority] kill_switch` names."""
+    from guardrails.controls import KillSwitch
+    from guardrails.identity import DirectorySource
+    from guardrails.policy import PolicySource
+    from workers.credentials import configure_keyring
+    from workers.identities import signer_for
     from workers.state import open_kill_switch
 
     store = open_kill_switch(settings)
-    switch = store.read()
-    on = args.command == "kill"
-    if args.what == "all":
-        switch.all_side_effects = on
-    elif args.what in ("tool", "agent"):
-        if not args.name:
-            raise CliError(f"name the {args.what}: countersign {args.command} {args.what} NAME")
-        names = switch.tools if args.what == "tool" else switch.agents
-        if on and args.name not in names:
-            names.append(args.name)
-        if not on and args.name in names:
-            names.remove(args.name)
+    stored = store.read()
+    policy = PolicySource(settings.policy_path).current()
+    directory = DirectorySource(settings.directory_file).current()
+
+    def may_flip(who: str) -> bool:
+        return policy.has_authority(who, "kill_switch")
+
     if args.what != "status":
-        store.write(switch)
+        if args.what in ("tool", "agent") and not args.name:
+            raise CliError(f"name the {args.what}: countersign {args.command} {args.what} NAME")
+        if not args.as_:
+            raise CliError(
+                f"sign the change: countersign {args.command} {args.what} ... --as NAME "
+                "(someone with kill_switch authority in the policy)"
+            )
+        configure_keyring(settings)
+        change = signer_for(args.as_).sign(
+            purpose="kill",
+            channel="cli",
+            now=datetime.now(UTC),
+            claims={
+                "on": args.command == "kill",
+                "what": args.what,
+                "name": args.name if args.what != "all" else None,
+            },
+        )
+        _, refused = KillSwitch(changes=[change]).effective(directory, may_flip)
+        if refused:
+            raise CliError(f"not changed: {refused[0]}")
+        stored = stored.with_change(change)
+    switch, ignored = stored.effective(directory, may_flip)
+    if args.what != "status":
+        store.write(switch.model_copy(update={"changes": stored.changes}))
     print(
         f"kill switch: all side effects {'OFF' if switch.all_side_effects else 'on'}; "
         f"tools stopped: {', '.join(switch.tools) or 'none'}; "
         f"agents stopped: {', '.join(switch.agents) or 'none'}"
     )
+    for reason in ignored:
+        print(f"  ignored (not proven): {reason}")
 
 
 def print_verification(report: VerifyReport, location: str) -> None:
@@ -576,13 +620,15 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true")
 
     policy = add("policy", cmd_policy, "check, compare and backtest policies")
-    policy.add_argument("action", choices=["test", "diff", "backtest"])
+    policy.add_argument("action", choices=["test", "diff", "backtest", "activate"])
     policy.add_argument("path", nargs="?", help="policy folder (test, diff: default active)")
     policy.add_argument("--candidate", help="candidate policy folder (diff, backtest)")
+    policy.add_argument("--as", dest="as_", metavar="NAME", help="activate: sign as NAME")
     for verb in ("kill", "revive"):
         k = add(verb, cmd_kill, f"{verb} side effects of a tool, an agent, or all, at once")
         k.add_argument("what", choices=["tool", "agent", "all", "status"])
         k.add_argument("name", nargs="?")
+        k.add_argument("--as", dest="as_", metavar="NAME", help="sign the change with NAME's key")
 
     identity = add(
         "identity", cmd_identity, "keys that prove who you are: `init --as NAME`, `show`"

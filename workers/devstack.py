@@ -19,11 +19,12 @@ import httpx
 import psycopg
 
 from agents import search_attributes
-from workers.audit import ensure_signing_key
+from workers.audit import ensure_signing_key, open_audit_store
 from workers.codec import ensure_payload_keys
 from workers.codec_server import capability_endpoint
 from workers.credentials import configure_keyring, ensure_secret, set_secret
 from workers.identities import ensure_dev_directory
+from workers.policies import ensure_activated
 from workers.settings import EmailSettings, Settings
 
 # The stock dev server dispatches ~20 tasks/s; every step would wait on it.
@@ -285,6 +286,22 @@ def with_dev_email(settings: Settings) -> Settings:
     )
 
 
+def ensure_dev_policy_activation(settings: Settings) -> None:
+    """The dev stack's policy, activated by the demo duty manager (erin, a development key)."""
+    import activities.crm
+    import activities.shop  # noqa: F401  (register the tools the policy is checked against)
+    from activities.tools import tool_schemas
+    from guardrails.identity import load_directory
+    from guardrails.policy import load_policy
+
+    policy = load_policy(settings.policy_path, tool_schemas())
+    audit = open_audit_store(settings)
+    try:
+        ensure_activated(audit, policy, load_directory(settings.directory_file), "erin")
+    finally:
+        audit.close()
+
+
 def postgres_bin_dir() -> Path | None:
     """Where Debian's (or any) PostgreSQL server binaries are, if installed."""
     for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
@@ -427,6 +444,7 @@ def start_dev_stack(
         configure_keyring(settings)
         ensure_signing_key(settings)
         ensure_dev_directory(settings)
+        ensure_dev_policy_activation(settings)
         codec_endpoint = None
         # The dev UI has no login, so it reads payloads through the capability URL: a
         # development convenience that only the dev stack turns on (see README).

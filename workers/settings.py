@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     policy_path: Path = DEFAULT_POLICY_PATH
     # A candidate policy evaluated beside the active one; its flips are recorded, never enforced.
     candidate_policy_path: Path | None = None
+    # A policy version is enforced only once a verified person activated it (workers/policies.py).
+    require_policy_activation: bool = True
     # Who can prove who they are (see guardrails/identity.py): default STATE/directory.toml.
     directory_path: Path | None = None
     # The approval gateway's own identity in the directory; its attestation key is in the

@@ -47,7 +47,8 @@ def on_host(settings: Settings, name: str, pg_dsn: str, **update: Any) -> Settin
     the original's cached paths.)"""
     fields = settings.model_dump()
     fields.update(state_dir=settings.state_dir / f"fleet-{uuid.uuid4().hex[:6]}-{name}")
-    fields.update(state_dsn=pg_dsn, **update)
+    # The identity directory is configuration, like the policy: the same file on every host.
+    fields.update(state_dsn=pg_dsn, directory_path=settings.directory_file, **update)
     host = Settings(**fields)
     host.state_dir.mkdir(parents=True)
     shutil.copy(settings.keyring_path, host.keyring_path)
@@ -172,6 +173,7 @@ def cli(host: Settings, *args: str) -> str:
             **os.environ,
             "COUNTERSIGN_STATE_DIR": str(host.state_dir),
             "COUNTERSIGN_STATE_DSN": host.state_dsn or "",
+            "COUNTERSIGN_DIRECTORY_PATH": str(host.directory_file),
         },
         capture_output=True,
         text=True,
@@ -185,7 +187,7 @@ async def test_the_kill_switch_flipped_through_one_host_stops_the_other(
     temporal: WorkflowEnvironment, two_hosts: list[tuple[Settings, Runtime, Worker]], shop: Shop
 ) -> None:
     (host_a, _, _), (_, _, worker_b) = two_hosts
-    assert "payments.refund" in cli(host_a, "kill", "tool", "payments.refund")
+    assert "payments.refund" in cli(host_a, "kill", "tool", "payments.refund", "--as", "erin")
     handle = await start_run(
         temporal.client, worker_b.task_queue, task="Refund order A-1004: the sampler was stale."
     )
@@ -194,7 +196,7 @@ async def test_the_kill_switch_flipped_through_one_host_stops_the_other(
     assert refund.status == "denied" and "kill_switch" in refund.rule_ids
     assert shop.refunds("A-1004") == []
 
-    cli(host_a, "revive", "tool", "payments.refund")
+    cli(host_a, "revive", "tool", "payments.refund", "--as", "erin")
     handle = await start_run(
         temporal.client, worker_b.task_queue, task="Refund order A-1004: the sampler was stale."
     )
@@ -299,6 +301,7 @@ def start_fleet(
                     "COUNTERSIGN_TEMPORAL_ADDRESS": address,
                     "COUNTERSIGN_TASK_QUEUE": task_queue,
                     "COUNTERSIGN_POLICY_PATH": str(settings.policy_path),
+                    "COUNTERSIGN_DIRECTORY_PATH": str(settings.directory_file),
                     "COUNTERSIGN_OPENAI_BASE_URL": settings.openai_base_url,
                     "COUNTERSIGN_SYSTEMS__SHOP__URL": settings.systems["shop"].url,
                     "COUNTERSIGN_TOOL_START_TO_CLOSE_SECONDS": "3",
