@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
@@ -95,6 +96,10 @@ async def model_bounds() -> ModelBounds:
     )
 
 
+def _refused(message: str) -> PydanticCustomError:
+    return PydanticCustomError("invalid_subject", message)
+
+
 class RunInput(BaseModel):
     """What an ops person types to start a run (Temporal UI "Start Workflow", or the CLI)."""
 
@@ -129,6 +134,32 @@ class RunInput(BaseModel):
         default=None, description="The requester's signed start statement (countersign start)"
     )
 
+    @model_validator(mode="after")
+    def _validated_subject(self) -> RunInput:
+        """The subject, checked against the agent's subject fields. Subject fields in `context`
+        (inputs written before `subject` existed) count as the subject too; given in both with
+        different values, the input is refused. (An unknown agent is refused by
+        parse_run_input.)"""
+        spec = AGENTS.get(self.agent)
+        if spec is None:
+            return self
+        fields = spec.subject
+        for name, value in self.context.items():
+            if name not in fields or not isinstance(value, str):
+                continue
+            given = self.subject.setdefault(name, value)
+            if given != value:
+                raise _refused(f"subject.{name}: {given!r} differs from context.{name} {value!r}")
+        for name, value in self.subject.items():
+            if name not in fields:
+                raise _refused(
+                    f"subject.{name}: agent {self.agent!r} takes no subject field {name!r} "
+                    f"(accepted: {', '.join(sorted(fields)) or 'none'})"
+                )
+            if not re.fullmatch(fields[name].strip("^$"), value):
+                raise _refused(f"subject.{name}: {value!r} does not match {fields[name]}")
+        return self
+
     def digest(self) -> str:
         """What a requester's start statement signs: the input without the proof."""
         return sha256_hex(self.model_dump(mode="json", exclude={"requester_proof"}))
@@ -149,32 +180,7 @@ def parse_run_input(raw: Any) -> RunInput:
             type="InvalidRunInput",
             non_retryable=True,
         )
-    return run_input.model_copy(update={"subject": _subject(run_input)})
-
-
-def _subject(run_input: RunInput) -> dict[str, str]:
-    """The validated subject. Subject fields in `context` (inputs written before `subject`
-    existed) count as the subject too; given in both with different values, the run fails."""
-    fields = AGENTS[run_input.agent].subject
-    subject = dict(run_input.subject)
-    for name, value in run_input.context.items():
-        if name in fields and isinstance(value, str) and subject.setdefault(name, value) != value:
-            _invalid(f"subject.{name}: {subject[name]!r} differs from context.{name} {value!r}")
-    for name, value in subject.items():
-        if name not in fields:
-            _invalid(
-                f"subject.{name}: agent {run_input.agent!r} takes no subject field {name!r} "
-                f"(accepted: {', '.join(sorted(fields)) or 'none'})"
-            )
-        if not re.fullmatch(fields[name].strip("^$"), value):
-            _invalid(f"subject.{name}: {value!r} does not match {fields[name]}")
-    return subject
-
-
-def _invalid(message: str) -> NoReturn:
-    raise ApplicationError(
-        f"invalid run input: {message}", type="InvalidRunInput", non_retryable=True
-    )
+    return run_input
 
 
 ActionStatus = Literal[
