@@ -149,7 +149,7 @@ class ToolSpec:
             "function": {
                 "name": model_tool_name(self.name),
                 "description": self.description,
-                "parameters": self.args_model.model_json_schema(),
+                "parameters": _closed(self.args_model.model_json_schema()),
             },
         }
 
@@ -157,6 +157,19 @@ class ToolSpec:
         """Derived from the business key (default: the arguments), per run."""
         key = self.business_key(args) if self.business_key else args.model_dump(mode="json")
         return "ck_" + sha256_hex({"run": workflow_id, "tool": self.name, "key": key})[:32]
+
+
+def _closed(schema: Any) -> Any:
+    """The schema with every object closed (`additionalProperties: false`): the model is told
+    what validate_arguments enforces, that unknown fields are refused."""
+    if isinstance(schema, dict):
+        closed = {k: _closed(v) for k, v in schema.items()}
+        if closed.get("type") == "object" and "properties" in closed:
+            closed.setdefault("additionalProperties", False)
+        return closed
+    if isinstance(schema, list):
+        return [_closed(v) for v in schema]
+    return schema
 
 
 REGISTRY: dict[str, ToolSpec] = {}

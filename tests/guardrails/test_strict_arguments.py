@@ -121,3 +121,23 @@ def test_non_json_values_are_refused() -> None:
         validate_arguments(
             REGISTRY["payments.refund"], {**VALID["payments.refund"], "amount_cents": float("nan")}
         )
+
+
+def test_the_model_is_told_that_unknown_fields_are_refused() -> None:
+    """Every object in every tool's schema is closed, as validation enforces."""
+
+    def objects(schema: Any) -> list[dict[str, Any]]:
+        found = []
+        if isinstance(schema, dict):
+            if schema.get("type") == "object" and "properties" in schema:
+                found.append(schema)
+            for value in schema.values():
+                found += objects(value)
+        elif isinstance(schema, list):
+            for value in schema:
+                found += objects(value)
+        return found
+
+    for spec in REGISTRY.values():
+        closed = objects(spec.model_schema()["function"]["parameters"])
+        assert closed and all(o["additionalProperties"] is False for o in closed), spec.name
