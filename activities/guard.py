@@ -13,6 +13,7 @@ backtested against what really happened.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -23,12 +24,38 @@ from temporalio.exceptions import ApplicationError
 from activities.contracts import DECIDE, RELEASE, GuardInput, GuardResult
 from activities.facts import FactUnavailable, resolve_facts
 from activities.runtime import Runtime, audit_from_activity, current_workflow_id
+from activities.sealing import SealError, keep_sealed, seal_fields, sealer_for
 from activities.tools import ToolSpec, lookup_tool, validate_arguments
 from agents.specs import AGENTS
+from guardrails.audit import AuditRecord, AuditStore
 from guardrails.errors import describe
 from guardrails.policy import DecisionInput, PolicyBundle, PolicyError, Verdict, decide
+from guardrails.redaction import Kind
+from guardrails.rollout import OverrideCount, Rollout, override_counts
 
 log = structlog.get_logger(__name__)
+
+
+def overrides_for(audit: AuditStore, rollout: Rollout | None, agent: str) -> OverrideCount | None:
+    """Human decisions on the agent's proposals over the rollout's window, from the audit
+    trail; None when the agent's rollout does not demote on overrides."""
+    if rollout is None or rollout.demote_when_override_rate_above is None:
+        return None
+    since = datetime.now(UTC) - timedelta(hours=rollout.window_hours)
+
+    def requested(decided: AuditRecord) -> dict[str, Any] | None:
+        found = audit.find(
+            decided.workflow_id, "approval.requested", request_id=decided.data.get("request_id")
+        )
+        return found[0].data if found else None
+
+    counts = override_counts(audit.between(since), requested)
+    mine = [c for (a, _), c in counts.items() if a == agent]
+    return OverrideCount(
+        decisions=sum(c.decisions for c in mine),
+        rejections=sum(c.rejections for c in mine),
+        window_hours=rollout.window_hours,
+    )
 
 
 class GuardActivities:
@@ -75,7 +102,15 @@ class GuardActivities:
         try:
             policy = self._policy()
             switch = await self.runtime.kill_switch_now()
-            d = d.model_copy(update={"killed": switch.stops(proposal.tool, agent.name)})
+            overrides = await asyncio.to_thread(
+                overrides_for,
+                self.runtime.audit,
+                policy.settings.rollout.get(agent.name),
+                agent.name,
+            )
+            d = d.model_copy(
+                update={"killed": switch.stops(proposal.tool, agent.name), "overrides": overrides}
+            )
             d = await self._gather(d, spec)
             verdict, d = await asyncio.to_thread(
                 self.runtime.ledger.decide_and_reserve,
@@ -94,7 +129,9 @@ class GuardActivities:
                 rule_ids=["guard.error"],
                 policy_version=policy.version if policy else "none",
                 reason=f"the guard could not decide: {type(e).__name__}: {e}"[:500],
-                mode=policy.mode_for(agent.name, input.requested_mode) if policy else "shadow",
+                mode=policy.mode_for(agent.name, input.requested_mode, workflow_id)[0]
+                if policy
+                else "shadow",
             )
         await audit_from_activity(
             self.runtime, "proposal", proposal.model_dump(mode="json"), actor=f"agent:{agent.name}"
@@ -122,17 +159,26 @@ class GuardActivities:
         if spec is None or proposal.arguments is None:
             return d
         try:
-            arguments = validate_arguments(spec, proposal.arguments).model_dump(mode="json")
+            # Validated strictly and in clear; the verdict keeps secret and personal values
+            # sealed (activities/sealing.py).
+            sealer = sealer_for(self.runtime.settings)
+            known: dict[str, Kind] = {}
+            clear = validate_arguments(spec, sealer.unseal(proposal.arguments, known))
+            arguments = keep_sealed(
+                proposal.arguments, clear.model_dump(mode="json"), spec.args_model
+            )
+            arguments = sealer.seal_known(seal_fields(sealer, arguments, spec.args_model), known)
         except ValidationError as e:
             return d.model_copy(update={"arguments_error": describe(e, "(arguments)")})
-        except ValueError as e:
+        except (SealError, ValueError) as e:  # e.g. a token the model forged, a NaN
             return d.model_copy(update={"arguments_error": f"(arguments): {e}"})
         d = d.model_copy(update={"arguments": arguments, "arguments_error": None})
         if spec.read_only or spec.scope not in d.granted_scopes or d.killed:
             return d  # decided on scope or the kill switch alone: nothing to fetch
         update: dict[str, Any] = {}
         try:
-            update["facts"] = await resolve_facts(self.runtime, d.workflow_id, arguments)
+            keys = clear.model_dump(mode="json")  # a fact's key in clear, to fetch it by
+            update["facts"] = await resolve_facts(self.runtime, d.workflow_id, keys)
             update["subject_facts"] = await resolve_facts(self.runtime, d.workflow_id, d.subject)
         except FactUnavailable as e:
             update["facts_error"] = str(e)

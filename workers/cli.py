@@ -37,6 +37,7 @@ def story_line(r: AuditRecord) -> str:
             f"model {d.get('model')} step {d.get('step')}: "
             f"{d.get('tool_calls')} tool call(s), {sum(d.get('usage', {}).values())} tokens"
             + (f" — {d['content']!r}" if d.get("content") else "")
+            + (f" REFUSED: {d['refused']}" if d.get("refused") else "")
         ),
         "proposal": lambda: f"proposal {d.get('tool')} {json.dumps(d.get('arguments'))}",
         "verdict": lambda: (
@@ -71,6 +72,7 @@ def story_line(r: AuditRecord) -> str:
             f" → {json.dumps(d.get('result'))} (idempotency key {d.get('idempotency_key')})"
         ),
         "action.failed": lambda: f"FAILED {d.get('tool')}: {d.get('error')}",
+        "action.blocked": lambda: f"BLOCKED {d.get('tool')} by the {d.get('reason')}",
         "run.finished": lambda: f"run {d.get('status')}: {d.get('final_message')!r}",
     }.get(r.kind, lambda: f"{r.kind} {json.dumps(d)}")()
     return f"  {when}  #{r.seq:<5} {text}"

@@ -147,6 +147,11 @@ class Settings(BaseSettings):
     # `countersign dev` only: the local mail catcher that the dev stack's email goes to.
     mail_catcher_port: int = 8125
 
+    # Bounds on one model reply (a compromised or broken model can send anything): a reply
+    # larger than this, or with more tool calls, executes nothing (activities/model.py).
+    max_reply_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_tool_calls_per_turn: int = Field(default=16, ge=1)
+
     # Bounds on one tool call; Temporal retries with back-off within these. A side effect's
     # activity heartbeats, so a worker that dies mid-call is noticed after
     # `tool_heartbeat_seconds`, not after the whole start-to-close.

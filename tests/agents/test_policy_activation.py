@@ -57,7 +57,7 @@ async def refund_a_1002(temporal: WorkflowEnvironment, task_queue: str, shop: Sh
             await handle.result()
             assert shop.refunds("A-1002") == []
             return "waited"
-        if status.stage in ("completed", "stopped"):
+        if status.stage.startswith(("completed", "stopped")):
             result = await handle.result()
             (refund,) = [a for a in result.actions if a.tool == "payments.refund"]
             return refund.status
