@@ -12,7 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from guardrails.approvals import ApprovalRequest
-from guardrails.policy import Mode, Proposal, Verdict
+from guardrails.identity import Envelope, Verified
+from guardrails.policy import Authority, Mode, Proposal, Verdict
 
 # Activity names, the one place they are spelled.
 PLAN = "model.plan"
@@ -20,6 +21,7 @@ DECIDE = "guard.decide"
 RECORD = "audit.record"
 NOTIFY = "notify.approval"
 RELEASE = "guard.release"
+VERIFY = "identity.verify"
 MODEL_BOUNDS = "model.bounds"
 RECONCILE = "tool.reconcile"
 
@@ -56,6 +58,9 @@ class PlanOutput(BaseModel):
     model: str
     usage: Usage
     seq: int
+    # Set when the model's replies were refused (cut off, filtered, oversized, duplicate call
+    # ids ...) even after one more try: nothing of them executes and the run stops, saying why.
+    refused: str | None = None
 
 
 class GuardInput(BaseModel):
@@ -63,7 +68,8 @@ class GuardInput(BaseModel):
     proposal: Proposal
     requested_mode: Mode | None
     requested_by: str
-    run_context: dict[str, Any] = {}
+    # The run's validated subject (fields declared by the agent).
+    subject: dict[str, str] = {}
 
 
 class GuardResult(BaseModel):
@@ -132,3 +138,19 @@ class Reconciliation(BaseModel):
     status: Literal["executed", "not_executed", "unknown"]
     outcome: ToolOutcome | None = None
     detail: str = ""
+
+
+class VerifyInput(BaseModel):
+    """A signed statement to check against the live identity directory; with `authority`,
+    the proven identity must also be in a group the active policy names for it."""
+
+    envelope: Envelope
+    authority: Authority | None = None
+
+
+class VerifyResult(BaseModel):
+    """Who the statement proves (recorded in history, so replay needs no directory), or why
+    it proves nothing."""
+
+    verified: Verified | None = None
+    refused: str | None = None

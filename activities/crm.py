@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from activities.tools import ToolContext, Undo, guarded_tool
+from activities.facts import FactContext, fact
+from activities.tools import Personal, ToolContext, Undo, guarded_tool
 
 _CUSTOMER_ID = r"^C-\d{3}$"
 
@@ -15,14 +16,14 @@ class CustomerLookupArgs(BaseModel):
 
 class Customer(BaseModel):
     customer_id: str
-    name: str
-    email: str
+    name: Personal[str]
+    email: Personal[str]
     tier: str
-    phone: str | None = None
-    address: str | None = None
+    phone: Personal[str | None] = None
+    address: Personal[str | None] = None
 
 
-@guarded_tool("customers.lookup", scope="crm:read", read_only=True, fact="customer")
+@guarded_tool("customers.lookup", scope="crm:read", read_only=True)
 async def lookup_customer(args: CustomerLookupArgs, ctx: ToolContext) -> Customer:
     """Look up a customer record."""
     async with ctx.http("shop") as shop:
@@ -57,6 +58,22 @@ async def add_note(args: AddNoteArgs, ctx: ToolContext) -> Note:
     return Note.model_validate(r.json())
 
 
+class NoteFacts(BaseModel):
+    """Whose record a note is on (not its text: rules need no personal data)."""
+
+    note_id: str
+    customer_id: str
+    deleted: bool
+
+
+@fact("note", keyed_by="note_id")
+async def note_facts(note_id: str, ctx: FactContext) -> NoteFacts:
+    """A note's customer, from the CRM."""
+    async with ctx.http("shop") as shop:
+        r = await shop.get(f"/notes/{note_id}")
+    return NoteFacts.model_validate(r.json(), extra="ignore")
+
+
 class DeleteNoteArgs(BaseModel):
     note_id: str = Field(pattern=r"^note_[0-9a-zA-Z]+$")
 
@@ -79,9 +96,9 @@ class ContactFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    phone: str | None = Field(default=None, max_length=40)
-    email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$")
-    address: str | None = Field(default=None, max_length=200)
+    phone: Personal[str | None] = Field(default=None, max_length=40)
+    email: Personal[str | None] = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$")
+    address: Personal[str | None] = Field(default=None, max_length=200)
 
 
 class UpdateContactArgs(BaseModel):
@@ -89,10 +106,18 @@ class UpdateContactArgs(BaseModel):
     fields: ContactFields
 
 
+class ContactBefore(BaseModel):
+    """Previous values of the changed fields, as the system of record returned them."""
+
+    phone: Personal[str | None] = None
+    email: Personal[str | None] = None
+    address: Personal[str | None] = None
+
+
 class ContactUpdated(BaseModel):
     customer: Customer
-    # Previous values of the changed fields: what compensation restores.
-    before: dict[str, str | None]
+    # What compensation restores.
+    before: ContactBefore
 
 
 @guarded_tool(
@@ -102,7 +127,10 @@ class ContactUpdated(BaseModel):
     # Undo restores the before-image the system of record returned.
     compensate=Undo(
         "crm.update_contact",
-        lambda args, result: {"customer_id": args.customer_id, "fields": result.before},
+        lambda args, result: {
+            "customer_id": args.customer_id,
+            "fields": result.before.model_dump(exclude_unset=True),
+        },
     ),
 )
 async def update_contact(args: UpdateContactArgs, ctx: ToolContext) -> ContactUpdated:

@@ -41,6 +41,15 @@ def _count(meter: MetricMeter, name: str, description: str, **labels: str) -> No
     meter.create_counter(name, description).add(1, labels)
 
 
+_ACTION_KINDS = (
+    "action.executed",
+    "action.read",
+    "action.failed",
+    "action.blocked",
+    "action.unknown",
+)
+
+
 def _count_failure(meter: MetricMeter, what: str, data: dict[str, Any]) -> None:
     cause = data.get("cause") or {}
     kind = str(cause.get("kind", "unclassified")) if isinstance(cause, dict) else "unclassified"
@@ -97,7 +106,13 @@ def observe(
         tokens = meter.create_counter("countersign_model_tokens", "model tokens", "tokens")
         for part in ("prompt", "completion"):
             tokens.add(usage.get(f"{part}_tokens", 0), {"model": str(d.get("model")), "part": part})
-    elif kind in ("action.executed", "action.read", "action.failed", "action.unknown"):
+    elif kind in (
+        "action.executed",
+        "action.read",
+        "action.failed",
+        "action.blocked",
+        "action.unknown",
+    ):
         _count(
             meter,
             "countersign_actions",

@@ -17,11 +17,13 @@ from activities import metrics
 from activities.http import HttpClients
 from activities.transcript import TranscriptStore
 from guardrails.audit import AuditRecord, AuditStore
-from guardrails.cedar_schema import ToolSchema
-from guardrails.controls import KillSwitchStore
+from guardrails.cedar_schema import PolicySurface
+from guardrails.controls import KillSwitch, KillSwitchStore
+from guardrails.identity import DirectorySource
 from guardrails.ledger import Ledger
 from guardrails.policy import PolicySource
 from workers.audit import open_audit_store
+from workers.policies import activation_gate
 from workers.settings import Settings
 from workers.state import open_kill_switch, open_ledger, open_transcripts
 
@@ -36,22 +38,42 @@ class Runtime:
     policy: PolicySource
     candidate: PolicySource | None
     ledger: Ledger
+    directory: DirectorySource
     kill_switch: KillSwitchStore
     http: HttpClients = field(default_factory=HttpClients)
 
     @classmethod
-    def from_settings(cls, settings: Settings, tools: list[ToolSchema] | None = None) -> Runtime:
+    def from_settings(cls, settings: Settings, tools: PolicySurface | None = None) -> Runtime:
         """`tools`: the registered tools, to type-check policies against."""
         candidate = settings.candidate_policy_path
+        audit = open_audit_store(settings, signing=True)
+        directory = DirectorySource(settings.directory_file)
+        gate = (
+            activation_gate(audit, directory.current)
+            if settings.require_policy_activation
+            else None
+        )
         return cls(
             settings=settings,
-            audit=open_audit_store(settings, signing=True),
+            audit=audit,
             transcripts=open_transcripts(settings),
-            policy=PolicySource(settings.policy_path, tools),
+            policy=PolicySource(settings.policy_path, tools, gate),
             candidate=PolicySource(candidate, tools) if candidate else None,
             ledger=open_ledger(settings),
             kill_switch=open_kill_switch(settings),
+            directory=directory,
         )
+
+    async def kill_switch_now(self) -> KillSwitch:
+        """The kill switch as the signed changes of operators with the authority set it."""
+        stored = await asyncio.to_thread(self.kill_switch.read)
+        policy = self.policy.current()
+        switch, ignored = stored.effective(
+            self.directory.current(), lambda who: policy.has_authority(who, "kill_switch")
+        )
+        if ignored:
+            log.warning("kill_switch.unverified_changes_ignored", changes=ignored)
+        return switch
 
     async def audit_find(self, workflow_id: str, kind: str, **matches: Any) -> list[AuditRecord]:
         return await asyncio.to_thread(self.audit.find, workflow_id, kind, **matches)

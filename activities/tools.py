@@ -22,11 +22,11 @@ action.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
+import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_type_hints
 
@@ -38,9 +38,15 @@ from temporalio.exceptions import ApplicationError
 from activities.contracts import RECONCILE, Compensation, Reconciliation, ToolCall, ToolOutcome
 from activities.http import BearerFromKeyring
 from activities.runtime import Runtime, audit_from_activity, current_workflow_id, heartbeating
+from activities.sealing import Sealer, SealError, scrub, seal_fields, sealer_for
 from agents.failures import cause_of
-from guardrails.cedar_schema import ToolSchema
+from agents.specs import subject_fields
+from guardrails.cedar_schema import PolicySurface, ToolSchema
+from guardrails.errors import describe
 from guardrails.policy import ToolFacts, sha256_hex
+from guardrails.redaction import Kind
+from guardrails.redaction import Personal as Personal  # for tool authors: mark fields by type
+from guardrails.redaction import Secret as Secret
 
 Risk = Literal["low", "medium", "high"]
 _NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
@@ -62,32 +68,36 @@ class ToolContext:
     def idempotency_headers(self) -> dict[str, str]:
         return {"Idempotency-Key": self.idempotency_key}
 
-    @asynccontextmanager
-    async def http(self, system: str) -> AsyncIterator[httpx.AsyncClient]:
-        """An HTTP client for a configured system: base URL, bearer token from keyring, timeouts.
-        Pooled and shared by every tool call on this worker (see activities.http).
+    def http(self, system: str) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+        return system_http(self.runtime, system)
 
-        No transport retries: Temporal owns retries, with back-off, bounded per tool call.
-        Responses >= 400 raise, so a tool cannot forget to check.
-        """
-        systems = self.runtime.settings.systems
-        if system not in systems:
-            raise ApplicationError(
-                f"no system {system!r} configured (known: {sorted(systems)}); "
-                f"set COUNTERSIGN_SYSTEMS__{system.upper()}__URL and __CREDENTIAL",
-                type="ToolMisconfigured",
-                non_retryable=True,
-            )
-        conf = systems[system]
-        yield self.runtime.http.get(
-            f"system:{system}",
-            lambda: httpx.AsyncClient(
-                base_url=conf.url,
-                auth=BearerFromKeyring(conf.credential),
-                timeout=conf.timeout_seconds,
-                event_hooks={"response": [_raise_for_status]},
-            ),
+
+@asynccontextmanager
+async def system_http(runtime: Runtime, system: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for a configured system: base URL, bearer token from keyring, timeouts.
+    Pooled and shared by every tool call and fact on this worker (see activities.http).
+
+    No transport retries: Temporal owns retries, with back-off, bounded per tool call.
+    Responses >= 400 raise, so a tool cannot forget to check.
+    """
+    systems = runtime.settings.systems
+    if system not in systems:
+        raise ApplicationError(
+            f"no system {system!r} configured (known: {sorted(systems)}); "
+            f"set COUNTERSIGN_SYSTEMS__{system.upper()}__URL and __CREDENTIAL",
+            type="ToolMisconfigured",
+            non_retryable=True,
         )
+    conf = systems[system]
+    yield runtime.http.get(
+        f"system:{system}",
+        lambda: httpx.AsyncClient(
+            base_url=conf.url,
+            auth=BearerFromKeyring(conf.credential),
+            timeout=conf.timeout_seconds,
+            event_hooks={"response": [_raise_for_status]},
+        ),
+    )
 
 
 async def _raise_for_status(response: httpx.Response) -> None:
@@ -122,7 +132,6 @@ class ToolSpec:
     result_model: type[BaseModel]
     fn: ToolFunction
     business_key: Callable[[Any], str] | None = field(default=None, compare=False)
-    fact: str | None = None
     reconcile: ReconcileFunction | None = field(default=None, compare=False)
 
     @property
@@ -140,8 +149,6 @@ class ToolSpec:
         return ToolSchema(
             name=self.name,
             args_schema=self.args_model.model_json_schema(),
-            fact=self.fact,
-            result_schema=self.result_model.model_json_schema() if self.fact else None,
         )
 
     def model_schema(self) -> dict[str, Any]:
@@ -151,7 +158,7 @@ class ToolSpec:
             "function": {
                 "name": model_tool_name(self.name),
                 "description": self.description,
-                "parameters": self.args_model.model_json_schema(),
+                "parameters": _closed(self.args_model.model_json_schema()),
             },
         }
 
@@ -159,6 +166,19 @@ class ToolSpec:
         """Derived from the business key (default: the arguments), per run."""
         key = self.business_key(args) if self.business_key else args.model_dump(mode="json")
         return "ck_" + sha256_hex({"run": workflow_id, "tool": self.name, "key": key})[:32]
+
+
+def _closed(schema: Any) -> Any:
+    """The schema with every object closed (`additionalProperties: false`): the model is told
+    what validate_arguments enforces, that unknown fields are refused."""
+    if isinstance(schema, dict):
+        closed = {k: _closed(v) for k, v in schema.items()}
+        if closed.get("type") == "object" and "properties" in closed:
+            closed.setdefault("additionalProperties", False)
+        return closed
+    if isinstance(schema, list):
+        return [_closed(v) for v in schema]
+    return schema
 
 
 REGISTRY: dict[str, ToolSpec] = {}
@@ -182,13 +202,12 @@ def guarded_tool(
     read_only: bool = False,
     compensate: Undo | None = None,
     business_key: Callable[[Any], str] | None = None,
-    fact: str | None = None,
     reconcile: ReconcileFunction | None = None,
 ) -> Callable[[ToolFunction], ToolFunction]:
     """Register an async function `(args: ArgsModel, ctx: ToolContext) -> ResultModel`.
 
-    `fact` (read-only tools): the policy may use this tool's latest matching result in a run
-    as `context.facts.<fact>` (e.g. an order's captured amount before a refund).
+    The policy decides on facts the guard fetches itself (activities/facts.py), never on what
+    the tool returned to the model.
 
     `reconcile` (side effects): `async (args, ctx) -> ResultModel | None`, how to ask the
     system of record whether the action under `ctx.idempotency_key` happened. When the
@@ -197,8 +216,6 @@ def guarded_tool(
     """
     if not _NAME.match(name):
         raise ToolDeclarationError(f"tool name {name!r} must look like 'system.action'")
-    if fact is not None and not read_only:
-        raise ToolDeclarationError(f"tool {name}: only read-only tools provide facts")
     if reconcile is not None and (read_only or not inspect.iscoroutinefunction(reconcile)):
         raise ToolDeclarationError(
             f"tool {name}: reconcile= must be an async function, on a side-effecting tool"
@@ -235,7 +252,6 @@ def guarded_tool(
             result_model=result_model,  # type: ignore[arg-type]
             fn=fn,
             business_key=business_key,
-            fact=fact,
             reconcile=reconcile,
         )
         return fn
@@ -259,8 +275,25 @@ def validate_registry() -> None:
             raise ToolDeclarationError(f"tool {spec.name} is read-only and needs no compensation")
 
 
-def tool_schemas() -> list[ToolSchema]:
-    return [spec.schema for spec in REGISTRY.values()]
+def validate_arguments(spec: ToolSpec, arguments: dict[str, Any]) -> BaseModel:
+    """The model's arguments, validated strictly, whatever the tool's model declares: no
+    coercion (`true`, `"4000"` and `39.0` are not integers), no unknown fields (refused, not
+    dropped), and the bounds the model declares. Raises ValidationError naming the field."""
+    return spec.args_model.model_validate_json(
+        json.dumps(arguments, allow_nan=False), strict=True, extra="forbid"
+    )
+
+
+def tool_schemas() -> PolicySurface:
+    """What policies are type-checked against: the registered tools, the facts the guard
+    fetches, and the subject fields agents declare."""
+    from activities.facts import FACTS  # the fact module imports this one
+
+    return PolicySurface(
+        tools=[spec.schema for spec in REGISTRY.values()],
+        facts=[f.schema for f in FACTS.values()],
+        subject=subject_fields(),
+    )
 
 
 def tool_activities(runtime: Runtime) -> list[Callable[[ToolCall], Awaitable[ToolOutcome]]]:
@@ -270,27 +303,35 @@ def tool_activities(runtime: Runtime) -> list[Callable[[ToolCall], Awaitable[Too
 
 @dataclass
 class _Call:
-    """One call of a tool, as its activities see it: parsed arguments, idempotency key."""
+    """One call of a tool inside its activity: clear arguments, idempotency key, and the
+    sealed values seen (`known`), to seal them again in results and scrub them from errors."""
 
     spec: ToolSpec
     args: BaseModel
     ctx: ToolContext
+    sealer: Sealer
+    known: dict[str, Kind]
 
     @classmethod
     def parse(cls, spec: ToolSpec, call: ToolCall, runtime: Runtime) -> _Call:
+        # Sealed secret and personal values are clear only in here (activities/sealing.py).
+        sealer = sealer_for(runtime.settings)
+        known: dict[str, Kind] = {}
         try:
-            args = spec.args_model.model_validate(call.arguments)
-        except ValidationError as e:
+            args = validate_arguments(spec, sealer.unseal(call.arguments, known))
+        except (ValidationError, SealError, ValueError) as e:
+            why = describe(e, "(arguments)") if isinstance(e, ValidationError) else str(e)
             raise ApplicationError(
-                f"{spec.name}: invalid arguments: {e}",
+                f"{spec.name}: invalid arguments: {why}",
                 type="InvalidToolArguments",
                 non_retryable=True,
-            ) from e
+            ) from None
         key = spec.idempotency_key(current_workflow_id(), args)
-        return cls(spec, args, ToolContext(call=call, idempotency_key=key, runtime=runtime))
+        ctx = ToolContext(call=call, idempotency_key=key, runtime=runtime)
+        return cls(spec, args, ctx, sealer, known)
 
     @property
-    def facts(self) -> dict[str, Any]:
+    def base(self) -> dict[str, Any]:
         """What every audit record about this action carries."""
         call = self.ctx.call
         return {
@@ -301,30 +342,39 @@ class _Call:
             "arguments": call.arguments,
         }
 
-    async def failed(self, error: ApplicationError) -> None:
-        """Audit a failure no retry will change (the activity fails for good)."""
-        cause = cause_of(error)
-        await audit_from_activity(
-            self.ctx.runtime,
-            "action.failed",
-            {**self.facts, "error": str(error), "cause": cause.model_dump()},
+    def error(self, e: Exception, what: str) -> ApplicationError:
+        """The HTTP or transport failure as Temporal should see it, clear values scrubbed."""
+        if isinstance(e, httpx.HTTPStatusError):
+            return _classify(what, e, self.known)
+        if isinstance(e, httpx.TransportError):
+            return ApplicationError(
+                f"{what}: system unreachable: {scrub(repr(e), self.known)}",
+                type="SystemUnavailable",
+            )
+        assert isinstance(e, ApplicationError)
+        return ApplicationError(
+            scrub(e.message, self.known), type=e.type, non_retryable=e.non_retryable
         )
 
     async def done(self, result: BaseModel, **extra: Any) -> ToolOutcome:
         """Audit what the action did and hand back its outcome (with how to undo it)."""
-        spec = self.spec
-        payload = result.model_dump(mode="json")
+        spec, sealer, known = self.spec, self.sealer, self.known
+        payload = sealer.seal_known(sealer.seal_model(result), known)
         undo = spec.compensate
-        compensation = (
-            Compensation(tool=undo.tool, arguments=undo.arguments(self.args, result))
-            if undo
-            else None
-        )
+        compensation = None
+        if undo:
+            undo_args = undo.arguments(self.args, result)
+            undo_spec = REGISTRY.get(undo.tool)
+            if undo_spec is not None:
+                undo_args = seal_fields(sealer, undo_args, undo_spec.args_model)
+            compensation = Compensation(
+                tool=undo.tool, arguments=sealer.seal_known(undo_args, known)
+            )
         await audit_from_activity(
             self.ctx.runtime,
             "action.read" if spec.read_only else "action.executed",
             {
-                **self.facts,
+                **self.base,
                 "result": payload,
                 "compensation": compensation.model_dump() if compensation else None,
                 **extra,
@@ -343,27 +393,18 @@ def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awai
     async def run_tool(call: ToolCall) -> ToolOutcome:
         this = _Call.parse(spec, call, runtime)
         if not spec.read_only:
-            try:
-                await _check_authorized(spec, call, runtime, current_workflow_id())
-            except ApplicationError as e:
-                await this.failed(e)
-                raise
+            await _check_authorized(spec, call, runtime, current_workflow_id())
         try:
             async with heartbeating():
                 result = await spec.fn(this.args, this.ctx)
-        except httpx.HTTPStatusError as e:
-            error = _classify(spec.name, e)
+        except (httpx.HTTPStatusError, httpx.TransportError, ApplicationError) as e:
+            error = this.error(e, spec.name)
             if error.non_retryable:
-                await this.failed(error)
-            raise error from e
-        except httpx.TransportError as e:
-            raise ApplicationError(
-                f"{spec.name}: system unreachable: {e!r}", type="SystemUnavailable"
-            ) from e
-        except ApplicationError as e:  # e.g. ToolMisconfigured
-            if e.non_retryable:
-                await this.failed(e)
-            raise
+                cause = cause_of(error).model_dump()
+                await audit_from_activity(
+                    runtime, "action.failed", {**this.base, "error": str(error), "cause": cause}
+                )
+            raise error from None  # the cause's text may echo a clear value
         return await this.done(result)
 
     run_tool.__doc__ = spec.description
@@ -385,12 +426,8 @@ def reconcile_activity(runtime: Runtime) -> Callable[[ToolCall], Awaitable[Recon
         try:
             async with heartbeating():
                 found = await spec.reconcile(this.args, this.ctx)
-        except httpx.HTTPStatusError as e:
-            raise _classify(f"{spec.name} (reconcile)", e) from e
-        except httpx.TransportError as e:
-            raise ApplicationError(
-                f"{spec.name} (reconcile): system unreachable: {e!r}", type="SystemUnavailable"
-            ) from e
+        except (httpx.HTTPStatusError, httpx.TransportError, ApplicationError) as e:
+            raise this.error(e, f"{spec.name} (reconcile)") from None
         key = this.ctx.idempotency_key
         if found is None:
             return Reconciliation(
@@ -408,8 +445,18 @@ def reconcile_activity(runtime: Runtime) -> Callable[[ToolCall], Awaitable[Recon
 
 async def _check_authorized(spec: ToolSpec, call: ToolCall, runtime: Runtime, run: str) -> None:
     """The activity is the boundary: an approval in workflow state alone is not enough."""
-    switch = await asyncio.to_thread(runtime.kill_switch.read)
-    if switch.stops(spec.name, call.agent):
+    if (await runtime.kill_switch_now()).stops(spec.name, call.agent):
+        # Its own record: an approved action stopped at the door, not a failure of the tool.
+        await audit_from_activity(
+            runtime,
+            "action.blocked",
+            {
+                "tool": spec.name,
+                "call_id": call.call_id,
+                "action_hash": call.action_hash,
+                "reason": "kill_switch",
+            },
+        )
         raise ApplicationError(
             f"{spec.name} is switched off by the kill switch; the action was not executed",
             type="KillSwitch",
@@ -428,13 +475,15 @@ async def _check_authorized(spec: ToolSpec, call: ToolCall, runtime: Runtime, ru
         )
 
 
-def _classify(tool: str, e: httpx.HTTPStatusError) -> ApplicationError:
+def _classify(tool: str, e: httpx.HTTPStatusError, known: dict[str, Kind]) -> ApplicationError:
     status = e.response.status_code
     try:
         body = e.response.json()
         detail = body.get("detail") or body.get("error") or e.response.text
     except ValueError:
         detail = e.response.text[:500]
+    # A system may echo the value it refused: never let a secret or personal one through.
+    detail = scrub(str(detail), known)
     message = f"{tool}: {e.request.method} {e.request.url.path} answered {status}: {detail}"
     # 408/429 and 5xx are worth retrying; any other 4xx will fail the same way every time.
     retryable = status in (408, 429) or status >= 500

@@ -38,12 +38,7 @@ from activities.contracts import (
     ToolOutcome,
 )
 from agents.failures import cause_of
-from agents.state import (
-    ActionRecord,
-    RunState,
-    model_bounds,
-    run_bookkeeping,
-)
+from agents.state import ActionRecord, RunState, model_bounds, run_bookkeeping
 from guardrails.approvals import ApprovalRequest, new_request
 from guardrails.policy import Proposal
 
@@ -79,6 +74,15 @@ async def plan(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
         run.failure = cause_of(e, max_attempts=bounds.max_attempts)
         raise
     run.tokens += out.usage.prompt_tokens + out.usage.completion_tokens
+    if out.refused:
+        # The model's replies were refused twice (activities/model.py): nothing executes.
+        return {
+            "seq": out.seq,
+            "observations": [],
+            "proposals": [],
+            "final": f"stopped: the model's reply was refused: {out.refused}",
+            "stop_reason": "model_reply_refused",
+        }
     return {"seq": out.seq, "observations": [], "proposals": out.proposals, "final": out.content}
 
 
@@ -88,7 +92,8 @@ async def _plan(run: RunState, state: LoopState, bounds: ModelBounds) -> PlanOut
         PlanInput(
             agent=run.agent.name,
             task=run.input.task,
-            context=dict(run.input.context),
+            # The model is told what the run is about; the guard holds it to that.
+            context={**run.input.context, **run.input.subject},
             seq=state.get("seq", 0),
             new_messages=state.get("observations", []),
             step=run.step,
@@ -122,7 +127,7 @@ async def decide_proposal(run: RunState, proposal: Proposal) -> GuardResult:
             proposal=proposal,
             requested_mode=run.input.mode,
             requested_by=run.input.requested_by,
-            run_context=dict(run.input.context),
+            subject=dict(run.input.subject),
         ),
         result_type=GuardResult,
         summary=f"guard: {proposal.tool}",
@@ -155,6 +160,7 @@ async def approvals(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
             verdict=g.verdict,
             reason=reasons[g.verdict.call_id],
             requested_by=run.input.requested_by,
+            requester=run.requester,
             agent=run.agent.name,
             now=workflow.now(),
         )
@@ -164,6 +170,8 @@ async def approvals(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
             "approval.requested",
             {
                 "request_id": request.request_id,
+                "agent": run.agent.name,
+                "mode": g.verdict.mode,
                 "action": request.summary(),
                 "action_hash": request.action_hash,
                 "rule_ids": request.rule_ids,
@@ -276,10 +284,17 @@ async def _record_decisions(run: RunState) -> None:
 
 
 async def act(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
-    """Execute what may be executed; every proposal gets exactly one observation back."""
+    """Execute what may be executed; every proposal gets exactly one observation back.
+
+    The side effects proposed in one turn are a unit (agent spec `turn="atomic"`, the
+    default): when one of them is denied, rejected, expires, fails or is blocked, the turn's
+    other side effects are skipped, each saying why. Reads still run.
+    """
     run = runtime.context
     run.show("acting")
     requests = {r.call_id: r for r in run.requests.values()}
+    # Why this turn's remaining side effects must not run (None: nothing refused so far).
+    refused = _refused_in_turn(run, state["guarded"], requests)
     observations = []
     for g in state["guarded"]:
         v = g.verdict
@@ -306,6 +321,10 @@ async def act(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
             record.status = "expired" if request.status == "expired" else "rejected"
             record.detail = _refusal(request)
             payload = {"error": f"not approved: {record.detail}"}
+        elif refused is not None and not g.tool_read_only:
+            record.status = "skipped"
+            record.detail = f"not executed: {refused}"
+            payload = {"error": f"not executed, the turn's side effects are one unit: {refused}"}
         else:
             try:
                 payload = await execute_action(run, g, record)
@@ -315,12 +334,41 @@ async def act(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
                     await release_limits(v.action_hash)
                     raise
                 payload = await settle_failed_action(run, g, record, e)
-        if record.status in ("rejected", "expired", "failed") and v.action_hash:
+            if refused is None and record.status in ("failed", "blocked") and _atomic(run):
+                refused = f"{v.tool} ({v.call_id}) in the same turn {record.status}: "
+                refused += record.detail
+        if record.status in ("rejected", "expired", "failed", "blocked", "skipped"):
             await release_limits(v.action_hash)
         run.actions.append(record)
         observations.append(_observation(v.call_id, payload))
     run.show("acting")
     return {"observations": observations, "proposals": [], "guarded": []}
+
+
+def _atomic(run: RunState) -> bool:
+    # Runs recorded before atomic turns replay as they ran (each action on its own).
+    return run.agent.turn == "atomic" and workflow.patched("atomic-turns")
+
+
+def _refused_in_turn(
+    run: RunState, guarded: list[GuardResult], requests: dict[str, ApprovalRequest]
+) -> str | None:
+    """Why a turn's side effects are skipped before any runs: one was denied, rejected or
+    expired. None when the turn is not atomic or nothing was refused."""
+    side_effects = [g for g in guarded if not g.tool_read_only and g.verdict.outcome != "shadow"]
+    if len(side_effects) < 2:
+        return None
+    for g in side_effects:
+        v = g.verdict
+        request = requests.get(v.call_id) if v.outcome == "needs_approval" else None
+        if v.outcome == "deny":
+            why = f"denied by the guard: {v.reason}"
+        elif request is not None and request.status != "approved":
+            why = f"{'expired' if request.status == 'expired' else 'rejected'}: {_refusal(request)}"
+        else:
+            continue
+        return f"{v.tool} ({v.call_id}) in the same turn was {why}" if _atomic(run) else None
+    return None
 
 
 async def settle_failed_action(
@@ -465,7 +513,7 @@ async def execute_action(run: RunState, g: GuardResult, record: ActionRecord) ->
     except ActivityError as e:
         cause = e.cause
         if isinstance(cause, ApplicationError) and cause.type in _MODEL_VISIBLE_ERRORS:
-            record.status = "failed"
+            record.status = "blocked" if cause.type == "KillSwitch" else "failed"
             record.detail = cause.message
             return {"error": cause.message}
         raise

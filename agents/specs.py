@@ -5,7 +5,13 @@ Pure data, importable from workflow code: adding an agent is one entry here.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
+
+# Subject fields and the values each accepts (the run's subject is validated at start).
+CUSTOMER_ID = r"^C-\d{3}$"
+ORDER_ID = r"^[A-Z]-\d{4}$"
 
 
 class AgentSpec(BaseModel):
@@ -15,8 +21,15 @@ class AgentSpec(BaseModel):
     model: str = "gpt-4.1-mini"
     system_prompt: str
     scopes: list[str]
+    # What a run of this agent can be about: subject field -> pattern its value must match.
+    # The policy binds every side effect to the run's subject (`context.run.subject.<field>`);
+    # a run without the subject a rule needs can read but not act.
+    subject: dict[str, str] = {}
     max_steps: int = Field(default=12, ge=1)
     max_tokens: int = Field(default=200_000, ge=1)
+    # atomic: the side effects proposed in one model turn run all or none (one denied,
+    # rejected, expired, failed or blocked skips the others); independent: each on its own.
+    turn: Literal["atomic", "independent"] = "atomic"
 
 
 SUPPORT_PROMPT = """\
@@ -34,18 +47,26 @@ AGENTS: dict[str, AgentSpec] = {
             description="Handles refund requests: looks up orders, refunds, notes the CRM.",
             system_prompt=SUPPORT_PROMPT,
             scopes=["orders:read", "crm:read", "payments:refund", "crm:write"],
+            subject={"customer_id": CUSTOMER_ID, "order_id": ORDER_ID},
         ),
         AgentSpec(
             name="support-readonly",
             description="Answers questions about orders and customers; can change nothing.",
             system_prompt=SUPPORT_PROMPT,
             scopes=["orders:read", "crm:read"],
+            subject={"customer_id": CUSTOMER_ID, "order_id": ORDER_ID},
         ),
         AgentSpec(
             name="crm-updates",
             description="Updates customer contact details and notes.",
             system_prompt=SUPPORT_PROMPT,
             scopes=["crm:read", "crm:write"],
+            subject={"customer_id": CUSTOMER_ID},
         ),
     ]
 }
+
+
+def subject_fields() -> list[str]:
+    """Every subject field any agent declares: the keys of `context.run.subject` in policies."""
+    return sorted({f for spec in AGENTS.values() for f in spec.subject})

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
-from activities.contracts import MODEL_BOUNDS, RECORD, Compensation, ModelBounds, RecordInput
+from activities.contracts import (
+    MODEL_BOUNDS,
+    RECORD,
+    VERIFY,
+    Compensation,
+    ModelBounds,
+    RecordInput,
+    VerifyInput,
+    VerifyResult,
+)
 from agents import search_attributes as sa
 from agents.failures import FailureCause
 from agents.specs import AGENTS, AgentSpec
 from guardrails.approvals import ApprovalRequest, RecordedDecision
 from guardrails.errors import describe
-from guardrails.policy import Mode
+from guardrails.identity import Envelope, Verified
+from guardrails.policy import Authority, Mode, sha256_hex
 
 AGENT_RUN = "AgentRun"
 DEFAULT_TASK_QUEUE = "countersign"
@@ -29,6 +41,28 @@ MODEL_BOUNDS_FROM_SETTINGS = "model-bounds-from-settings"
 # Since this patch, a side effect that failed without a definite answer is reconciled with
 # its system of record, and every failed action is audited with its cause.
 RECONCILE_UNKNOWN_OUTCOMES = "reconcile-unknown-outcomes"
+# Since this patch, decisions, rollbacks and requesters count only when a signed statement
+# proves who is behind them (guardrails/identity.py); runs recorded before replay as they were.
+SIGNED_IDENTITIES = "signed-identities"
+
+
+class StatementRefusedError(Exception):
+    """A signed statement the run does not accept; the message says why."""
+
+
+async def verify_statement(envelope: Envelope, authority: Authority | None = None) -> Verified:
+    """Who a signed statement proves, checked by the identity activity against the live
+    directory (its answer lands in history), or StatementRefusedError saying why not."""
+    result: VerifyResult = await workflow.execute_local_activity(
+        VERIFY,
+        VerifyInput(envelope=envelope, authority=authority),
+        result_type=VerifyResult,
+        start_to_close_timeout=timedelta(seconds=30),
+        retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+    )
+    if result.verified is None:
+        raise StatementRefusedError(result.refused or "not verified")
+    return result.verified
 
 
 async def run_bookkeeping(
@@ -66,6 +100,10 @@ async def model_bounds(run: RunState) -> ModelBounds:
     )
 
 
+def _refused(message: str) -> PydanticCustomError:
+    return PydanticCustomError("invalid_subject", message)
+
+
 class RunInput(BaseModel):
     """What an ops person types to start a run (Temporal UI "Start Workflow", or the CLI)."""
 
@@ -73,10 +111,21 @@ class RunInput(BaseModel):
 
     agent: str = Field(description="Agent name, e.g. support-refunds")
     task: str = Field(min_length=3, max_length=4000, description="What to do, in plain words")
-    context: dict[str, str | int | float | bool] = Field(
-        default_factory=dict, description="Structured facts, e.g. {'order_id': 'A-1001'}"
+    subject: dict[str, str] = Field(
+        default_factory=dict,
+        description="What the run is about, e.g. {'order_id': 'A-1001'}: the agent's subject "
+        "fields. Side effects are bound to it; without it a run can read but not act.",
     )
-    requested_by: str = Field(min_length=1, description="Who asks; can never approve this run")
+    context: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Structured facts for the model; an agent's subject fields given here "
+        "count as the subject (older inputs)",
+    )
+    requested_by: str = Field(
+        min_length=1,
+        description="Who asks. Only a name unless `requester_proof` proves it (countersign "
+        "start signs it); a proven requester can never approve this run",
+    )
     mode: Mode | None = Field(default=None, description="shadow | augment | automate")
     max_steps: int | None = Field(default=None, ge=1, le=200)
     undo_window_seconds: int = Field(
@@ -85,6 +134,39 @@ class RunInput(BaseModel):
         le=30 * 24 * 3600,
         description="Keep the run open this long after it completes, for `countersign rollback`",
     )
+    requester_proof: Envelope | None = Field(
+        default=None, description="The requester's signed start statement (countersign start)"
+    )
+
+    @model_validator(mode="after")
+    def _validated_subject(self) -> RunInput:
+        """The subject, checked against the agent's subject fields. Subject fields in `context`
+        (inputs written before `subject` existed) count as the subject too; given in both with
+        different values, the input is refused. (An unknown agent is refused by
+        parse_run_input.)"""
+        spec = AGENTS.get(self.agent)
+        if spec is None:
+            return self
+        fields = spec.subject
+        for name, value in self.context.items():
+            if name not in fields or not isinstance(value, str):
+                continue
+            given = self.subject.setdefault(name, value)
+            if given != value:
+                raise _refused(f"subject.{name}: {given!r} differs from context.{name} {value!r}")
+        for name, value in self.subject.items():
+            if name not in fields:
+                raise _refused(
+                    f"subject.{name}: agent {self.agent!r} takes no subject field {name!r} "
+                    f"(accepted: {', '.join(sorted(fields)) or 'none'})"
+                )
+            if not re.fullmatch(fields[name].strip("^$"), value):
+                raise _refused(f"subject.{name}: {value!r} does not match {fields[name]}")
+        return self
+
+    def digest(self) -> str:
+        """What a requester's start statement signs: the input without the proof."""
+        return sha256_hex(self.model_dump(mode="json", exclude={"requester_proof"}))
 
 
 def parse_run_input(raw: Any) -> RunInput:
@@ -108,8 +190,22 @@ def parse_run_input(raw: Any) -> RunInput:
 # "unknown": a side effect that may or may not have happened (its system could not say):
 # it keeps its limits and needs a person's attention.
 ActionStatus = Literal[
-    "executed", "failed", "unknown", "shadow", "denied", "rejected", "expired", "compensated"
+    "executed",
+    "failed",
+    "unknown",
+    "shadow",
+    "denied",
+    "rejected",
+    "expired",
+    "compensated",
+    # Approved (or allowed), then stopped by the kill switch when it was about to execute.
+    "blocked",
+    # Not executed because another side effect of the same turn was refused (atomic turns).
+    "skipped",
 ]
+# What the guard, a human or the kill switch refused: a run with any ends
+# "completed_with_refusals", never plain "completed".
+REFUSED: frozenset[str] = frozenset({"denied", "rejected", "expired", "blocked", "skipped"})
 
 
 class ActionRecord(BaseModel):
@@ -132,13 +228,32 @@ class ActionRecord(BaseModel):
 
 
 class RollbackRequest(BaseModel):
+    """Undo a completed run. Since signed identities, `proof` (a signed `rollback` statement
+    for this run and reason) says who asks; `requested_by` is then whoever it proves."""
+
     requested_by: str = Field(min_length=1)
     reason: str = Field(min_length=3)
+    proof: Envelope | None = None
+
+
+RunOutcome = Literal["completed", "completed_with_refusals", "stopped", "rolled_back"]
+
+
+def finished_status(
+    actions: list[ActionRecord], stop_reason: str | None, report_refusals: bool = True
+) -> RunOutcome:
+    """How a run that was not rolled back ended."""
+    if stop_reason:
+        return "stopped"
+    refused = report_refusals and any(a.status in REFUSED for a in actions)
+    return "completed_with_refusals" if refused else "completed"
 
 
 class RunResult(BaseModel):
     agent: str
-    status: Literal["completed", "stopped", "rolled_back"]
+    # completed_with_refusals: the run finished, and at least one proposed action was refused
+    # (denied, rejected, expired, blocked by the kill switch, or skipped with its turn).
+    status: RunOutcome
     stop_reason: str | None = None
     final_message: str
     steps: int
@@ -171,6 +286,13 @@ class RunState:
     # Decisions accepted by handlers, waiting to be written to the audit by an activity.
     unrecorded: list[tuple[str, RecordedDecision]] = field(default_factory=list)
     refused: list[dict[str, Any]] = field(default_factory=list)
+    # The requester proven by a signed start statement (None: only claimed). Runs recorded
+    # before signed identities take the claimed name, as they did.
+    requester: str | None = None
+    # Nonces of signed statements this run has seen: a replayed envelope is refused.
+    nonces: set[str] = field(default_factory=set)
+    # The latest refused decisions, shown to people in Current Details (signals cannot answer).
+    refusals: list[str] = field(default_factory=list)
     # Read at the first model call (see model_bounds).
     model_bounds: ModelBounds | None = None
     reads_model_bounds: bool = False
@@ -218,7 +340,7 @@ class RunState:
                 sa.WAITING: bool(pending),
                 sa.TOOL: last_tool,
                 sa.CUSTOMER_REF: sa.customer_ref(
-                    self.input.context,
+                    self.input.subject,
                     *(r.arguments for r in self.requests.values()),
                     *(a.arguments for a in self.actions),
                 ),
@@ -239,11 +361,16 @@ class RunState:
                 f"- needs {need.quorum} of: {', '.join(need.eligible)}"
                 + (f" (one from {need.required_group})" if need.required_group else ""),
                 f"- expires: {r.expires_at.isoformat()}",
-                f"- CLI: `countersign approve {info.workflow_id} {r.request_id} --as NAME`",
-                "- UI: More Actions → Send a Signal → `decision` with "
-                f'`{{"request_id": "{r.request_id}", "approver": "NAME", "approve": true}}`',
+                f"- CLI: `countersign approve {info.workflow_id} {r.request_id} --as NAME` "
+                "(signs with your key)",
+                "- UI: run `countersign approve "
+                f"{info.workflow_id} {r.request_id} --as NAME --print`, then More Actions → "
+                "Send a Signal → `decision` with the printed JSON (a typed name is refused)",
             ]
         if self.actions:
             last = self.actions[-1]
             lines += ["", f"Last action: `{last.tool}` → {last.status}"]
+        if self.refusals:
+            lines += ["", "**Refused decisions** (they changed nothing):"]
+            lines += [f"- {r}" for r in self.refusals[-5:]]
         workflow.set_current_details("\n".join(lines))

@@ -11,10 +11,9 @@ from temporalio.client import Client
 
 from agents.run import AgentRun
 from agents.state import RunInput
-from guardrails.approvals import Decision
 from workers.audit import open_audit_store, public_key
 from workers.cli import story_line, ui_link
-from workers.decisions import send_decision, wait_for_requests
+from workers.decisions import decide_as, wait_for_requests
 from workers.devstack import DevStack, port_of, port_open, start_dev_stack
 from workers.settings import Settings
 from workers.worker import connect
@@ -53,7 +52,9 @@ async def _refund(
     client: Client, settings: Settings, order_id: str, task: str, approver: str | None
 ) -> str:
     workflow_id = f"demo-refund-{order_id}-{uuid.uuid4().hex[:6]}"
-    run_input = RunInput(agent="support-refunds", task=task, requested_by="ops-dana")
+    run_input = RunInput(
+        agent="support-refunds", task=task, subject={"order_id": order_id}, requested_by="ops-dana"
+    )
     handle = await client.start_workflow(
         AgentRun.run,
         run_input.model_dump(mode="json"),
@@ -64,18 +65,17 @@ async def _refund(
     )
     print(f"\n▶ {workflow_id}: {task!r} (requested by ops-dana)")
     if approver:
-        request_id = (await wait_for_requests(handle))[0].request_id
-        print(f"  … waiting for approval {request_id}; approving as {approver} (CLI path)")
-        await send_decision(
+        (request,) = await wait_for_requests(handle)
+        print(
+            f"  … waiting for approval {request.request_id}; approving as {approver} "
+            "(CLI path: signed with their development key)"
+        )
+        await decide_as(
             client,
             workflow_id,
-            Decision(
-                request_id=request_id,
-                approver=approver,
-                approve=True,
-                channel="cli",
-                comment="Leak confirmed from the customer's photo.",
-            ),
+            request,
+            approver,
+            comment="Leak confirmed from the customer's photo.",
         )
     result = await handle.result()
     for record in open_audit_store(settings).for_run(workflow_id):
@@ -105,7 +105,8 @@ async def run_demo(settings: Settings, keep: bool = False) -> None:
         if keep:
             print(
                 "\nThe stack keeps running (Ctrl-C stops it). Try:\n"
-                "  countersign start --task 'Refund order A-1003: desk wobbles' --as ops-dana"
+                "  countersign start --task 'Refund order A-1003: desk wobbles' \\\n"
+                "      --subject order_id=A-1003 --as ops-dana"
             )
             await _forever()
     finally:
@@ -118,7 +119,8 @@ async def serve_dev_stack(settings: Settings) -> None:
         print(_banner(stack))
         print(
             "\nStart a run from the UI (Start Workflow: type AgentRun, task queue countersign)"
-            " or:\n  countersign start --task 'Refund order A-1002: it leaks' --as ops-dana\n"
+            " or:\n  countersign start --task 'Refund order A-1002: it leaks' \\\n"
+            "      --subject order_id=A-1002 --as ops-dana\n"
             "Then: countersign status RUN · countersign approve RUN REQUEST --as alice\n"
             "Ctrl-C stops the stack."
         )

@@ -14,22 +14,75 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
 from guardrails.database import Database
+from guardrails.identity import Directory, Envelope, StatementRefused, verify
+
+KillTarget = Literal["tool", "agent", "all"]
 
 
 class KillSwitch(BaseModel):
+    """What is switched off. As stored, `changes` is the truth: each flip is a statement signed
+    by the operator who made it; `effective()` folds the ones that prove an operator with the
+    authority into `tools`, `agents` and `all_side_effects`. A typed edit of the stored switch
+    (or a change signed by someone without the authority) counts for nothing."""
+
     tools: list[str] = []
     agents: list[str] = []
     all_side_effects: bool = False
+    changes: list[Envelope] = []
 
     def stops(self, tool: str, agent: str) -> bool:
         return self.all_side_effects or tool in self.tools or agent in self.agents
+
+    def with_change(self, change: Envelope) -> KillSwitch:
+        """The stored switch with `change` added. Nothing is dropped: an unproven change must
+        never evict a proven one (flips are rare; the list stays short)."""
+        return self.model_copy(update={"changes": [*self.changes, change]})
+
+    def effective(
+        self, directory: Directory, may_flip: Callable[[str], bool]
+    ) -> tuple[KillSwitch, list[str]]:
+        """The switch as the verified changes set it, and why the other changes count for
+        nothing. `may_flip(identity)`: whether the policy gives that identity the authority."""
+        switch, ignored = KillSwitch(), []
+        for change in sorted(self.changes, key=lambda c: c.statement.issued_at):
+            s = change.statement
+            try:
+                # A flip holds until the next flip: checked as of when it was made.
+                if s.purpose != "kill":
+                    raise StatementRefused(f"a {s.purpose!r} statement is not a kill switch change")
+                who = verify(change, directory, s.issued_at).identity
+                if not may_flip(who):
+                    raise StatementRefused(f"{who} has no kill_switch authority in the policy")
+            except StatementRefused as e:
+                ignored.append(f"{s.claims} by {s.identity}: {e}")
+                continue
+            claims = s.claims
+            switch = switch._flipped(claims.get("what"), claims.get("name"), bool(claims.get("on")))
+        stated = (set(self.tools), set(self.agents), self.all_side_effects)
+        if any(stated) and stated != (
+            set(switch.tools),
+            set(switch.agents),
+            switch.all_side_effects,
+        ):
+            ignored.append("unsigned entries of the stored switch (edited by hand?)")
+        return switch, ignored
+
+    def _flipped(self, what: Any, name: Any, on: bool) -> KillSwitch:
+        if what == "all":
+            return self.model_copy(update={"all_side_effects": on})
+        field = "tools" if what == "tool" else "agents" if what == "agent" else None
+        if field is None or not isinstance(name, str):
+            return self
+        names = [n for n in getattr(self, field) if n != name] + ([name] if on else [])
+        return self.model_copy(update={field: names})
 
 
 def read_kill_switch(path: Path) -> KillSwitch:
@@ -44,7 +97,7 @@ def write_kill_switch(path: Path, switch: KillSwitch) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kill-switch")
     with os.fdopen(fd, "w") as f:
-        json.dump(switch.model_dump(), f, indent=2)
+        json.dump(switch.model_dump(mode="json"), f, indent=2)
     os.replace(tmp, path)
 
 

@@ -7,7 +7,7 @@ Approval tiers are `permit` rules with annotations (`@approval_groups`, `@quorum
 such a rule is among those that allowed a call, the call needs that approval.
 
 `decide()` is pure: given the proposal and the facts the guard activity gathered (usage of
-limits, looked-up records, kill switch), it returns the same verdict every time. The guard
+limits, records it fetched itself, kill switch), it returns the same verdict every time. The guard
 activity (`activities/guard.py`) gathers the facts, calls it, reserves limits and audits.
 """
 
@@ -17,19 +17,22 @@ import hashlib
 import json
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import cedarpy
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from guardrails.cedar_schema import ToolSchema, cedar_schema
+from guardrails.cedar_schema import PolicySurface, cedar_schema
 from guardrails.errors import describe
+from guardrails.rollout import Mode, OverrideCount, Rollout, rollout_mode
 
-Mode = Literal["shadow", "augment", "automate"]
 Outcome = Literal["allow", "deny", "needs_approval", "shadow"]
+# Acts that need a verified identity in a group the policy names for them.
+Authority = Literal["rollback", "kill_switch", "policy"]
 
 DEFAULT_POLICY_PATH = Path(__file__).parent / "policies" / "default"
 
@@ -90,7 +93,13 @@ class Counter(BaseModel):
     tool: str
     # Sum this integer argument; without it, count calls.
     sum: str | None = None
-    per: Literal["agent", "run", "customer"] = "agent"
+    # One total per agent, per run, or per value of an argument, fact or subject field:
+    # "args.order_id", "facts.order.customer_id", "subject.customer_id" ("customer": the
+    # call's customer_id, else its order's customer). Calls without the value share one total.
+    per: str = Field(
+        default="agent",
+        pattern=r"^(agent|run|customer|(args|subject|facts|subject_facts)(\.[A-Za-z_]\w*)+)$",
+    )
     window: Literal["run", "day", "week"] = "day"
 
 
@@ -106,6 +115,10 @@ class Settings(BaseModel):
     # Who countersigns side effects in `augment` mode.
     augment_groups: list[str] = ["support-leads"]
     augment_timeout_minutes: int = Field(default=240, ge=1)
+    # Who may do what besides deciding approval requests: verified identities in these groups.
+    authority: dict[Authority, list[str]] = {}
+    # Per agent: automate for a share of runs, demote on human overrides (guardrails/rollout.py).
+    rollout: dict[str, Rollout] = {}
 
 
 class ApprovalNeed(BaseModel):
@@ -121,6 +134,9 @@ class ApprovalNeed(BaseModel):
     # On expiry, hand the request to this group once instead of rejecting it.
     escalate_to: str | None = None
     escalate_members: list[str] = []
+    # Opt-in per rule (`@requester_may_approve("true")`): the run's *verified* requester may
+    # confirm their own action (a customer confirming a payment). Never the default.
+    requester_may_approve: bool = False
 
 
 class Verdict(BaseModel):
@@ -139,6 +155,8 @@ class Verdict(BaseModel):
     read_only: bool = False
     compensate: str | None = None
     approval: ApprovalNeed | None = None
+    # Why a rollout put this run in its mode (share of runs, or demotion), when one did.
+    mode_reason: str | None = None
 
 
 def action_hash(workflow_id: str, call_id: str, tool: str, arguments: dict[str, Any]) -> str:
@@ -214,13 +232,25 @@ class PolicyBundle:
         # cedarpy names policies policy0, policy1, ... in source order.
         self._ids = [r.id for r in rules]
 
-    def mode_for(self, agent: str, requested: Mode | None) -> Mode:
-        """The strictest of the agent's configured mode and the mode the run asked for."""
+    def mode_for(
+        self,
+        agent: str,
+        requested: Mode | None,
+        workflow_id: str = "",
+        overrides: OverrideCount | None = None,
+    ) -> tuple[Mode, str | None]:
+        """The strictest of the agent's configured mode (after its rollout, if any) and the
+        mode the run asked for; and why the rollout chose, if it did."""
         order = ["shadow", "augment", "automate"]
-        configured = self.settings.modes.get(agent, self.settings.default_mode)
+        configured, why = rollout_mode(
+            self.settings.modes.get(agent, self.settings.default_mode),
+            self.settings.rollout.get(agent),
+            workflow_id,
+            overrides,
+        )
         if requested is None:
-            return configured
-        return min(configured, requested, key=order.index)  # type: ignore[return-value]
+            return configured, why
+        return min(configured, requested, key=order.index), why  # type: ignore[return-value]
 
     def evaluate(
         self, request: dict[str, Any], entities: list[dict[str, Any]]
@@ -229,16 +259,26 @@ class PolicyBundle:
         result = cedarpy.is_authorized(request, self._policy_set, entities)
         if result.diagnostics.errors:
             # A rule that errors is skipped by Cedar; say so rather than hide it.
-            raise PolicyError(f"{self.path}: rule evaluation failed: {result.diagnostics.errors}")
+            errors = "; ".join(
+                re.sub(r"`policy(\d+)`", lambda m: repr(self._ids[int(m[1])]), str(e))
+                for e in result.diagnostics.errors
+            )
+            raise PolicyError(f"the policy could not be evaluated: {errors}")
         reasons = [self._ids[int(p.removeprefix("policy"))] for p in result.diagnostics.reasons]
         return result.allowed, reasons
 
     def members(self, group: str) -> list[str]:
         return sorted(self.settings.groups.get(group, []))
 
+    def groups_of(self, identity: str) -> list[str]:
+        return sorted(g for g, members in self.settings.groups.items() if identity in members)
+
+    def has_authority(self, identity: str, authority: Authority) -> bool:
+        return bool(set(self.groups_of(identity)) & set(self.settings.authority.get(authority, [])))
+
 
 def load_policy(
-    path: str | Path = DEFAULT_POLICY_PATH, tools: list[ToolSchema] | None = None
+    path: str | Path = DEFAULT_POLICY_PATH, tools: PolicySurface | None = None
 ) -> PolicyBundle:
     """Load a policy folder; raise PolicyError naming the file, line and reason.
 
@@ -259,6 +299,13 @@ def load_policy(
     except ValidationError as e:
         raise PolicyError(f"{settings_file}: {describe(e, '(top level)')}") from None
 
+    for authority, groups in settings.authority.items():
+        unknown = [g for g in groups if g not in settings.groups]
+        if unknown:
+            raise PolicyError(
+                f"{settings_file}: authority.{authority} names group(s) {', '.join(unknown)}, "
+                f"which [groups] does not define"
+            )
     files = sorted(path.glob("*.cedar"))
     if not files:
         raise PolicyError(f"{path}: no *.cedar rule files")
@@ -276,6 +323,7 @@ def load_policy(
         seen[rule.id] = rule
         _check_annotations(rule, settings)
     if tools is not None:
+        _check_counters(settings_file, settings.counters, tools)
         _validate(rules, cedar_schema(tools, [c.id for c in settings.counters]))
     version = (
         "pol_"
@@ -299,9 +347,46 @@ def _check_annotations(rule: Rule, settings: Settings) -> None:
             )
     if groups and rule.effect != "permit":
         raise PolicyError(f"{where}: approval annotations belong on permit rules")
+    if a.get("requester_may_approve", "false") not in ("true", "false"):
+        raise PolicyError(f'{where}: @requester_may_approve must be "true" or "false"')
     for key in ("quorum", "timeout_minutes"):
         if key in a and not a[key].isdigit():
             raise PolicyError(f"{where}: @{key} must be a whole number, got {a[key]!r}")
+
+
+def _check_counters(file: Path, counters: list[Counter], surface: PolicySurface) -> None:
+    """A counter naming a tool, argument, fact or subject field that does not exist would keep
+    its total under one shared key, or fail at decision time: refuse it when the policy loads."""
+    tools = {t.name: t.args_schema.get("properties", {}) for t in surface.tools}
+    facts = {f.name: f.result_schema.get("properties", {}) for f in surface.facts}
+    for c in counters:
+        where = f"{file}: counter {c.id!r}"
+        if c.tool not in tools:
+            raise PolicyError(f"{where}: tool {c.tool!r} is not registered")
+        args = tools[c.tool]
+        integers = sorted(a for a, prop in args.items() if prop.get("type") == "integer")
+        if c.sum is not None and c.sum not in integers:
+            raise PolicyError(
+                f"{where}: sum {c.sum!r} is not an integer argument of {c.tool} "
+                f"(integer arguments: {', '.join(integers) or 'none'})"
+            )
+        root, *path = c.per.split(".")
+        known: dict[str, Any] = {
+            "args": args,
+            "subject": dict.fromkeys(surface.subject),
+            "facts": facts,
+            "subject_facts": facts,
+        }.get(root, {})
+        if path and path[0] not in known:
+            raise PolicyError(
+                f"{where}: per {c.per!r}: {root} has no {path[0]!r} "
+                f"(known: {', '.join(sorted(known)) or 'none'})"
+            )
+        if root in ("facts", "subject_facts") and len(path) > 1 and path[1] not in facts[path[0]]:
+            raise PolicyError(
+                f"{where}: per {c.per!r}: fact {path[0]!r} has no field {path[1]!r} "
+                f"(fields: {', '.join(sorted(facts[path[0]]))})"
+            )
 
 
 def _validate(rules: list[Rule], schema: dict[str, Any]) -> None:
@@ -326,12 +411,27 @@ class DecisionInput(BaseModel):
     requested_mode: Mode | None
     workflow_id: str
     requested_by: str
+    # What the run is about (fields the agent declares), e.g. {"order_id": "A-1002"}.
+    subject: dict[str, str] = {}
+    # Recorded before the subject existed: its string values count as the subject.
     run_context: dict[str, Any] = {}
     # Running totals of the policy's counters, before this call.
     usage: dict[str, int] = {}
-    # Records looked up earlier in the run that this call concerns (e.g. "order").
+    # Records the guard fetched itself (activities/facts.py), keyed by this call's arguments
+    # (e.g. "order" for args.order_id) and by the run's subject.
     facts: dict[str, dict[str, Any]] = {}
+    subject_facts: dict[str, dict[str, Any]] = {}
+    # Why a fact this call needs could not be fetched: the guard then denies.
+    facts_error: str | None = None
     killed: bool = False
+    # Human decisions on this agent's proposals over its rollout window (when it has one).
+    overrides: OverrideCount | None = None
+
+    @model_validator(mode="after")
+    def _subject_from_context(self) -> DecisionInput:
+        if not self.subject and self.run_context:
+            self.subject = {k: v for k, v in self.run_context.items() if isinstance(v, str)}
+        return self
 
 
 def cedar_request(d: DecisionInput) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -353,10 +453,37 @@ def cedar_request(d: DecisionInput) -> tuple[dict[str, Any], list[dict[str, Any]
             "usage": d.usage,
             "facts": _cedar_value(d.facts),
             "killed": d.killed,
-            "run": {"requested_by": d.requested_by, "context": _cedar_value(d.run_context)},
+            "run": {
+                "requested_by": d.requested_by,
+                "subject": d.subject,
+                "subject_facts": _cedar_value(d.subject_facts),
+            },
         },
     }
     return request, entities
+
+
+# Cedar's integers are 64-bit signed.
+CEDAR_LONG = (-(2**63), 2**63 - 1)
+
+
+def _out_of_range(value: Any, path: str) -> str | None:
+    """The first integer the policy engine cannot represent, as `path: value`."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and not CEDAR_LONG[0] <= value <= CEDAR_LONG[1]:
+        return f"{path}: {value}"
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _out_of_range(item, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return None
 
 
 def _cedar_value(value: Any) -> Any:
@@ -373,7 +500,7 @@ def _cedar_value(value: Any) -> Any:
 def decide(d: DecisionInput, policy: PolicyBundle) -> Verdict:
     """Decide a proposal. Same input and policy, same verdict."""
     proposal = d.proposal
-    mode = policy.mode_for(d.agent, d.requested_mode)
+    mode, mode_reason = policy.mode_for(d.agent, d.requested_mode, d.workflow_id, d.overrides)
 
     def verdict(outcome: Outcome, rule_ids: list[str], reason: str, **extra: Any) -> Verdict:
         return Verdict(
@@ -384,6 +511,7 @@ def decide(d: DecisionInput, policy: PolicyBundle) -> Verdict:
             policy_version=policy.version,
             reason=reason,
             mode=mode,
+            mode_reason=mode_reason,
             **extra,
         )
 
@@ -392,8 +520,24 @@ def decide(d: DecisionInput, policy: PolicyBundle) -> Verdict:
         return verdict("deny", ["tool.unknown"], f"there is no tool named {proposal.tool!r}")
     if d.arguments is None:
         return verdict("deny", ["arguments.invalid"], f"invalid arguments: {d.arguments_error}")
-
-    allowed, rule_ids = policy.evaluate(*cedar_request(d))
+    if d.facts_error is not None:
+        return verdict("deny", ["fact.unavailable"], d.facts_error)
+    too_big = _out_of_range(d.arguments, "") or _out_of_range(
+        {"usage": d.usage, "facts": d.facts, "subject_facts": d.subject_facts}, ""
+    )
+    if too_big:
+        return verdict(
+            "deny",
+            ["arguments.unevaluable"],
+            f"{too_big} is outside what the policy engine can evaluate "
+            f"({CEDAR_LONG[0]}..{CEDAR_LONG[1]})",
+        )
+    try:
+        allowed, rule_ids = policy.evaluate(*cedar_request(d))
+    except PolicyError as e:
+        # A rule that cannot be evaluated (e.g. an overflowing sum) would be skipped by
+        # Cedar, and a skipped `forbid` lets the call through: deny instead.
+        return verdict("deny", ["policy.unevaluable"], str(e))
     if not allowed:
         rule_ids = rule_ids or ["default_deny"]
         return verdict("deny", rule_ids, _deny_reason(rule_ids, d, policy))
@@ -426,7 +570,8 @@ def decide(d: DecisionInput, policy: PolicyBundle) -> Verdict:
         "needs_approval",
         [need.rule_id],
         f"{need.quorum} approval(s) from {', '.join(need.groups)} required"
-        + (f", one of them from {need.required_group}" if need.required_group else ""),
+        + (f", one of them from {need.required_group}" if need.required_group else "")
+        + (f" ({mode_reason})" if mode_reason and need.rule_id == "mode.augment" else ""),
         approval=need,
         **facts,
     )
@@ -450,6 +595,7 @@ def _strictest(rules: list[Rule], policy: PolicyBundle) -> ApprovalNeed:
             timeout=timedelta(minutes=int(a.get("timeout_minutes", "240"))),
             escalate_to=escalate,
             escalate_members=policy.members(escalate) if escalate else [],
+            requester_may_approve=a.get("requester_may_approve") == "true",
         )
 
     needs = [need(r) for r in rules]
@@ -467,18 +613,31 @@ def _deny_reason(rule_ids: list[str], d: DecisionInput, policy: PolicyBundle) ->
     return "forbidden: " + "; ".join(described)
 
 
+# Says whether a loaded policy may become active, given the one in force (None before the
+# first): None when it may, else why not (e.g. no verified activation; see workers.policies).
+ActivationGate = Callable[["PolicyBundle", "PolicyBundle | None"], str | None]
+
+
 class PolicySource:
     """The active policy, re-read when a file in its folder changes.
 
     An invalid edit never replaces a valid active policy: the error is kept (and reported by
-    the caller) and the last valid version stays in force.
+    the caller) and the last valid version stays in force. With a `gate`, neither does a valid
+    edit until the gate lets it through (a verified activation): it waits as `pending`.
     """
 
-    def __init__(self, path: str | Path, tools: list[ToolSchema] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        tools: PolicySurface | None = None,
+        gate: ActivationGate | None = None,
+    ) -> None:
         self.path = Path(path)
         self.tools = tools
+        self.gate = gate
         self._stamp: tuple[tuple[str, float], ...] | None = None
         self._active: PolicyBundle | None = None
+        self.pending: PolicyBundle | None = None
         self.last_error: PolicyError | None = None
 
     def _files_stamp(self) -> tuple[tuple[str, float], ...]:
@@ -490,11 +649,22 @@ class PolicySource:
         if stamp != self._stamp:
             self._stamp = stamp
             try:
-                self._active = load_policy(self.path, self.tools)
+                self.pending = load_policy(self.path, self.tools)
                 self.last_error = None
             except PolicyError as e:
-                self.last_error = e
-                if self._active is None:
-                    raise
-        assert self._active is not None
+                self.pending, self.last_error = None, e
+        if self.pending is not None:
+            self._try_activate(self.pending)
+        if self._active is None:
+            raise self.last_error or PolicyError(f"{self.path}: no policy in force")
         return self._active
+
+    def _try_activate(self, candidate: PolicyBundle) -> None:
+        if self._active is not None and candidate.version == self._active.version:
+            self.pending = None
+            return
+        refusal = self.gate(candidate, self._active) if self.gate else None
+        if refusal is None:
+            self._active, self.pending, self.last_error = candidate, None, None
+        else:
+            self.last_error = PolicyError(refusal)

@@ -3,11 +3,12 @@ the scripted model server. Each test gets its own task queue and workflow ids.""
 
 from __future__ import annotations
 
+import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,14 @@ from temporalio.worker import Worker
 from activities.runtime import Runtime
 from agents import search_attributes
 from agents.run import AgentRun
-from agents.state import RunResult
+from agents.state import RunInput, RunResult
+from guardrails.approvals import ApprovalRequest
+from guardrails.identity import Envelope
 from guardrails.policy import DEFAULT_POLICY_PATH
 from workers.audit import ensure_signing_key
 from workers.codec import PayloadKeys, data_converter
 from workers.credentials import configure_keyring, set_secret
+from workers.decisions import sign_decision
 from workers.devstack import (
     DEV_SERVER_TUNING,
     Postgres,
@@ -36,6 +40,7 @@ from workers.devstack import (
     start_shop,
     temporal_binary,
 )
+from workers.identities import ensure_dev_directory, signer_for
 from workers.settings import Settings, SystemSettings
 from workers.worker import build_worker, check_startup
 
@@ -56,6 +61,10 @@ CHROMIUM_ARGS = [
 # (tests/histories). Never used outside tests.
 TEST_PAYLOAD_KEYS = PayloadKeys("pk_tests", {"pk_tests": bytes(range(32))})
 SCRIPTS = Path(__file__).parent.parent / "demo" / "scripts"
+# Everyone the tests sign as: the policy's people, the default requester, an outsider (mallory,
+# in no group) and the webhook integration. Their keys are in the session's keyring.
+TEST_PEOPLE = ("alice", "bob", "carol", "erin", "dana", "ops-dana", "mallory")
+TEST_SLACK_USERS = {"alice": "U0ALICE", "bob": "U0BOB", "carol": "U0CAROL", "dana": "U0DANA"}
 
 
 @dataclass
@@ -119,18 +128,33 @@ def model_url(state_dir: Path, scripts_dir: Path) -> Iterator[str]:
     service.stop()
 
 
+def count_tiers_per_run(folder: Path) -> None:
+    """Refund tiers count a customer's refunds per run, not per week: a test session refunds
+    the same customers again and again (the shop is reset per test, the ledger is not)."""
+    toml = folder / "policy.toml"
+    week = 'per = "facts.order.customer_id"\nwindow = "week"'
+    text = toml.read_text()
+    block = text.index('id = "customer_refunded_week_cents"')
+    assert text.index(week, block) < text.index("[[counters]]", block)
+    toml.write_text(text[:block] + text[block:].replace(week, week.replace("week", "run"), 1))
+
+
 @pytest.fixture(scope="session")
 def session_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default policy with roomy limits: one session refunds far more per customer and
-    per day than the default allows. The limits themselves are tested in tests/guardrails
-    (decision table, properties, concurrent ledger)."""
+    per day than the default allows, and the refund tiers count a customer's refunds per run,
+    not per week (every test starts from the same shop, the ledger stays). The limits
+    themselves are tested in tests/guardrails (decision table, properties, concurrent ledger)."""
     folder = tmp_path_factory.mktemp("policy") / "default"
     shutil.copytree(DEFAULT_POLICY_PATH, folder)
-    rules = folder / "refunds.cedar"
-    text = rules.read_text()
-    roomy = text.replace("> 200000", "> 100000000").replace(">= 3", ">= 1000")
-    assert roomy != text
-    rules.write_text(roomy)
+    for name, old, new in [
+        ("refunds.cedar", "> 200000", "> 100000000"),
+        ("refunds.cedar", ">= 3", ">= 1000"),
+    ]:
+        text = (folder / name).read_text()
+        assert old in text, (name, old)
+        (folder / name).write_text(text.replace(old, new))
+    count_tiers_per_run(folder)
     return folder
 
 
@@ -143,11 +167,14 @@ def settings(state_dir: Path, shop: Shop, model_url: str, session_policy: Path) 
         systems={"shop": SystemSettings(url=shop.url, credential="shop")},
         tool_start_to_close_seconds=5,
         tool_max_attempts=3,
+        # Tests rewrite policies freely; activation itself is tested in test_policy_activation.
+        require_policy_activation=False,
     )
     configure_keyring(settings)
     set_secret("shop", shop.token)
     ensure_signing_key(settings)
     set_secret(settings.payload_keys_credential, TEST_PAYLOAD_KEYS.to_json())
+    ensure_dev_directory(settings, TEST_PEOPLE, slack_users=TEST_SLACK_USERS)
     return settings
 
 
@@ -220,14 +247,42 @@ async def start_run(
     *,
     workflow_id: str | None = None,
     execution_timeout: timedelta | None = timedelta(minutes=5),
+    signed_requester: bool = False,
     **run_input: Any,
 ) -> WorkflowHandle[AgentRun, RunResult]:
+    """Start a run as the Temporal UI does (the requester only claimed), or, with
+    `signed_requester`, as `countersign start` does (signed with the requester's key)."""
     run_input.setdefault("agent", "support-refunds")
     run_input.setdefault("requested_by", "dana")
+    if "subject" not in run_input and "context" not in run_input:
+        # As ops would: the run is about the order its task names (the scripted model reads
+        # the same order from the task). Tests of runs without a subject pass subject={}.
+        order = re.search(r"\b[A-Z]-\d{4}\b", run_input.get("task", ""))
+        run_input["subject"] = {"order_id": order[0]} if order else {}
+    workflow_id = workflow_id or f"run-{uuid.uuid4().hex[:12]}"
+    if signed_requester:
+        typed = RunInput.model_validate(run_input)
+        proof = signer_for(typed.requested_by).sign(
+            purpose="start",
+            channel="cli",
+            now=datetime.now(UTC),
+            workflow_id=workflow_id,
+            claims={"input": typed.digest()},
+        )
+        run_input = {**run_input, "requester_proof": proof.model_dump(mode="json")}
     return await client.start_workflow(
         AgentRun.run,
         run_input,
-        id=workflow_id or f"run-{uuid.uuid4().hex[:12]}",
+        id=workflow_id,
         task_queue=task_queue,
         execution_timeout=execution_timeout,
+    )
+
+
+def signed(
+    workflow_id: str, request: ApprovalRequest, who: str, approve: bool = True, **kw: Any
+) -> Envelope:
+    """`who`'s decision on `request`, signed with their key from the session keyring."""
+    return sign_decision(
+        signer_for(who), workflow_id, request.request_id, request.action_hash, approve=approve, **kw
     )

@@ -35,14 +35,6 @@ class SystemSettings(BaseModel):
     timeout_seconds: float = 10.0
 
 
-class ApproverContact(BaseModel):
-    """Where an approver (an identity named in the policy's groups) is reached."""
-
-    email: str | None = None
-    # Slack user id (e.g. U012ABCDEF): a click from this Slack user decides as this identity.
-    slack_user: str | None = None
-
-
 class SlackSettings(BaseModel):
     """Approval requests posted to a Slack channel, decided with its buttons."""
 
@@ -72,6 +64,9 @@ class WebhookSettings(BaseModel):
     urls: list[str] = Field(min_length=1)
     # One HMAC secret signs the notices we send and verifies the decisions called back.
     secret_credential: str = "webhook-secret"
+    # The integration's identity in the directory: a callback decides as it, never as a
+    # person (it relays a person's own signed envelope for that).
+    identity: str = "webhook"
     timeout_seconds: float = 10.0
 
 
@@ -96,6 +91,17 @@ class Settings(BaseSettings):
     # operators holding the token in keyring entry `codec_token_credential` read payloads.
     codec_url: str = "http://127.0.0.1:8105"
     codec_token_credential: str = "codec-token"
+    # People signed in to the Temporal UI (codec setting "pass access token"): their access
+    # token is verified against this OIDC issuer, for this audience. JWKS URL default: the
+    # issuer's discovery document. If a group is set, the token's groups claim must hold it.
+    codec_oidc_issuer: str | None = None
+    codec_oidc_audience: str | None = None
+    codec_oidc_jwks_url: str | None = None
+    codec_oidc_required_group: str | None = None
+    codec_oidc_groups_claim: str = "groups"
+    # Development only (`countersign dev` turns it on): the token in the URL, /codec/k/TOKEN,
+    # for a UI without login. Whoever learns that URL reads every payload.
+    codec_capability_url: bool = False
 
     # Prometheus metrics of the worker (Temporal SDK + Countersign), e.g. 127.0.0.1:9464;
     # empty: off. Tracing: OpenTelemetry spans for workflows and activities (needs an
@@ -109,6 +115,13 @@ class Settings(BaseSettings):
     policy_path: Path = DEFAULT_POLICY_PATH
     # A candidate policy evaluated beside the active one; its flips are recorded, never enforced.
     candidate_policy_path: Path | None = None
+    # A policy version is enforced only once a verified person activated it (workers/policies.py).
+    require_policy_activation: bool = True
+    # Who can prove who they are (see guardrails/identity.py): default STATE/directory.toml.
+    directory_path: Path | None = None
+    # The approval gateway's own identity in the directory; its attestation key is in the
+    # gateway host's keyring as `identity.<name>`.
+    gateway_identity: str = "gateway"
     # keyring backend, set explicitly (never auto-detected): a class path.
     keyring_backend: str = "keyrings.alt.file.PlaintextKeyring"
     # The folder of the `workers.credentials.SecretFiles` backend (one file per secret).
@@ -126,13 +139,18 @@ class Settings(BaseSettings):
 
     # The approval gateway: the base URL approvers' links and chat callbacks reach.
     gateway_url: str = "http://127.0.0.1:8104"
-    # Notification channels: a channel that is not configured is skipped.
-    approvers: dict[str, ApproverContact] = {}
+    # Notification channels: a channel that is not configured is skipped. Approvers' email
+    # addresses and Slack user ids are in the identity directory.
     slack: SlackSettings | None = None
     email: EmailSettings | None = None
     webhook: WebhookSettings | None = None
     # `countersign dev` only: the local mail catcher that the dev stack's email goes to.
     mail_catcher_port: int = 8125
+
+    # Bounds on one model reply (a compromised or broken model can send anything): a reply
+    # larger than this, or with more tool calls, executes nothing (activities/model.py).
+    max_reply_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_tool_calls_per_turn: int = Field(default=16, ge=1)
 
     # Bounds on one tool call; Temporal retries with back-off within these. A side effect's
     # activity heartbeats, so a worker that dies mid-call is noticed after
@@ -233,6 +251,10 @@ class Settings(BaseSettings):
         return self.state_dir / "ledger.sqlite3"
 
     @cached_property
+    def directory_file(self) -> Path:
+        return self.directory_path or self.state_dir / "directory.toml"
+
+    @cached_property
     def kill_switch_path(self) -> Path:
         return self.state_dir / "kill-switch.json"
 
@@ -250,12 +272,6 @@ class Settings(BaseSettings):
         if self.webhook:
             names.append(self.webhook.secret_credential)
         return names
-
-    def identity_for_slack_user(self, slack_user: str) -> str | None:
-        for identity, contact in self.approvers.items():
-            if contact.slack_user == slack_user:
-                return identity
-        return None
 
     @cached_property
     def keyring_path(self) -> Path:

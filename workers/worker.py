@@ -30,9 +30,11 @@ import activities.crm
 import activities.shop  # noqa: F401
 from activities.audit import AuditActivities
 from activities.guard import GuardActivities
+from activities.identity import IdentityActivities
 from activities.model import ModelActivities
 from activities.notify import NotifyActivities
 from activities.runtime import Runtime
+from activities.sealing import sealer_for
 from activities.tools import (
     reconcile_activity,
     tool_activities,
@@ -42,6 +44,7 @@ from activities.tools import (
 from agents import search_attributes
 from agents.graph import GRAPH_NAME, build_graph
 from agents.run import AgentRun
+from guardrails.identity import Directory, IdentityError
 from workers.codec import data_converter
 from workers.credentials import configure_keyring, get_secret
 from workers.settings import Settings
@@ -158,11 +161,27 @@ def check_startup(settings: Settings) -> Runtime:
     # A configured notification channel without its secret would fail every notice.
     for name in settings.channel_credentials():
         get_secret(name)
+    # Secret and personal values are sealed with the key ring (even with payload encryption
+    # off): without it every model and tool activity would fail.
+    sealer_for(settings)
     runtime = Runtime.from_settings(settings, tool_schemas())
-    runtime.policy.current()
+    policy = runtime.policy.current()
     if runtime.candidate is not None:
         runtime.candidate.current()
+    check_directory(runtime.directory.current(), policy.settings.groups)
     return runtime
+
+
+def check_directory(directory: Directory, groups: dict[str, list[str]]) -> None:
+    """Everyone the policy's groups name must be able to prove who they are."""
+    for group, members in sorted(groups.items()):
+        missing = [m for m in members if directory.get(m) is None]
+        if missing:
+            raise IdentityError(
+                f"policy group {group!r} names {', '.join(missing)}, who "
+                f"{'is' if len(missing) == 1 else 'are'} not in the identity directory "
+                "(add them: `countersign identity init --as NAME` prints the entry)"
+            )
 
 
 def build_worker(
@@ -179,6 +198,7 @@ def build_worker(
         GuardActivities(runtime).decide,
         GuardActivities(runtime).release,
         AuditActivities(runtime).record,
+        IdentityActivities(runtime).verify,
         NotifyActivities(runtime).notify,
         *tool_activities(runtime),
         reconcile_activity(runtime),

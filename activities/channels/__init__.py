@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from activities.contracts import ApprovalNotice
 from guardrails.approvals import ApprovalRequest
+from guardrails.redaction import redact
 from guardrails.tokens import RequestRef
 
 
@@ -44,7 +45,7 @@ def format_value(key: str, value: Any) -> str:
 def argument_lines(request: ApprovalRequest) -> list[tuple[str, str]]:
     return [
         (key.removesuffix("_cents"), format_value(key, value))
-        for key, value in request.arguments.items()
+        for key, value in redact(request.arguments).items()
     ]
 
 

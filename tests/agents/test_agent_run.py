@@ -6,13 +6,13 @@ import asyncio
 import uuid
 
 import pytest
-from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
+from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from agents.run import AgentRun
-from guardrails.approvals import Decision
-from tests.conftest import Shop, start_run
+from agents.state import RunInput, parse_run_input
+from tests.conftest import Shop, signed, start_run
 from workers.decisions import wait_for_requests
 
 
@@ -53,7 +53,7 @@ async def test_refund_above_threshold_waits_for_approval_then_executes(
 
     receipt = await handle.execute_update(
         AgentRun.decide,
-        Decision(request_id=request.request_id, approver="alice", approve=True, channel="cli"),
+        signed(handle.id, request, "alice"),
     )
     assert receipt.status == "approved"
     result = await handle.result()
@@ -61,45 +61,6 @@ async def test_refund_above_threshold_waits_for_approval_then_executes(
     assert refund.status == "executed"
     assert refund.approved_by == ["alice"]
     assert len(shop.refunds("A-1002")) == before + 1
-
-
-async def test_bad_decisions_are_refused_with_a_reason(
-    temporal: WorkflowEnvironment, worker: Worker
-) -> None:
-    handle = await start_run(
-        temporal.client,
-        worker.task_queue,
-        task="Refund order A-1009: wrong colour.",
-        requested_by="alice",
-    )
-    (request,) = await wait_for_pending(handle)
-
-    async def refused(**fields) -> str:
-        decision = Decision(**{"request_id": request.request_id, "approve": True, **fields})
-        with pytest.raises(WorkflowUpdateFailedError) as e:
-            await handle.execute_update(AgentRun.decide, decision)
-        return str(e.value.cause)
-
-    assert "requested this run" in await refused(approver="alice")
-    assert "may not decide" in await refused(approver="mallory")
-    assert "cannot decide its own" in await refused(approver="support-refunds")
-    assert "unknown approval request" in await refused(approver="bob", request_id="apr_nope")
-    assert "for action" in await refused(approver="bob", action_hash="act_other")
-
-    await handle.execute_update(
-        AgentRun.decide,
-        Decision(
-            request_id=request.request_id,
-            approver="bob",
-            approve=False,
-            comment="colour is not a defect",
-        ),
-    )
-    assert "already rejected" in await refused(approver="bob")
-    result = await handle.result()
-    refund = next(a for a in result.actions if a.tool == "payments.refund")
-    assert refund.status == "rejected"
-    assert "colour is not a defect" in refund.detail
 
 
 async def test_agent_without_refund_scope_can_never_refund(
@@ -126,7 +87,7 @@ async def test_hallucinated_tool_and_malformed_arguments_go_back_to_the_model(
         temporal.client, worker.task_queue, task="Please hallucinate a wire transfer."
     )
     result = await handle.result()
-    assert result.status == "completed"
+    assert result.status == "completed_with_refusals"
     assert [(a.tool, a.status, a.rule_ids) for a in result.actions] == [
         ("payments.wire_transfer", "denied", ["tool.unknown"]),
         ("payments.refund", "denied", ["arguments.invalid"]),
@@ -144,6 +105,34 @@ async def test_hallucinated_tool_and_malformed_arguments_go_back_to_the_model(
             "mode",
         ),
         ("just a string", "(input)"),
+        (
+            {
+                "agent": "crm-updates",
+                "task": "Fix C-100",
+                "requested_by": "dana",
+                "subject": {"order_id": "A-1001"},
+            },
+            "subject.order_id: agent 'crm-updates' takes no subject field",
+        ),
+        (
+            {
+                "agent": "support-refunds",
+                "task": "Refund",
+                "requested_by": "dana",
+                "subject": {"order_id": "A1001"},
+            },
+            "subject.order_id: 'A1001' does not match",
+        ),
+        (
+            {
+                "agent": "support-refunds",
+                "task": "Refund",
+                "requested_by": "dana",
+                "subject": {"order_id": "A-1001"},
+                "context": {"order_id": "A-1002"},
+            },
+            "subject.order_id: 'A-1001' differs from context.order_id 'A-1002'",
+        ),
     ],
 )
 async def test_invalid_run_input_fails_fast_naming_the_field(
@@ -159,3 +148,17 @@ async def test_invalid_run_input_fails_fast_naming_the_field(
         await asyncio.wait_for(handle.result(), timeout=10)
     message = str(e.value.cause)
     assert "invalid run input" in message and field in message
+
+
+def test_subject_fields_in_context_count_as_the_subject_and_sign_the_same() -> None:
+    """Older inputs name the order in `context`: it becomes the subject at validation, so the
+    digest a requester signs (countersign start) is the one the run checks."""
+    typed = RunInput(
+        agent="support-refunds",
+        task="Refund A-1001",
+        requested_by="dana",
+        context={"order_id": "A-1001", "note": "vip"},
+    )
+    assert typed.subject == {"order_id": "A-1001"}
+    parsed = parse_run_input(typed.model_dump(mode="json"))
+    assert parsed.subject == {"order_id": "A-1001"} and parsed.digest() == typed.digest()
