@@ -227,6 +227,15 @@ async def cmd_identity(args: argparse.Namespace, settings: Settings) -> None:
     from workers.identities import init_identity
 
     configure_keyring(settings)
+    if args.action == "dev":
+        from workers.identities import ensure_dev_directory
+
+        path = ensure_dev_directory(settings)
+        print(
+            f"development identities in {path}, their keys in this keyring: a demo "
+            "convenience, not real people"
+        )
+        return
     if args.action == "init":
         if not args.as_:
             raise CliError("name the identity: countersign identity init --as NAME")
@@ -635,7 +644,7 @@ def parser() -> argparse.ArgumentParser:
     identity = add(
         "identity", cmd_identity, "keys that prove who you are: `init --as NAME`, `show`"
     )
-    identity.add_argument("action", choices=["init", "show"])
+    identity.add_argument("action", choices=["init", "show", "dev"])
     identity.add_argument("--as", dest="as_", metavar="NAME")
     identity.add_argument("--kind", choices=["person", "integration", "gateway"], default="person")
 

@@ -120,7 +120,7 @@ class Settings(BaseSettings):
     # Who can prove who they are (see guardrails/identity.py): default STATE/directory.toml.
     directory_path: Path | None = None
     # The approval gateway's own identity in the directory; its attestation key is in the
-    # gateway host's keyring as `identity-key:<name>`.
+    # gateway host's keyring as `identity.<name>`.
     gateway_identity: str = "gateway"
     # keyring backend, set explicitly (never auto-detected): a class path.
     keyring_backend: str = "keyrings.alt.file.PlaintextKeyring"
