@@ -41,7 +41,7 @@ A script is one JSON file in the scripts folder:
 A request whose system message holds the marker `[countersign:summarize]` asks for a running
 summary (activities/context.py): the reply, from model `scripted:summarizer`, tallies the tool
 calls named in the request (`-> calls <tool>` lines, and the `<tool> xN` tallies of an earlier
-summary), deterministically.
+summary) and quotes the latest tool result's first 300 characters, deterministically.
 
 `GET /_requests` lists the latest requests (at most 2,000): the script (model name), the
 number of messages and their roles, the estimated prompt tokens and the task's first 200
@@ -329,6 +329,7 @@ SUMMARIZE_MARKER = "[countersign:summarize]"  # activities/context.py sends it
 FOLDED_REPLIES = re.compile(r"^\[Countersign: your (\d+) earlier replies")
 CALLED = re.compile(r"^\s*-> calls (\S+)", re.MULTILINE)
 TALLY = re.compile(r"(\S+) x(\d+)\b")
+RESULT_LINE = re.compile(r"^tool result \[[^\]]*\]: (.*)$", re.MULTILINE)
 
 
 def _task(messages: list[dict[str, Any]]) -> str:
@@ -344,7 +345,11 @@ def _summary(messages: list[dict[str, Any]]) -> str:
     for name in CALLED.findall(text):
         tally[name] = tally.get(name, 0) + 1
     calls = ", ".join(f"{name} x{n}" for name, n in sorted(tally.items())) or "none"
-    return f"Scripted summary (not a language model). Tool calls so far: {calls}."
+    summary = f"Scripted summary (not a language model). Tool calls so far: {calls}."
+    results = RESULT_LINE.findall(text)
+    if results:  # quoted as a real summary would, values and all
+        summary += f" Latest result: {results[-1][:300]}"
+    return summary
 
 
 def reply(

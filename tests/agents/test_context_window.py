@@ -148,3 +148,47 @@ def test_rewriting_the_transcript_voids_later_folds(tmp_path: Path) -> None:
         assert [m["content"] for m in await store.read("wf", 8, from_seq=5)] == ["5", "reset", "7"]
 
     asyncio.run(scenario())
+
+
+async def test_a_summary_of_personal_data_is_stored_and_audited_sealed(
+    temporal: WorkflowEnvironment,
+    worker: Worker,
+    runtime: Runtime,
+    scripts_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The summarizer sees the folded turns in clear and may repeat what it saw (the scripted
+    one quotes the latest result); whatever it repeats is sealed again before it is kept."""
+    agent = AgentSpec(
+        name=f"context-crm-{uuid.uuid4().hex[:8]}",
+        description="Test only: looks a customer up again and again.",
+        system_prompt=SUPPORT_PROMPT,
+        scopes=["crm:read"],
+        context=ContextWindow(keep_last_turns=1, fold_every=1),
+    )
+    monkeypatch.setitem(AGENTS, agent.name, agent)
+    token = uuid.uuid4().hex[:12]
+    call = {"name": "customers.lookup", "arguments": {"customer_id": "C-100"}, "reason": "again"}
+    script = {
+        "name": f"context-crm-{token}",
+        "match": rf"^Customer loop {token}\b",
+        "turns": [{"tool_calls": [call]}] * 3 + [{"say": "Done."}],
+    }
+    (scripts_dir / f"context-crm-{token}.json").write_text(json.dumps(script))
+
+    handle = await start_run(
+        temporal.client, worker.task_queue, agent=agent.name, task=f"Customer loop {token}"
+    )
+    result = await handle.result()
+    assert result.status == "completed" and result.final_message == "Done.", result
+
+    summaries = runtime.audit.find(handle.id, "model.summary")
+    assert [s.data["step"] for s in summaries] == [3, 4]
+    audit = json.dumps([r.model_dump(mode="json") for r in runtime.audit.for_run(handle.id)])
+    fold = await runtime.transcripts.fold(handle.id, 10**6)
+    assert fold is not None and fold.summary is not None
+    for value in ("ada@example.com", "Ada Lovelace", "+44 20 7946 0100"):
+        assert value not in audit
+        assert value not in fold.summary
+    assert "Latest result:" in fold.summary and "[[sealed:personal:" in fold.summary
+    assert "[personal]" in summaries[-1].data["summary"]

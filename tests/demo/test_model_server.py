@@ -335,5 +335,6 @@ async def test_a_summary_request_gets_a_running_tally(client: openai.AsyncOpenAI
     assert response.model == "scripted:summarizer"
     assert response.choices[0].message.content == (
         "Scripted summary (not a language model). "
-        "Tool calls so far: crm.add_note x1, orders.lookup x5."
+        "Tool calls so far: crm.add_note x1, orders.lookup x5. "
+        f"Latest result: {json.dumps(LOOKUP_RESULT)}"
     )
