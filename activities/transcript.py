@@ -75,7 +75,7 @@ class TranscriptStore:
                 (workflow_id, start_seq),
             )
 
-    def _read(self, workflow_id: str, upto_seq: int, from_seq: int) -> list[dict[str, Any]]:
+    def _read(self, workflow_id: str, upto_seq: int, from_seq: int = 0) -> list[dict[str, Any]]:
         with self.db.reader() as tx:
             rows = tx.all(
                 "SELECT message FROM transcript_messages WHERE workflow_id = ? AND seq >= ?"

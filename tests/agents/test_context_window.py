@@ -4,7 +4,6 @@ every message, and the run completes as the scripted model intended."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from pathlib import Path
@@ -17,7 +16,6 @@ from temporalio.worker import Worker
 
 from activities.context import fold_point
 from activities.runtime import Runtime
-from activities.transcript import Fold, TranscriptStore
 from agents.specs import AGENTS, SUPPORT_PROMPT, AgentSpec, ContextWindow
 from tests.conftest import start_run
 
@@ -129,25 +127,6 @@ def test_a_fold_never_splits_a_turn() -> None:
     assert fold_point(history, window) == 5  # the first two turns, whole
     assert fold_point(history[:-2], window) == 0  # one older turn is not enough to fold
     assert fold_point(history, ContextWindow(keep_last_turns=1, fold_every=2)) == 7
-
-
-def test_rewriting_the_transcript_voids_later_folds(tmp_path: Path) -> None:
-    """A reset workflow rewrites its transcript from an earlier seq: a fold made in the old
-    continuation must not stand for messages it never saw."""
-
-    async def scenario() -> None:
-        store = TranscriptStore(tmp_path / "transcripts.sqlite3")
-        await store.write("wf", 0, [{"role": "assistant", "content": str(i)} for i in range(10)])
-        await store.write_fold("wf", Fold(covers_seq=4, replies=4, summary="a"))
-        await store.write_fold("wf", Fold(covers_seq=8, replies=8, summary="b"))
-        assert await store.fold("wf", 10) == Fold(8, 8, "b")
-        assert await store.fold("wf", 7) == Fold(4, 4, "a")
-        await store.write("wf", 6, [{"role": "assistant", "content": "reset"}])
-        assert await store.fold("wf", 10) == Fold(4, 4, "a")
-        assert len(await store.read("wf", 10)) == 10
-        assert [m["content"] for m in await store.read("wf", 8, from_seq=5)] == ["5", "reset", "7"]
-
-    asyncio.run(scenario())
 
 
 async def test_a_summary_of_personal_data_is_stored_and_audited_sealed(
