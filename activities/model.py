@@ -333,6 +333,8 @@ class ModelActivities:
                 usage.prompt_tokens += response.usage.prompt_tokens
                 usage.completion_tokens += response.usage.completion_tokens
             excerpt = summary[:AUDIT_EXCERPT_CHARS]
+            if len(summary) > AUDIT_EXCERPT_CHARS:
+                excerpt += f" [… {len(summary) - AUDIT_EXCERPT_CHARS} more characters]"
             await audit_from_activity(
                 self.runtime,
                 "model.summary",

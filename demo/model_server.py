@@ -23,7 +23,8 @@ A script is one JSON file in the scripts folder:
   order; the named groups become template variables.
 - The turn played is the number of assistant messages already in the request, plus the
   number of earlier replies a context-window note says are not shown (a user message starting
-  "[Countersign: your N earlier replies", see activities/context.py).
+  "[Countersign: your N earlier replies", see activities/context.py). A `{result:...}`
+  placeholder sees only the tool results in the request, so not those folded away.
 - `say` becomes the message content; each call's `reason` is appended to the content as a
   line "<tool>: <reason>" (the runtime reads content as the model's stated reasoning), unless
   the call sets `"reason_in_arguments": true`, which sends it as an argument named `reason`.
