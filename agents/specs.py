@@ -27,6 +27,7 @@ class ContextWindow(BaseModel):
     summarize: bool = True
     fold_every: int = Field(default=8, ge=1)
 
+
 # Subject fields and the values each accepts (the run's subject is validated at start).
 CUSTOMER_ID = r"^C-\d{3}$"
 ORDER_ID = r"^[A-Z]-\d{4}$"
