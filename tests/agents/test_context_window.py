@@ -63,7 +63,9 @@ async def test_long_run_sends_a_bounded_window_and_keeps_the_whole_transcript(
     (scripts_dir / f"context-{token}.json").write_text(json.dumps(script))
     task = f"Context loop {token}: look order A-1001 up {STEPS} times."
 
-    handle = await start_run(temporal.client, worker.task_queue, agent=agent.name, task=task)
+    handle = await start_run(
+        temporal.client, worker.task_queue, agent=agent.name, task=task, subject={}
+    )
     result = await handle.result()
 
     # The scripted model played every turn in order although it saw only the latest ones:
@@ -156,7 +158,11 @@ async def test_a_summary_of_personal_data_is_stored_and_audited_sealed(
     (scripts_dir / f"context-crm-{token}.json").write_text(json.dumps(script))
 
     handle = await start_run(
-        temporal.client, worker.task_queue, agent=agent.name, task=f"Customer loop {token}"
+        temporal.client,
+        worker.task_queue,
+        agent=agent.name,
+        task=f"Customer loop {token}",
+        subject={},
     )
     result = await handle.result()
     assert result.status == "completed" and result.final_message == "Done.", result
