@@ -7,7 +7,26 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ContextWindow(BaseModel):
+    """How much of a long conversation the model is sent on each step.
+
+    The model always gets the system prompt and the task, then the last `keep_last_turns`
+    turns (a turn: one model reply and the tool results answering it, never split), and before
+    them one note standing for the older turns: a running summary written by the model itself
+    (`summarize`, an audited call) or only how many turns were left out. Older turns are folded
+    into that note `fold_every` at a time, so the model sees between `keep_last_turns` and
+    `keep_last_turns + fold_every - 1` turns and the summary is made once per fold, not per
+    step. The full transcript stays in the store for audit and replay."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keep_last_turns: int = Field(ge=1)
+    summarize: bool = True
+    fold_every: int = Field(default=8, ge=1)
+
 
 # Subject fields and the values each accepts (the run's subject is validated at start).
 CUSTOMER_ID = r"^C-\d{3}$"
@@ -30,6 +49,8 @@ class AgentSpec(BaseModel):
     # atomic: the side effects proposed in one model turn run all or none (one denied,
     # rejected, expired, failed or blocked skips the others); independent: each on its own.
     turn: Literal["atomic", "independent"] = "atomic"
+    # None: the model is sent the whole conversation on every step.
+    context: ContextWindow | None = None
 
 
 SUPPORT_PROMPT = """\

@@ -20,15 +20,19 @@ from workers.replay import load_histories, readable_text, replay
 from workers.settings import Settings
 
 HERE = Path(__file__).parent
-# Runs recorded before a patch (agents.state.LOCAL_BOOKKEEPING) must keep replaying after it.
+# Runs recorded before a patch must keep replaying after it: before agents.state's
+# LOCAL_BOOKKEEPING, and before SIGNED_IDENTITIES (typed-name decisions, no subject, no
+# atomic turns, model bounds as constants).
 BEFORE_PATCH = HERE / "before-local-bookkeeping"
+BEFORE_SIGNED = HERE / "before-signed-identities"
 CORPUS = sorted(HERE.glob("*.json"))
-ALL_HISTORIES = CORPUS + sorted(BEFORE_PATCH.glob("*.json"))
+ALL_HISTORIES = CORPUS + sorted(BEFORE_SIGNED.glob("*.json")) + sorted(BEFORE_PATCH.glob("*.json"))
 
 
 def test_every_scenario_is_recorded() -> None:
     assert {p.stem for p in CORPUS} == set(SCENARIOS)
-    assert {p.stem for p in BEFORE_PATCH.glob("*.json")} == set(SCENARIOS)
+    for folder in (BEFORE_SIGNED, BEFORE_PATCH):
+        assert {p.stem for p in folder.glob("*.json")} == set(SCENARIOS)
     assert not set(PENDING_SCENARIOS) & set(SCENARIOS)
 
 
@@ -47,7 +51,11 @@ async def test_recorded_history_replays_to_the_same_result(path: Path) -> None:
     assert report.result is not None
 
 
-@pytest.mark.parametrize("folder", [HERE, BEFORE_PATCH], ids=["current", "before-patch"])
+@pytest.mark.parametrize(
+    "folder",
+    [HERE, BEFORE_SIGNED, BEFORE_PATCH],
+    ids=["current", "before-signed-identities", "before-local-bookkeeping"],
+)
 async def test_replay_reconstructs_each_scenarios_decisions(folder: Path) -> None:
     reports = {r.workflow_id: r for r in await replay(load_histories([folder]))}
 
@@ -91,7 +99,7 @@ async def test_an_added_activity_is_caught_as_a_divergence() -> None:
         load_histories([HERE / "auto-approved.json"]), workflows=[AgentRunThatChecksFirst]
     )
     assert current.divergence is not None
-    assert "patch marker encountered for change local-guard-and-audit" in current.divergence
+    assert "patch marker encountered for change signed-identities" in current.divergence
 
 
 async def test_a_skipped_approval_step_is_caught_as_a_divergence() -> None:
