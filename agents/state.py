@@ -90,7 +90,7 @@ async def run_bookkeeping(
 async def model_bounds(run: RunState) -> ModelBounds:
     """The model call's timeouts from settings, read once per run by a local activity (its
     result lands in history). Runs started before the patch keep the constants they used."""
-    if not run.reads_model_bounds:
+    if not workflow.patched(MODEL_BOUNDS_FROM_SETTINGS):
         return ModelBounds()
     return await workflow.execute_local_activity(
         MODEL_BOUNDS,
@@ -295,15 +295,15 @@ class RunState:
     refusals: list[str] = field(default_factory=list)
     # Read at the first model call (see model_bounds).
     model_bounds: ModelBounds | None = None
-    reads_model_bounds: bool = False
     reconciles_unknown_outcomes: bool = False
     # Why the run is failing, named where it is best known (the failed action or model call).
     failure: FailureCause | None = None
 
     def __post_init__(self) -> None:
-        # Decided when the run starts, before its first command: asked later, right after a
-        # local activity's result, the patch marker made replays fail now and then.
-        self.reads_model_bounds = workflow.patched(MODEL_BOUNDS_FROM_SETTINGS)
+        # Decided when the run starts, before its first command. (The model-bounds patch is
+        # still asked at the first plan, where the recorded corpus has it; asked there, right
+        # after a local activity's result, its marker has made live-run replays fail now and
+        # then: see the fleet report.)
         self.reconciles_unknown_outcomes = workflow.patched(RECONCILE_UNKNOWN_OUTCOMES)
 
     @property
