@@ -38,7 +38,7 @@ from activities.contracts import (
     ToolOutcome,
 )
 from agents.failures import cause_of
-from agents.state import ActionRecord, RunState, model_bounds, run_bookkeeping
+from agents.state import ATOMIC_TURNS, ActionRecord, RunState, model_bounds, run_bookkeeping
 from guardrails.approvals import ApprovalRequest, new_request
 from guardrails.policy import Proposal
 
@@ -347,7 +347,7 @@ async def act(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
 
 def _atomic(run: RunState) -> bool:
     # Runs recorded before atomic turns replay as they ran (each action on its own).
-    return run.agent.turn == "atomic" and workflow.patched("atomic-turns")
+    return run.agent.turn == "atomic" and workflow.patched(ATOMIC_TURNS)
 
 
 def _refused_in_turn(

@@ -28,8 +28,7 @@ with workflow.unsafe.imports_passed_through():
     from agents.rollback import compensate
     from agents.state import (
         AGENT_RUN,
-        MODEL_BOUNDS_FROM_SETTINGS,
-        SIGNED_IDENTITIES,
+        RUN_REFUSALS,
         RollbackRequest,
         RunResult,
         RunState,
@@ -69,10 +68,7 @@ class AgentRun:
         in a retry loop; validating here fails the run at once, naming the bad field."""
         run_input = parse_run_input(input)
         run = self._run = RunState(run_input)
-        # Every patch is decided here, in the run's first activation, before any local
-        # activity: a marker recorded later could fall into another workflow task on replay.
-        self._signed = workflow.patched(SIGNED_IDENTITIES)
-        workflow.patched(MODEL_BOUNDS_FROM_SETTINGS)  # read again (memoized) at the first plan
+        self._signed = run.signed  # every patch is decided as the run state is made
         if not self._signed:
             run.requester = run_input.requested_by  # as runs recorded before took it
         elif run_input.requester_proof is not None:
@@ -110,7 +106,7 @@ class AgentRun:
             agent=run.agent.name,
             # Runs recorded before refusals were reported replay to the result they returned.
             status=finished_status(
-                run.actions, final.get("stop_reason"), workflow.patched("run-refusals")
+                run.actions, final.get("stop_reason"), workflow.patched(RUN_REFUSALS)
             ),
             stop_reason=final.get("stop_reason"),
             final_message=final.get("final", ""),

@@ -41,6 +41,10 @@ MODEL_BOUNDS_FROM_SETTINGS = "model-bounds-from-settings"
 # Since this patch, a side effect that failed without a definite answer is reconciled with
 # its system of record, and every failed action is audited with its cause.
 RECONCILE_UNKNOWN_OUTCOMES = "reconcile-unknown-outcomes"
+# Since these patches: a turn's side effects are one unit, and a run that refused an action
+# ends `completed_with_refusals`.
+ATOMIC_TURNS = "atomic-turns"
+RUN_REFUSALS = "run-refusals"
 # Since this patch, decisions, rollbacks and requesters count only when a signed statement
 # proves who is behind them (guardrails/identity.py); runs recorded before replay as they were.
 SIGNED_IDENTITIES = "signed-identities"
@@ -296,15 +300,20 @@ class RunState:
     # Read at the first model call (see model_bounds).
     model_bounds: ModelBounds | None = None
     reconciles_unknown_outcomes: bool = False
+    # Decisions, rollbacks and requesters are signed (runs recorded before took typed names).
+    signed: bool = False
     # Why the run is failing, named where it is best known (the failed action or model call).
     failure: FailureCause | None = None
 
     def __post_init__(self) -> None:
-        # Decided when the run starts, before its first command. (The model-bounds patch is
-        # still asked at the first plan, where the recorded corpus has it; asked there, right
-        # after a local activity's result, its marker has made live-run replays fail now and
-        # then: see the fleet report.)
+        # Every patch is decided here, when the run starts, before its first command: a patch
+        # asked first after a local activity's result can have its marker land in another
+        # workflow task on replay (seen as flaky live-run replays). Where a patch applies, it
+        # is asked again and answers the same (the SDK memoizes it).
         self.reconciles_unknown_outcomes = workflow.patched(RECONCILE_UNKNOWN_OUTCOMES)
+        self.signed = workflow.patched(SIGNED_IDENTITIES)
+        for later in (LOCAL_BOOKKEEPING, MODEL_BOUNDS_FROM_SETTINGS, ATOMIC_TURNS, RUN_REFUSALS):
+            workflow.patched(later)
 
     @property
     def agent(self) -> AgentSpec:

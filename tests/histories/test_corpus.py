@@ -99,7 +99,7 @@ async def test_an_added_activity_is_caught_as_a_divergence() -> None:
         load_histories([HERE / "auto-approved.json"]), workflows=[AgentRunThatChecksFirst]
     )
     assert current.divergence is not None
-    assert "patch marker encountered for change signed-identities" in current.divergence
+    assert "patch marker encountered for change reconcile-unknown-outcomes" in current.divergence
 
 
 async def test_a_skipped_approval_step_is_caught_as_a_divergence() -> None:
