@@ -340,24 +340,20 @@ def verify(envelope: Envelope, directory: Directory, now: datetime) -> Verified:
                 f"channel {s.channel!r} is attested by the approval gateway only; a personal "
                 f"key signs for {', '.join(sorted(SELF_SIGNED_CHANNELS))}"
             )
-        return Verified(
-            identity=s.identity,
-            kind=signer.kind,
-            key_id=key.id,
-            signer=s.signer,
-            channel=s.channel,
-            directory_version=directory.version,
-        )
-    if signer.kind != "gateway":
-        raise StatementRefused(f"{s.signer!r} may not sign for {s.identity!r}")
-    if s.channel not in ATTESTED_CHANNELS:
-        raise StatementRefused(f"the gateway attests {', '.join(sorted(ATTESTED_CHANNELS))} only")
-    subject = directory.get(s.identity)
-    if subject is None or subject.kind == "gateway":
+        proven: Identity | None = signer
+    else:
+        if signer.kind != "gateway":
+            raise StatementRefused(f"{s.signer!r} may not sign for {s.identity!r}")
+        if s.channel not in ATTESTED_CHANNELS:
+            raise StatementRefused(
+                f"the gateway attests {', '.join(sorted(ATTESTED_CHANNELS))} only"
+            )
+        proven = directory.get(s.identity)
+    if proven is None or proven.kind == "gateway":
         raise StatementRefused(f"{s.identity!r} is not a person or integration in the directory")
     return Verified(
-        identity=subject.name,
-        kind=subject.kind,
+        identity=proven.name,
+        kind=proven.kind,
         key_id=key.id,
         signer=s.signer,
         channel=s.channel,

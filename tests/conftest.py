@@ -3,12 +3,13 @@ the scripted model server. Each test gets its own task queue and workflow ids.""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from guardrails.policy import DEFAULT_POLICY_PATH
 from workers.audit import ensure_signing_key
 from workers.codec import PayloadKeys, data_converter
 from workers.credentials import configure_keyring, set_secret
-from workers.decisions import sign_decision
+from workers.decisions import sign_decision, signed_start
 from workers.devstack import (
     DEV_SERVER_TUNING,
     Postgres,
@@ -262,14 +263,8 @@ async def start_run(
     workflow_id = workflow_id or f"run-{uuid.uuid4().hex[:12]}"
     if signed_requester:
         typed = RunInput.model_validate(run_input)
-        proof = signer_for(typed.requested_by).sign(
-            purpose="start",
-            channel="cli",
-            now=datetime.now(UTC),
-            workflow_id=workflow_id,
-            claims={"input": typed.digest()},
-        )
-        run_input = {**run_input, "requester_proof": proof.model_dump(mode="json")}
+        signer = signer_for(typed.requested_by)
+        run_input = signed_start(signer, workflow_id, typed).model_dump(mode="json")
     return await client.start_workflow(
         AgentRun.run,
         run_input,
@@ -286,3 +281,12 @@ def signed(
     return sign_decision(
         signer_for(who), workflow_id, request.request_id, request.action_hash, approve=approve, **kw
     )
+
+
+async def wait_for_undo_window(handle: WorkflowHandle[Any, Any]) -> None:
+    """Until the run has completed and waits in its undo window."""
+    for _ in range(200):
+        if (await handle.query(AgentRun.status)).stage.startswith("completed"):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{handle.id} did not complete")

@@ -99,6 +99,7 @@ async def cmd_start(args: argparse.Namespace, settings: Settings) -> None:
     from agents.run import AgentRun
     from agents.state import RunInput
     from workers.credentials import configure_keyring
+    from workers.decisions import signed_start
     from workers.identities import signer_for
     from workers.worker import connect
 
@@ -115,14 +116,7 @@ async def cmd_start(args: argparse.Namespace, settings: Settings) -> None:
         raise CliError(f"invalid run input: {e}") from e
     workflow_id = args.id or f"run-{run_input.agent}-{uuid.uuid4().hex[:8]}"
     configure_keyring(settings)
-    proof = signer_for(args.as_).sign(
-        purpose="start",
-        channel="cli",
-        now=datetime.now(UTC),
-        workflow_id=workflow_id,
-        claims={"input": run_input.digest()},
-    )
-    run_input = run_input.model_copy(update={"requester_proof": proof})
+    run_input = signed_start(signer_for(args.as_), workflow_id, run_input)
     client = await connect(settings)
     handle = await client.start_workflow(
         AgentRun.run,

@@ -1,5 +1,5 @@
-"""Sending an approver's decision to a run: one path for the CLI, the demo, and later the
-chat and email gateway."""
+"""What people send to runs, signed with their own keys: decisions (the CLI, the demo, the
+gateway's attestations), rollbacks, and signed starts."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from agents.state import RollbackRequest, RunStatus
+from agents.state import RollbackRequest, RunInput, RunStatus
 from guardrails.approvals import ApprovalRequest, DecisionReceipt
 from guardrails.identity import Channel, Envelope, Signer
 from workers.identities import signer_for
@@ -126,3 +126,16 @@ def rollback_request(signer: Signer, workflow_id: str, reason: str) -> RollbackR
         claims={"reason": reason},
     )
     return RollbackRequest(requested_by=signer.identity, reason=reason, proof=proof)
+
+
+def signed_start(signer: Signer, workflow_id: str, run_input: RunInput) -> RunInput:
+    """`run_input` with its requester's signed start statement, bound to this run and input
+    (what `countersign start` sends; the run then knows its requester, not just a name)."""
+    proof = signer.sign(
+        purpose="start",
+        channel="cli",
+        now=datetime.now(UTC),
+        workflow_id=workflow_id,
+        claims={"input": run_input.digest()},
+    )
+    return run_input.model_copy(update={"requester_proof": proof})

@@ -27,8 +27,8 @@ from agents.run import AgentRun
 from agents.state import RollbackRequest, RunInput
 from guardrails.identity import Envelope
 from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import Shop, signed, start_run
-from workers.decisions import rollback_request
+from tests.conftest import Shop, signed, start_run, wait_for_undo_window
+from workers.decisions import rollback_request, signed_start
 from workers.identities import signer_for
 from workers.settings import Settings
 
@@ -182,14 +182,7 @@ async def test_one_person_cannot_fill_a_two_person_quorum(
 def start_input(workflow_id: str, who: str, signer: str | None = None, **fields: Any) -> dict:
     """A run input with `signer`'s signed start statement (as `countersign start` sends it)."""
     run_input = RunInput(agent="support-refunds", requested_by=who, **fields)
-    proof = signer_for(signer or who).sign(
-        purpose="start",
-        channel="cli",
-        now=datetime.now(UTC),
-        workflow_id=workflow_id,
-        claims={"input": run_input.digest()},
-    )
-    return run_input.model_copy(update={"requester_proof": proof}).model_dump(mode="json")
+    return signed_start(signer_for(signer or who), workflow_id, run_input).model_dump(mode="json")
 
 
 async def test_a_verified_requester_cannot_approve_under_any_name(
@@ -304,10 +297,7 @@ async def test_rollback_needs_a_verified_operator_in_the_rollback_groups(
         undo_window_seconds=300,
         task="Refund order A-1015: board split.",
     )
-    for _ in range(200):
-        if (await handle.query(AgentRun.status)).stage.startswith("completed"):
-            break
-        await asyncio.sleep(0.05)
+    await wait_for_undo_window(handle)
     (refund,) = shop.refunds("A-1015")
 
     async def rollback_refused(request: RollbackRequest) -> str:

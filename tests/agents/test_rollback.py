@@ -3,7 +3,6 @@ undo window."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from temporalio.worker import Worker
 from activities.runtime import Runtime
 from agents.run import AgentRun
 from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import Shop, start_run
+from tests.conftest import Shop, start_run, wait_for_undo_window
 from workers.decisions import rollback_request
 from workers.identities import signer_for
 
@@ -135,10 +134,7 @@ async def test_rollback_inside_the_undo_window_restores_the_system_of_record(
         undo_window_seconds=300,
         task="Refund order A-1015: board split.",
     )
-    for _ in range(200):
-        if (await handle.query(AgentRun.status)).stage.startswith("completed"):
-            break
-        await asyncio.sleep(0.05)
+    await wait_for_undo_window(handle)
     assert snapshot() != before  # refunded and noted
     await handle.execute_update(
         AgentRun.rollback, rollback_request(signer_for("alice"), handle.id, "duplicate ticket")
