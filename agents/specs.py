@@ -8,6 +8,10 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 
+class AgentSpecError(Exception):
+    """An agent is declared wrongly (checked when the worker starts)."""
+
+
 class AgentSpec(BaseModel):
     name: str
     description: str
@@ -49,3 +53,15 @@ AGENTS: dict[str, AgentSpec] = {
         ),
     ]
 }
+
+
+def check_agent_scopes(agents: dict[str, AgentSpec], tool_scopes: set[str]) -> None:
+    """Every scope an agent is granted must match a registered tool: a misspelt scope would
+    silently leave the agent without the tools it was meant to have."""
+    for agent in agents.values():
+        for scope in agent.scopes:
+            if scope not in tool_scopes:
+                raise AgentSpecError(
+                    f"agent {agent.name}: scope {scope!r} matches no registered tool "
+                    f"(tool scopes: {', '.join(sorted(tool_scopes))})"
+                )

@@ -16,6 +16,7 @@ from agents import search_attributes as sa
 from agents.specs import AGENTS, AgentSpec
 from guardrails.approvals import ApprovalRequest, RecordedDecision
 from guardrails.errors import describe
+from guardrails.money import describe_call
 from guardrails.policy import Mode
 
 AGENT_RUN = "AgentRun"
@@ -200,7 +201,8 @@ class RunState:
             need = r.need
             lines += [
                 "",
-                f"**Waiting for approval** `{r.request_id}`: `{r.summary()}`",
+                f"**Waiting for approval** `{r.request_id}`: "
+                f"`{describe_call(r.tool, r.arguments)}`",
                 "",
                 f"- why: {r.reason or '(no reason given)'} (rule {', '.join(r.rule_ids)})",
                 f"- needs {need.quorum} of: {', '.join(need.eligible)}"
