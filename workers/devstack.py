@@ -431,7 +431,8 @@ class DevStack:
         self.pid_file.write_text(
             json.dumps(
                 {
-                    s.name: {"pid": s.process.pid, "cmdline": _cmdline(s.process.pid)}
+                    # The command line identifies the very process (a pid may be reused).
+                    s.name: {"pid": s.process.pid, "cmdline": _joined(s.process.args)}
                     for s in self.services.values()
                 }
             )
@@ -447,6 +448,11 @@ class DevStack:
 
 def stacks_dir(settings: Settings) -> Path:
     return settings.state_dir.resolve() / "stacks"
+
+
+def _joined(argv: object) -> str:
+    """An argv as /proc/PID/cmdline spells it."""
+    return "".join(f"{a}\0" for a in argv) if isinstance(argv, list | tuple) else str(argv)
 
 
 def _cmdline(pid: int) -> str:
