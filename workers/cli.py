@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from guardrails.audit import AuditRecord, VerifyReport
+from guardrails.money import describe_call
 from workers.settings import Settings, SettingsError, load_settings
 
 
@@ -26,6 +27,13 @@ def story_line(r: AuditRecord) -> str:
     """One audit record as a sentence a person can read."""
     d = r.data
     when = r.at.strftime("%H:%M:%S")
+
+    def call() -> str:  # money as money; `-o json` has the exact arguments
+        args = d.get("arguments")
+        if isinstance(args, dict):
+            return describe_call(str(d.get("tool")), args)
+        return f"{d.get('tool')} {json.dumps(args)}"
+
     text = {
         "run.started": lambda: f"run started by {d.get('requested_by')}: {d.get('task')!r}",
         "model.call": lambda: (
@@ -33,7 +41,7 @@ def story_line(r: AuditRecord) -> str:
             f"{d.get('tool_calls')} tool call(s), {sum(d.get('usage', {}).values())} tokens"
             + (f" — {d['content']!r}" if d.get("content") else "")
         ),
-        "proposal": lambda: f"proposal {d.get('tool')} {json.dumps(d.get('arguments'))}",
+        "proposal": lambda: f"proposal {call()}",
         "verdict": lambda: (
             f"verdict {str(d.get('outcome')).upper()} {d.get('tool')} "
             f"[{', '.join(d.get('rule_ids', []))}] {d.get('reason')} ({d.get('policy_version')})"
@@ -59,9 +67,9 @@ def story_line(r: AuditRecord) -> str:
         ),
         "notify.failed": lambda: f"notice via {d.get('channel')} FAILED: {d.get('error')}",
         "approval.expired": lambda: f"approval {d.get('request_id')} expired: rejected",
-        "action.read": lambda: f"read {d.get('tool')} {json.dumps(d.get('arguments'))}",
+        "action.read": lambda: f"read {call()}",
         "action.executed": lambda: (
-            f"EXECUTED {d.get('tool')} {json.dumps(d.get('arguments'))}"
+            f"EXECUTED {call()}"
             f" → {json.dumps(d.get('result'))} (idempotency key {d.get('idempotency_key')})"
         ),
         "action.failed": lambda: f"FAILED {d.get('tool')}: {d.get('error')}",
@@ -123,12 +131,15 @@ async def cmd_start(args: argparse.Namespace, settings: Settings) -> None:
 
 
 async def cmd_status(args: argparse.Namespace, settings: Settings) -> None:
-    from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+    from temporalio.client import (
+        WorkflowExecutionStatus,
+        WorkflowFailureError,
+        WorkflowQueryFailedError,
+    )
     from temporalio.service import RPCError
 
     from agents.run import AgentRun
     from agents.state import RunStatus
-    from guardrails.money import describe_call
     from workers.worker import connect
 
     client = await connect(settings)
@@ -144,7 +155,7 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> None:
     status: RunStatus | None = None
     try:
         status = await handle.query(AgentRun.status)
-    except RPCError:
+    except (RPCError, WorkflowQueryFailedError):
         # A run that failed before it had any state (e.g. invalid input) answers no query.
         if described.status == WorkflowExecutionStatus.RUNNING:
             raise

@@ -1,0 +1,35 @@
+"""What a person reads in the Temporal UI's Current Details shows money as money."""
+
+from __future__ import annotations
+
+from temporalio.api.sdk.v1 import WorkflowMetadata
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from agents.run import AgentRun
+from guardrails.approvals import Decision
+from tests.agents.test_agent_run import wait_for_pending
+from tests.conftest import start_run
+
+
+async def test_current_details_show_the_waiting_refund_in_money(
+    temporal: WorkflowEnvironment, worker: Worker
+) -> None:
+    handle = await start_run(
+        temporal.client,
+        worker.task_queue,
+        task="Refund order A-1006: the glass kettle cracked.",
+        context={"order_id": "A-1006"},
+    )
+    (request,) = await wait_for_pending(handle, 1)
+    metadata = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+    details = metadata.current_details
+    assert (
+        f"**Waiting for approval** `{request.request_id}`: "
+        "`payments.refund(order_id=A-1006, amount=129.00 USD, reason=" in details
+    ), details
+    assert "amount_cents" not in details
+    await handle.execute_update(
+        AgentRun.decide, Decision(request_id=request.request_id, approver="alice", approve=False)
+    )
+    await handle.result()
