@@ -53,6 +53,9 @@ def argument_pairs(arguments: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def describe_call(tool: str, arguments: Mapping[str, Any] | None) -> str:
-    """payments.refund(order_id=A-1002, amount=189.00 USD, reason=…)"""
-    args = ", ".join(f"{k}={v}" for k, v in argument_pairs(arguments or {}))
+    """payments.refund(order_id=A-1002, amount=189.00 USD, reason=…); just the tool when the
+    arguments are unknown (a proposal denied before they were read)."""
+    if arguments is None:
+        return tool
+    args = ", ".join(f"{k}={v}" for k, v in argument_pairs(arguments))
     return f"{tool}({args})"

@@ -414,7 +414,7 @@ def start_postgres(log_dir: Path, port: int) -> Postgres:
 class DevStack:
     """Ports and processes of a running stack, and the settings that point at it.
 
-    What it started is also written to `STATE/stacks/<pid>.json`, so that a later `dev` or
+    What it started is also written to `STATE/stacks/<pid>-<id>.json`, so that a later `dev` or
     `demo` can stop the services of one whose process was killed (SIGKILL, a crash) before it
     could stop them itself."""
 
@@ -423,7 +423,8 @@ class DevStack:
 
     @property
     def pid_file(self) -> Path:
-        return stacks_dir(self.settings) / f"{os.getpid()}.json"
+        # The owner's pid first: a later `dev` checks whether it is still running.
+        return stacks_dir(self.settings) / f"{os.getpid()}-{id(self):x}.json"
 
     def add(self, service: Service) -> Service:
         self.services[service.name] = service
@@ -476,8 +477,8 @@ def stop_stale_stacks(settings: Settings) -> list[str]:
     stopped. A stack whose process still runs is left alone (its services are reused)."""
     stopped = []
     for pid_file in sorted(stacks_dir(settings).glob("*.json")):
-        owner = int(pid_file.stem)
-        if owner != os.getpid() and _alive(owner):
+        owner = int(pid_file.stem.split("-")[0])
+        if _alive(owner):
             continue
         try:
             services = json.loads(pid_file.read_text())

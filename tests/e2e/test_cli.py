@@ -117,7 +117,7 @@ def test_ops_start_approver_decides_auditor_reads(dev_stack: dict[str, str]) -> 
     story = audit.stdout
     assert "decision refused (ops-dana)" in story
     assert "APPROVED by alice via cli" in story
-    assert re.search(r"EXECUTED payments\.refund\(order_id=A-1006, amount=129\.00 USD, ", story)
+    assert re.search(r"EXECUTED payments\.refund\(.*amount=129\.00 USD.*\) → ", story), story
     assert story.index("APPROVED by alice") < story.index("EXECUTED payments.refund")
 
     verify = countersign(dev_stack, "audit", "verify")
@@ -286,9 +286,9 @@ def test_status_shows_denied_actions_with_rule_and_reason_and_money_as_money(
     assert status.stdout.startswith("e2e-denied: completed"), status.stdout + status.stderr
     denied = [line for line in status.stdout.splitlines() if line.strip().startswith("denied")]
     assert denied, status.stdout
-    assert re.search(
-        r"denied +payments\.refund\(order_id=A-1003, amount=\d+\.\d\d USD, .*\) "
-        r"\[scope\.not_granted\] \S+",
+    assert re.fullmatch(
+        r" +denied +payments\.refund \[scope\.not_granted\] agent 'support-readonly' is not "
+        r"granted scope 'payments:refund', which payments\.refund needs",
         denied[0],
     ), denied
 
@@ -298,7 +298,7 @@ def test_waiting_status_shows_money_with_its_currency(dev_stack: dict[str, str])
         dev_stack,
         "start",
         "--task",
-        "Refund order A-1006: kettle cracked.",
+        "Refund order A-1009: the desk lamp flickers.",
         "--as",
         "ops-dana",
         "--id",
@@ -307,11 +307,11 @@ def test_waiting_status_shows_money_with_its_currency(dev_stack: dict[str, str])
     assert started.returncode == 0, started.stderr
     for _ in range(100):
         status = countersign(dev_stack, "status", "e2e-money")
-        if "waiting:" in status.stdout:
+        if "waiting:" in status.stdout or ": completed" in status.stdout:
             break
         time.sleep(0.2)
     assert re.search(
-        r"waiting: apr_\w+ payments\.refund\(order_id=A-1006, amount=129\.00 USD, reason=",
+        r"waiting: apr_\w+ payments\.refund\(order_id=A-1009, amount=159\.00 USD, reason=",
         status.stdout,
     ), status.stdout
     assert status.stdout.startswith("e2e-money: running, stage waiting for approval")

@@ -25,6 +25,7 @@ def test_arguments_show_money_under_its_plain_name() -> None:
     assert describe_call("payments.refund", {"order_id": "A-1002", "amount_cents": 18900}) == (
         "payments.refund(order_id=A-1002, amount=189.00 USD)"
     )
+    assert describe_call("payments.refund", None) == "payments.refund"
 
 
 def test_an_argument_currency_wins_over_the_deployment_currency() -> None:

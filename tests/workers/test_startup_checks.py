@@ -235,3 +235,41 @@ def test_a_worker_with_a_policy_naming_an_unknown_agent_says_so_in_one_line(
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr
     assert lines[0].startswith(f"countersign: {toml}: [modes] names agent 'nobody'")
+
+
+BAD_TOOL = """
+from pydantic import BaseModel
+from activities.tools import ToolContext, guarded_tool
+from workers.cli import main
+
+class Args(BaseModel):
+    invoice_id: str
+
+class Result(BaseModel):
+    ok: bool
+
+@guarded_tool("billing.charge", scope="payments:refund", business_key=lambda a: a.invoice)
+async def charge(args: Args, ctx: ToolContext) -> Result:
+    '''Charge an invoice.'''
+    raise NotImplementedError
+
+main(["worker"])
+"""
+
+
+def test_a_tool_declaration_error_is_one_line_from_the_worker_command(
+    settings: Settings,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", BAD_TOOL],
+        env={**os.environ, "COUNTERSIGN_STATE_DIR": str(settings.state_dir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        "countersign: tool billing.charge: business_key reads a field that does not exist: "
+        "'Args' object has no attribute 'invoice'\n"
+    )
