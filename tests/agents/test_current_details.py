@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -22,8 +24,12 @@ async def test_current_details_show_the_waiting_refund_in_money(
         context={"order_id": "A-1006"},
     )
     (request,) = await wait_for_pending(handle, 1)
-    metadata = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
-    details = metadata.current_details
+    for _ in range(100):  # the details change once the request is announced
+        metadata = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+        details = metadata.current_details
+        if "Waiting for approval" in details:
+            break
+        await asyncio.sleep(0.1)
     assert (
         f"**Waiting for approval** `{request.request_id}`: "
         "`payments.refund(order_id=A-1006, amount=129.00 USD, reason=" in details
