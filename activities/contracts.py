@@ -12,7 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from guardrails.approvals import ApprovalRequest
-from guardrails.policy import Mode, Proposal, Verdict
+from guardrails.identity import Envelope, Verified
+from guardrails.policy import Authority, Mode, Proposal, Verdict
 
 # Activity names, the one place they are spelled.
 PLAN = "model.plan"
@@ -20,6 +21,8 @@ DECIDE = "guard.decide"
 RECORD = "audit.record"
 NOTIFY = "notify.approval"
 RELEASE = "guard.release"
+VERIFY = "identity.verify"
+MODEL_BOUNDS = "model.bounds"
 
 
 class PlanInput(BaseModel):
@@ -30,6 +33,16 @@ class PlanInput(BaseModel):
     seq: int
     new_messages: list[dict[str, Any]]
     step: int
+
+
+class ModelBounds(BaseModel):
+    """How the model activity may run, from worker settings (workflow code reads none).
+    The defaults are what runs used before these were settings."""
+
+    start_to_close_seconds: float = 120.0
+    # The activity heartbeats while the call runs: a dead worker is noticed after this long.
+    heartbeat_seconds: float | None = None
+    max_attempts: int = 4
 
 
 class Usage(BaseModel):
@@ -59,6 +72,9 @@ class GuardResult(BaseModel):
     # How the tool activity may run, from worker settings (so workflow code reads none).
     tool_timeout_seconds: float
     tool_max_attempts: int
+    # Side effects heartbeat while they run, so a dead worker is noticed after this long
+    # rather than after the whole timeout (None: runs decided before this was a setting).
+    tool_heartbeat_seconds: float | None = None
     # A read-only tool runs as a local activity (see agents.graph.execute_action). Recorded
     # here, not looked up by the workflow, so replay follows what the run did.
     tool_read_only: bool = False
@@ -107,3 +123,19 @@ class ToolOutcome(BaseModel):
     idempotency_key: str
     result: dict[str, Any]
     compensation: Compensation | None = None
+
+
+class VerifyInput(BaseModel):
+    """A signed statement to check against the live identity directory; with `authority`,
+    the proven identity must also be in a group the active policy names for it."""
+
+    envelope: Envelope
+    authority: Authority | None = None
+
+
+class VerifyResult(BaseModel):
+    """Who the statement proves (recorded in history, so replay needs no directory), or why
+    it proves nothing."""
+
+    verified: Verified | None = None
+    refused: str | None = None

@@ -21,7 +21,6 @@ from activities.runtime import Runtime, audit_from_activity, current_workflow_id
 from activities.tools import REGISTRY, lookup_tool
 from agents.specs import AGENTS
 from guardrails.audit import AuditStore
-from guardrails.controls import read_kill_switch
 from guardrails.errors import describe
 from guardrails.policy import DecisionInput, PolicyBundle, PolicyError, Verdict, decide
 
@@ -97,7 +96,7 @@ class GuardActivities:
             facts=await asyncio.to_thread(
                 facts_for, self.runtime.audit, workflow_id, arguments or {}
             ),
-            killed=read_kill_switch(settings.kill_switch_path).stops(proposal.tool, agent.name),
+            killed=(await self.runtime.kill_switch_now()).stops(proposal.tool, agent.name),
         )
         verdict, d = await asyncio.to_thread(
             self.runtime.ledger.decide_and_reserve,
@@ -121,6 +120,7 @@ class GuardActivities:
             verdict=verdict,
             tool_timeout_seconds=settings.tool_start_to_close_seconds,
             tool_max_attempts=settings.tool_max_attempts,
+            tool_heartbeat_seconds=settings.tool_heartbeat_seconds,
             tool_read_only=spec is not None and spec.read_only,
         )
 

@@ -16,8 +16,8 @@ import openai
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.contracts import PLAN, PlanInput, PlanOutput, Usage
-from activities.runtime import Runtime, audit_from_activity, current_workflow_id
+from activities.contracts import MODEL_BOUNDS, PLAN, ModelBounds, PlanInput, PlanOutput, Usage
+from activities.runtime import Runtime, audit_from_activity, current_workflow_id, heartbeating
 from activities.tools import REGISTRY, lookup_tool
 from agents.specs import AGENTS, AgentSpec
 from guardrails.policy import Proposal, sha256_hex
@@ -90,6 +90,16 @@ class ModelActivities:
             cached = self._clients[http] = (api_key, client)
         return cached[1]
 
+    @activity.defn(name=MODEL_BOUNDS)
+    async def bounds(self) -> ModelBounds:
+        """How the workflow should run model calls: timeouts and attempts from settings."""
+        settings = self.runtime.settings
+        return ModelBounds(
+            start_to_close_seconds=settings.model_start_to_close_seconds,
+            heartbeat_seconds=settings.model_heartbeat_seconds,
+            max_attempts=settings.model_max_attempts,
+        )
+
     @activity.defn(name=PLAN)
     async def plan(self, input: PlanInput) -> PlanOutput:
         agent = AGENTS.get(input.agent)
@@ -105,7 +115,7 @@ class ModelActivities:
         if len(history) != upto:
             raise ApplicationError(
                 f"transcript of {workflow_id} has {len(history)} messages, expected {upto}"
-                f" (is COUNTERSIGN_STATE_DIR the same for every worker?)",
+                " (workers on several machines need one shared COUNTERSIGN_STATE_DSN)",
                 type="TranscriptIncomplete",
             )
         messages = [
@@ -116,11 +126,12 @@ class ModelActivities:
         tools = tools_for(agent)
         client = self._client()
         try:
-            response = await client.chat.completions.create(
-                model=agent.model,
-                messages=cast(Any, messages),
-                tools=cast(Any, tools) if tools else openai.omit,
-            )
+            async with heartbeating():
+                response = await client.chat.completions.create(
+                    model=agent.model,
+                    messages=cast(Any, messages),
+                    tools=cast(Any, tools) if tools else openai.omit,
+                )
         except openai.BadRequestError as e:
             raise ApplicationError(
                 f"the model rejected the request: {e.message}",

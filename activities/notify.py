@@ -22,8 +22,8 @@ from activities.channels.slack import SlackApi, SlackChannel
 from activities.channels.webhook import WebhookChannel
 from activities.contracts import NOTIFY, ApprovalNotice
 from activities.runtime import Runtime, activity_record_id, audit_from_activity
-from guardrails.tokens import TokenStore
 from workers.credentials import CredentialError, get_secret
+from workers.state import open_tokens
 
 log = structlog.get_logger(__name__)
 
@@ -34,7 +34,7 @@ CHANNELS = ("slack", "email", "webhook")
 class NotifyActivities:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.tokens = TokenStore(runtime.settings.tokens_path)
+        self.tokens = open_tokens(runtime.settings)
 
     @activity.defn(name=NOTIFY)
     async def notify(self, notice: ApprovalNotice) -> list[str]:
@@ -108,11 +108,14 @@ class NotifyActivities:
             )
             sent = requested[0].data if requested else None
             api = SlackApi(settings.slack, get_secret(settings.slack.bot_token_credential))
-            return SlackChannel(settings, api, sent)
+            return SlackChannel(settings, api, sent, self.runtime.directory.current())
         if name == "email" and settings.email:
             credential = settings.email.smtp_password_credential
             return EmailChannel(
-                settings, self.tokens, get_secret(credential) if credential else None
+                settings,
+                self.tokens,
+                get_secret(credential) if credential else None,
+                self.runtime.directory.current(),
             )
         if name == "webhook" and settings.webhook:
             return WebhookChannel(settings, get_secret(settings.webhook.secret_credential))

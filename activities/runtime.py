@@ -1,9 +1,12 @@
 """What every activity needs, built once per worker: settings, the audit trail, transcripts,
-the policy (active and candidate), the limits ledger and pooled HTTP clients."""
+the policy (active and candidate), the limits ledger, the kill switch and pooled HTTP clients.
+The stores are SQLite files or one shared PostgreSQL database, as configured (workers/state.py)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,10 +18,14 @@ from activities.http import HttpClients
 from activities.transcript import TranscriptStore
 from guardrails.audit import AuditRecord, AuditStore
 from guardrails.cedar_schema import ToolSchema
+from guardrails.controls import KillSwitch, KillSwitchStore
+from guardrails.identity import DirectorySource
 from guardrails.ledger import Ledger
 from guardrails.policy import PolicySource
 from workers.audit import open_audit_store
+from workers.policies import activation_gate
 from workers.settings import Settings
+from workers.state import open_kill_switch, open_ledger, open_transcripts
 
 log = structlog.get_logger(__name__)
 
@@ -31,20 +38,42 @@ class Runtime:
     policy: PolicySource
     candidate: PolicySource | None
     ledger: Ledger
+    directory: DirectorySource
+    kill_switch: KillSwitchStore
     http: HttpClients = field(default_factory=HttpClients)
 
     @classmethod
     def from_settings(cls, settings: Settings, tools: list[ToolSchema] | None = None) -> Runtime:
         """`tools`: the registered tools, to type-check policies against."""
         candidate = settings.candidate_policy_path
+        audit = open_audit_store(settings, signing=True)
+        directory = DirectorySource(settings.directory_file)
+        gate = (
+            activation_gate(audit, directory.current)
+            if settings.require_policy_activation
+            else None
+        )
         return cls(
             settings=settings,
-            audit=open_audit_store(settings, signing=True),
-            transcripts=TranscriptStore(settings.transcript_path),
-            policy=PolicySource(settings.policy_path, tools),
+            audit=audit,
+            transcripts=open_transcripts(settings),
+            policy=PolicySource(settings.policy_path, tools, gate),
             candidate=PolicySource(candidate, tools) if candidate else None,
-            ledger=Ledger(settings.ledger_path),
+            ledger=open_ledger(settings),
+            kill_switch=open_kill_switch(settings),
+            directory=directory,
         )
+
+    async def kill_switch_now(self) -> KillSwitch:
+        """The kill switch as the signed changes of operators with the authority set it."""
+        stored = await asyncio.to_thread(self.kill_switch.read)
+        policy = self.policy.current()
+        switch, ignored = stored.effective(
+            self.directory.current(), lambda who: policy.has_authority(who, "kill_switch")
+        )
+        if ignored:
+            log.warning("kill_switch.unverified_changes_ignored", changes=ignored)
+        return switch
 
     async def audit_find(self, workflow_id: str, kind: str, **matches: Any) -> list[AuditRecord]:
         return await asyncio.to_thread(self.audit.find, workflow_id, kind, **matches)
@@ -56,6 +85,32 @@ def current_workflow_id() -> str:
     if workflow_id is None:
         raise RuntimeError("this activity must be scheduled by a workflow")
     return workflow_id
+
+
+@asynccontextmanager
+async def heartbeating() -> AsyncIterator[None]:
+    """Heartbeat while the block runs (a model call, a side effect waiting on its system).
+
+    Temporal then notices a dead worker after the activity's heartbeat timeout instead of its
+    whole start-to-close, and an attempt that timed out is cancelled here instead of running
+    on unseen. Nothing to do for activities without a heartbeat timeout (local ones)."""
+    info = activity.info()
+    timeout = info.heartbeat_timeout
+    if info.is_local or not timeout:
+        yield
+        return
+    interval = max(timeout.total_seconds() / 3, 0.05)
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
 
 
 def activity_record_id(kind: str, n: int = 0) -> str:

@@ -37,9 +37,8 @@ from temporalio.exceptions import ApplicationError
 
 from activities.contracts import Compensation, ToolCall, ToolOutcome
 from activities.http import BearerFromKeyring
-from activities.runtime import Runtime, audit_from_activity, current_workflow_id
+from activities.runtime import Runtime, audit_from_activity, current_workflow_id, heartbeating
 from guardrails.cedar_schema import ToolSchema
-from guardrails.controls import read_kill_switch
 from guardrails.policy import ToolFacts, sha256_hex
 
 Risk = Literal["low", "medium", "high"]
@@ -361,7 +360,8 @@ def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awai
             "arguments": call.arguments,
         }
         try:
-            result = await spec.fn(args, ctx)
+            async with heartbeating():
+                result = await spec.fn(args, ctx)
         except httpx.HTTPStatusError as e:
             error = _classify(spec.name, e)
             if error.non_retryable:
@@ -400,7 +400,7 @@ def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awai
 
 async def _check_authorized(spec: ToolSpec, call: ToolCall, runtime: Runtime, run: str) -> None:
     """The activity is the boundary: an approval in workflow state alone is not enough."""
-    if read_kill_switch(runtime.settings.kill_switch_path).stops(spec.name, call.agent):
+    if (await runtime.kill_switch_now()).stops(spec.name, call.agent):
         raise ApplicationError(
             f"{spec.name} is switched off by the kill switch; the action was not executed",
             type="KillSwitch",

@@ -5,6 +5,9 @@ would copy it into history on every step (history grows with the square of run l
 workflow instead sends only the new messages and a sequence number; the model activity appends
 them here and reads the conversation back. Writes are keyed by (workflow id, seq), so a retried
 activity or a reset workflow rewrites the same rows instead of adding new ones.
+
+Any worker may run a run's next model call, so in a fleet this lives in the shared database
+(COUNTERSIGN_STATE_DSN); the SQLite file is for one machine.
 """
 
 from __future__ import annotations
@@ -14,43 +17,43 @@ import json
 from pathlib import Path
 from typing import Any
 
-from guardrails.sqlite import SqliteFile
+from guardrails.database import Database, open_database
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS transcript_messages (
-    workflow_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    message TEXT NOT NULL,
-    PRIMARY KEY (workflow_id, seq)
-);
-"""
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS transcript_messages (
+        workflow_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        message TEXT NOT NULL,
+        PRIMARY KEY (workflow_id, seq)
+    )"""
+]
 
 
 class TranscriptStore:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, db: Database | str | Path) -> None:
+        """`db`: the shared database, a `postgresql://` DSN, or a SQLite file's path."""
         # NORMAL: commits survive a crashed worker; a message lost with the machine's power
         # makes the next model call fail loudly (TranscriptIncomplete), never run on a gap.
-        self._file = SqliteFile(path, synchronous="NORMAL")
-        self._file.connection().executescript(_SCHEMA)
+        self.db = open_database(db, synchronous="NORMAL")
+        self.db.create(_SCHEMA)
 
     def _write(self, workflow_id: str, start_seq: int, messages: list[dict[str, Any]]) -> None:
-        with self._file.transaction() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO transcript_messages VALUES (?, ?, ?)",
+        if not messages:
+            return
+        with self.db.transaction() as tx:
+            tx.many(
+                "INSERT INTO transcript_messages VALUES (?, ?, ?)"
+                " ON CONFLICT (workflow_id, seq) DO UPDATE SET message = excluded.message",
                 [(workflow_id, start_seq + i, json.dumps(m)) for i, m in enumerate(messages)],
             )
 
     def _read(self, workflow_id: str, upto_seq: int) -> list[dict[str, Any]]:
-        rows = (
-            self._file.connection()
-            .execute(
+        with self.db.reader() as tx:
+            rows = tx.all(
                 "SELECT message FROM transcript_messages WHERE workflow_id = ? AND seq < ?"
                 " ORDER BY seq",
                 (workflow_id, upto_seq),
             )
-            .fetchall()
-        )
         return [json.loads(r[0]) for r in rows]
 
     async def write(self, workflow_id: str, start_seq: int, messages: list[dict[str, Any]]) -> None:

@@ -34,7 +34,7 @@ from activities.contracts import (
     ToolCall,
     ToolOutcome,
 )
-from agents.state import ActionRecord, RunState, run_bookkeeping
+from agents.state import ActionRecord, RunState, model_bounds, run_bookkeeping
 from guardrails.approvals import ApprovalRequest, new_request
 from guardrails.policy import Proposal
 
@@ -61,6 +61,9 @@ async def plan(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
     run = runtime.context
     run.step += 1
     run.show("planning")
+    if run.model_bounds is None:
+        run.model_bounds = await model_bounds()
+    bounds = run.model_bounds
     out: PlanOutput = await workflow.execute_activity(
         PLAN,
         PlanInput(
@@ -72,12 +75,19 @@ async def plan(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
             step=run.step,
         ),
         result_type=PlanOutput,
-        start_to_close_timeout=timedelta(seconds=120),
-        retry_policy=RetryPolicy(maximum_attempts=4, maximum_interval=timedelta(seconds=20)),
+        start_to_close_timeout=timedelta(seconds=bounds.start_to_close_seconds),
+        heartbeat_timeout=_seconds(bounds.heartbeat_seconds),
+        retry_policy=RetryPolicy(
+            maximum_attempts=bounds.max_attempts, maximum_interval=timedelta(seconds=20)
+        ),
         summary=f"model: step {run.step}",
     )
     run.tokens += out.usage.prompt_tokens + out.usage.completion_tokens
     return {"seq": out.seq, "observations": [], "proposals": out.proposals, "final": out.content}
+
+
+def _seconds(value: float | None) -> timedelta | None:
+    return timedelta(seconds=value) if value else None
 
 
 async def after_plan(state: LoopState, runtime: Runtime[RunState]) -> str:
@@ -127,6 +137,7 @@ async def approvals(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
             verdict=g.verdict,
             reason=reasons[g.verdict.call_id],
             requested_by=run.input.requested_by,
+            requester=run.requester,
             agent=run.agent.name,
             now=workflow.now(),
         )
@@ -319,26 +330,33 @@ async def execute_action(run: RunState, g: GuardResult, record: ActionRecord) ->
     # visible and routed like any other.
     # (Summaries label ordinary activities only: see state.run_bookkeeping.)
     local = g.tool_read_only
-    run_tool = workflow.execute_local_activity if local else workflow.execute_activity
+    call = ToolCall(
+        tool=v.tool,
+        call_id=v.call_id,
+        arguments=v.arguments,
+        action_hash=v.action_hash,
+        agent=run.agent.name,
+    )
+    options: dict[str, Any] = {
+        "result_type": ToolOutcome,
+        "start_to_close_timeout": timedelta(seconds=g.tool_timeout_seconds),
+        "retry_policy": RetryPolicy(
+            initial_interval=timedelta(seconds=1),
+            maximum_interval=timedelta(seconds=10),
+            maximum_attempts=g.tool_max_attempts,
+        ),
+    }
     try:
-        outcome: ToolOutcome = await run_tool(
-            v.tool,
-            ToolCall(
-                tool=v.tool,
-                call_id=v.call_id,
-                arguments=v.arguments,
-                action_hash=v.action_hash,
-                agent=run.agent.name,
-            ),
-            result_type=ToolOutcome,
-            start_to_close_timeout=timedelta(seconds=g.tool_timeout_seconds),
-            retry_policy=RetryPolicy(
-                initial_interval=timedelta(seconds=1),
-                maximum_interval=timedelta(seconds=10),
-                maximum_attempts=g.tool_max_attempts,
-            ),
-            summary=None if local else f"{v.tool} {record.call_id}",
-        )
+        if local:
+            outcome: ToolOutcome = await workflow.execute_local_activity(v.tool, call, **options)
+        else:
+            outcome = await workflow.execute_activity(
+                v.tool,
+                call,
+                heartbeat_timeout=_seconds(g.tool_heartbeat_seconds),
+                summary=f"{v.tool} {record.call_id}",
+                **options,
+            )
     except ActivityError as e:
         cause = e.cause
         if isinstance(cause, ApplicationError) and cause.type in _MODEL_VISIBLE_ERRORS:

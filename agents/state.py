@@ -11,19 +11,53 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
-from activities.contracts import RECORD, Compensation, RecordInput
+from activities.contracts import (
+    MODEL_BOUNDS,
+    RECORD,
+    VERIFY,
+    Compensation,
+    ModelBounds,
+    RecordInput,
+    VerifyInput,
+    VerifyResult,
+)
 from agents import search_attributes as sa
 from agents.specs import AGENTS, AgentSpec
 from guardrails.approvals import ApprovalRequest, RecordedDecision
 from guardrails.errors import describe
+from guardrails.identity import Envelope, Verified
 from guardrails.money import describe_call
-from guardrails.policy import Mode
+from guardrails.policy import Authority, Mode, sha256_hex
 
 AGENT_RUN = "AgentRun"
 DEFAULT_TASK_QUEUE = "countersign"
 
 # Since this patch, the guard, limit releases and audit records run as local activities.
 LOCAL_BOOKKEEPING = "local-guard-and-audit"
+# Since this patch, model calls take their timeouts from settings and heartbeat.
+MODEL_BOUNDS_FROM_SETTINGS = "model-bounds-from-settings"
+# Since this patch, decisions, rollbacks and requesters count only when a signed statement
+# proves who is behind them (guardrails/identity.py); runs recorded before replay as they were.
+SIGNED_IDENTITIES = "signed-identities"
+
+
+class StatementRefusedError(Exception):
+    """A signed statement the run does not accept; the message says why."""
+
+
+async def verify_statement(envelope: Envelope, authority: Authority | None = None) -> Verified:
+    """Who a signed statement proves, checked by the identity activity against the live
+    directory (its answer lands in history), or StatementRefusedError saying why not."""
+    result: VerifyResult = await workflow.execute_local_activity(
+        VERIFY,
+        VerifyInput(envelope=envelope, authority=authority),
+        result_type=VerifyResult,
+        start_to_close_timeout=timedelta(seconds=30),
+        retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+    )
+    if result.verified is None:
+        raise StatementRefusedError(result.refused or "not verified")
+    return result.verified
 
 
 async def run_bookkeeping(
@@ -48,6 +82,19 @@ async def run_bookkeeping(
     return await workflow.execute_activity(activity, arg, summary=summary, **options)
 
 
+async def model_bounds() -> ModelBounds:
+    """The model call's timeouts from settings, read once per run by a local activity (its
+    result lands in history). Runs started before the patch keep the constants they used."""
+    if not workflow.patched(MODEL_BOUNDS_FROM_SETTINGS):
+        return ModelBounds()
+    return await workflow.execute_local_activity(
+        MODEL_BOUNDS,
+        result_type=ModelBounds,
+        start_to_close_timeout=timedelta(seconds=30),
+        retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+    )
+
+
 class RunInput(BaseModel):
     """What an ops person types to start a run (Temporal UI "Start Workflow", or the CLI)."""
 
@@ -58,7 +105,11 @@ class RunInput(BaseModel):
     context: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="Structured facts, e.g. {'order_id': 'A-1001'}"
     )
-    requested_by: str = Field(min_length=1, description="Who asks; can never approve this run")
+    requested_by: str = Field(
+        min_length=1,
+        description="Who asks. Only a name unless `requester_proof` proves it (countersign "
+        "start signs it); a proven requester can never approve this run",
+    )
     mode: Mode | None = Field(default=None, description="shadow | augment | automate")
     max_steps: int | None = Field(default=None, ge=1, le=200)
     undo_window_seconds: int = Field(
@@ -67,6 +118,13 @@ class RunInput(BaseModel):
         le=30 * 24 * 3600,
         description="Keep the run open this long after it completes, for `countersign rollback`",
     )
+    requester_proof: Envelope | None = Field(
+        default=None, description="The requester's signed start statement (countersign start)"
+    )
+
+    def digest(self) -> str:
+        """What a requester's start statement signs: the input without the proof."""
+        return sha256_hex(self.model_dump(mode="json", exclude={"requester_proof"}))
 
 
 def parse_run_input(raw: Any) -> RunInput:
@@ -112,8 +170,12 @@ class ActionRecord(BaseModel):
 
 
 class RollbackRequest(BaseModel):
+    """Undo a completed run. Since signed identities, `proof` (a signed `rollback` statement
+    for this run and reason) says who asks; `requested_by` is then whoever it proves."""
+
     requested_by: str = Field(min_length=1)
     reason: str = Field(min_length=3)
+    proof: Envelope | None = None
 
 
 class RunResult(BaseModel):
@@ -151,6 +213,15 @@ class RunState:
     # Decisions accepted by handlers, waiting to be written to the audit by an activity.
     unrecorded: list[tuple[str, RecordedDecision]] = field(default_factory=list)
     refused: list[dict[str, Any]] = field(default_factory=list)
+    # The requester proven by a signed start statement (None: only claimed). Runs recorded
+    # before signed identities take the claimed name, as they did.
+    requester: str | None = None
+    # Nonces of signed statements this run has seen: a replayed envelope is refused.
+    nonces: set[str] = field(default_factory=set)
+    # The latest refused decisions, shown to people in Current Details (signals cannot answer).
+    refusals: list[str] = field(default_factory=list)
+    # Read at the first model call (see model_bounds).
+    model_bounds: ModelBounds | None = None
 
     @property
     def agent(self) -> AgentSpec:
@@ -208,11 +279,16 @@ class RunState:
                 f"- needs {need.quorum} of: {', '.join(need.eligible)}"
                 + (f" (one from {need.required_group})" if need.required_group else ""),
                 f"- expires: {r.expires_at.isoformat()}",
-                f"- CLI: `countersign approve {info.workflow_id} {r.request_id} --as NAME`",
-                "- UI: More Actions → Send a Signal → `decision` with "
-                f'`{{"request_id": "{r.request_id}", "approver": "NAME", "approve": true}}`',
+                f"- CLI: `countersign approve {info.workflow_id} {r.request_id} --as NAME` "
+                "(signs with your key)",
+                "- UI: run `countersign approve "
+                f"{info.workflow_id} {r.request_id} --as NAME --print`, then More Actions → "
+                "Send a Signal → `decision` with the printed JSON (a typed name is refused)",
             ]
         if self.actions:
             last = self.actions[-1]
             lines += ["", f"Last action: `{last.tool}` → {last.status}"]
+        if self.refusals:
+            lines += ["", "**Refused decisions** (they changed nothing):"]
+            lines += [f"- {r}" for r in self.refusals[-5:]]
         workflow.set_current_details("\n".join(lines))

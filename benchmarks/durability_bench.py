@@ -77,11 +77,10 @@ from agents.specs import AGENTS
 from agents.state import RunInput
 from benchmarks import bare_loop
 from benchmarks.replay_bench import BENCH_AGENT, loop_script
-from guardrails.approvals import Decision
 from guardrails.policy import DEFAULT_POLICY_PATH
 from tests.histories.record import Stack, fresh_stack
 from workers.credentials import get_secret, openai_api_key
-from workers.decisions import send_decision, wait_for_requests
+from workers.decisions import send_decision, sign_decision, wait_for_requests
 from workers.devstack import (
     DEV_SERVER_TUNING,
     DevStackError,
@@ -89,6 +88,7 @@ from workers.devstack import (
     settings_env,
     start_service,
 )
+from workers.identities import signer_for
 from workers.logging import configure_logging
 from workers.worker import build_worker, check_startup
 
@@ -395,7 +395,8 @@ async def bench_decision(stack: Stack, samples: int) -> list[float]:
             agent="support-refunds",
         )
         try:
-            request_id = (await wait_for_requests(handle, seconds=20))[0].request_id
+            (request,) = await wait_for_requests(handle, seconds=20)
+            request_id, action_hash = request.request_id, request.action_hash
         except TimeoutError:
             # The default policy's refund budgets (per agent per day, per customer per week)
             # live in the guard's ledger, which the shop reset does not touch: after a few
@@ -405,11 +406,10 @@ async def bench_decision(stack: Stack, samples: int) -> list[float]:
                 await handle.terminate("benchmark done")
             break
         sent = time.time()
-        await send_decision(
-            stack.client,
-            handle.id,
-            Decision(request_id=request_id, approver="alice", approve=True, comment="bench"),
+        envelope = sign_decision(
+            signer_for("alice"), handle.id, request_id, action_hash, approve=True, comment="bench"
         )
+        await send_decision(stack.client, handle.id, envelope)
         await handle.result()
         history = await handle.fetch_history()
         scheduled = {

@@ -11,10 +11,9 @@ from temporalio.client import Client
 
 from agents.run import AgentRun
 from agents.state import RunInput
-from guardrails.approvals import Decision
 from workers.audit import open_audit_store, public_key
 from workers.cli import story_line, ui_link
-from workers.decisions import send_decision, wait_for_requests
+from workers.decisions import decide_as, wait_for_requests
 from workers.devstack import DevStack, port_of, port_open, start_dev_stack
 from workers.settings import Settings
 from workers.worker import connect
@@ -64,18 +63,17 @@ async def _refund(
     )
     print(f"\n▶ {workflow_id}: {task!r} (requested by ops-dana)")
     if approver:
-        request_id = (await wait_for_requests(handle))[0].request_id
-        print(f"  … waiting for approval {request_id}; approving as {approver} (CLI path)")
-        await send_decision(
+        (request,) = await wait_for_requests(handle)
+        print(
+            f"  … waiting for approval {request.request_id}; approving as {approver} "
+            "(CLI path: signed with their development key)"
+        )
+        await decide_as(
             client,
             workflow_id,
-            Decision(
-                request_id=request_id,
-                approver=approver,
-                approve=True,
-                channel="cli",
-                comment="Leak confirmed from the customer's photo.",
-            ),
+            request,
+            approver,
+            comment="Leak confirmed from the customer's photo.",
         )
     result = await handle.result()
     for record in open_audit_store(settings).for_run(workflow_id):

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from guardrails.identity import Envelope, Statement, Verified
 from guardrails.policy import ApprovalNeed, Verdict
 
 Channel = Literal["cli", "temporal-ui", "slack", "email", "webhook", "api"]
@@ -23,7 +24,12 @@ class DecisionRefused(Exception):
 
 
 class Decision(BaseModel):
-    """An approver's answer to one approval request."""
+    """An approver's answer to one approval request.
+
+    Since signed identities, the run builds it from a verified signed statement (see
+    `decision_from`): `approver` is the proven identity, never a typed name. Runs recorded
+    before took it from the wire as it was.
+    """
 
     request_id: str = Field(min_length=1)
     approver: str = Field(min_length=1)
@@ -32,6 +38,10 @@ class Decision(BaseModel):
     comment: str = ""
     # When set, the decision only counts for exactly this action (see policy.action_hash).
     action_hash: str | None = None
+    # How the approver was proven: the signed envelope itself (its key id names the key that
+    # signed, theirs or the gateway's), checkable again by anyone with the directory.
+    proof: Envelope | None = None
+    directory_version: str | None = None
 
 
 class DecisionReceipt(Decision):
@@ -57,6 +67,9 @@ class ApprovalRequest(BaseModel):
     rule_ids: list[str]
     action_hash: str
     requested_by: str
+    # The run's requester as proven by a signed start request; None when only claimed (a run
+    # started from the Temporal UI): separation of duties then has no one to exclude.
+    requester: str | None = None
     agent: str
     need: ApprovalNeed
     expires_at: datetime
@@ -79,7 +92,14 @@ def request_id_for(workflow_id: str, call_id: str) -> str:
 
 
 def new_request(
-    *, workflow_id: str, verdict: Verdict, reason: str, requested_by: str, agent: str, now: datetime
+    *,
+    workflow_id: str,
+    verdict: Verdict,
+    reason: str,
+    requested_by: str,
+    requester: str | None,
+    agent: str,
+    now: datetime,
 ) -> ApprovalRequest:
     assert verdict.approval is not None and verdict.arguments is not None
     assert verdict.action_hash is not None
@@ -92,34 +112,84 @@ def new_request(
         rule_ids=verdict.rule_ids,
         action_hash=verdict.action_hash,
         requested_by=requested_by,
+        requester=requester,
         agent=agent,
         need=verdict.approval,
         expires_at=now + verdict.approval.timeout,
     )
 
 
-def check_decision(requests: dict[str, ApprovalRequest], decision: Decision) -> ApprovalRequest:
-    """Return the request a decision is for, or raise DecisionRefused saying why not."""
-    request = requests.get(decision.request_id)
+def pending_request(requests: dict[str, ApprovalRequest], request_id: str) -> ApprovalRequest:
+    """The pending request with this id, or DecisionRefused saying why there is none."""
+    request = requests.get(request_id)
     if request is None:
         pending = [r for r, req in requests.items() if req.status == "pending"]
         raise DecisionRefused(
-            f"unknown approval request {decision.request_id!r}; "
+            f"unknown approval request {request_id!r}; "
             f"pending requests: {', '.join(pending) or 'none'}"
         )
     if request.status != "pending":
         raise DecisionRefused(f"approval request {request.request_id} is already {request.status}")
+    return request
+
+
+def check_statement(
+    requests: dict[str, ApprovalRequest],
+    statement: Statement,
+    *,
+    workflow_id: str,
+    used_nonces: set[str],
+) -> ApprovalRequest:
+    """Bind a signed decision to this run, request and action (before its signature is even
+    checked): an envelope for another run, request or action, or one seen before, is refused."""
+    if statement.purpose != "decision" or statement.approve is None:
+        raise DecisionRefused(f"a {statement.purpose!r} statement is not a decision")
+    if statement.workflow_id != workflow_id:
+        raise DecisionRefused(
+            f"this decision is signed for run {statement.workflow_id!r}, not {workflow_id!r}"
+        )
+    request = pending_request(requests, statement.request_id)
+    if statement.action_hash != request.action_hash:
+        raise DecisionRefused(
+            f"this decision is signed for action {statement.action_hash or '(none)'}, "
+            f"but request {request.request_id} is for action {request.action_hash}"
+        )
+    if statement.nonce in used_nonces:
+        raise DecisionRefused("this signed decision was already used (replayed nonce)")
+    return request
+
+
+def decision_from(envelope: Envelope, verified: Verified) -> Decision:
+    """The decision a verified statement proves: the approver is whoever the signature proves."""
+    statement = envelope.statement
+    assert statement.approve is not None
+    return Decision(
+        request_id=statement.request_id,
+        approver=verified.identity,
+        approve=statement.approve,
+        channel=verified.channel,
+        comment=statement.comment,
+        action_hash=statement.action_hash,
+        proof=envelope,
+        directory_version=verified.directory_version,
+    )
+
+
+def check_decision(requests: dict[str, ApprovalRequest], decision: Decision) -> ApprovalRequest:
+    """Return the request a decision is for, or raise DecisionRefused saying why not."""
+    request = pending_request(requests, decision.request_id)
     if decision.action_hash is not None and decision.action_hash != request.action_hash:
         raise DecisionRefused(
             f"this decision is for action {decision.action_hash}, "
             f"but request {request.request_id} is for action {request.action_hash}"
         )
     who = decision.approver
-    if who == request.requested_by:
+    if who == request.requester and not request.need.requester_may_approve:
         raise DecisionRefused(f"{who} requested this run and cannot approve its actions")
     if who == request.agent:
         raise DecisionRefused(f"the agent {who!r} cannot decide its own proposals")
-    if who not in request.need.eligible:
+    requester_confirms = who == request.requester and request.need.requester_may_approve
+    if who not in request.need.eligible and not requester_confirms:
         raise DecisionRefused(
             f"{who} may not decide this request: it needs a member of "
             f"{', '.join(request.need.groups)}"

@@ -33,12 +33,13 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel
 
 from guardrails.audit_signing import Checkpoint, CheckpointSigner, key_id, signature_valid
+from guardrails.database import Row, Tx, is_postgres
 from guardrails.policy import canonical_json
 from guardrails.redaction import redact
 
@@ -107,9 +108,6 @@ def chain_hash(prev_hash: str, fields: dict[str, Any]) -> str:
     return node_hash(bytes.fromhex(prev_hash), leaf_hash(fields)).hex()
 
 
-Row = tuple[Any, ...]
-
-
 def _leaf_fields(row: Row) -> dict[str, Any]:
     """The hashed content of a stored row, exactly as stored (no re-formatting of times)."""
     seq, record_id, at, workflow_id, run_id, kind, actor, event, data = row[:9]
@@ -129,14 +127,6 @@ def _leaf_fields(row: Row) -> dict[str, Any]:
 def _to_record(row: Row) -> AuditRecord:
     fields = _leaf_fields(row)
     return AuditRecord(**fields, prev_hash=row[9], hash=row[10])
-
-
-class Tx(Protocol):
-    """One transaction of a backend. SQL uses `?` placeholders."""
-
-    def one(self, sql: str, params: tuple[Any, ...] = ()) -> Row | None: ...
-    def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]: ...
-    def run(self, sql: str, params: tuple[Any, ...] = ()) -> None: ...
 
 
 class VerifyReport(BaseModel):
@@ -406,10 +396,6 @@ def _to_checkpoint(row: Row) -> Checkpoint:
     return Checkpoint(
         size=int(size), head=head, at=datetime.fromisoformat(at), key_id=kid, signature=signature
     )
-
-
-def is_postgres(location: str | Path) -> bool:
-    return str(location).startswith(("postgresql://", "postgres://"))
 
 
 def open_store(

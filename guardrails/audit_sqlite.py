@@ -3,30 +3,12 @@ the file; WAL mode, and `BEGIN IMMEDIATE` serializes appends)."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
 
-from guardrails.audit import SCHEMA, AuditError, AuditStore, Row
+from guardrails.audit import SCHEMA, AuditError, AuditStore
 from guardrails.audit_signing import CheckpointSigner
-from guardrails.sqlite import SqliteFile
-
-
-class _SqliteTx:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def one(self, sql: str, params: tuple[Any, ...] = ()) -> Row | None:
-        row = self.db.execute(sql, params).fetchone()
-        return tuple(row) if row is not None else None
-
-    def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
-        return [tuple(r) for r in self.db.execute(sql, params).fetchall()]
-
-    def run(self, sql: str, params: tuple[Any, ...] = ()) -> None:
-        self.db.execute(sql, params)
+from guardrails.database import SqliteDatabase, Tx
 
 
 class SqliteAuditStore(AuditStore):
@@ -40,7 +22,7 @@ class SqliteAuditStore(AuditStore):
         super().__init__(signer=signer, checkpoint_every=checkpoint_every)
         self.path = Path(path)
         self.location = str(self.path)
-        self._file = SqliteFile(path, synchronous="NORMAL")
+        self.db = SqliteDatabase(path, synchronous="NORMAL")
         with self._writer() as tx:
             columns = {r[1] for r in tx.all("PRAGMA table_info(audit_records)")}
             if columns and "event" not in columns:
@@ -51,14 +33,11 @@ class SqliteAuditStore(AuditStore):
             for statement in SCHEMA:
                 tx.run(statement)
 
-    @contextmanager
-    def _writer(self) -> Iterator[_SqliteTx]:
-        with self._file.transaction() as db:
-            yield _SqliteTx(db)
+    def _writer(self) -> AbstractContextManager[Tx]:
+        return self.db.transaction()
 
-    @contextmanager
-    def _reader(self) -> Iterator[_SqliteTx]:
-        yield _SqliteTx(self._file.connection())
+    def _reader(self) -> AbstractContextManager[Tx]:
+        return self.db.reader()
 
     def close(self) -> None:
-        self._file.close()
+        self.db.close()

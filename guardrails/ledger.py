@@ -1,9 +1,13 @@
 """Durable running totals for stateful limits, with reservations.
 
-"At most 2,000.00 refunded per agent per day" must hold across runs and workers, and under
-concurrency: the usage is read, the decision made and the amount reserved in one SQLite
-transaction (`BEGIN IMMEDIATE` serializes writers across processes). A reservation counts
-until it is released (the action was rejected, expired or failed); executed actions keep it.
+"At most 2,000.00 refunded per agent per day" must hold across runs, workers and hosts, and
+under concurrency: the usage is read, the decision made and the amount reserved in one
+transaction that holds a lock on every (counter, key, window) it reads (PostgreSQL: an advisory
+lock per place, so unrelated limits never wait for each other; SQLite: `BEGIN IMMEDIATE`). A
+reservation counts until it is released (the action was rejected, expired or failed); executed
+actions keep it.
+
+Which place a decision counts against (`key_of`, `window_of`) is computed apart from storage.
 """
 
 from __future__ import annotations
@@ -12,23 +16,24 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from guardrails.database import Database, open_database
 from guardrails.policy import Counter, DecisionInput, Verdict, action_hash
-from guardrails.sqlite import SqliteFile
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS reservations (
-    action_hash TEXT NOT NULL,
-    counter_id TEXT NOT NULL,
-    key TEXT NOT NULL,
-    window TEXT NOT NULL,
-    amount INTEGER NOT NULL,
-    released INTEGER NOT NULL DEFAULT 0,
-    workflow_id TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    PRIMARY KEY (action_hash, counter_id)
-);
-CREATE INDEX IF NOT EXISTS reservations_by_window ON reservations (counter_id, key, window);
-"""
+# "window" is a keyword in PostgreSQL: always quoted.
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS reservations (
+        action_hash TEXT NOT NULL,
+        counter_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        "window" TEXT NOT NULL,
+        amount BIGINT NOT NULL,
+        released INTEGER NOT NULL DEFAULT 0,
+        workflow_id TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (action_hash, counter_id)
+    )""",
+    'CREATE INDEX IF NOT EXISTS reservations_by_window ON reservations (counter_id, key, "window")',
+]
 
 
 def window_of(counter: Counter, workflow_id: str, now: datetime) -> str:
@@ -51,11 +56,11 @@ def key_of(counter: Counter, d: DecisionInput) -> str:
 
 
 class Ledger:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, db: Database | str | Path) -> None:
+        """`db`: the shared database, a `postgresql://` DSN, or a SQLite file's path."""
         # FULL: a reservation is money not yet spent; it must survive a power cut.
-        self._file = SqliteFile(path, synchronous="FULL")
-        self._file.connection().executescript(_SCHEMA)
+        self.db = open_database(db, synchronous="FULL")
+        self.db.create(_SCHEMA)
 
     def decide_and_reserve(
         self,
@@ -70,25 +75,25 @@ class Ledger:
         """
         now = now or datetime.now(UTC)
         applicable = [c for c in counters if d.tool is not None and c.tool == d.tool.name]
-        with self._file.transaction() as db:
+        places = {c.id: (key_of(c, d), window_of(c, d.workflow_id, now)) for c in counters}
+        locks = [f"ledger:{c}:{key}:{window}" for c, (key, window) in places.items()]
+        with self.db.transaction(locks) as tx:
             usage = {c.id: 0 for c in counters}
-            places = {}
             for c in counters:
-                place = (key_of(c, d), window_of(c, d.workflow_id, now))
-                places[c.id] = place
-                (total,) = db.execute(
+                row = tx.one(
                     "SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE counter_id = ?"
-                    " AND key = ? AND window = ? AND released = 0 AND action_hash != ?",
-                    (c.id, *place, _hash_of(d)),
-                ).fetchone()
-                usage[c.id] = total
+                    ' AND key = ? AND "window" = ? AND released = 0 AND action_hash != ?',
+                    (c.id, *places[c.id], _hash_of(d)),
+                )
+                usage[c.id] = int(row[0]) if row else 0
             d = d.model_copy(update={"usage": usage})
             verdict = decide(d)
             if verdict.outcome in ("allow", "needs_approval") and verdict.action_hash:
                 for c in applicable:
                     amount = int((d.arguments or {}).get(c.sum, 0)) if c.sum else 1
-                    db.execute(
-                        "INSERT OR IGNORE INTO reservations VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
+                    tx.run(
+                        "INSERT INTO reservations VALUES (?, ?, ?, ?, ?, 0, ?, ?)"
+                        " ON CONFLICT DO NOTHING",
                         (
                             verdict.action_hash,
                             c.id,
@@ -102,22 +107,20 @@ class Ledger:
 
     def release(self, action_hash: str) -> int:
         """Give back what an action that will not happen had reserved."""
-        cur = self._file.connection().execute(
-            "UPDATE reservations SET released = 1 WHERE action_hash = ?", (action_hash,)
-        )
-        return cur.rowcount
+        with self.db.transaction() as tx:
+            return tx.run(
+                "UPDATE reservations SET released = 1 WHERE action_hash = ?",
+                (action_hash,),
+            )
 
     def total(self, counter_id: str, key: str, window: str) -> int:
-        (total,) = (
-            self._file.connection()
-            .execute(
+        with self.db.reader() as tx:
+            row = tx.one(
                 "SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE counter_id = ?"
-                " AND key = ? AND window = ? AND released = 0",
+                ' AND key = ? AND "window" = ? AND released = 0',
                 (counter_id, key, window),
             )
-            .fetchone()
-        )
-        return int(total)
+        return int(row[0]) if row else 0
 
 
 def _hash_of(d: DecisionInput) -> str:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -30,6 +31,8 @@ from guardrails.errors import describe
 
 Mode = Literal["shadow", "augment", "automate"]
 Outcome = Literal["allow", "deny", "needs_approval", "shadow"]
+# Acts that need a verified identity in a group the policy names for them.
+Authority = Literal["rollback", "kill_switch", "policy"]
 
 DEFAULT_POLICY_PATH = Path(__file__).parent / "policies" / "default"
 
@@ -106,6 +109,8 @@ class Settings(BaseModel):
     # Who countersigns side effects in `augment` mode.
     augment_groups: list[str] = ["support-leads"]
     augment_timeout_minutes: int = Field(default=240, ge=1)
+    # Who may do what besides deciding approval requests: verified identities in these groups.
+    authority: dict[Authority, list[str]] = {}
 
 
 class ApprovalNeed(BaseModel):
@@ -121,6 +126,9 @@ class ApprovalNeed(BaseModel):
     # On expiry, hand the request to this group once instead of rejecting it.
     escalate_to: str | None = None
     escalate_members: list[str] = []
+    # Opt-in per rule (`@requester_may_approve("true")`): the run's *verified* requester may
+    # confirm their own action (a customer confirming a payment). Never the default.
+    requester_may_approve: bool = False
 
 
 class Verdict(BaseModel):
@@ -236,6 +244,12 @@ class PolicyBundle:
     def members(self, group: str) -> list[str]:
         return sorted(self.settings.groups.get(group, []))
 
+    def groups_of(self, identity: str) -> list[str]:
+        return sorted(g for g, members in self.settings.groups.items() if identity in members)
+
+    def has_authority(self, identity: str, authority: Authority) -> bool:
+        return bool(set(self.groups_of(identity)) & set(self.settings.authority.get(authority, [])))
+
 
 def load_policy(
     path: str | Path = DEFAULT_POLICY_PATH, tools: list[ToolSchema] | None = None
@@ -259,6 +273,13 @@ def load_policy(
     except ValidationError as e:
         raise PolicyError(f"{settings_file}: {describe(e, '(top level)')}") from None
 
+    for authority, groups in settings.authority.items():
+        unknown = [g for g in groups if g not in settings.groups]
+        if unknown:
+            raise PolicyError(
+                f"{settings_file}: authority.{authority} names group(s) {', '.join(unknown)}, "
+                f"which [groups] does not define"
+            )
     files = sorted(path.glob("*.cedar"))
     if not files:
         raise PolicyError(f"{path}: no *.cedar rule files")
@@ -299,6 +320,8 @@ def _check_annotations(rule: Rule, settings: Settings) -> None:
             )
     if groups and rule.effect != "permit":
         raise PolicyError(f"{where}: approval annotations belong on permit rules")
+    if a.get("requester_may_approve", "false") not in ("true", "false"):
+        raise PolicyError(f'{where}: @requester_may_approve must be "true" or "false"')
     for key in ("quorum", "timeout_minutes"):
         if key in a and not a[key].isdigit():
             raise PolicyError(f"{where}: @{key} must be a whole number, got {a[key]!r}")
@@ -450,6 +473,7 @@ def _strictest(rules: list[Rule], policy: PolicyBundle) -> ApprovalNeed:
             timeout=timedelta(minutes=int(a.get("timeout_minutes", "240"))),
             escalate_to=escalate,
             escalate_members=policy.members(escalate) if escalate else [],
+            requester_may_approve=a.get("requester_may_approve") == "true",
         )
 
     needs = [need(r) for r in rules]
@@ -467,18 +491,31 @@ def _deny_reason(rule_ids: list[str], d: DecisionInput, policy: PolicyBundle) ->
     return "forbidden: " + "; ".join(described)
 
 
+# Says whether a loaded policy may become active, given the one in force (None before the
+# first): None when it may, else why not (e.g. no verified activation; see workers.policies).
+ActivationGate = Callable[["PolicyBundle", "PolicyBundle | None"], str | None]
+
+
 class PolicySource:
     """The active policy, re-read when a file in its folder changes.
 
     An invalid edit never replaces a valid active policy: the error is kept (and reported by
-    the caller) and the last valid version stays in force.
+    the caller) and the last valid version stays in force. With a `gate`, neither does a valid
+    edit until the gate lets it through (a verified activation): it waits as `pending`.
     """
 
-    def __init__(self, path: str | Path, tools: list[ToolSchema] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        tools: list[ToolSchema] | None = None,
+        gate: ActivationGate | None = None,
+    ) -> None:
         self.path = Path(path)
         self.tools = tools
+        self.gate = gate
         self._stamp: tuple[tuple[str, float], ...] | None = None
         self._active: PolicyBundle | None = None
+        self.pending: PolicyBundle | None = None
         self.last_error: PolicyError | None = None
 
     def _files_stamp(self) -> tuple[tuple[str, float], ...]:
@@ -490,11 +527,22 @@ class PolicySource:
         if stamp != self._stamp:
             self._stamp = stamp
             try:
-                self._active = load_policy(self.path, self.tools)
+                self.pending = load_policy(self.path, self.tools)
                 self.last_error = None
             except PolicyError as e:
-                self.last_error = e
-                if self._active is None:
-                    raise
-        assert self._active is not None
+                self.pending, self.last_error = None, e
+        if self.pending is not None:
+            self._try_activate(self.pending)
+        if self._active is None:
+            raise self.last_error or PolicyError(f"{self.path}: no policy in force")
         return self._active
+
+    def _try_activate(self, candidate: PolicyBundle) -> None:
+        if self._active is not None and candidate.version == self._active.version:
+            self.pending = None
+            return
+        refusal = self.gate(candidate, self._active) if self.gate else None
+        if refusal is None:
+            self._active, self.pending, self.last_error = candidate, None, None
+        else:
+            self.last_error = PolicyError(refusal)

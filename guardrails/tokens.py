@@ -6,8 +6,9 @@ who clicked. An email link carries a *token*: a random secret that alone authori
 decision (one verb, one named approver, one action) until the request expires. Only its sha256
 is stored, so a copy of this database cannot decide anything.
 
-The notify activity writes here and the approval gateway reads, so both use the same state
-directory (one machine, or a shared volume).
+The notify activity writes here and every approval gateway reads, so all of them use the same
+store: one SQLite file on one machine, or the shared database of a fleet
+(COUNTERSIGN_STATE_DSN), so that any gateway instance honours any link.
 """
 
 from __future__ import annotations
@@ -15,16 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS refs (
+from guardrails.database import Database, Tx, open_database
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS refs (
     ref TEXT PRIMARY KEY,
     workflow_id TEXT NOT NULL,
     request_id TEXT NOT NULL,
@@ -33,8 +33,8 @@ CREATE TABLE IF NOT EXISTS refs (
     -- what the approver is shown (tool, arguments, reason, rules, ...), as sent in the notice
     details TEXT NOT NULL,
     UNIQUE (workflow_id, request_id)
-);
-CREATE TABLE IF NOT EXISTS tokens (
+)""",
+    """CREATE TABLE IF NOT EXISTS tokens (
     token_hash TEXT PRIMARY KEY,
     ref TEXT NOT NULL REFERENCES refs (ref),
     approver TEXT NOT NULL,
@@ -45,9 +45,9 @@ CREATE TABLE IF NOT EXISTS tokens (
     used_at TEXT,
     used_via TEXT,
     revoked_at TEXT
-);
-CREATE INDEX IF NOT EXISTS tokens_by_ref ON tokens (ref, approver);
-"""
+)""",
+    "CREATE INDEX IF NOT EXISTS tokens_by_ref ON tokens (ref, approver)",
+]
 
 Refusal = Literal["unknown", "used", "expired", "revoked"]
 
@@ -91,20 +91,10 @@ def link_id(token: str) -> str:
 
 
 class TokenStore:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            yield db
-        finally:
-            db.close()
+    def __init__(self, db: Database | str | Path) -> None:
+        """`db`: the shared database, a `postgresql://` DSN, or a SQLite file's path."""
+        self.db = open_database(db, synchronous="FULL")
+        self.db.create(_SCHEMA)
 
     # --- references (chat buttons, webhooks) -------------------------------------------------
 
@@ -117,9 +107,9 @@ class TokenStore:
         details: dict[str, Any] | None = None,
     ) -> RequestRef:
         """The reference of a request: the same one every time it is asked for."""
-        with self._connect() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO refs VALUES (?, ?, ?, ?, ?, ?)",
+        with self.db.transaction() as tx:
+            tx.run(
+                "INSERT INTO refs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (
                     "ref_" + secrets.token_urlsafe(12),
                     workflow_id,
@@ -129,23 +119,24 @@ class TokenStore:
                     json.dumps(details or {}),
                 ),
             )
-            row = db.execute(
-                "SELECT * FROM refs WHERE workflow_id = ? AND request_id = ?",
+            row = tx.one(
+                f"SELECT {_REF_COLUMNS} FROM refs WHERE workflow_id = ? AND request_id = ?",
                 (workflow_id, request_id),
-            ).fetchone()
+            )
+        assert row is not None  # inserted above, or there already
         return _ref(row)
 
     def resolve(self, ref: str) -> RequestRef | None:
-        with self._connect() as db:
-            row = db.execute("SELECT * FROM refs WHERE ref = ?", (ref,)).fetchone()
+        with self.db.reader() as tx:
+            row = tx.one(f"SELECT {_REF_COLUMNS} FROM refs WHERE ref = ?", (ref,))
         return _ref(row) if row else None
 
     def find_reference(self, workflow_id: str, request_id: str) -> RequestRef | None:
-        with self._connect() as db:
-            row = db.execute(
-                "SELECT * FROM refs WHERE workflow_id = ? AND request_id = ?",
+        with self.db.reader() as tx:
+            row = tx.one(
+                f"SELECT {_REF_COLUMNS} FROM refs WHERE workflow_id = ? AND request_id = ?",
                 (workflow_id, request_id),
-            ).fetchone()
+            )
         return _ref(row) if row else None
 
     # --- email decision tokens ---------------------------------------------------------------
@@ -161,8 +152,8 @@ class TokenStore:
         """A new single-use token; it expires no later than the request does."""
         expires = min(expires_at or request.expires_at, request.expires_at)
         token = secrets.token_urlsafe(32)
-        with self._connect() as db:
-            db.execute(
+        with self.db.transaction() as tx:
+            tx.run(
                 "INSERT INTO tokens (token_hash, ref, approver, approve, expires_at, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (
@@ -178,54 +169,52 @@ class TokenStore:
 
     def check(self, token: str, now: datetime | None = None) -> DecisionLink:
         """What the token authorizes, or TokenRefusedError. Changes nothing."""
-        with self._connect() as db:
-            return self._check(db, token, now or datetime.now(UTC))
+        with self.db.reader() as tx:
+            return self._check(tx, token, now or datetime.now(UTC))
 
     def claim(self, token: str, now: datetime | None = None) -> DecisionLink:
         """Use the token (and its sibling for the other verb) once; TokenRefusedError if it
         cannot be used. Two concurrent claims: exactly one wins."""
         now = now or datetime.now(UTC)
         digest = token_hash(token)
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                link = self._check(db, token, now)
-                db.execute(
-                    "UPDATE tokens SET used_at = ?, used_via = ?"
-                    " WHERE ref = ? AND approver = ? AND used_at IS NULL",
-                    (_iso(now), digest, link.request.ref, link.approver),
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self.db.transaction() as tx:
+            link = self._check(tx, token, now)
+            claimed = tx.run(
+                "UPDATE tokens SET used_at = ?, used_via = ?"
+                " WHERE ref = ? AND approver = ? AND used_at IS NULL AND revoked_at IS NULL",
+                (_iso(now), digest, link.request.ref, link.approver),
+            )
+            if not claimed:
+                # Another gateway claimed or revoked it between our check and this update
+                # (PostgreSQL re-checks the condition on the row it waited for): say why.
+                self._check(tx, token, now)
+                raise TokenRefusedError("used", "This link was already used. Links work once.")
         return link
 
     def release(self, token: str) -> None:
         """Undo a claim whose decision never reached the run (Temporal unreachable)."""
-        with self._connect() as db:
-            db.execute(
+        with self.db.transaction() as tx:
+            tx.run(
                 "UPDATE tokens SET used_at = NULL, used_via = NULL WHERE used_via = ?",
                 (token_hash(token),),
             )
 
     def revoke(self, workflow_id: str, request_id: str, now: datetime | None = None) -> int:
         """Revoke every unused token of a settled request; returns how many."""
-        with self._connect() as db:
-            cur = db.execute(
+        with self.db.transaction() as tx:
+            return tx.run(
                 "UPDATE tokens SET revoked_at = ? WHERE used_at IS NULL AND revoked_at IS NULL"
                 " AND ref IN (SELECT ref FROM refs WHERE workflow_id = ? AND request_id = ?)",
                 (_iso(now or datetime.now(UTC)), workflow_id, request_id),
             )
-            return cur.rowcount
 
-    def _check(self, db: sqlite3.Connection, token: str, now: datetime) -> DecisionLink:
-        row = db.execute(
+    def _check(self, tx: Tx, token: str, now: datetime) -> DecisionLink:
+        row = tx.one(
             "SELECT t.approver, t.approve, t.expires_at, t.used_at, t.revoked_at,"
             " r.ref, r.workflow_id, r.request_id, r.action_hash, r.expires_at, r.details"
             " FROM tokens t JOIN refs r ON r.ref = t.ref WHERE t.token_hash = ?",
             (token_hash(token),),
-        ).fetchone()
+        )
         if row is None:
             raise TokenRefusedError(
                 "unknown",
@@ -259,7 +248,10 @@ def _iso(at: datetime) -> str:
     return at.astimezone(UTC).isoformat()
 
 
-def _ref(row: tuple[str, ...]) -> RequestRef:
+_REF_COLUMNS = "ref, workflow_id, request_id, action_hash, expires_at, details"
+
+
+def _ref(row: tuple[Any, ...]) -> RequestRef:
     ref, workflow_id, request_id, action_hash, expires_at, details = row
     return RequestRef(
         ref,

@@ -7,7 +7,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,14 @@ from temporalio.worker import Worker
 from activities.runtime import Runtime
 from agents import search_attributes
 from agents.run import AgentRun
-from agents.state import RunResult
+from agents.state import RunInput, RunResult
+from guardrails.approvals import ApprovalRequest
+from guardrails.identity import Envelope
 from guardrails.policy import DEFAULT_POLICY_PATH
 from workers.audit import ensure_signing_key
 from workers.codec import PayloadKeys, data_converter
 from workers.credentials import configure_keyring, set_secret
+from workers.decisions import sign_decision
 from workers.devstack import (
     DEV_SERVER_TUNING,
     Postgres,
@@ -36,6 +39,7 @@ from workers.devstack import (
     start_shop,
     temporal_binary,
 )
+from workers.identities import ensure_dev_directory, signer_for
 from workers.settings import Settings, SystemSettings
 from workers.worker import build_worker, check_startup
 
@@ -56,6 +60,10 @@ CHROMIUM_ARGS = [
 # (tests/histories). Never used outside tests.
 TEST_PAYLOAD_KEYS = PayloadKeys("pk_tests", {"pk_tests": bytes(range(32))})
 SCRIPTS = Path(__file__).parent.parent / "demo" / "scripts"
+# Everyone the tests sign as: the policy's people, the default requester, an outsider (mallory,
+# in no group) and the webhook integration. Their keys are in the session's keyring.
+TEST_PEOPLE = ("alice", "bob", "carol", "erin", "dana", "ops-dana", "mallory")
+TEST_SLACK_USERS = {"alice": "U0ALICE", "bob": "U0BOB", "carol": "U0CAROL", "dana": "U0DANA"}
 
 
 @dataclass
@@ -143,11 +151,14 @@ def settings(state_dir: Path, shop: Shop, model_url: str, session_policy: Path) 
         systems={"shop": SystemSettings(url=shop.url, credential="shop")},
         tool_start_to_close_seconds=5,
         tool_max_attempts=3,
+        # Tests rewrite policies freely; activation itself is tested in test_policy_activation.
+        require_policy_activation=False,
     )
     configure_keyring(settings)
     set_secret("shop", shop.token)
     ensure_signing_key(settings)
     set_secret(settings.payload_keys_credential, TEST_PAYLOAD_KEYS.to_json())
+    ensure_dev_directory(settings, TEST_PEOPLE, slack_users=TEST_SLACK_USERS)
     return settings
 
 
@@ -220,14 +231,37 @@ async def start_run(
     *,
     workflow_id: str | None = None,
     execution_timeout: timedelta | None = timedelta(minutes=5),
+    signed_requester: bool = False,
     **run_input: Any,
 ) -> WorkflowHandle[AgentRun, RunResult]:
+    """Start a run as the Temporal UI does (the requester only claimed), or, with
+    `signed_requester`, as `countersign start` does (signed with the requester's key)."""
     run_input.setdefault("agent", "support-refunds")
     run_input.setdefault("requested_by", "dana")
+    workflow_id = workflow_id or f"run-{uuid.uuid4().hex[:12]}"
+    if signed_requester:
+        typed = RunInput.model_validate(run_input)
+        proof = signer_for(typed.requested_by).sign(
+            purpose="start",
+            channel="cli",
+            now=datetime.now(UTC),
+            workflow_id=workflow_id,
+            claims={"input": typed.digest()},
+        )
+        run_input = {**run_input, "requester_proof": proof.model_dump(mode="json")}
     return await client.start_workflow(
         AgentRun.run,
         run_input,
-        id=workflow_id or f"run-{uuid.uuid4().hex[:12]}",
+        id=workflow_id,
         task_queue=task_queue,
         execution_timeout=execution_timeout,
+    )
+
+
+def signed(
+    workflow_id: str, request: ApprovalRequest, who: str, approve: bool = True, **kw: Any
+) -> Envelope:
+    """`who`'s decision on `request`, signed with their key from the session keyring."""
+    return sign_decision(
+        signer_for(who), workflow_id, request.request_id, request.action_hash, approve=approve, **kw
     )

@@ -1,5 +1,6 @@
-"""The deployment files: docker-compose.yml is valid Compose and scales the worker; the image
-keeps the repo root first on the path."""
+"""The deployment files: docker-compose.yml is valid Compose and scales the worker with no
+shared volume (state in PostgreSQL, secrets provisioned per service); the image keeps the repo
+root first on the path."""
 
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ def test_compose_file_is_valid_and_has_every_part(compose: dict) -> None:
         "codec",
         "gateway",
         "mailpit",
+        "state-db",
     } <= set(services)
     assert services["temporal"]["environment"]["DB"] == "postgres12"
     assert services["gateway"]["command"] == ["gateway"]
@@ -72,6 +74,7 @@ def test_workers_scale_and_share_settings(compose: dict) -> None:
     assert env["COUNTERSIGN_TASK_QUEUE"] == "countersign"
     assert env["COUNTERSIGN_METRICS_ADDRESS"] == "0.0.0.0:9464"
     assert worker["depends_on"]["setup"]["condition"] == "service_completed_successfully"
+    assert worker["depends_on"]["state-db"]["condition"] == "service_healthy"
     # JSON-valued settings survive Compose's interpolation intact.
     assert json.loads(env["COUNTERSIGN_EMAIL"])["smtp_host"] == "mailpit"
     assert set(json.loads(env["COUNTERSIGN_APPROVERS"])) == {"alice", "bob", "carol"}
@@ -89,3 +92,65 @@ def test_image_puts_the_repo_root_first_on_the_path() -> None:
     assert "PYTHONPATH=/app" in dockerfile and "WORKDIR /app" in dockerfile
     for package in ("workers", "agents", "activities", "guardrails"):
         assert f"COPY {package} ./{package}" in dockerfile
+
+
+COUNTERSIGN_SERVICES = ("worker", "gateway", "codec")
+
+
+def test_no_countersign_service_shares_a_volume_state_is_in_postgres(compose: dict) -> None:
+    services = compose["services"]
+    for name in COUNTERSIGN_SERVICES:
+        # A volume here would be per-machine state that another host cannot see.
+        assert not services[name].get("volumes"), name
+        env = services[name]["environment"]
+        assert env["COUNTERSIGN_STATE_DSN"] == "postgresql://countersign@state-db:5432/countersign"
+        assert env["COUNTERSIGN_STATE_PASSWORD_CREDENTIAL"] == "state-db"
+    db = services["state-db"]
+    assert db["environment"]["POSTGRES_USER"] == "countersign"
+    assert db["environment"]["POSTGRES_DB"] == "countersign"
+    assert db["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/state-db"
+    assert db["volumes"] and db["healthcheck"]
+
+
+def _secret_names(service: dict) -> set[str]:
+    return {s["source"] if isinstance(s, dict) else s for s in service.get("secrets", [])}
+
+
+def test_every_service_gets_the_secrets_it_needs_and_setup_provisions_them(
+    compose: dict,
+) -> None:
+    services = compose["services"]
+    declared = compose["secrets"]
+    for name in COUNTERSIGN_SERVICES:
+        env = services[name]["environment"]
+        assert env["COUNTERSIGN_KEYRING_BACKEND"] == "workers.credentials.SecretFiles"
+        assert env["COUNTERSIGN_SECRETS_DIR"] == "/run/secrets"
+        assert _secret_names(services[name]) <= set(declared)
+    # What each process reads from its keyring: payload keys (every Temporal client), the
+    # state database's password; workers also sign the audit and call the shop.
+    assert {"payload-keys", "state-db", "audit-signing", "shop"} <= _secret_names(
+        services["worker"]
+    )
+    assert {"payload-keys", "state-db", "gateway-csrf-key"} <= _secret_names(services["gateway"])
+    assert {"payload-keys", "codec-token"} <= _secret_names(services["codec"])
+    setup = " ".join(services["setup"]["command"])
+    for secret in declared:
+        assert secret in setup or secret in ("payload-keys", "codec-token", "audit-signing"), secret
+    assert "keys init" in setup and "audit init-key" in setup
+
+
+def test_the_workers_environment_loads_as_valid_settings(
+    compose: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers.settings import load_settings
+
+    for key, value in compose["services"]["worker"]["environment"].items():
+        monkeypatch.setenv(key, str(value))
+    settings = load_settings()
+    assert settings.state_dsn and settings.audit_location == settings.state_dsn
+    assert str(settings.secrets_dir) == "/run/secrets"
+
+
+def test_secrets_stay_out_of_git_and_the_image() -> None:
+    assert "secrets/" in (ROOT / ".gitignore").read_text().split()
+    assert "secrets" in (ROOT / ".dockerignore").read_text().split()

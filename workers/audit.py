@@ -8,8 +8,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from guardrails.audit import AuditStore, open_store
 from guardrails.audit_signing import CheckpointSigner, generate_signing_key, load_public_key
+from guardrails.database import is_postgres
 from guardrails.redaction import set_pii_fields
-from workers.credentials import SERVICE, CredentialError, get_secret, set_secret
+from workers.credentials import (
+    SERVICE,
+    CredentialError,
+    configure_keyring,
+    get_secret,
+    set_secret,
+)
 from workers.settings import Settings
 
 
@@ -45,11 +52,11 @@ def open_audit_store(settings: Settings, *, signing: bool = False) -> AuditStore
     """The configured store. Given `signing`, it writes a signed checkpoint every
     `audit_checkpoint_every` records (workers sign; readers and the CLI need not)."""
     set_pii_fields(settings.pii_fields)
-    password = (
-        get_secret(settings.audit_password_credential)
-        if settings.audit_password_credential
-        else None
-    )
+    postgres = is_postgres(settings.audit_location)
+    credential = settings.audit_credential if postgres else None
+    if credential:
+        configure_keyring(settings)
+    password = get_secret(credential) if credential else None
     return open_store(
         settings.audit_location,
         signer=signer(settings) if signing else None,

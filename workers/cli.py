@@ -12,6 +12,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from guardrails.audit import AuditRecord, VerifyReport
@@ -35,7 +36,12 @@ def story_line(r: AuditRecord) -> str:
         return f"{d.get('tool')} {json.dumps(args)}"
 
     text = {
-        "run.started": lambda: f"run started by {d.get('requested_by')}: {d.get('task')!r}",
+        "run.started": lambda: (
+            f"run started by {d.get('requested_by')}"
+            + (" (claimed, not signed)" if d.get("requester") == {"verified": False} else "")
+            + f": {d.get('task')!r}"
+        ),
+        "run.refused": lambda: f"run REFUSED: {d.get('reason')}",
         "model.call": lambda: (
             f"model {d.get('model')} step {d.get('step')}: "
             f"{d.get('tool_calls')} tool call(s), {sum(d.get('usage', {}).values())} tokens"
@@ -59,8 +65,9 @@ def story_line(r: AuditRecord) -> str:
             f"approval granted {d.get('request_id')} by {', '.join(d.get('approvers', []))}"
         ),
         "approval.refused": lambda: (
-            f"decision refused ({d.get('approver', '?')}): {d.get('reason')}"
+            f"decision refused ({d.get('claimed') or d.get('approver') or '?'}): {d.get('reason')}"
         ),
+        "rollback.refused": lambda: f"rollback refused ({d.get('claimed')}): {d.get('reason')}",
         "notify.sent": lambda: (
             f"notified via {d.get('channel')}: {d.get('event')} {d.get('request_id')}"
             + (f" to {', '.join(d['to'])}" if d.get("to") else "")
@@ -98,6 +105,8 @@ async def cmd_start(args: argparse.Namespace, settings: Settings) -> None:
 
     from agents.run import AgentRun
     from agents.state import parse_run_input
+    from workers.credentials import configure_keyring
+    from workers.identities import signer_for
     from workers.worker import connect
 
     raw = {
@@ -111,8 +120,17 @@ async def cmd_start(args: argparse.Namespace, settings: Settings) -> None:
         run_input = parse_run_input({k: v for k, v in raw.items() if v is not None})
     except ApplicationError as e:
         raise CliError(e.message) from None
-    client = await connect(settings)
     workflow_id = args.id or f"run-{run_input.agent}-{uuid.uuid4().hex[:8]}"
+    configure_keyring(settings)
+    proof = signer_for(args.as_).sign(
+        purpose="start",
+        channel="cli",
+        now=datetime.now(UTC),
+        workflow_id=workflow_id,
+        claims={"input": run_input.digest()},
+    )
+    run_input = run_input.model_copy(update={"requester_proof": proof})
+    client = await connect(settings)
     handle = await client.start_workflow(
         AgentRun.run,
         run_input.model_dump(mode="json"),
@@ -189,21 +207,37 @@ def failure_cause(e: BaseException) -> str:
 
 
 async def cmd_decide(args: argparse.Namespace, settings: Settings) -> None:
-    from guardrails.approvals import Decision
-    from workers.audit import open_audit_store
-    from workers.decisions import DecisionRefusedError, send_decision
+    """Sign the decision with the approver's own key (from this keyring) and send it; with
+    --print, print the signed envelope to paste into the Temporal UI's `decision` signal."""
+    from agents.run import AgentRun
+    from workers.credentials import configure_keyring
+    from workers.decisions import DecisionRefusedError, send_decision, sign_decision
+    from workers.identities import signer_for
     from workers.worker import connect
 
-    decision = Decision(
-        request_id=args.request,
-        approver=args.as_,
-        approve=args.command == "approve",
-        channel="cli",
-        comment=args.comment or "",
-    )
+    configure_keyring(settings)
+    signer = signer_for(args.as_)
     client = await connect(settings)
+    status = await client.get_workflow_handle(args.run).query(AgentRun.status)
+    request = next((r for r in status.pending_approvals if r.request_id == args.request), None)
+    if request is None:
+        pending = ", ".join(r.request_id for r in status.pending_approvals) or "none"
+        raise CliError(f"{args.run} has no pending request {args.request} (pending: {pending})")
+    envelope = sign_decision(
+        signer,
+        args.run,
+        request.request_id,
+        request.action_hash,
+        approve=args.command == "approve",
+        comment=args.comment or "",
+        channel="temporal-ui" if args.print else "cli",
+        lifetime=timedelta(minutes=30 if args.print else 10),
+    )
+    if args.print:
+        print(json.dumps({"envelope": envelope.model_dump(mode="json")}))
+        return
     try:
-        receipt = await send_decision(client, args.run, decision, open_audit_store(settings))
+        receipt = await send_decision(client, args.run, envelope)
     except DecisionRefusedError as e:
         raise CliError(f"refused: {e}") from e
     print(
@@ -215,15 +249,17 @@ async def cmd_rollback(args: argparse.Namespace, settings: Settings) -> None:
     from temporalio.client import WorkflowUpdateFailedError
 
     from agents.run import AgentRun
-    from agents.state import RollbackRequest
+    from workers.credentials import configure_keyring
+    from workers.decisions import rollback_request
+    from workers.identities import signer_for
     from workers.worker import connect
 
+    configure_keyring(settings)
+    request = rollback_request(signer_for(args.as_), args.run, args.reason)
     client = await connect(settings)
     handle = client.get_workflow_handle_for(AgentRun.run, args.run)
     try:
-        await handle.execute_update(
-            "rollback", RollbackRequest(requested_by=args.as_, reason=args.reason)
-        )
+        await handle.execute_update("rollback", request)
     except WorkflowUpdateFailedError as e:
         raise CliError(f"rollback refused: {e.cause or e}") from e
     result = await handle.result()
@@ -233,6 +269,37 @@ async def cmd_rollback(args: argparse.Namespace, settings: Settings) -> None:
     for item in result.irreversible:
         print(f"  NOT undone (irreversible): {item}")
     print(f"{args.run}: {result.status}")
+
+
+async def cmd_identity(args: argparse.Namespace, settings: Settings) -> None:
+    """`init`: this keyring's key for NAME (created if missing) and the directory entry to
+    register; `show`: who the directory lists and with which keys."""
+    from guardrails.identity import load_directory
+    from workers.credentials import configure_keyring
+    from workers.identities import init_identity
+
+    configure_keyring(settings)
+    if args.action == "init":
+        if not args.as_:
+            raise CliError("name the identity: countersign identity init --as NAME")
+        signer, created = init_identity(args.as_)
+        print(
+            f"{'created' if created else 'kept the existing'} key {signer.key_id} for "
+            f"{args.as_!r} in this keyring. Add this to the identity directory "
+            f"({settings.directory_file}):\n\n{signer.directory_entry(args.kind)}"
+        )
+        return
+    directory = load_directory(settings.directory_file)
+    print(f"{settings.directory_file} ({directory.version}):")
+    for identity in directory.identities.values():
+        keys = ", ".join(
+            k.id + (f" (revoked {k.revoked_at.isoformat()})" if k.revoked_at else "")
+            for k in identity.keys
+        )
+        contact = " ".join(
+            f"{k}={v}" for k, v in (("email", identity.email), ("slack", identity.slack_user)) if v
+        )
+        print(f"  {identity.name:12} {identity.kind:11} keys: {keys or 'none'} {contact}")
 
 
 AUDIT_ACTIONS = ("verify", "checkpoint", "init-key")
@@ -287,6 +354,22 @@ async def cmd_policy(args: argparse.Namespace, settings: Settings) -> None:
     from guardrails.review import backtest, diff, run_cases
     from workers.audit import open_audit_store
 
+    if args.action == "activate":
+        from workers.credentials import configure_keyring
+        from workers.identities import signer_for
+        from workers.policies import activate
+
+        if not args.as_:
+            raise CliError("sign the activation: countersign policy activate [FOLDER] --as NAME")
+        configure_keyring(settings)
+        policy = _load(args.path, settings)
+        envelope = activate(open_audit_store(settings), policy, signer_for(args.as_))
+        print(
+            f"activated {policy.version} ({policy.path}) as {args.as_} "
+            f"(key {envelope.statement.key_id}); workers put it in force at their next "
+            "decision if the policy in force gives you [authority] policy"
+        )
+        return
     if args.action == "test":
         policy = _load(args.path, settings)
         failures = run_cases(policy)
@@ -318,27 +401,56 @@ async def cmd_policy(args: argparse.Namespace, settings: Settings) -> None:
 
 
 async def cmd_kill(args: argparse.Namespace, settings: Settings) -> None:
-    from guardrails.controls import read_kill_switch, write_kill_switch
+    """Flip the switch with a change signed by the operator's own key; workers count it only
+    if the operator is in a group the policy's `[authority] kill_switch` names."""
+    from guardrails.controls import KillSwitch
+    from guardrails.identity import DirectorySource
+    from guardrails.policy import PolicySource
+    from workers.credentials import configure_keyring
+    from workers.identities import signer_for
+    from workers.state import open_kill_switch
 
-    switch = read_kill_switch(settings.kill_switch_path)
-    on = args.command == "kill"
-    if args.what == "all":
-        switch.all_side_effects = on
-    elif args.what in ("tool", "agent"):
-        if not args.name:
-            raise CliError(f"name the {args.what}: countersign {args.command} {args.what} NAME")
-        names = switch.tools if args.what == "tool" else switch.agents
-        if on and args.name not in names:
-            names.append(args.name)
-        if not on and args.name in names:
-            names.remove(args.name)
+    store = open_kill_switch(settings)
+    stored = store.read()
+    policy = PolicySource(settings.policy_path).current()
+    directory = DirectorySource(settings.directory_file).current()
+
+    def may_flip(who: str) -> bool:
+        return policy.has_authority(who, "kill_switch")
+
     if args.what != "status":
-        write_kill_switch(settings.kill_switch_path, switch)
+        if args.what in ("tool", "agent") and not args.name:
+            raise CliError(f"name the {args.what}: countersign {args.command} {args.what} NAME")
+        if not args.as_:
+            raise CliError(
+                f"sign the change: countersign {args.command} {args.what} ... --as NAME "
+                "(someone with kill_switch authority in the policy)"
+            )
+        configure_keyring(settings)
+        change = signer_for(args.as_).sign(
+            purpose="kill",
+            channel="cli",
+            now=datetime.now(UTC),
+            claims={
+                "on": args.command == "kill",
+                "what": args.what,
+                "name": args.name if args.what != "all" else None,
+            },
+        )
+        _, refused = KillSwitch(changes=[change]).effective(directory, may_flip)
+        if refused:
+            raise CliError(f"not changed: {refused[0]}")
+        stored = stored.with_change(change)
+    switch, ignored = stored.effective(directory, may_flip)
+    if args.what != "status":
+        store.write(switch.model_copy(update={"changes": stored.changes}))
     print(
         f"kill switch: all side effects {'OFF' if switch.all_side_effects else 'on'}; "
         f"tools stopped: {', '.join(switch.tools) or 'none'}; "
         f"agents stopped: {', '.join(switch.agents) or 'none'}"
     )
+    for reason in ignored:
+        print(f"  ignored (not proven): {reason}")
 
 
 def print_verification(report: VerifyReport, location: str) -> None:
@@ -544,8 +656,15 @@ def parser() -> argparse.ArgumentParser:
         d = add(verb, cmd_decide, f"{verb} a pending approval request")
         d.add_argument("run")
         d.add_argument("request")
-        d.add_argument("--as", dest="as_", required=True, metavar="NAME")
+        d.add_argument(
+            "--as", dest="as_", required=True, metavar="NAME", help="sign with NAME's key"
+        )
         d.add_argument("--comment")
+        d.add_argument(
+            "--print",
+            action="store_true",
+            help="print the signed envelope to paste into the Temporal UI's `decision` signal",
+        )
 
     rollback = add("rollback", cmd_rollback, "undo a completed run inside its undo window")
     rollback.add_argument("run")
@@ -577,13 +696,22 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--save", metavar="FILE", help="with one RUN: write its history here")
 
     policy = add("policy", cmd_policy, "check, compare and backtest policies")
-    policy.add_argument("action", choices=["test", "diff", "backtest"])
+    policy.add_argument("action", choices=["test", "diff", "backtest", "activate"])
     policy.add_argument("path", nargs="?", help="policy folder (test, diff: default active)")
     policy.add_argument("--candidate", help="candidate policy folder (diff, backtest)")
+    policy.add_argument("--as", dest="as_", metavar="NAME", help="activate: sign as NAME")
     for verb in ("kill", "revive"):
         k = add(verb, cmd_kill, f"{verb} side effects of a tool, an agent, or all, at once")
         k.add_argument("what", choices=["tool", "agent", "all", "status"])
         k.add_argument("name", nargs="?")
+        k.add_argument("--as", dest="as_", metavar="NAME", help="sign the change with NAME's key")
+
+    identity = add(
+        "identity", cmd_identity, "keys that prove who you are: `init --as NAME`, `show`"
+    )
+    identity.add_argument("action", choices=["init", "show"])
+    identity.add_argument("--as", dest="as_", metavar="NAME")
+    identity.add_argument("--kind", choices=["person", "integration", "gateway"], default="person")
 
     codec = add("codec-server", cmd_codec_server, "serve the codec endpoint for the Temporal UI")
     codec.add_argument("--host", help="bind address (default: the host of COUNTERSIGN_CODEC_URL)")
@@ -628,6 +756,8 @@ def main(argv: list[str] | None = None) -> None:
     from agents.specs import AgentSpecError
     from guardrails.audit import AuditError
     from guardrails.audit_signing import SigningKeyError
+    from guardrails.database import DatabaseError
+    from guardrails.identity import IdentityError
     from guardrails.money import set_currency
     from guardrails.policy import PolicyError
     from guardrails.redaction import set_pii_fields
@@ -672,7 +802,9 @@ def main(argv: list[str] | None = None) -> None:
         PolicyError,
         RPCError,
         AuditError,
+        DatabaseError,
         SigningKeyError,
+        IdentityError,
         PayloadKeyError,
         SearchAttributesMissing,
         ToolDeclarationError,

@@ -7,10 +7,14 @@ so we never let it choose: the backend is a setting, loaded by name and checked 
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import tempfile
+from pathlib import Path
 
 import keyring
 import keyring.backend
+import keyring.errors
 from keyring.core import load_keyring
 
 from guardrails.redaction import register_secret
@@ -21,6 +25,52 @@ SERVICE = "countersign"
 
 class CredentialError(Exception):
     """A keyring backend or secret is missing. The message says how to fix it."""
+
+
+class SecretFiles(keyring.backend.KeyringBackend):
+    """A keyring of one file per secret in a folder (COUNTERSIGN_SECRETS_DIR, /run/secrets):
+    how Docker and Compose secrets, Kubernetes secret volumes and systemd credentials
+    (`$CREDENTIALS_DIRECTORY`) hand secrets to a process. Each host gets its own copy of the
+    files; nothing is shared at run time. Writable folders take `countersign secrets set`,
+    `keys init` and `audit init-key` (files mode 0600); mounted read-only, they only read.
+
+    Select it with COUNTERSIGN_KEYRING_BACKEND=workers.credentials.SecretFiles."""
+
+    priority = 0.1  # type: ignore[assignment]  # never preferred: we always set it explicitly
+    directory = Path("/run/secrets")
+
+    def _path(self, name: str) -> Path:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise keyring.errors.KeyringError(
+                f"secret name {name!r}: letters, digits, '.', '_' and '-' only"
+            )
+        return self.directory / name
+
+    def get_password(self, service: str, username: str) -> str | None:
+        try:
+            # Files written by `echo` or an editor end with a newline; a secret never does.
+            return self._path(username).read_text().rstrip("\r\n")
+        except FileNotFoundError:
+            return None
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        path = self._path(username)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{username}.")  # 0600
+            with os.fdopen(fd, "w") as f:
+                f.write(password)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise keyring.errors.PasswordSetError(
+                f"cannot write {path} ({e.strerror}); provision the file on this host instead"
+            ) from e
+
+    def delete_password(self, service: str, username: str) -> None:
+        try:
+            self._path(username).unlink()
+        except FileNotFoundError:
+            raise keyring.errors.PasswordDeleteError(f"no secret {username!r}") from None
 
 
 def configure_keyring(settings: Settings) -> keyring.backend.KeyringBackend:
@@ -37,6 +87,8 @@ def configure_keyring(settings: Settings) -> keyring.backend.KeyringBackend:
         # File backends (keyrings.alt) keep their file in the state folder, not in $HOME.
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         backend.file_path = str(settings.keyring_path)  # type: ignore[attr-defined]
+    if isinstance(backend, SecretFiles):
+        backend.directory = settings.secrets_dir
     keyring.set_keyring(backend)
     return backend
 
@@ -64,8 +116,11 @@ def ensure_secret(name: str) -> str:
 
 
 def set_secret(name: str, value: str) -> None:
-    keyring.set_password(SERVICE, name, value)
     register_secret(value)
+    try:
+        keyring.set_password(SERVICE, name, value)
+    except keyring.errors.KeyringError as e:
+        raise CredentialError(f"cannot store secret {name!r}: {e}") from e
 
 
 def openai_api_key() -> str:

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
-from agents.state import RunStatus
-from guardrails.approvals import ApprovalRequest, Decision, DecisionReceipt
-from guardrails.audit import AuditStore
+from agents.state import RollbackRequest, RunStatus
+from guardrails.approvals import ApprovalRequest, DecisionReceipt
+from guardrails.identity import Channel, Envelope, Signer
+from workers.identities import signer_for
 
 
 async def wait_for_requests(
@@ -43,39 +43,86 @@ class DecisionRefusedError(Exception):
     """The run refused the decision; the message says why."""
 
 
-def update_id(decision: Decision) -> str:
-    # One decision per approver and request: a double click or a retried delivery is the same
-    # Update, which Temporal accepts once.
-    return (
-        f"{decision.request_id}:{decision.approver}:{'approve' if decision.approve else 'reject'}"
+def sign_decision(
+    signer: Signer,
+    workflow_id: str,
+    request_id: str,
+    action_hash: str,
+    *,
+    approve: bool,
+    comment: str = "",
+    channel: Channel = "cli",
+    identity: str | None = None,
+    lifetime: timedelta = timedelta(minutes=10),
+) -> Envelope:
+    """A decision on exactly this request and action, signed by `signer` (a person's own key;
+    or the gateway's, attesting `identity` it verified on `channel`)."""
+    return signer.sign(
+        purpose="decision",
+        channel=channel,
+        now=datetime.now(UTC),
+        lifetime=lifetime,
+        identity=identity,
+        workflow_id=workflow_id,
+        request_id=request_id,
+        action_hash=action_hash,
+        approve=approve,
+        comment=comment,
     )
 
 
-async def send_decision(
-    client: Client, workflow_id: str, decision: Decision, audit: AuditStore | None = None
-) -> DecisionReceipt:
-    """Send a decision as a Temporal Update; a refusal raises and, given a store, is audited.
+def update_id(envelope: Envelope) -> str:
+    # One decision per approver and request: a double click or a retried delivery is the same
+    # Update, which Temporal accepts once.
+    s = envelope.statement
+    return f"{s.request_id}:{s.identity}:{'approve' if s.approve else 'reject'}"
 
-    A refused Update leaves nothing in workflow history, so the sender records it.
-    """
+
+async def send_decision(client: Client, workflow_id: str, envelope: Envelope) -> DecisionReceipt:
+    """Send a signed decision as a Temporal Update; a refusal raises DecisionRefusedError.
+
+    The run itself audits every refusal (and shows it in Current Details)."""
     handle = client.get_workflow_handle(workflow_id)
     try:
         return await handle.execute_update(
-            "decide", decision, id=update_id(decision), result_type=DecisionReceipt
+            "decide", envelope, id=update_id(envelope), result_type=DecisionReceipt
         )
     except WorkflowUpdateFailedError as e:
-        reason = str(e.cause) if e.cause else str(e)
-        if audit is not None:
-            await audit.append(
-                record_id=f"refused/{uuid.uuid4().hex}",
-                workflow_id=workflow_id,
-                run_id="",
-                kind="approval.refused",
-                actor=f"{decision.channel}:{decision.approver}",
-                data={
-                    **decision.model_dump(mode="json"),
-                    "reason": reason,
-                    "at": datetime.now(UTC).isoformat(),
-                },
-            )
-        raise DecisionRefusedError(reason) from e
+        raise DecisionRefusedError(str(e.cause) if e.cause else str(e)) from e
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise DecisionRefusedError(f"no open run {workflow_id!r}: {e.message}") from e
+        raise
+
+
+async def decide_as(
+    client: Client,
+    workflow_id: str,
+    request: ApprovalRequest,
+    identity: str,
+    *,
+    approve: bool = True,
+    comment: str = "",
+) -> DecisionReceipt:
+    """Decide as `identity`, signing with its key in this keyring (the CLI's path)."""
+    envelope = sign_decision(
+        signer_for(identity),
+        workflow_id,
+        request.request_id,
+        request.action_hash,
+        approve=approve,
+        comment=comment,
+    )
+    return await send_decision(client, workflow_id, envelope)
+
+
+def rollback_request(signer: Signer, workflow_id: str, reason: str) -> RollbackRequest:
+    """A rollback of `workflow_id` for `reason`, signed by the operator's own key."""
+    proof = signer.sign(
+        purpose="rollback",
+        channel="cli",
+        now=datetime.now(UTC),
+        workflow_id=workflow_id,
+        claims={"reason": reason},
+    )
+    return RollbackRequest(requested_by=signer.identity, reason=reason, proof=proof)

@@ -21,11 +21,13 @@ import httpx
 import psycopg
 
 from agents import search_attributes
-from workers.audit import ensure_signing_key
+from workers.audit import ensure_signing_key, open_audit_store
 from workers.codec import ensure_payload_keys
 from workers.codec_server import capability_endpoint
 from workers.credentials import configure_keyring, ensure_secret, set_secret
-from workers.settings import ApproverContact, EmailSettings, Settings
+from workers.identities import ensure_dev_directory
+from workers.policies import ensure_activated
+from workers.settings import EmailSettings, Settings
 
 # The stock dev server dispatches ~20 tasks/s; every step would wait on it.
 DEV_SERVER_TUNING = ["--dynamic-config-value", "history.transferProcessorMaxPollRPS=10000"]
@@ -181,10 +183,26 @@ def start_codec_server(state_dir: Path, settings: Settings) -> Service:
         "codec-server",
         [sys.executable, "-m", "workers", "codec-server"],
         state_dir / "logs",
-        env=settings_env(settings),
+        env={**settings_env(settings), **codec_env(settings)},
     )
     wait_until(service, f"{settings.codec_url.rstrip('/')}/healthz")
     return service
+
+
+def codec_env(settings: Settings) -> dict[str, str]:
+    """The codec server's own settings (who may decode) as environment variables."""
+    env = {
+        "COUNTERSIGN_CODEC_TOKEN_CREDENTIAL": settings.codec_token_credential,
+        "COUNTERSIGN_CODEC_OIDC_GROUPS_CLAIM": settings.codec_oidc_groups_claim,
+        "COUNTERSIGN_CODEC_CAPABILITY_URL": str(settings.codec_capability_url).lower(),
+    }
+    optional = {
+        "COUNTERSIGN_CODEC_OIDC_ISSUER": settings.codec_oidc_issuer,
+        "COUNTERSIGN_CODEC_OIDC_AUDIENCE": settings.codec_oidc_audience,
+        "COUNTERSIGN_CODEC_OIDC_JWKS_URL": settings.codec_oidc_jwks_url,
+        "COUNTERSIGN_CODEC_OIDC_REQUIRED_GROUP": settings.codec_oidc_required_group,
+    }
+    return env | {name: value for name, value in optional.items() if value is not None}
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -206,9 +224,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "COUNTERSIGN_CURRENCY": settings.currency,
         "COUNTERSIGN_GATEWAY_URL": settings.gateway_url,
         "COUNTERSIGN_POLICY_PATH": str(settings.policy_path),
-        "COUNTERSIGN_APPROVERS": json.dumps(
-            {k: v.model_dump(mode="json") for k, v in settings.approvers.items()}
-        ),
+        "COUNTERSIGN_DIRECTORY_PATH": str(settings.directory_file.resolve()),
     }
     if settings.email is not None:
         env["COUNTERSIGN_EMAIL"] = settings.email.model_dump_json()
@@ -289,14 +305,9 @@ def start_gateway(state_dir: Path, port: int, env: dict[str, str]) -> Service:
     return service
 
 
-# The demo policy's approvers, reachable through the dev mail catcher.
-DEV_APPROVERS = {
-    name: ApproverContact(email=f"{name}@example.com") for name in ("alice", "bob", "carol")
-}
-
-
 def with_dev_email(settings: Settings) -> Settings:
-    """Unless email is configured, send it to the local mail catcher, to the demo people."""
+    """Unless email is configured, send it to the local mail catcher (the demo people's
+    addresses are in the development directory, see workers.identities)."""
     if settings.email is not None:
         return settings
     return settings.model_copy(
@@ -307,9 +318,24 @@ def with_dev_email(settings: Settings) -> Settings:
                 smtp_security="none",
                 sender="Countersign (dev) <countersign@localhost>",
             ),
-            "approvers": settings.approvers or DEV_APPROVERS,
         }
     )
+
+
+def ensure_dev_policy_activation(settings: Settings) -> None:
+    """The dev stack's policy, activated by the demo duty manager (erin, a development key)."""
+    import activities.crm
+    import activities.shop  # noqa: F401  (register the tools the policy is checked against)
+    from activities.tools import tool_schemas
+    from guardrails.identity import load_directory
+    from guardrails.policy import load_policy
+
+    policy = load_policy(settings.policy_path, tool_schemas())
+    audit = open_audit_store(settings)
+    try:
+        ensure_activated(audit, policy, load_directory(settings.directory_file), "erin")
+    finally:
+        audit.close()
 
 
 def postgres_bin_dir() -> Path | None:
@@ -539,7 +565,12 @@ def start_dev_stack(
             print(f"stopped a stale stack left by a killed `dev`/`demo`: {', '.join(stale)}")
         configure_keyring(settings)
         ensure_signing_key(settings)
+        ensure_dev_directory(settings)
+        ensure_dev_policy_activation(settings)
         codec_endpoint = None
+        # The dev UI has no login, so it reads payloads through the capability URL: a
+        # development convenience that only the dev stack turns on (see README).
+        dev_codec = settings.model_copy(update={"codec_capability_url": True})
         if settings.encrypt_payloads:
             ensure_payload_keys(settings)
             codec_endpoint = capability_endpoint(
@@ -553,7 +584,7 @@ def start_dev_stack(
                 )
             )
         if settings.encrypt_payloads and not port_open(port_of(settings.codec_url)):
-            stack.add(start_codec_server(state_dir, settings))
+            stack.add(start_codec_server(state_dir, dev_codec))
         if not port_open(shop_port):
             token = secrets.token_urlsafe(24)
             set_secret(settings.systems["shop"].credential, token)

@@ -50,14 +50,17 @@ from activities.channels.slack import (
     outcome_block,
 )
 from activities.channels.webhook import verify as verify_webhook
-from guardrails.approvals import Channel, Decision, DecisionReceipt
+from guardrails.approvals import DecisionReceipt
 from guardrails.audit import AuditStore
+from guardrails.identity import Channel, DirectorySource, Envelope, Signer
 from guardrails.tokens import DecisionLink, RequestRef, TokenRefusedError, TokenStore, link_id
 from workers import gateway_pages as pages
 from workers.audit import open_audit_store
 from workers.credentials import CredentialError, configure_keyring, get_secret, set_secret
-from workers.decisions import DecisionRefusedError, send_decision
+from workers.decisions import DecisionRefusedError, send_decision, sign_decision
+from workers.identities import signer_for
 from workers.settings import Settings
+from workers.state import open_tokens
 
 log = structlog.get_logger(__name__)
 
@@ -110,14 +113,20 @@ class UpdatesOnly(temporal_client.Interceptor):
 
 
 class WebhookDecision(BaseModel):
-    """A decision called back by a webhook receiver that holds the shared secret."""
+    """A decision called back by a webhook receiver that holds the shared secret.
+
+    The integration speaks as itself (its identity in the directory, `webhook.identity`), or
+    relays a person's own signed decision (`envelope`, signed with that person's key): the
+    shared secret never lets it decide as anyone else."""
 
     model_config = ConfigDict(extra="forbid")
 
     reference: str = Field(pattern=r"^ref_[A-Za-z0-9_-]{8,64}$")
-    approver: str = Field(min_length=1, max_length=200)
-    approve: bool
+    # Optional, and only ever the integration's own identity (or the relayed envelope's).
+    approver: str | None = Field(default=None, min_length=1, max_length=200)
+    approve: bool | None = None
     comment: str = Field(default="", max_length=1000)
+    envelope: Envelope | None = None
 
 
 @dataclass
@@ -128,7 +137,10 @@ class Gateway:
     client: Client
     audit: AuditStore
     tokens: TokenStore
+    directory: DirectorySource
     csrf_key: bytes
+    # The gateway's attestation key: it signs for people it verified (Slack, email, webhook).
+    attestation: Signer
     slack_verifier: SignatureVerifier | None = None
     slack: SlackApi | None = None
     webhook_secret: str | None = None
@@ -147,8 +159,10 @@ class Gateway:
             settings=settings,
             client=client,
             audit=open_audit_store(settings),
-            tokens=TokenStore(settings.tokens_path),
+            tokens=open_tokens(settings),
+            directory=DirectorySource(settings.directory_file),
             csrf_key=csrf_key.encode(),
+            attestation=signer_for(settings.gateway_identity),
         )
         if settings.slack:
             gw.slack_verifier = SignatureVerifier(
@@ -175,8 +189,22 @@ class Gateway:
             data={"channel": channel, "reason": reason, **data},
         )
 
-    async def decide(self, ref: RequestRef, decision: Decision) -> DecisionReceipt:
-        return await send_decision(self.client, ref.workflow_id, decision, self.audit)
+    async def decide(
+        self, ref: RequestRef, *, identity: str, approve: bool, channel: Channel, comment: str = ""
+    ) -> DecisionReceipt:
+        """Attest a decision by `identity`, whom this gateway verified on `channel`, and send
+        it: the run checks the attestation and whether `identity` may decide."""
+        envelope = sign_decision(
+            self.attestation,
+            ref.workflow_id,
+            ref.request_id,
+            ref.action_hash,
+            approve=approve,
+            comment=comment,
+            channel=channel,
+            identity=identity,
+        )
+        return await send_decision(self.client, ref.workflow_id, envelope)
 
     def first_delivery(self, key: tuple[str, str, str]) -> bool:
         now = time.monotonic()
@@ -255,7 +283,8 @@ async def _slack_decide(gw: Gateway, payload: dict[str, Any], user: str, verb: s
     value = str(payload["actions"][0].get("value", ""))
     response_url = payload.get("response_url")
     ref = await asyncio.to_thread(gw.tokens.resolve, value)
-    identity = gw.settings.identity_for_slack_user(user)
+    person = gw.directory.current().by_slack_user(user)
+    identity = person.name if person is not None else None
     reason = None
     if ref is None:
         reason = "this approval request is unknown to the gateway"
@@ -271,15 +300,10 @@ async def _slack_decide(gw: Gateway, payload: dict[str, Any], user: str, verb: s
             approve=verb == "approve",
         )
     else:
-        decision = Decision(
-            request_id=ref.request_id,
-            approver=identity,
-            approve=verb == "approve",
-            channel="slack",
-            action_hash=ref.action_hash,
-        )
         try:
-            receipt = await gw.decide(ref, decision)
+            receipt = await gw.decide(
+                ref, identity=identity, approve=verb == "approve", channel="slack"
+            )
         except DecisionRefusedError as e:
             reason = str(e)
         except RPCError as e:
@@ -398,17 +422,16 @@ async def email_decide(request: Request) -> Response:
 
 
 async def _email_send(gw: Gateway, link: DecisionLink, token: str, comment: str) -> Response:
-    decision = Decision(
-        request_id=link.request.request_id,
-        approver=link.approver,
-        approve=link.approve,
-        channel="email",
-        comment=comment,
-        action_hash=link.request.action_hash,
-    )
     details = link.request.details
     try:
-        receipt = await gw.decide(link.request, decision)
+        # The single-use token, sent only to this approver's address, is the proof.
+        receipt = await gw.decide(
+            link.request,
+            identity=link.approver,
+            approve=link.approve,
+            channel="email",
+            comment=comment,
+        )
     except DecisionRefusedError as e:
         return _html(pages.outcome("Your decision was not accepted", str(e), details=details), 409)
     except RPCError as e:
@@ -455,25 +478,40 @@ async def webhook_decision(request: Request) -> Response:
             },
             status_code=400,
         )
+    integration = gw.settings.webhook.identity if gw.settings.webhook else "?"
     ref = await asyncio.to_thread(gw.tokens.resolve, callback.reference)
     if ref is None:
         await gw.refused(
             channel="webhook",
-            actor=callback.approver,
+            actor=integration,
             reason="unknown reference",
             reference=callback.reference,
         )
         return JSONResponse({"error": f"unknown reference {callback.reference}"}, status_code=404)
-    decision = Decision(
-        request_id=ref.request_id,
-        approver=callback.approver,
-        approve=callback.approve,
-        channel="webhook",
-        comment=callback.comment,
-        action_hash=ref.action_hash,
-    )
+    problem = _webhook_problem(callback, integration)
+    if problem is not None:
+        await gw.refused(
+            channel="webhook",
+            actor=integration,
+            reason=problem,
+            workflow_id=ref.workflow_id,
+            request_id=ref.request_id,
+            claimed=callback.approver,
+        )
+        return JSONResponse({"error": "refused", "reason": problem}, status_code=403)
     try:
-        receipt = await gw.decide(ref, decision)
+        if callback.envelope is not None:
+            # A person's own signed decision, relayed as it is: the run checks their key.
+            receipt = await send_decision(gw.client, ref.workflow_id, callback.envelope)
+        else:
+            assert callback.approve is not None
+            receipt = await gw.decide(
+                ref,
+                identity=integration,
+                approve=callback.approve,
+                channel="webhook",
+                comment=callback.comment,
+            )
     except DecisionRefusedError as e:
         return JSONResponse({"error": "refused", "reason": str(e)}, status_code=409)
     except RPCError as e:
@@ -486,6 +524,24 @@ async def webhook_decision(request: Request) -> Response:
             "approver": receipt.approver,
         }
     )
+
+
+def _webhook_problem(callback: WebhookDecision, integration: str) -> str | None:
+    """Why a webhook callback may not decide as it asks, or None."""
+    if callback.envelope is not None:
+        claimed = callback.envelope.statement.identity
+        if callback.approver not in (None, claimed):
+            return f"the relayed envelope is signed for {claimed!r}, not {callback.approver!r}"
+        return None
+    if callback.approve is None:
+        return "a decision needs `approve` (true or false), or a person's signed `envelope`"
+    if callback.approver not in (None, integration):
+        return (
+            f"this webhook integration speaks as {integration!r} only; to decide for "
+            f"{callback.approver!r} relay their own signed envelope "
+            "(countersign approve … --print)"
+        )
+    return None
 
 
 async def healthz(request: Request) -> Response:

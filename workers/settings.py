@@ -9,7 +9,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from guardrails.policy import DEFAULT_POLICY_PATH
@@ -29,14 +36,6 @@ class SystemSettings(BaseModel):
 
 
 DEFAULT_SYSTEMS = {"shop": SystemSettings(url="http://127.0.0.1:8101", credential="shop")}
-
-
-class ApproverContact(BaseModel):
-    """Where an approver (an identity named in the policy's groups) is reached."""
-
-    email: str | None = None
-    # Slack user id (e.g. U012ABCDEF): a click from this Slack user decides as this identity.
-    slack_user: str | None = None
 
 
 class SlackSettings(BaseModel):
@@ -68,6 +67,9 @@ class WebhookSettings(BaseModel):
     urls: list[str] = Field(min_length=1)
     # One HMAC secret signs the notices we send and verifies the decisions called back.
     secret_credential: str = "webhook-secret"
+    # The integration's identity in the directory: a callback decides as it, never as a
+    # person (it relays a person's own signed envelope for that).
+    identity: str = "webhook"
     timeout_seconds: float = 10.0
 
 
@@ -92,6 +94,17 @@ class Settings(BaseSettings):
     # operators holding the token in keyring entry `codec_token_credential` read payloads.
     codec_url: str = "http://127.0.0.1:8105"
     codec_token_credential: str = "codec-token"
+    # People signed in to the Temporal UI (codec setting "pass access token"): their access
+    # token is verified against this OIDC issuer, for this audience. JWKS URL default: the
+    # issuer's discovery document. If a group is set, the token's groups claim must hold it.
+    codec_oidc_issuer: str | None = None
+    codec_oidc_audience: str | None = None
+    codec_oidc_jwks_url: str | None = None
+    codec_oidc_required_group: str | None = None
+    codec_oidc_groups_claim: str = "groups"
+    # Development only (`countersign dev` turns it on): the token in the URL, /codec/k/TOKEN,
+    # for a UI without login. Whoever learns that URL reads every payload.
+    codec_capability_url: bool = False
 
     # Prometheus metrics of the worker (Temporal SDK + Countersign), e.g. 127.0.0.1:9464;
     # empty: off. Tracing: OpenTelemetry spans for workflows and activities (needs an
@@ -107,8 +120,17 @@ class Settings(BaseSettings):
     policy_path: Path = DEFAULT_POLICY_PATH
     # A candidate policy evaluated beside the active one; its flips are recorded, never enforced.
     candidate_policy_path: Path | None = None
+    # A policy version is enforced only once a verified person activated it (workers/policies.py).
+    require_policy_activation: bool = True
+    # Who can prove who they are (see guardrails/identity.py): default STATE/directory.toml.
+    directory_path: Path | None = None
+    # The approval gateway's own identity in the directory; its attestation key is in the
+    # gateway host's keyring as `identity-key:<name>`.
+    gateway_identity: str = "gateway"
     # keyring backend, set explicitly (never auto-detected): a class path.
     keyring_backend: str = "keyrings.alt.file.PlaintextKeyring"
+    # The folder of the `workers.credentials.SecretFiles` backend (one file per secret).
+    secrets_dir: Path = Path("/run/secrets")
 
     openai_base_url: str = Field(
         default="http://127.0.0.1:8102/v1",
@@ -122,20 +144,34 @@ class Settings(BaseSettings):
 
     # The approval gateway: the base URL approvers' links and chat callbacks reach.
     gateway_url: str = "http://127.0.0.1:8104"
-    # Notification channels: a channel that is not configured is skipped.
-    approvers: dict[str, ApproverContact] = {}
+    # Notification channels: a channel that is not configured is skipped. Approvers' email
+    # addresses and Slack user ids are in the identity directory.
     slack: SlackSettings | None = None
     email: EmailSettings | None = None
     webhook: WebhookSettings | None = None
     # `countersign dev` only: the local mail catcher that the dev stack's email goes to.
     mail_catcher_port: int = 8125
 
-    # Bounds on one tool call; Temporal retries with back-off within these.
-    tool_start_to_close_seconds: float = 30.0
+    # Bounds on one tool call; Temporal retries with back-off within these. A side effect's
+    # activity heartbeats, so a worker that dies mid-call is noticed after
+    # `tool_heartbeat_seconds`, not after the whole start-to-close.
+    tool_start_to_close_seconds: float = Field(default=30.0, gt=0)
     tool_max_attempts: int = Field(default=5, ge=1)
+    tool_heartbeat_seconds: float = Field(default=10.0, gt=0)
+    # The same for the model call (one planning step).
+    model_start_to_close_seconds: float = Field(default=120.0, gt=0)
+    model_max_attempts: int = Field(default=4, ge=1)
+    model_heartbeat_seconds: float = Field(default=10.0, gt=0)
 
-    # The audit trail: SQLite in the state folder, or PostgreSQL (`postgresql://user@host/db`;
-    # the password from keyring entry `audit_password_credential`, or libpq's PGPASSWORD/.pgpass).
+    # Where everything that must be one per deployment lives (limits ledger, transcripts,
+    # approval links, kill switch, audit trail): unset, SQLite files in the state folder (one
+    # machine); `postgresql://user@host:5432/db`, one PostgreSQL database for a fleet. The
+    # password comes from keyring entry `state_password_credential` (or PGPASSWORD/.pgpass).
+    state_dsn: str | None = None
+    state_password_credential: str | None = None
+    # The audit trail elsewhere than the rest (older deployments set only this): SQLite path or
+    # PostgreSQL DSN; default: state_dsn, else the state folder. Its password: keyring entry
+    # `audit_password_credential`, else `state_password_credential`.
     audit_dsn: str | None = None
     audit_password_credential: str | None = None
     # A signed checkpoint every N records (and on `countersign audit checkpoint`).
@@ -154,11 +190,17 @@ class Settings(BaseSettings):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
-    @field_validator("audit_dsn", mode="after")
+    @field_validator("audit_dsn", "state_dsn", mode="after")
     @classmethod
-    def _postgres_without_password(cls, dsn: str | None) -> str | None:
+    def _postgres_without_password(cls, dsn: str | None, field: ValidationInfo) -> str | None:
         if dsn is None or not dsn.strip():
             return None
+        store = (field.field_name or "").removesuffix("_dsn").upper()
+        if store == "STATE" and not dsn.startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                "expected postgresql://user@host:port/dbname (leave it unset for SQLite files "
+                "in COUNTERSIGN_STATE_DIR)"
+            )
         if not dsn.startswith(("postgresql://", "postgres://", "sqlite:///")):
             raise ValueError("expected postgresql://user@host:port/dbname or sqlite:///path")
         if dsn.startswith("postgres"):
@@ -171,7 +213,7 @@ class Settings(BaseSettings):
             if info.get("password"):
                 raise ValueError(
                     "the DSN holds a password; keep it in the keyring instead "
-                    "(COUNTERSIGN_AUDIT_PASSWORD_CREDENTIAL) or in PGPASSWORD/.pgpass"
+                    f"(COUNTERSIGN_{store}_PASSWORD_CREDENTIAL) or in PGPASSWORD/.pgpass"
                 )
         return dsn
 
@@ -204,8 +246,14 @@ class Settings(BaseSettings):
 
     @cached_property
     def audit_location(self) -> str:
-        """Where the audit trail lives: the DSN, or the SQLite file in the state folder."""
-        return self.audit_dsn or str(self.audit_path)
+        """Where the audit trail lives: its own DSN, the state DSN, or the SQLite file in the
+        state folder."""
+        return self.audit_dsn or self.state_dsn or str(self.audit_path)
+
+    @cached_property
+    def audit_credential(self) -> str | None:
+        """The keyring entry holding the audit database's password, if any."""
+        return self.audit_password_credential or self.state_password_credential
 
     @cached_property
     def transcript_path(self) -> Path:
@@ -214,6 +262,10 @@ class Settings(BaseSettings):
     @cached_property
     def ledger_path(self) -> Path:
         return self.state_dir / "ledger.sqlite3"
+
+    @cached_property
+    def directory_file(self) -> Path:
+        return self.directory_path or self.state_dir / "directory.toml"
 
     @cached_property
     def kill_switch_path(self) -> Path:
@@ -233,12 +285,6 @@ class Settings(BaseSettings):
         if self.webhook:
             names.append(self.webhook.secret_credential)
         return names
-
-    def identity_for_slack_user(self, slack_user: str) -> str | None:
-        for identity, contact in self.approvers.items():
-            if contact.slack_user == slack_user:
-                return identity
-        return None
 
     @cached_property
     def keyring_path(self) -> Path:

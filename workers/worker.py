@@ -30,6 +30,7 @@ import activities.crm
 import activities.shop  # noqa: F401
 from activities.audit import AuditActivities
 from activities.guard import GuardActivities
+from activities.identity import IdentityActivities
 from activities.model import ModelActivities
 from activities.notify import NotifyActivities
 from activities.runtime import Runtime
@@ -38,6 +39,7 @@ from agents import search_attributes
 from agents.graph import GRAPH_NAME, build_graph
 from agents.run import AgentRun
 from agents.specs import AGENTS, check_agent_scopes
+from guardrails.identity import Directory, IdentityError
 from guardrails.money import set_currency
 from guardrails.policy import PolicyBundle, PolicyError
 from workers.codec import data_converter
@@ -171,9 +173,11 @@ def check_startup(settings: Settings) -> Runtime:
     for name in settings.channel_credentials():
         get_secret(name)
     runtime = Runtime.from_settings(settings, tool_schemas())
-    check_policy_references(runtime.policy.current())
+    policy = runtime.policy.current()
+    check_policy_references(policy)
     if runtime.candidate is not None:
         check_policy_references(runtime.candidate.current())
+    check_directory(runtime.directory.current(), policy.settings.groups)
     return runtime
 
 
@@ -229,6 +233,18 @@ def check_policy_references(policy: PolicyBundle) -> None:
             )
 
 
+def check_directory(directory: Directory, groups: dict[str, list[str]]) -> None:
+    """Everyone the policy's groups name must be able to prove who they are."""
+    for group, members in sorted(groups.items()):
+        missing = [m for m in members if directory.get(m) is None]
+        if missing:
+            raise IdentityError(
+                f"policy group {group!r} names {', '.join(missing)}, who "
+                f"{'is' if len(missing) == 1 else 'are'} not in the identity directory "
+                "(add them: `countersign identity init --as NAME` prints the entry)"
+            )
+
+
 def build_worker(
     client: Client,
     settings: Settings,
@@ -239,9 +255,11 @@ def build_worker(
 ) -> Worker:
     activities_: Sequence[Any] = [
         ModelActivities(runtime).plan,
+        ModelActivities(runtime).bounds,
         GuardActivities(runtime).decide,
         GuardActivities(runtime).release,
         AuditActivities(runtime).record,
+        IdentityActivities(runtime).verify,
         NotifyActivities(runtime).notify,
         *tool_activities(runtime),
     ]

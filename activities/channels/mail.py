@@ -25,6 +25,7 @@ from activities.channels import (
     who_may_decide,
 )
 from activities.contracts import ApprovalNotice
+from guardrails.identity import Directory
 from guardrails.tokens import RequestRef, TokenStore, link_id
 from workers.settings import EmailSettings, Settings
 
@@ -91,9 +92,12 @@ there. The links are yours alone and work once. Do not forward this email.</p>
 class EmailChannel:
     name = "email"
 
-    def __init__(self, settings: Settings, tokens: TokenStore, password: str | None) -> None:
+    def __init__(
+        self, settings: Settings, tokens: TokenStore, password: str | None, directory: Directory
+    ) -> None:
         assert settings.email is not None
         self.settings = settings
+        self.directory = directory
         self.conf = settings.email
         self.tokens = tokens
         self._password = password
@@ -108,7 +112,7 @@ class EmailChannel:
         sent, links_issued, no_address = [], [], []
         base = self.settings.gateway_url.rstrip("/") + DECIDE_PATH
         for identity in deciders(notice.request):
-            contact = self.settings.approvers.get(identity)
+            contact = self.directory.get(identity)
             if contact is None or not contact.email:
                 no_address.append(identity)
                 continue

@@ -21,6 +21,7 @@ from activities.channels import (
     who_may_decide,
 )
 from activities.contracts import ApprovalNotice
+from guardrails.identity import Directory
 from guardrails.tokens import RequestRef
 from workers.settings import Settings, SlackSettings
 
@@ -68,11 +69,11 @@ class SlackApi:
 
 
 def request_blocks(
-    notice: ApprovalNotice, ref: RequestRef, settings: Settings
+    notice: ApprovalNotice, ref: RequestRef, settings: Settings, directory: Directory
 ) -> list[dict[str, Any]]:
     """What the agent wants to do and why; buttons while the request is open."""
     request = notice.request
-    mentions = [_mention(p, settings) for p in deciders(request)]
+    mentions = [_mention(p, directory) for p in deciders(request)]
     fields = [
         f"*{label}*\n{value}" for label, value in [("Tool", request.tool), *argument_lines(request)]
     ]
@@ -152,8 +153,8 @@ def _button(text: str, action_id: str, value: str, style: str) -> dict[str, Any]
     }
 
 
-def _mention(identity: str, settings: Settings) -> str:
-    contact = settings.approvers.get(identity)
+def _mention(identity: str, directory: Directory) -> str:
+    contact = directory.get(identity)
     return f"<@{contact.slack_user}>" if contact and contact.slack_user else ""
 
 
@@ -166,15 +167,18 @@ def _quote(text: str) -> str:
 class SlackChannel:
     name = "slack"
 
-    def __init__(self, settings: Settings, api: SlackApi, sent: dict[str, Any] | None) -> None:
+    def __init__(
+        self, settings: Settings, api: SlackApi, sent: dict[str, Any] | None, directory: Directory
+    ) -> None:
         self.settings = settings
+        self.directory = directory
         self.api = api
         # The audit data of the "requested" message, for updating it when the request settles.
         self.sent = sent
 
     async def send(self, notice: ApprovalNotice, ref: RequestRef) -> dict[str, Any]:
         assert self.settings.slack is not None
-        blocks = request_blocks(notice, ref, self.settings)
+        blocks = request_blocks(notice, ref, self.settings, self.directory)
         text = fallback_text(notice)
         if notice.event == "settled" and self.sent:
             await self.api.call(
@@ -196,7 +200,7 @@ class SlackChannel:
             return {"skipped": "no request message to update"}
         if notice.event == "reminder" and self.sent:
             # In the request's thread, shown in the channel too, so the buttons are one click away.
-            mentions = " ".join(_mention(p, self.settings) for p in deciders(notice.request))
+            mentions = " ".join(_mention(p, self.directory) for p in deciders(notice.request))
             body = await self.api.call(
                 "chat.postMessage",
                 {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -11,9 +10,8 @@ from temporalio.worker import Worker
 
 from activities.runtime import Runtime
 from agents.run import AgentRun
-from guardrails.approvals import Decision
 from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import SHOP_TOKEN, Shop, start_run
+from tests.conftest import SHOP_TOKEN, Shop, signed, start_run
 
 TWO_REFUNDS = {
     "name": "two-refunds",
@@ -63,18 +61,17 @@ async def test_each_parallel_call_gets_its_own_request_and_decision(
     # A decision bound to one action cannot be used for the other.
     await handle.execute_update(
         AgentRun.decide,
-        Decision(
-            request_id=first.request_id,
-            approver="alice",
-            approve=True,
-            action_hash=first.action_hash,
+        signed(
+            handle.id,
+            first,
+            "alice",
         ),
     )
     status = await handle.query(AgentRun.status)
     assert [r.request_id for r in status.pending_approvals] == [second.request_id]
     await handle.execute_update(
         AgentRun.decide,
-        Decision(request_id=second.request_id, approver="bob", approve=False, comment="no"),
+        signed(handle.id, second, "bob", approve=False, comment="no"),
     )
     result = await handle.result()
     outcome = {
@@ -82,44 +79,6 @@ async def test_each_parallel_call_gets_its_own_request_and_decision(
     }
     assert outcome == {6000: "executed", 7000: "rejected"}
     assert [r["amount_cents"] for r in shop.refunds("A-1003")] == [*before, 6000]
-
-
-async def test_ui_signal_decides_and_a_bad_signal_is_audited_not_applied(
-    temporal: WorkflowEnvironment, worker: Worker, runtime: Runtime
-) -> None:
-    handle = await start_run(
-        temporal.client, worker.task_queue, task="Refund order A-1010: signal test."
-    )
-    (request,) = await wait_for_pending(handle)
-    # As typed in the UI's "Send a Signal" form: JSON, by a person not allowed to decide.
-    await handle.signal(
-        "decision", {"request_id": request.request_id, "approver": "mallory", "approve": True}
-    )
-    await handle.signal("decision", {"request_id": request.request_id})  # malformed
-    for _ in range(100):
-        if len(runtime.audit.find(handle.id, "approval.refused")) == 2:
-            break
-        await asyncio.sleep(0.05)
-    refused = runtime.audit.find(handle.id, "approval.refused")
-    assert "may not decide" in refused[0].data["reason"]
-    assert "approver" in refused[1].data["reason"]
-    assert (await handle.query(AgentRun.status)).pending_approvals  # still waiting
-
-    await handle.signal(
-        "decision",
-        {
-            "request_id": request.request_id,
-            "approver": "bob",
-            "approve": False,
-            "comment": "duplicate ticket",
-        },
-    )
-    result = await handle.result()
-    refund = next(a for a in result.actions if a.tool == "payments.refund")
-    assert refund.status == "rejected"
-    (decided,) = runtime.audit.find(handle.id, "approval.decided")
-    assert decided.actor == "temporal-ui:bob"
-    assert decided.data["action_hash"] is None or decided.data["approve"] is False
 
 
 async def test_audit_tells_the_run_in_order_and_no_secret_reaches_history(

@@ -11,10 +11,9 @@ from temporalio.worker import Worker
 
 from activities.runtime import Runtime
 from agents.run import AgentRun
-from guardrails.approvals import Decision
 from guardrails.audit import open_store
 from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import Shop, start_run
+from tests.conftest import Shop, signed, start_run
 from workers.replay import activities_in
 from workers.settings import Settings
 from workers.worker import build_worker
@@ -70,7 +69,7 @@ async def test_an_approval_flow_on_the_postgres_audit_store(
         (request,) = await wait_for_pending(handle)
         await handle.execute_update(
             AgentRun.decide,
-            Decision(request_id=request.request_id, approver="alice", approve=True),
+            signed(handle.id, request, "alice"),
         )
         result = await handle.result()
     refund = next(a for a in result.actions if a.tool == "payments.refund")

@@ -15,9 +15,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.runtime import Runtime
 from agents import search_attributes
-from guardrails.approvals import Decision
 from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import Shop, start_run
+from tests.conftest import Shop, signed, start_run
 from workers.codec import data_converter
 from workers.devstack import Service, start_service
 from workers.settings import Settings
@@ -74,7 +73,7 @@ async def test_killed_workers_lose_no_decision_and_refund_exactly_once(
         asyncio.create_task(
             temporal.client.get_workflow_handle(handle.id).start_update(
                 "decide",
-                Decision(request_id=request.request_id, approver=who, approve=True),
+                signed(handle.id, request, who),
                 wait_for_stage=WorkflowUpdateStage.COMPLETED,
             )
         )

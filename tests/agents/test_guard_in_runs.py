@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,12 +14,12 @@ from temporalio.worker import Worker
 from activities.runtime import Runtime
 from activities.tools import tool_schemas
 from agents.run import AgentRun
-from guardrails.approvals import Decision
-from guardrails.controls import KillSwitch, write_kill_switch
+from guardrails.controls import KillSwitch, read_kill_switch, write_kill_switch
 from guardrails.policy import DEFAULT_POLICY_PATH, load_policy
 from guardrails.review import backtest
 from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import Shop, start_run
+from tests.conftest import Shop, signed, start_run
+from workers.identities import signer_for
 from workers.settings import Settings
 from workers.worker import build_worker, check_startup
 
@@ -29,6 +30,17 @@ def kill_switch(settings: Settings) -> Iterator[Path]:
     write_kill_switch(settings.kill_switch_path, KillSwitch())
 
 
+def flip(path: Path, who: str, *, on: bool, what: str, name: str | None = None) -> None:
+    """Add a kill switch change signed by `who` to the stored switch (what the CLI writes)."""
+    change = signer_for(who).sign(
+        purpose="kill",
+        channel="cli",
+        now=datetime.now(UTC),
+        claims={"on": on, "what": what, "name": name},
+    )
+    write_kill_switch(path, read_kill_switch(path).with_change(change))
+
+
 async def test_kill_switch_flipped_while_waiting_stops_the_approved_action(
     temporal: WorkflowEnvironment, worker: Worker, shop: Shop, kill_switch: Path
 ) -> None:
@@ -36,10 +48,8 @@ async def test_kill_switch_flipped_while_waiting_stops_the_approved_action(
         temporal.client, worker.task_queue, task="Refund order A-1012: bottles leak."
     )
     (request,) = await wait_for_pending(handle)
-    write_kill_switch(kill_switch, KillSwitch(tools=["payments.refund"]))
-    await handle.execute_update(
-        AgentRun.decide, Decision(request_id=request.request_id, approver="bob", approve=True)
-    )
+    flip(kill_switch, "erin", on=True, what="tool", name="payments.refund")
+    await handle.execute_update(AgentRun.decide, signed(handle.id, request, "bob"))
     result = await handle.result()
     refund = next(a for a in result.actions if a.tool == "payments.refund")
     assert refund.status == "failed" and "kill switch" in refund.detail
@@ -49,7 +59,11 @@ async def test_kill_switch_flipped_while_waiting_stops_the_approved_action(
 async def test_kill_switch_denies_new_proposals_but_not_lookups(
     temporal: WorkflowEnvironment, worker: Worker, shop: Shop, kill_switch: Path
 ) -> None:
-    write_kill_switch(kill_switch, KillSwitch(agents=["support-refunds"]))
+    flip(kill_switch, "erin", on=True, what="agent", name="support-refunds")
+    # Revives by someone without the authority, or typed into the store, count for nothing.
+    flip(kill_switch, "mallory", on=False, what="agent", name="support-refunds")
+    stored = read_kill_switch(kill_switch)
+    write_kill_switch(kill_switch, stored.model_copy(update={"agents": []}))
     handle = await start_run(
         temporal.client, worker.task_queue, task="Refund order A-1007: mugs chipped."
     )
@@ -59,6 +73,18 @@ async def test_kill_switch_denies_new_proposals_but_not_lookups(
     for tool in ("payments.refund", "crm.add_note"):
         assert status[tool][0] == "denied" and "kill_switch" in status[tool][1]
     assert shop.refunds("A-1007") == []
+
+
+async def test_an_unsigned_kill_switch_edit_changes_nothing(
+    temporal: WorkflowEnvironment, worker: Worker, shop: Shop, kill_switch: Path
+) -> None:
+    write_kill_switch(kill_switch, KillSwitch(tools=["payments.refund"], all_side_effects=True))
+    handle = await start_run(
+        temporal.client, worker.task_queue, task="Refund order A-1004: the sampler was stale."
+    )
+    result = await handle.result()
+    assert [a.status for a in result.actions if a.tool == "payments.refund"] == ["executed"]
+    assert len(shop.refunds("A-1004")) == 1
 
 
 async def test_shadow_mode_executes_nothing_and_records_every_would_be_action(

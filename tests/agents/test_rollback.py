@@ -15,9 +15,10 @@ from temporalio.worker import Worker
 
 from activities.runtime import Runtime
 from agents.run import AgentRun
-from agents.state import RollbackRequest
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, start_run
+from workers.decisions import rollback_request
+from workers.identities import signer_for
 
 
 def script(name: str, match: str, *steps: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +141,7 @@ async def test_rollback_inside_the_undo_window_restores_the_system_of_record(
         await asyncio.sleep(0.05)
     assert snapshot() != before  # refunded and noted
     await handle.execute_update(
-        AgentRun.rollback, RollbackRequest(requested_by="alice", reason="duplicate ticket")
+        AgentRun.rollback, rollback_request(signer_for("alice"), handle.id, "duplicate ticket")
     )
     result = await handle.result()
     assert result.status == "rolled_back" and result.irreversible == []
@@ -164,6 +165,6 @@ async def test_rollback_is_refused_after_the_window(
     await handle.result()
     with pytest.raises(Exception, match=r"(?i)complete|window"):
         await handle.execute_update(
-            AgentRun.rollback, RollbackRequest(requested_by="alice", reason="too late")
+            AgentRun.rollback, rollback_request(signer_for("alice"), handle.id, "too late")
         )
     assert [r["status"] for r in shop.refunds("A-1016")] == ["succeeded"]

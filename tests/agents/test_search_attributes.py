@@ -10,9 +10,8 @@ from temporalio.worker import Worker
 
 from agents import search_attributes as sa
 from agents.run import AgentRun
-from guardrails.approvals import Decision
 from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import start_run
+from tests.conftest import signed, start_run
 
 
 async def find_ids(client: Client, query: str, expect: str, seconds: float = 10) -> list[str]:
@@ -41,9 +40,7 @@ async def test_waiting_run_is_found_by_its_search_attributes_until_decided(
     described = (await handle.describe()).typed_search_attributes
     assert described.get(sa.STAGE) == "waiting for approval"
 
-    await handle.execute_update(
-        AgentRun.decide, Decision(request_id=request.request_id, approver="alice", approve=True)
-    )
+    await handle.execute_update(AgentRun.decide, signed(handle.id, request, "alice"))
     await handle.result()
     done = (
         'CountersignWaiting = false AND CountersignStage = "completed" '

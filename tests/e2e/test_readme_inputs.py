@@ -12,9 +12,8 @@ from temporalio.worker import Worker
 from agents.run import AgentRun
 from agents.specs import AGENTS
 from agents.state import RunInput
-from guardrails.approvals import Decision
 from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import start_run
+from tests.conftest import signed, start_run
 
 README = Path(__file__).parent.parent.parent / "README.md"
 
@@ -39,7 +38,7 @@ async def test_readme_has_a_working_ui_input_for_every_agent(
     assert request.tool == "payments.refund" and request.need.eligible == ["alice", "bob"]
     await refunds.execute_update(
         AgentRun.decide,
-        Decision(request_id=request.request_id, approver="bob", approve=False, comment="test"),
+        signed(refunds.id, request, "bob", approve=False, comment="test"),
     )
     await refunds.result()
 

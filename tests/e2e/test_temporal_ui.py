@@ -20,7 +20,7 @@ from temporalio.client import Client
 
 from activities.runtime import Runtime
 from agents.run import AgentRun
-from tests.conftest import CHROMIUM_ARGS, Shop
+from tests.conftest import CHROMIUM_ARGS, Shop, signed
 from workers.codec import ENCODING
 from workers.codec_server import capability_endpoint
 from workers.credentials import ensure_secret
@@ -63,6 +63,8 @@ async def ui_stack(
             "temporal_address": f"127.0.0.1:{temporal_port}",
             "temporal_ui_url": f"http://127.0.0.1:{ui_port}",
             "codec_url": f"http://127.0.0.1:{free_port()}",
+            # The dev server's UI has no login: it reads payloads as `countersign dev` does.
+            "codec_capability_url": True,
             "task_queue": "countersign",
         }
     )
@@ -173,20 +175,39 @@ async def test_ops_start_a_run_in_the_ui_find_it_waiting_and_approve_it_there(
     await expect(page.get_by_role("link", name=workflow_id)).to_be_visible(timeout=15_000)
     await shot(page, "3-list-filtered-waiting")
 
-    # Approve from the UI: More Actions → Send a Signal → decision.
-    await page.goto(f"{ui}/namespaces/default/workflows/{workflow_id}")
-    await page.get_by_role("button", name="More Actions").click()
-    await page.get_by_role("menuitem", name="Send a Signal").click()
-    dialog = page.get_by_role("dialog", name="Send a Signal")
-    await dialog.get_by_role("button", name="Select a signal").click()
-    await page.get_by_role("option", name="decision").click()
-    await type_json(
-        page,
-        dialog,
-        {"request_id": request.request_id, "approver": "alice", "approve": True},
+    async def send_decision_signal(payload: dict, name: str) -> None:
+        """More Actions → Send a Signal → decision, with `payload` typed as JSON."""
+        await page.goto(f"{ui}/namespaces/default/workflows/{workflow_id}")
+        await page.get_by_role("button", name="More Actions").click()
+        await page.get_by_role("menuitem", name="Send a Signal").click()
+        dialog = page.get_by_role("dialog", name="Send a Signal")
+        await dialog.get_by_role("button", name="Select a signal").click()
+        await page.get_by_role("option", name="decision").click()
+        await type_json(page, dialog, payload)
+        await shot(page, name)
+        await dialog.get_by_role("button", name="Submit").click()
+
+    # A typed name decides nothing: refused, audited, and shown under Current Details.
+    typed = {"request_id": request.request_id, "approver": "alice", "approve": True}
+    await send_decision_signal(typed, "4-typed-name-signal")
+    for _ in range(100):
+        if runtime.audit.find(workflow_id, "approval.refused"):
+            break
+        await asyncio.sleep(0.1)
+    (refusal,) = runtime.audit.find(workflow_id, "approval.refused")
+    assert "typed name proves nothing" in refusal.data["reason"]
+    await page.reload()
+    await page.get_by_role("tab", name="User Metadata").click()
+    refused = page.frame_locator("iframe").first.get_by_text("Refused decisions")
+    await expect(refused.first).to_be_visible(timeout=15_000)
+    await shot(page, "4b-refusal-in-current-details")
+    assert len(shop.refunds("A-1006")) == before
+
+    # What works: alice pastes the envelope `countersign approve … --as alice --print` prints.
+    pasted = signed(
+        workflow_id, request, "alice", channel="temporal-ui", lifetime=timedelta(minutes=30)
     )
-    await shot(page, "4-send-decision-signal")
-    await dialog.get_by_role("button", name="Submit").click()
+    await send_decision_signal({"envelope": pasted.model_dump(mode="json")}, "4c-signed-signal")
 
     result = await handle.result()
     refund = next(a for a in result.actions if a.tool == "payments.refund")

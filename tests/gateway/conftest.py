@@ -34,12 +34,12 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.runtime import Runtime
-from tests.conftest import CHROMIUM_ARGS
+from tests.conftest import CHROMIUM_ARGS, TEST_PEOPLE, TEST_SLACK_USERS
 from workers.credentials import set_secret
 from workers.devstack import free_port
 from workers.gateway import Gateway, UpdatesOnly, create_app
+from workers.identities import ensure_dev_directory
 from workers.settings import (
-    ApproverContact,
     EmailSettings,
     Settings,
     SlackSettings,
@@ -53,7 +53,7 @@ WEBHOOK_SECRET = "webhook-secret-for-tests-0123456789"
 SLACK_CHANNEL = "C0APPROVALS"
 ARTIFACTS = Path(__file__).parent.parent.parent / "test-artifacts"
 # Demo policy people; dana requests the runs (and so may never approve them).
-SLACK_USERS = {"alice": "U0ALICE", "bob": "U0BOB", "carol": "U0CAROL", "dana": "U0DANA"}
+SLACK_USERS = TEST_SLACK_USERS
 
 
 class _InLoopServer(uvicorn.Server):
@@ -205,14 +205,10 @@ def channel_settings(
     set_secret("slack-bot-token", SLACK_BOT_TOKEN)
     set_secret("slack-signing-secret", SLACK_SIGNING_SECRET)
     set_secret("webhook-secret", WEBHOOK_SECRET)
-    return settings.model_copy(
+    channels = settings.model_copy(
         update={
             "temporal_address": temporal.client.service_client.config.target_host,
             "gateway_url": f"http://127.0.0.1:{gateway_port}",
-            "approvers": {
-                name: ApproverContact(email=f"{name}@example.com", slack_user=user)
-                for name, user in SLACK_USERS.items()
-            },
             "slack": SlackSettings(channel=SLACK_CHANNEL, api_url=f"{fake_slack.url}/api"),
             "email": EmailSettings(
                 smtp_host="127.0.0.1", smtp_port=mailbox[1], smtp_security="none"
@@ -220,6 +216,9 @@ def channel_settings(
             "webhook": WebhookSettings(urls=[f"{fake_slack.url}/hooks/teams"]),
         }
     )
+    # Approvers' addresses and Slack ids are in the directory; this adds the webhook's identity.
+    ensure_dev_directory(channels, TEST_PEOPLE, slack_users=SLACK_USERS)
+    return channels
 
 
 @pytest.fixture(scope="session")

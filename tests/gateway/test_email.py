@@ -136,7 +136,10 @@ async def test_forged_expired_and_wrong_approver_links_are_refused(
 ) -> None:
     box, _ = mailbox
     handle = await start_run(
-        temporal.client, worker.task_queue, task="Refund order A-1006: email refusal test."
+        temporal.client,
+        worker.task_queue,
+        task="Refund order A-1006: email refusal test.",
+        signed_requester=True,
     )
     (request,) = await wait_for_pending(handle)
     to_bob = (await box.wait_for(1, to="bob@example.com", Subject="A-1006"))[-1]

@@ -193,7 +193,10 @@ async def test_unmapped_users_and_the_requester_are_refused(
     channel_runtime: Runtime,
 ) -> None:
     handle = await start_run(
-        temporal.client, worker.task_queue, task="Refund order A-1009: slack identity test."
+        temporal.client,
+        worker.task_queue,
+        task="Refund order A-1009: slack identity test.",
+        signed_requester=True,
     )
     await wait_for_pending(handle)
     message = await _request_message(fake_slack, handle.id)

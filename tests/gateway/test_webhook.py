@@ -12,7 +12,7 @@ from activities.channels.webhook import signed_headers, verify
 from activities.runtime import Runtime
 from agents.run import AgentRun
 from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import start_run
+from tests.conftest import signed, start_run
 from tests.gateway.conftest import WEBHOOK_SECRET, FakeSlack, gateway_http, wait_until
 from workers.gateway import Gateway
 
@@ -46,8 +46,10 @@ async def test_signed_notice_goes_out_and_only_a_signed_fresh_callback_decides(
     reference = notice["reference"]
     assert notice["decide"]["url"] == f"{gateway.settings.gateway_url}/webhook/decision"  # type: ignore[index]
 
+    # bob's own decision, signed with his key, relayed by the integration.
+    bobs = signed(handle.id, request, "bob", approve=False, comment="duplicate")
     decision = json.dumps(
-        {"reference": reference, "approver": "bob", "approve": False, "comment": "duplicate"}
+        {"reference": reference, "envelope": bobs.model_dump(mode="json")}
     ).encode()
     async with gateway_http(gateway) as http:
 
@@ -58,19 +60,31 @@ async def test_signed_notice_goes_out_and_only_a_signed_fresh_callback_decides(
         assert (await post(decision, signed_headers("wrong-secret", decision)))[0] == 401
         stale = signed_headers(WEBHOOK_SECRET, decision, now=time.time() - 301)
         assert (await post(decision, stale))[0] == 401
-        tampered = decision.replace(b'"bob"', b'"alice"')
+        tampered = decision.replace(b'"duplicate"', b'"approved!"')
         assert (await post(tampered, signed_headers(WEBHOOK_SECRET, decision)))[0] == 401
         assert (await post(decision, {"Content-Type": "application/json"}))[0] == 401
         not_json = b'{"reference": 1}'
         status, error = await post(not_json, signed_headers(WEBHOOK_SECRET, not_json))
         assert status == 400 and error["error"] == "invalid decision"
-        unknown = json.dumps({"reference": "ref_unknown000", "approver": "bob", "approve": True})
-        status, _ = await post(unknown.encode(), signed_headers(WEBHOOK_SECRET, unknown.encode()))
+        unknown = json.dumps({"reference": "ref_unknown000", "approve": True}).encode()
+        status, _ = await post(unknown, signed_headers(WEBHOOK_SECRET, unknown))
         assert status == 404
-        # The requester is refused by the run itself.
-        as_dana = decision.replace(b'"bob"', b'"dana"')
-        status, refused = await post(as_dana, signed_headers(WEBHOOK_SECRET, as_dana))
-        assert status == 409 and "cannot approve" in str(refused["reason"])
+
+        async def post_signed(callback: dict[str, object]) -> tuple[int, dict[str, object]]:
+            body = json.dumps({"reference": reference, **callback}).encode()
+            return await post(body, signed_headers(WEBHOOK_SECRET, body))
+
+        # The shared secret never speaks for a person: a name in the body is refused here,
+        status, refused = await post_signed({"approver": "alice", "approve": True})
+        assert status == 403 and "speaks as 'webhook' only" in str(refused["reason"])
+        # a person's envelope edited in transit is refused by the run,
+        edited = bobs.model_dump(mode="json")
+        edited["statement"]["approve"] = True
+        status, refused = await post_signed({"envelope": edited})
+        assert status == 409 and "signature does not match" in str(refused["reason"])
+        # and the integration as itself decides only where the policy lets it (it does not).
+        status, refused = await post_signed({"approve": True})
+        assert status == 409 and "webhook may not decide" in str(refused["reason"])
         assert (await handle.query(AgentRun.status)).pending_approvals
 
         status, receipt = await post(decision, signed_headers(WEBHOOK_SECRET, decision))
@@ -80,7 +94,13 @@ async def test_signed_notice_goes_out_and_only_a_signed_fresh_callback_decides(
     result = await handle.result()
     assert [a.status for a in result.actions if a.tool == "payments.refund"] == ["rejected"]
     (decided,) = channel_runtime.audit.find(handle.id, "approval.decided")
-    assert decided.actor == "webhook:bob" and decided.data["comment"] == "duplicate"
+    assert decided.actor == "cli:bob" and decided.data["comment"] == "duplicate"
+    gateway_refusals = [
+        r
+        for r in channel_runtime.audit.find(handle.id, "approval.refused")
+        if "alice" in str(r.data)
+    ]
+    assert gateway_refusals  # the name-in-body forgery is audited too
     # The outcome is announced too.
     settled = await wait_until(
         lambda: [n for _, n in delivered() if n["event"] == "settled"], "the settled notice"

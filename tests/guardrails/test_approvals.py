@@ -19,13 +19,14 @@ from tests.guardrails.test_policy import ORDER, decision
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
 
 
-def request_for(amount: int, call_id: str = "call_1"):
+def request_for(amount: int, call_id: str = "call_1", requester: str | None = "dana"):
     v = decision(args={"amount_cents": amount}, facts={"order": ORDER})
     r = new_request(
         workflow_id="wf-1",
         verdict=v,
         reason="r",
         requested_by="dana",
+        requester=requester,
         agent="support-refunds",
         now=NOW,
     )
@@ -82,3 +83,22 @@ def test_second_decision_and_repeat_approver_are_refused() -> None:
 def test_request_ids_are_per_call() -> None:
     assert request_id_for("wf-1", "call_1") != request_id_for("wf-1", "call_2")
     assert request_id_for("wf-1", "call_1") == request_id_for("wf-1", "call_1")
+
+
+def test_a_verified_requester_may_confirm_only_where_a_rule_opts_in() -> None:
+    requests, r = request_for(18900, requester="alice")
+    with pytest.raises(DecisionRefused, match="requested this run"):
+        check_decision(requests, decide(r, "alice"))
+    r.need.requester_may_approve = True
+    apply_decision(check_decision(requests, decide(r, "alice")), decide(r, "alice"), NOW)
+    assert r.status == "approved"
+
+
+def test_a_claimed_requester_excludes_no_one_and_grants_nothing() -> None:
+    requests, r = request_for(18900, requester=None)
+    with pytest.raises(DecisionRefused, match="may not decide"):
+        check_decision(requests, decide(r, "dana"))  # claimed, and in no approver group
+    r.need.requester_may_approve = True
+    with pytest.raises(DecisionRefused, match="may not decide"):
+        check_decision(requests, decide(r, "dana"))  # the opt-in needs a proven requester
+    apply_decision(check_decision(requests, decide(r, "bob")), decide(r, "bob"), NOW)

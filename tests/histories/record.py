@@ -29,11 +29,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.runtime import Runtime
 from agents.run import AgentRun
-from agents.state import RollbackRequest, RunInput, RunResult
-from guardrails.approvals import Decision
+from agents.state import RunInput, RunResult
 from workers.credentials import get_secret
-from workers.decisions import send_decision, wait_for_requests
+from workers.decisions import decide_as, rollback_request, sign_decision, wait_for_requests
 from workers.devstack import free_port, start_dev_stack
+from workers.identities import signer_for
 from workers.replay import readable_text, save_history
 from workers.settings import Settings, SystemSettings
 from workers.worker import build_worker, check_startup, connect, ensure_search_attributes
@@ -111,12 +111,8 @@ async def auto_approved(client: Client) -> WorkflowHandle[Any, Any]:
 async def approved(client: Client) -> WorkflowHandle[Any, Any]:
     """189.00 waits for a support lead; alice approves through the CLI's path (an Update)."""
     handle = await _start(client, "approved", "Refund order A-1002: the espresso machine leaks.")
-    request_id = (await wait_for_requests(handle))[0].request_id
-    await send_decision(
-        client,
-        handle.id,
-        Decision(request_id=request_id, approver="alice", approve=True, comment="photo checked"),
-    )
+    (request,) = await wait_for_requests(handle)
+    await decide_as(client, handle.id, request, "alice", comment="photo checked")
     await handle.result()
     return handle
 
@@ -126,16 +122,18 @@ async def rejected(client: Client) -> WorkflowHandle[Any, Any]:
     handle = await _start(
         client, "rejected", "Refund order A-1006: the kettle is the wrong colour."
     )
-    request_id = (await wait_for_requests(handle))[0].request_id
-    await handle.signal(
-        "decision",
-        {
-            "request_id": request_id,
-            "approver": "bob",
-            "approve": False,
-            "comment": "colour is not a defect",
-        },
+    (request,) = await wait_for_requests(handle)
+    # What `countersign reject … --as bob --print` prints, pasted into the signal.
+    envelope = sign_decision(
+        signer_for("bob"),
+        handle.id,
+        request.request_id,
+        request.action_hash,
+        approve=False,
+        comment="colour is not a defect",
+        channel="temporal-ui",
     )
+    await handle.signal("decision", {"envelope": envelope.model_dump(mode="json")})
     await handle.result()
     return handle
 
@@ -158,7 +156,7 @@ async def compensated(client: Client) -> WorkflowHandle[Any, Any]:
             break
         await asyncio.sleep(0.05)
     await handle.execute_update(
-        "rollback", RollbackRequest(requested_by="alice", reason="duplicate ticket")
+        "rollback", rollback_request(signer_for("alice"), handle.id, "duplicate ticket")
     )
     await handle.result()
     return handle

@@ -11,9 +11,8 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from guardrails.approvals import Decision
 from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import SHOP_TOKEN, start_run
+from tests.conftest import SHOP_TOKEN, signed, start_run
 from tests.e2e.test_cli import countersign
 from tests.histories.record import PENDING_SCENARIOS, SCENARIOS
 from tests.histories.variants import AgentRunThatChecksFirst, graph_without_approvals
@@ -139,9 +138,7 @@ async def test_cli_replays_a_live_run_by_workflow_id(
         temporal.client, worker.task_queue, task="Refund order A-1003: the lid is cracked."
     )
     (request,) = await wait_for_pending(handle)
-    await handle.execute_update(
-        "decide", Decision(request_id=request.request_id, approver="bob", approve=False)
-    )
+    await handle.execute_update("decide", signed(handle.id, request, "bob", approve=False))
     await handle.result()
     # The live run's payloads are encrypted: the CLI reads the session's keys from its keyring.
     env = {

@@ -21,9 +21,8 @@ from temporalio.worker import Worker
 
 from activities.runtime import Runtime
 from agents.run import AgentRun
-from guardrails.approvals import Decision
 from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import start_run
+from tests.conftest import signed, start_run
 from workers.codec import (
     ENCODING,
     EncryptionCodec,
@@ -82,7 +81,7 @@ async def test_history_holds_no_plaintext_of_arguments_results_or_decisions(
     (request,) = await wait_for_pending(refund)
     await refund.execute_update(
         AgentRun.decide,
-        Decision(request_id=request.request_id, approver="alice", approve=True, comment=COMMENT),
+        signed(refund.id, request, "alice", comment=COMMENT),
     )
     result = await refund.result()
     assert result.actions[1].arguments["amount_cents"] == 18900
@@ -168,7 +167,7 @@ async def test_a_run_survives_key_rotation_mid_run(
         (request,) = await wait_for_pending(handle)
     async with build_worker(after, settings, runtime, task_queue=queue, **sticky):
         await after.get_workflow_handle(handle.id).execute_update(
-            AgentRun.decide, Decision(request_id=request.request_id, approver="alice", approve=True)
+            AgentRun.decide, signed(handle.id, request, "alice")
         )
         result = await after.get_workflow_handle_for(AgentRun.run, handle.id).result()
     assert result.status == "completed"

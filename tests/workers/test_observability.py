@@ -18,10 +18,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.runtime import Runtime
 from agents.run import AgentRun
-from guardrails.approvals import Decision
 from guardrails.audit import AuditStore, open_store
 from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import start_run
+from tests.conftest import signed, start_run
 from workers.devstack import free_port
 from workers.settings import Settings, SettingsError
 from workers.stats import compute_stats, format_stats, parse_window
@@ -62,7 +61,7 @@ async def test_worker_serves_sdk_and_countersign_metrics_on_one_endpoint(
         await asyncio.sleep(0.3)  # a measurable wait before the decision
         await rejected.execute_update(
             AgentRun.decide,
-            Decision(request_id=request.request_id, approver="bob", approve=False, comment="no"),
+            signed(rejected.id, request, "bob", approve=False, comment="no"),
         )
         await asyncio.gather(auto.result(), rejected.result())
         async with httpx.AsyncClient() as http:
@@ -76,7 +75,7 @@ async def test_worker_serves_sdk_and_countersign_metrics_on_one_endpoint(
     assert value(text, "countersign_verdicts_total", outcome="allow", tool="payments.refund") == 1
     assert value(text, "countersign_verdicts_total", outcome="needs_approval") == 1
     assert value(text, "countersign_approvals_requested_total") == 1
-    assert value(text, "countersign_decisions_total", decision="reject", channel="api") == 1
+    assert value(text, "countersign_decisions_total", decision="reject", channel="cli") == 1
     assert value(text, "countersign_approvals_settled_total", outcome="rejected") == 1
     assert value(text, "countersign_time_to_decision_count", decision="reject") == 1
     assert 0.3 <= value(text, "countersign_time_to_decision_sum") < 30

@@ -1,0 +1,87 @@
+"""A policy edit is enforced only once a verified person with the authority activates it:
+someone who can write the policy folder cannot loosen the guard by themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from activities.runtime import Runtime
+from agents.run import AgentRun
+from guardrails.policy import DEFAULT_POLICY_PATH, load_policy
+from tests.conftest import Shop, signed, start_run
+from workers.identities import signer_for
+from workers.policies import activate
+from workers.settings import Settings
+from workers.worker import build_worker, check_startup
+
+
+@pytest.fixture
+async def gated(
+    temporal: WorkflowEnvironment, settings: Settings, tmp_path: Path, task_queue: str
+) -> AsyncIterator[tuple[Runtime, str, Path]]:
+    """A worker whose policy folder needs activation; the folder is activated by erin."""
+    folder = tmp_path / "policy"
+    shutil.copytree(DEFAULT_POLICY_PATH, folder)
+    fields = settings.model_dump()
+    fields.update(policy_path=folder, require_policy_activation=True)
+    gated_settings = Settings(**fields)
+    runtime = check_startup(settings)  # the session's, to sign with its audit store
+    activate(runtime.audit, load_policy(folder, None), signer_for("erin"))
+    gated_runtime = check_startup(gated_settings)
+    async with build_worker(
+        temporal.client,
+        gated_settings,
+        gated_runtime,
+        task_queue=task_queue,
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
+    ) as worker:
+        yield gated_runtime, worker.task_queue, folder
+
+
+async def refund_a_1002(temporal: WorkflowEnvironment, task_queue: str, shop: Shop) -> str:
+    """A 189.00 refund: "waited" if it waited for a person (rejected here), or "executed"."""
+    shop.reset()
+    handle = await start_run(temporal.client, task_queue, task="Refund order A-1002: it leaks.")
+    while True:
+        status = await handle.query(AgentRun.status)
+        if status.pending_approvals:
+            (request,) = status.pending_approvals
+            await handle.execute_update(AgentRun.decide, signed(handle.id, request, "bob", False))
+            await handle.result()
+            assert shop.refunds("A-1002") == []
+            return "waited"
+        if status.stage in ("completed", "stopped"):
+            result = await handle.result()
+            (refund,) = [a for a in result.actions if a.tool == "payments.refund"]
+            return refund.status
+        await asyncio.sleep(0.05)
+
+
+async def test_a_loosened_policy_waits_for_a_verified_activation(
+    temporal: WorkflowEnvironment, gated: tuple[Runtime, str, Path], shop: Shop
+) -> None:
+    runtime, task_queue, folder = gated
+    assert await refund_a_1002(temporal, task_queue, shop) == "waited"
+
+    # Someone with write access to the folder makes refunds up to 500.00 automatic.
+    rules = folder / "refunds.cedar"
+    text = rules.read_text().replace("amount_cents <= 5000 }", "amount_cents <= 50000 }")
+    rules.write_text(text.replace("amount_cents > 5000 &&", "amount_cents > 50000 &&"))
+    loosened = load_policy(folder, None)
+    assert await refund_a_1002(temporal, task_queue, shop) == "waited"
+    assert "is not activated" in str(runtime.policy.last_error)
+    # An activation signed by someone without the authority changes nothing either.
+    activate(runtime.audit, loosened, signer_for("mallory"))
+    assert await refund_a_1002(temporal, task_queue, shop) == "waited"
+
+    activate(runtime.audit, loosened, signer_for("erin"))
+    assert await refund_a_1002(temporal, task_queue, shop) == "executed"
+    assert runtime.policy.current().version == loosened.version
+    assert len(shop.refunds("A-1002")) == 1

@@ -1,0 +1,70 @@
+"""Countersign's shared state as configured: the one place that picks the backend.
+
+Unset `COUNTERSIGN_STATE_DSN`: a SQLite file per store in the state folder (zero setup, one
+machine). Set: every store — limits ledger, transcripts, approval links, kill switch, and the
+audit trail (workers/audit.py) — lives in that one PostgreSQL database, so workers and gateways
+on separate machines share them. The password comes from the keyring entry
+`COUNTERSIGN_STATE_PASSWORD_CREDENTIAL` (or libpq's PGPASSWORD/.pgpass), never from the DSN.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from activities.transcript import TranscriptStore
+from guardrails.controls import KillSwitchFile, KillSwitchStore, KillSwitchTable
+from guardrails.database import Database, PostgresDatabase
+from guardrails.ledger import Ledger
+from guardrails.tokens import TokenStore
+from workers.credentials import configure_keyring, get_secret
+from workers.settings import Settings
+
+# One PostgresDatabase (its connections) per DSN and process, shared by every store.
+_databases: dict[tuple[str, str | None], PostgresDatabase] = {}
+_lock = threading.Lock()
+
+
+def shared_database(settings: Settings) -> Database | None:
+    """The fleet's database, or None when state lives in SQLite files."""
+    if not settings.state_dsn:
+        return None
+    credential = settings.state_password_credential
+    if credential:
+        configure_keyring(settings)
+    password = get_secret(credential) if credential else None
+    with _lock:
+        key = (settings.state_dsn, password)
+        if key not in _databases:
+            _databases[key] = PostgresDatabase(settings.state_dsn, password=password)
+        return _databases[key]
+
+
+def close_shared_databases() -> None:
+    """Close every shared database's connections (tests; a process that is done with them)."""
+    with _lock:
+        for db in _databases.values():
+            db.close()
+        _databases.clear()
+
+
+def state_location(settings: Settings) -> str:
+    """For messages and `countersign` output: where the state lives."""
+    db = shared_database(settings)
+    return db.location if db else str(settings.state_dir)
+
+
+def open_ledger(settings: Settings) -> Ledger:
+    return Ledger(shared_database(settings) or settings.ledger_path)
+
+
+def open_transcripts(settings: Settings) -> TranscriptStore:
+    return TranscriptStore(shared_database(settings) or settings.transcript_path)
+
+
+def open_tokens(settings: Settings) -> TokenStore:
+    return TokenStore(shared_database(settings) or settings.tokens_path)
+
+
+def open_kill_switch(settings: Settings) -> KillSwitchStore:
+    db = shared_database(settings)
+    return KillSwitchTable(db) if db else KillSwitchFile(settings.kill_switch_path)
