@@ -8,8 +8,6 @@ from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from agents.run import AgentRun
-from guardrails.approvals import Decision
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import start_run
 
@@ -35,7 +33,4 @@ async def test_current_details_show_the_waiting_refund_in_money(
         "`payments.refund(order_id=A-1006, amount=129.00 USD, reason=" in details
     ), details
     assert "amount_cents" not in details
-    await handle.execute_update(
-        AgentRun.decide, Decision(request_id=request.request_id, approver="alice", approve=False)
-    )
-    await handle.result()
+    await handle.terminate("seen what it shows")

@@ -229,6 +229,7 @@ def test_a_worker_with_a_policy_naming_an_unknown_agent_says_so_in_one_line(
         COUNTERSIGN_STATE_DIR=str(settings.state_dir),
         COUNTERSIGN_SYSTEMS__SHOP__URL=settings.systems["shop"].url,
         COUNTERSIGN_POLICY_PATH=str(folder),
+        COUNTERSIGN_REQUIRE_POLICY_ACTIVATION="false",  # activation is tested on its own
         COUNTERSIGN_TEMPORAL_ADDRESS="127.0.0.1:9",  # never reached: the check comes first
     )
     assert done.returncode == 2
