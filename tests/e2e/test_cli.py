@@ -337,7 +337,7 @@ def test_address_and_namespace_flags_override_settings(dev_stack: dict[str, str]
     [
         ("status", "e2e-cli-1"),
         ("approve", "e2e-cli-1", "apr_0000000000000000", "--as", "alice"),
-        ("start", "--task", "Refund order A-1001: broken", "--as", "dana"),
+        ("start", "--task", "Refund order A-1001: broken", "--as", "ops-dana"),
     ],
 )
 def test_temporal_down_or_wrong_address_is_one_line_exit_1(
