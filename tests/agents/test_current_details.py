@@ -8,8 +8,9 @@ from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from agents.run import AgentRun
 from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import start_run
+from tests.conftest import signed, start_run
 
 
 async def test_current_details_show_the_waiting_refund_in_money(
@@ -33,4 +34,9 @@ async def test_current_details_show_the_waiting_refund_in_money(
         "`payments.refund(order_id=A-1006, amount=129.00 USD, reason=" in details
     ), details
     assert "amount_cents" not in details
-    await handle.terminate("seen what it shows")
+    # Rejected, not terminated: the rejection releases what the guard reserved against the
+    # customer's limits, which later tests in this session count on.
+    await handle.execute_update(
+        AgentRun.decide, signed(handle.id, request, "alice", approve=False, comment="seen")
+    )
+    await handle.result()
