@@ -57,6 +57,9 @@ class PlanOutput(BaseModel):
     model: str
     usage: Usage
     seq: int
+    # Set when the model's replies were refused (cut off, filtered, oversized, duplicate call
+    # ids ...) even after one more try: nothing of them executes and the run stops, saying why.
+    refused: str | None = None
 
 
 class GuardInput(BaseModel):

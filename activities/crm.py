@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from activities.tools import ToolContext, Undo, guarded_tool
+from activities.tools import Personal, ToolContext, Undo, guarded_tool
 
 _CUSTOMER_ID = r"^C-\d{3}$"
 
@@ -15,11 +15,11 @@ class CustomerLookupArgs(BaseModel):
 
 class Customer(BaseModel):
     customer_id: str
-    name: str
-    email: str
+    name: Personal[str]
+    email: Personal[str]
     tier: str
-    phone: str | None = None
-    address: str | None = None
+    phone: Personal[str | None] = None
+    address: Personal[str | None] = None
 
 
 @guarded_tool("customers.lookup", system="shop", scope="crm:read", read_only=True, fact="customer")
@@ -80,9 +80,9 @@ class ContactFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    phone: str | None = Field(default=None, max_length=40)
-    email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$")
-    address: str | None = Field(default=None, max_length=200)
+    phone: Personal[str | None] = Field(default=None, max_length=40)
+    email: Personal[str | None] = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$")
+    address: Personal[str | None] = Field(default=None, max_length=200)
 
 
 class UpdateContactArgs(BaseModel):
@@ -90,10 +90,18 @@ class UpdateContactArgs(BaseModel):
     fields: ContactFields
 
 
+class ContactBefore(BaseModel):
+    """Previous values of the changed fields, as the system of record returned them."""
+
+    phone: Personal[str | None] = None
+    email: Personal[str | None] = None
+    address: Personal[str | None] = None
+
+
 class ContactUpdated(BaseModel):
     customer: Customer
-    # Previous values of the changed fields: what compensation restores.
-    before: dict[str, str | None]
+    # What compensation restores.
+    before: ContactBefore
 
 
 @guarded_tool(
@@ -104,7 +112,10 @@ class ContactUpdated(BaseModel):
     # Undo restores the before-image the system of record returned.
     compensate=Undo(
         "crm.update_contact",
-        lambda args, result: {"customer_id": args.customer_id, "fields": result.before},
+        lambda args, result: {
+            "customer_id": args.customer_id,
+            "fields": result.before.model_dump(exclude_unset=True),
+        },
     ),
 )
 async def update_contact(args: UpdateContactArgs, ctx: ToolContext) -> ContactUpdated:

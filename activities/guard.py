@@ -9,6 +9,7 @@ backtested against what really happened.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -18,11 +19,14 @@ from temporalio.exceptions import ApplicationError
 
 from activities.contracts import DECIDE, RELEASE, GuardInput, GuardResult
 from activities.runtime import Runtime, audit_from_activity, current_workflow_id
+from activities.sealing import SealError, keep_sealed, seal_fields, sealer_for
 from activities.tools import REGISTRY, lookup_tool
 from agents.specs import AGENTS
-from guardrails.audit import AuditStore
+from guardrails.audit import AuditRecord, AuditStore
 from guardrails.errors import describe
 from guardrails.policy import DecisionInput, PolicyBundle, PolicyError, Verdict, decide
+from guardrails.redaction import Kind
+from guardrails.rollout import OverrideCount, Rollout, override_counts
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +47,28 @@ def facts_for(audit: AuditStore, workflow_id: str, arguments: dict[str, Any]) ->
         if shared and all(looked_up[k] == arguments[k] for k in shared):
             facts[spec.fact] = record.data.get("result") or {}
     return facts
+
+
+def overrides_for(audit: AuditStore, rollout: Rollout | None, agent: str) -> OverrideCount | None:
+    """Human decisions on the agent's proposals over the rollout's window, from the audit
+    trail; None when the agent's rollout does not demote on overrides."""
+    if rollout is None or rollout.demote_when_override_rate_above is None:
+        return None
+    since = datetime.now(UTC) - timedelta(hours=rollout.window_hours)
+
+    def requested(decided: AuditRecord) -> dict[str, Any] | None:
+        found = audit.find(
+            decided.workflow_id, "approval.requested", request_id=decided.data.get("request_id")
+        )
+        return found[0].data if found else None
+
+    counts = override_counts(audit.between(since), requested)
+    mine = [c for (a, _), c in counts.items() if a == agent]
+    return OverrideCount(
+        decisions=sum(c.decisions for c in mine),
+        rejections=sum(c.rejections for c in mine),
+        window_hours=rollout.window_hours,
+    )
 
 
 class GuardActivities:
@@ -76,11 +102,19 @@ class GuardActivities:
         arguments, error = None, proposal.arguments_error
         if spec is not None and proposal.arguments is not None:
             try:
-                arguments = spec.args_model.model_validate(proposal.arguments).model_dump(
-                    mode="json"
+                # Validated in clear; the verdict keeps secret and personal values sealed.
+                sealer = sealer_for(self.runtime.settings)
+                known: dict[str, Kind] = {}
+                clear = sealer.unseal(proposal.arguments, known)
+                arguments = spec.args_model.model_validate(clear).model_dump(mode="json")
+                arguments = keep_sealed(proposal.arguments, arguments, spec.args_model)
+                arguments = sealer.seal_known(
+                    seal_fields(sealer, arguments, spec.args_model), known
                 )
             except ValidationError as e:
                 error = describe(e, "(arguments)")
+            except SealError as e:  # e.g. a token the model forged
+                error = f"(arguments): {e}"
         settings = self.runtime.settings
         d = DecisionInput(
             proposal=proposal,
@@ -97,6 +131,12 @@ class GuardActivities:
                 facts_for, self.runtime.audit, workflow_id, arguments or {}
             ),
             killed=(await self.runtime.kill_switch_now()).stops(proposal.tool, agent.name),
+            overrides=await asyncio.to_thread(
+                overrides_for,
+                self.runtime.audit,
+                policy.settings.rollout.get(agent.name),
+                agent.name,
+            ),
         )
         verdict, d = await asyncio.to_thread(
             self.runtime.ledger.decide_and_reserve,

@@ -89,7 +89,7 @@ def observe(
         tokens = meter.create_counter("countersign_model_tokens", "model tokens", "tokens")
         for part in ("prompt", "completion"):
             tokens.add(usage.get(f"{part}_tokens", 0), {"model": str(d.get("model")), "part": part})
-    elif kind in ("action.executed", "action.read", "action.failed"):
+    elif kind in ("action.executed", "action.read", "action.failed", "action.blocked"):
         _count(
             meter,
             "countersign_actions",

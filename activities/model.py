@@ -18,9 +18,11 @@ from temporalio.exceptions import ApplicationError
 
 from activities.contracts import MODEL_BOUNDS, PLAN, ModelBounds, PlanInput, PlanOutput, Usage
 from activities.runtime import Runtime, audit_from_activity, current_workflow_id, heartbeating
+from activities.sealing import Sealer, seal_fields, sealer_for
 from activities.tools import REGISTRY, lookup_tool
 from agents.specs import AGENTS, AgentSpec
 from guardrails.policy import Proposal, sha256_hex
+from guardrails.redaction import Kind
 from workers.credentials import openai_api_key
 
 
@@ -51,7 +53,8 @@ def proposals_from(message: Any) -> list[Proposal]:
             else:
                 error = f"arguments must be a JSON object, got {type(parsed).__name__}"
         except json.JSONDecodeError as e:
-            error = f"arguments are not valid JSON ({e.msg} at position {e.pos}): {raw[:200]}"
+            # Not echoed: malformed text may hold a value that could not be sealed by type.
+            error = f"arguments are not valid JSON ({e.msg} at position {e.pos})"
         spec = lookup_tool(call.function.name)
         proposals.append(
             Proposal(
@@ -63,6 +66,91 @@ def proposals_from(message: Any) -> list[Proposal]:
             )
         )
     return proposals
+
+
+# How much of a reply's text the audit keeps; the whole reply is represented by its hash.
+AUDIT_EXCERPT_CHARS = 1000
+RETRY_NOTE = (
+    "Countersign discarded your previous reply and executed none of it: {why}. "
+    "Reply again: shorter, with at most the tool calls this step needs, each with its own id."
+)
+
+
+def _usage(response: Any) -> dict[str, int]:
+    u = response.usage
+    return Usage(
+        prompt_tokens=u.prompt_tokens if u else 0, completion_tokens=u.completion_tokens if u else 0
+    ).model_dump()
+
+
+def reply_bytes(message: Any) -> int:
+    """The size of what the model sent: its text and every tool call's name and arguments."""
+    size = len((message.content or "").encode())
+    for call in message.tool_calls or []:
+        size += len((call.function.name or "").encode())
+        size += len((call.function.arguments or "").encode())
+    return size
+
+
+def refusal(finish_reason: str | None, message: Any, max_bytes: int, max_calls: int) -> str | None:
+    """Why a reply must execute nothing, or None. A compromised or broken model must not get a
+    half-written or oversized batch of tool calls executed."""
+    if finish_reason == "length":
+        return "the reply was cut off at the token limit (finish_reason 'length')"
+    if finish_reason == "content_filter":
+        return "the reply was withheld by the content filter (finish_reason 'content_filter')"
+    size = reply_bytes(message)
+    if size > max_bytes:
+        return f"the reply is {size} bytes; at most {max_bytes} are accepted"
+    calls = message.tool_calls or []
+    if len(calls) > max_calls:
+        return f"the reply has {len(calls)} tool calls; at most {max_calls} per turn are accepted"
+    ids = [c.id for c in calls]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        return f"tool-call id(s) {', '.join(duplicates)} are used more than once in one reply"
+    return None
+
+
+def reply_sha256(message: Any) -> str:
+    calls = [c.model_dump(mode="json") for c in message.tool_calls or []]
+    return sha256_hex({"content": message.content or "", "tool_calls": calls})
+
+
+def reply_digest(message: Any, sha256: str) -> dict[str, Any]:
+    """What the audit keeps of a reply: a bounded excerpt, its size and the sha256 of it all."""
+    content = message.content or ""
+    text = content[:AUDIT_EXCERPT_CHARS]
+    if len(content) > AUDIT_EXCERPT_CHARS:
+        text += f" [… {len(content) - AUDIT_EXCERPT_CHARS} more characters]"
+    return {
+        "content": text,
+        "reply_bytes": reply_bytes(message),
+        "reply_sha256": sha256,
+        "tool_calls": len(message.tool_calls or []),
+    }
+
+
+def sealed_reply(sealer: Sealer, message: Any, known: dict[str, Kind]) -> Any:
+    """The reply as the run keeps it: arguments typed secret or personal sealed, and every
+    value the model was shown in clear sealed again wherever it repeats it."""
+    sealed = message.model_copy(deep=True)
+    if sealed.content:
+        sealed.content = sealer.seal_known(sealed.content, known)
+    for call in sealed.tool_calls or []:
+        text = call.function.arguments or ""
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            spec = lookup_tool(call.function.name)
+            if spec is not None:
+                parsed = seal_fields(sealer, parsed, spec.args_model)
+            call.function.arguments = json.dumps(sealer.seal_known(parsed, known))
+        else:
+            call.function.arguments = sealer.seal_known(text, known)
+    return sealed
 
 
 class ModelActivities:
@@ -118,16 +206,93 @@ class ModelActivities:
                 " (workers on several machines need one shared COUNTERSIGN_STATE_DSN)",
                 type="TranscriptIncomplete",
             )
+        # The transcript holds sealed values; the model sees its conversation in clear, and
+        # every value shown to it is sealed again wherever it comes back (activities/sealing).
+        sealer = sealer_for(self.runtime.settings)
+        known: dict[str, Kind] = {}
         messages = [
             {"role": "system", "content": agent.system_prompt},
             task_message(input.task, input.context),
-            *history,
+            *sealer.unseal(history, known, strict=False),
         ]
         tools = tools_for(agent)
-        client = self._client()
+        settings = self.runtime.settings
+        # A reply that must not execute is discarded, and the model is asked once more with a
+        # note saying why; a second such reply stops the run (PlanOutput.refused).
+        written: list[dict[str, Any]] = []
+        usage = Usage()
+        refused: str | None = None
+        for attempt in range(2):
+            response = await self._complete(agent, [*messages, *written], tools)
+            if not response.choices:
+                raise ApplicationError("the model returned no choices", type="ModelEmptyReply")
+            choice = response.choices[0]
+            raw_sha256 = reply_sha256(choice.message)
+            reply = sealed_reply(sealer, choice.message, known)
+            if response.usage:
+                usage.prompt_tokens += response.usage.prompt_tokens
+                usage.completion_tokens += response.usage.completion_tokens
+            refused = refusal(
+                choice.finish_reason,
+                reply,
+                settings.max_reply_bytes,
+                settings.max_tool_calls_per_turn,
+            )
+            await audit_from_activity(
+                self.runtime,
+                "model.call",
+                {
+                    "agent": agent.name,
+                    "step": input.step,
+                    "attempt": attempt + 1,
+                    "model": response.model,
+                    "prompt_hash": sha256_hex(messages),
+                    "tools_offered": [t["function"]["name"] for t in tools],
+                    "usage": _usage(response),  # this call's own: stats sum them
+                    "finish_reason": choice.finish_reason,
+                    **reply_digest(reply, raw_sha256),
+                    "refused": refused,
+                },
+                actor=f"agent:{agent.name}",
+                n=attempt,
+            )
+            if refused is None:
+                assistant: dict[str, Any] = {"role": "assistant", "content": reply.content}
+                if reply.tool_calls:
+                    assistant["tool_calls"] = [c.model_dump(mode="json") for c in reply.tool_calls]
+                written.append(assistant)
+                break
+            # What the conversation keeps of a refused reply: that it was discarded, and why.
+            written.append({"role": "assistant", "content": f"[reply discarded: {refused}]"})
+            if attempt == 0:
+                written.append({"role": "user", "content": RETRY_NOTE.format(why=refused)})
+        await transcripts.write(workflow_id, upto, written)
+        seq = upto + len(written)
+        if refused is not None:
+            return PlanOutput(
+                content="",
+                proposals=[],
+                finish_reason=choice.finish_reason or "stop",
+                model=response.model,
+                usage=usage,
+                seq=seq,
+                refused=refused,
+            )
+        return PlanOutput(
+            content=reply.content or "",
+            proposals=proposals_from(reply),
+            finish_reason=choice.finish_reason or "stop",
+            model=response.model,
+            usage=usage,
+            seq=seq,
+        )
+
+    async def _complete(
+        self, agent: AgentSpec, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> Any:
         try:
             async with heartbeating():
-                response = await client.chat.completions.create(
+                return await self._client().chat.completions.create(
                     model=agent.model,
                     messages=cast(Any, messages),
                     tools=cast(Any, tools) if tools else openai.omit,
@@ -144,39 +309,3 @@ class ModelActivities:
                 type="ModelAuthentication",
                 non_retryable=True,
             ) from e
-        if not response.choices:
-            raise ApplicationError("the model returned no choices", type="ModelEmptyReply")
-        choice = response.choices[0]
-        reply = choice.message
-        assistant: dict[str, Any] = {"role": "assistant", "content": reply.content}
-        if reply.tool_calls:
-            assistant["tool_calls"] = [c.model_dump(mode="json") for c in reply.tool_calls]
-        await transcripts.write(workflow_id, upto, [assistant])
-        usage = Usage(
-            prompt_tokens=response.usage.prompt_tokens if response.usage else 0,
-            completion_tokens=response.usage.completion_tokens if response.usage else 0,
-        )
-        await audit_from_activity(
-            self.runtime,
-            "model.call",
-            {
-                "agent": agent.name,
-                "step": input.step,
-                "model": response.model,
-                "prompt_hash": sha256_hex(messages),
-                "tools_offered": [t["function"]["name"] for t in tools],
-                "usage": usage.model_dump(),
-                "finish_reason": choice.finish_reason,
-                "content": reply.content,
-                "tool_calls": len(reply.tool_calls or []),
-            },
-            actor=f"agent:{agent.name}",
-        )
-        return PlanOutput(
-            content=reply.content or "",
-            proposals=proposals_from(reply),
-            finish_reason=choice.finish_reason or "stop",
-            model=response.model,
-            usage=usage,
-            seq=upto + 1,
-        )

@@ -22,6 +22,7 @@ from activities.channels.slack import SlackApi, SlackChannel
 from activities.channels.webhook import WebhookChannel
 from activities.contracts import NOTIFY, ApprovalNotice
 from activities.runtime import Runtime, activity_record_id, audit_from_activity
+from guardrails.redaction import redact
 from workers.credentials import CredentialError, get_secret
 from workers.state import open_tokens
 
@@ -53,7 +54,8 @@ class NotifyActivities:
             request.request_id,
             request.action_hash,
             request.expires_at,
-            {"agent": notice.agent, "task": notice.task, **request.model_dump(mode="json")},
+            # The link store shows approvers the action: redacted, like every summary.
+            redact({"agent": notice.agent, "task": notice.task, **request.model_dump(mode="json")}),
         )
         used = ["log"]
         retry: list[str] = []

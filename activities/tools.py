@@ -38,8 +38,13 @@ from temporalio.exceptions import ApplicationError
 from activities.contracts import Compensation, ToolCall, ToolOutcome
 from activities.http import BearerFromKeyring
 from activities.runtime import Runtime, audit_from_activity, current_workflow_id, heartbeating
+from activities.sealing import SealError, scrub, seal_fields, sealer_for
 from guardrails.cedar_schema import ToolSchema
+from guardrails.errors import describe
 from guardrails.policy import ToolFacts, sha256_hex
+from guardrails.redaction import Kind
+from guardrails.redaction import Personal as Personal  # for tool authors: mark fields by type
+from guardrails.redaction import Secret as Secret
 
 Risk = Literal["low", "medium", "high"]
 _NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
@@ -303,8 +308,11 @@ def _evaluate(where: str, fn: Callable[..., Any], *models: BaseModel) -> Any:
     try:
         return fn(*models)
     except AttributeError as e:
-        # Reading a field the model does not have: a typo that would fail every call.
-        raise ToolDeclarationError(f"{where} reads a field that does not exist: {e}") from None
+        # Reading a field a model does not have: a typo that would fail every call. (Not an
+        # attribute of a placeholder value, which a real value may well have.)
+        if any(f"'{type(m).__name__}' object has no attribute" in str(e) for m in models):
+            raise ToolDeclarationError(f"{where} reads a field that does not exist: {e}") from None
+        return None
     except Exception:
         return None  # placeholder values cannot satisfy every expression; only typos count here
 
@@ -340,14 +348,19 @@ def tool_activities(runtime: Runtime) -> list[Callable[[ToolCall], Awaitable[Too
 def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awaitable[ToolOutcome]]:
     async def run_tool(call: ToolCall) -> ToolOutcome:
         workflow_id = current_workflow_id()
+        # Sealed secret and personal values are clear only in here (activities/sealing.py);
+        # `known` holds them, to seal them again in the result and scrub them from errors.
+        sealer = sealer_for(runtime.settings)
+        known: dict[str, Kind] = {}
         try:
-            args = spec.args_model.model_validate(call.arguments)
-        except ValidationError as e:
+            args = spec.args_model.model_validate(sealer.unseal(call.arguments, known))
+        except (ValidationError, SealError) as e:
+            why = describe(e, "(arguments)") if isinstance(e, ValidationError) else str(e)
             raise ApplicationError(
-                f"{spec.name}: invalid arguments: {e}",
+                f"{spec.name}: invalid arguments: {why}",
                 type="InvalidToolArguments",
                 non_retryable=True,
-            ) from e
+            ) from None
         if not spec.read_only:
             await _check_authorized(spec, call, runtime, workflow_id)
         key = spec.idempotency_key(workflow_id, args)
@@ -363,19 +376,30 @@ def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awai
             async with heartbeating():
                 result = await spec.fn(args, ctx)
         except httpx.HTTPStatusError as e:
-            error = _classify(spec.name, e)
+            error = _classify(spec.name, e, known)
             if error.non_retryable:
                 await audit_from_activity(runtime, "action.failed", {**base, "error": str(error)})
-            raise error from e
+            raise error from None  # the cause's text may echo a clear value
         except httpx.TransportError as e:
             raise ApplicationError(
-                f"{spec.name}: system unreachable: {e!r}", type="SystemUnavailable"
-            ) from e
-        payload = result.model_dump(mode="json")
+                f"{spec.name}: system unreachable: {scrub(repr(e), known)}",
+                type="SystemUnavailable",
+            ) from None
+        except ApplicationError as e:
+            raise ApplicationError(
+                scrub(e.message, known), type=e.type, non_retryable=e.non_retryable
+            ) from None
+        payload = sealer.seal_known(sealer.seal_model(result), known)
         undo = spec.compensate
-        compensation = (
-            Compensation(tool=undo.tool, arguments=undo.arguments(args, result)) if undo else None
-        )
+        compensation = None
+        if undo:
+            undo_args = undo.arguments(args, result)
+            undo_spec = REGISTRY.get(undo.tool)
+            if undo_spec is not None:
+                undo_args = seal_fields(sealer, undo_args, undo_spec.args_model)
+            compensation = Compensation(
+                tool=undo.tool, arguments=sealer.seal_known(undo_args, known)
+            )
         kind = "action.read" if spec.read_only else "action.executed"
         await audit_from_activity(
             runtime,
@@ -401,6 +425,17 @@ def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awai
 async def _check_authorized(spec: ToolSpec, call: ToolCall, runtime: Runtime, run: str) -> None:
     """The activity is the boundary: an approval in workflow state alone is not enough."""
     if (await runtime.kill_switch_now()).stops(spec.name, call.agent):
+        # Its own record: an approved action stopped at the door, not a failure of the tool.
+        await audit_from_activity(
+            runtime,
+            "action.blocked",
+            {
+                "tool": spec.name,
+                "call_id": call.call_id,
+                "action_hash": call.action_hash,
+                "reason": "kill_switch",
+            },
+        )
         raise ApplicationError(
             f"{spec.name} is switched off by the kill switch; the action was not executed",
             type="KillSwitch",
@@ -419,13 +454,15 @@ async def _check_authorized(spec: ToolSpec, call: ToolCall, runtime: Runtime, ru
         )
 
 
-def _classify(tool: str, e: httpx.HTTPStatusError) -> ApplicationError:
+def _classify(tool: str, e: httpx.HTTPStatusError, known: dict[str, Kind]) -> ApplicationError:
     status = e.response.status_code
     try:
         body = e.response.json()
         detail = body.get("detail") or body.get("error") or e.response.text
     except ValueError:
         detail = e.response.text[:500]
+    # A system may echo the value it refused: never let a secret or personal one through.
+    detail = scrub(str(detail), known)
     message = f"{tool}: {e.request.method} {e.request.url.path} answered {status}: {detail}"
     # 408/429 and 5xx are worth retrying; any other 4xx will fail the same way every time.
     retryable = status in (408, 429) or status >= 500

@@ -83,6 +83,15 @@ async def plan(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
         summary=f"model: step {run.step}",
     )
     run.tokens += out.usage.prompt_tokens + out.usage.completion_tokens
+    if out.refused:
+        # The model's replies were refused twice (activities/model.py): nothing executes.
+        return {
+            "seq": out.seq,
+            "observations": [],
+            "proposals": [],
+            "final": f"stopped: the model's reply was refused: {out.refused}",
+            "stop_reason": "model_reply_refused",
+        }
     return {"seq": out.seq, "observations": [], "proposals": out.proposals, "final": out.content}
 
 
@@ -147,6 +156,8 @@ async def approvals(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
             "approval.requested",
             {
                 "request_id": request.request_id,
+                "agent": run.agent.name,
+                "mode": g.verdict.mode,
                 "action": request.summary(),
                 "action_hash": request.action_hash,
                 "rule_ids": request.rule_ids,
@@ -259,10 +270,17 @@ async def _record_decisions(run: RunState) -> None:
 
 
 async def act(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
-    """Execute what may be executed; every proposal gets exactly one observation back."""
+    """Execute what may be executed; every proposal gets exactly one observation back.
+
+    The side effects proposed in one turn are a unit (agent spec `turn="atomic"`, the
+    default): when one of them is denied, rejected, expires, fails or is blocked, the turn's
+    other side effects are skipped, each saying why. Reads still run.
+    """
     run = runtime.context
     run.show("acting")
     requests = {r.call_id: r for r in run.requests.values()}
+    # Why this turn's remaining side effects must not run (None: nothing refused so far).
+    refused = _refused_in_turn(run, state["guarded"], requests)
     observations = []
     for g in state["guarded"]:
         v = g.verdict
@@ -289,6 +307,10 @@ async def act(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
             record.status = "expired" if request.status == "expired" else "rejected"
             record.detail = _refusal(request)
             payload = {"error": f"not approved: {record.detail}"}
+        elif refused is not None and not g.tool_read_only:
+            record.status = "skipped"
+            record.detail = f"not executed: {refused}"
+            payload = {"error": f"not executed, the turn's side effects are one unit: {refused}"}
         else:
             try:
                 payload = await execute_action(run, g, record)
@@ -296,12 +318,41 @@ async def act(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
                 # The run fails here; the action did not complete, so its limits go back.
                 await release_limits(v.action_hash)
                 raise
-        if record.status in ("rejected", "expired", "failed") and v.action_hash:
+            if refused is None and record.status in ("failed", "blocked") and _atomic(run):
+                refused = f"{v.tool} ({v.call_id}) in the same turn {record.status}: "
+                refused += record.detail
+        if record.status in ("rejected", "expired", "failed", "blocked", "skipped"):
             await release_limits(v.action_hash)
         run.actions.append(record)
         observations.append(_observation(v.call_id, payload))
     run.show("acting")
     return {"observations": observations, "proposals": [], "guarded": []}
+
+
+def _atomic(run: RunState) -> bool:
+    # Runs recorded before atomic turns replay as they ran (each action on its own).
+    return run.agent.turn == "atomic" and workflow.patched("atomic-turns")
+
+
+def _refused_in_turn(
+    run: RunState, guarded: list[GuardResult], requests: dict[str, ApprovalRequest]
+) -> str | None:
+    """Why a turn's side effects are skipped before any runs: one was denied, rejected or
+    expired. None when the turn is not atomic or nothing was refused."""
+    side_effects = [g for g in guarded if not g.tool_read_only and g.verdict.outcome != "shadow"]
+    if len(side_effects) < 2:
+        return None
+    for g in side_effects:
+        v = g.verdict
+        request = requests.get(v.call_id) if v.outcome == "needs_approval" else None
+        if v.outcome == "deny":
+            why = f"denied by the guard: {v.reason}"
+        elif request is not None and request.status != "approved":
+            why = f"{'expired' if request.status == 'expired' else 'rejected'}: {_refusal(request)}"
+        else:
+            continue
+        return f"{v.tool} ({v.call_id}) in the same turn was {why}" if _atomic(run) else None
+    return None
 
 
 async def release_limits(action_hash: str | None) -> None:
@@ -360,7 +411,7 @@ async def execute_action(run: RunState, g: GuardResult, record: ActionRecord) ->
     except ActivityError as e:
         cause = e.cause
         if isinstance(cause, ApplicationError) and cause.type in _MODEL_VISIBLE_ERRORS:
-            record.status = "failed"
+            record.status = "blocked" if cause.type == "KillSwitch" else "failed"
             record.detail = cause.message
             return {"error": cause.message}
         raise

@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         RunState,
         RunStatus,
         StatementRefusedError,
+        finished_status,
         parse_run_input,
         verify_statement,
     )
@@ -103,7 +104,10 @@ class AgentRun:
             raise
         result = RunResult(
             agent=run.agent.name,
-            status="stopped" if final.get("stop_reason") else "completed",
+            # Runs recorded before refusals were reported replay to the result they returned.
+            status=finished_status(
+                run.actions, final.get("stop_reason"), workflow.patched("run-refusals")
+            ),
             stop_reason=final.get("stop_reason"),
             final_message=final.get("final", ""),
             steps=run.step,

@@ -5,6 +5,8 @@ Pure data, importable from workflow code: adding an agent is one entry here.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -21,6 +23,9 @@ class AgentSpec(BaseModel):
     scopes: list[str]
     max_steps: int = Field(default=12, ge=1)
     max_tokens: int = Field(default=200_000, ge=1)
+    # atomic: the side effects proposed in one model turn run all or none (one denied,
+    # rejected, expired, failed or blocked skips the others); independent: each on its own.
+    turn: Literal["atomic", "independent"] = "atomic"
 
 
 SUPPORT_PROMPT = """\

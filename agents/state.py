@@ -146,8 +146,21 @@ def parse_run_input(raw: Any) -> RunInput:
 
 
 ActionStatus = Literal[
-    "executed", "failed", "shadow", "denied", "rejected", "expired", "compensated"
+    "executed",
+    "failed",
+    "shadow",
+    "denied",
+    "rejected",
+    "expired",
+    "compensated",
+    # Approved (or allowed), then stopped by the kill switch when it was about to execute.
+    "blocked",
+    # Not executed because another side effect of the same turn was refused (atomic turns).
+    "skipped",
 ]
+# What the guard, a human or the kill switch refused: a run with any ends
+# "completed_with_refusals", never plain "completed".
+REFUSED: frozenset[str] = frozenset({"denied", "rejected", "expired", "blocked", "skipped"})
 
 
 class ActionRecord(BaseModel):
@@ -178,9 +191,24 @@ class RollbackRequest(BaseModel):
     proof: Envelope | None = None
 
 
+RunOutcome = Literal["completed", "completed_with_refusals", "stopped", "rolled_back"]
+
+
+def finished_status(
+    actions: list[ActionRecord], stop_reason: str | None, report_refusals: bool = True
+) -> RunOutcome:
+    """How a run that was not rolled back ended."""
+    if stop_reason:
+        return "stopped"
+    refused = report_refusals and any(a.status in REFUSED for a in actions)
+    return "completed_with_refusals" if refused else "completed"
+
+
 class RunResult(BaseModel):
     agent: str
-    status: Literal["completed", "stopped", "rolled_back"]
+    # completed_with_refusals: the run finished, and at least one proposed action was refused
+    # (denied, rejected, expired, blocked by the kill switch, or skipped with its turn).
+    status: RunOutcome
     stop_reason: str | None = None
     final_message: str
     steps: int

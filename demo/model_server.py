@@ -29,6 +29,10 @@ A script is one JSON file in the scripts folder:
   tool result answering a call to <tool>; inside its top-level "result" object when there is
   one). A string that is exactly one placeholder keeps the value's JSON type.
 - `"raw_arguments": "..."` on a call sends that exact string, malformed or not.
+- Misbehaving replies, as a broken or compromised model sends them: `"id": "..."` on a call
+  sets its tool-call id (two calls may share one); `"finish_reason": "length"` (or
+  `"content_filter"`) on a turn sets the reply's finish reason; `"pad_bytes": N` on a turn
+  appends N characters to its content.
 - The `tools` offered in the request are not checked: a scripted model may propose a tool that
   does not exist, as a real one may, and the runtime has to catch it.
 
@@ -84,6 +88,7 @@ class ScriptCall(BaseModel):
     reason: str | None = None
     reason_in_arguments: bool = False
     raw_arguments: str | None = None
+    id: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ScriptCall:
@@ -102,6 +107,8 @@ class ScriptTurn(BaseModel):
 
     say: str | None = None
     tool_calls: list[ScriptCall] = Field(default_factory=list)
+    finish_reason: str | None = None
+    pad_bytes: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _not_empty(self) -> ScriptTurn:
@@ -288,15 +295,19 @@ def _play(script: Script, turn_index: int, conversation: Conversation) -> dict[s
             lines.append(f"{call.name}: {reason}")
         tool_calls.append(
             {
-                "id": call_id(script.name, turn_index, i),
+                "id": call.id or call_id(script.name, turn_index, i),
                 "type": "function",
                 "function": {"name": call.name, "arguments": arguments},
             }
         )
+    if turn.pad_bytes:
+        lines.append("x" * turn.pad_bytes)
     message: dict[str, Any] = {
         "role": "assistant",
         "content": "\n".join(lines) if lines else None,
     }
+    if turn.finish_reason:
+        message["finish_reason"] = turn.finish_reason  # taken out again by the HTTP handler
     if tool_calls:
         message["tool_calls"] = tool_calls
     return message
@@ -374,6 +385,9 @@ def create_app(scripts_dir: str | Path, latency_ms: int = 0) -> Starlette:
         if latency_ms:
             await asyncio.sleep(latency_ms / 1000)
         model, message = reply(scripts, messages)
+        finish_reason = message.pop("finish_reason", None) or (
+            "tool_calls" if message.get("tool_calls") else "stop"
+        )
         prompt_tokens = _estimate_tokens({"messages": messages, "tools": body.get("tools")})
         completion_tokens = max(1, _estimate_tokens(message))
         return JSONResponse(
@@ -386,7 +400,7 @@ def create_app(scripts_dir: str | Path, latency_ms: int = 0) -> Starlette:
                 "choices": [
                     {
                         "index": 0,
-                        "finish_reason": "tool_calls" if message.get("tool_calls") else "stop",
+                        "finish_reason": finish_reason,
                         "message": message,
                         "logprobs": None,
                     }

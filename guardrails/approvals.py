@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from guardrails.identity import Envelope, Statement, Verified
 from guardrails.policy import ApprovalNeed, Verdict
+from guardrails.redaction import redact
 
 Channel = Literal["cli", "temporal-ui", "slack", "email", "webhook", "api"]
 Status = Literal["pending", "approved", "rejected", "expired"]
@@ -82,7 +83,9 @@ class ApprovalRequest(BaseModel):
         return [d.approver for d in self.decisions if d.approve]
 
     def summary(self) -> str:
-        args = ", ".join(f"{k}={v}" for k, v in self.arguments.items())
+        """Built from redacted arguments: sealed values show as [secret] / [personal], and
+        the name-based nets apply (guardrails/redaction.py)."""
+        args = ", ".join(f"{k}={v}" for k, v in redact(self.arguments).items())
         return f"{self.tool}({args})"
 
 

@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from guardrails.redaction import redact
+
 DEFAULT_CURRENCY = "USD"
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _currency = DEFAULT_CURRENCY
@@ -40,7 +42,8 @@ def format_value(key: str, value: Any, currency: str | None = None) -> str:
 
 
 def argument_pairs(arguments: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Arguments as (name, text) for people: `amount_cents` 18900 → ("amount", "189.00 USD")."""
+    """Arguments as (name, text) for people: `amount_cents` 18900 → ("amount", "189.00 USD").
+    Redacted first, as every summary is: sealed values read [secret] / [personal]."""
     currency = arguments.get("currency")
     currency = currency if isinstance(currency, str) and _CURRENCY.match(currency) else None
     return [
@@ -48,7 +51,7 @@ def argument_pairs(arguments: Mapping[str, Any]) -> list[tuple[str, str]]:
             key.removesuffix("_cents") if is_money(key, value) else key,
             format_value(key, value, currency),
         )
-        for key, value in arguments.items()
+        for key, value in redact(dict(arguments)).items()
     ]
 
 

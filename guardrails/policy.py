@@ -28,8 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from guardrails.cedar_schema import ToolSchema, cedar_schema
 from guardrails.errors import describe
+from guardrails.rollout import Mode, OverrideCount, Rollout, rollout_mode
 
-Mode = Literal["shadow", "augment", "automate"]
 Outcome = Literal["allow", "deny", "needs_approval", "shadow"]
 # Acts that need a verified identity in a group the policy names for them.
 Authority = Literal["rollback", "kill_switch", "policy"]
@@ -111,6 +111,8 @@ class Settings(BaseModel):
     augment_timeout_minutes: int = Field(default=240, ge=1)
     # Who may do what besides deciding approval requests: verified identities in these groups.
     authority: dict[Authority, list[str]] = {}
+    # Per agent: automate for a share of runs, demote on human overrides (guardrails/rollout.py).
+    rollout: dict[str, Rollout] = {}
 
 
 class ApprovalNeed(BaseModel):
@@ -147,6 +149,8 @@ class Verdict(BaseModel):
     read_only: bool = False
     compensate: str | None = None
     approval: ApprovalNeed | None = None
+    # Why a rollout put this run in its mode (share of runs, or demotion), when one did.
+    mode_reason: str | None = None
 
 
 def action_hash(workflow_id: str, call_id: str, tool: str, arguments: dict[str, Any]) -> str:
@@ -222,13 +226,25 @@ class PolicyBundle:
         # cedarpy names policies policy0, policy1, ... in source order.
         self._ids = [r.id for r in rules]
 
-    def mode_for(self, agent: str, requested: Mode | None) -> Mode:
-        """The strictest of the agent's configured mode and the mode the run asked for."""
+    def mode_for(
+        self,
+        agent: str,
+        requested: Mode | None,
+        workflow_id: str = "",
+        overrides: OverrideCount | None = None,
+    ) -> tuple[Mode, str | None]:
+        """The strictest of the agent's configured mode (after its rollout, if any) and the
+        mode the run asked for; and why the rollout chose, if it did."""
         order = ["shadow", "augment", "automate"]
-        configured = self.settings.modes.get(agent, self.settings.default_mode)
+        configured, why = rollout_mode(
+            self.settings.modes.get(agent, self.settings.default_mode),
+            self.settings.rollout.get(agent),
+            workflow_id,
+            overrides,
+        )
         if requested is None:
-            return configured
-        return min(configured, requested, key=order.index)  # type: ignore[return-value]
+            return configured, why
+        return min(configured, requested, key=order.index), why  # type: ignore[return-value]
 
     def evaluate(
         self, request: dict[str, Any], entities: list[dict[str, Any]]
@@ -355,6 +371,8 @@ class DecisionInput(BaseModel):
     # Records looked up earlier in the run that this call concerns (e.g. "order").
     facts: dict[str, dict[str, Any]] = {}
     killed: bool = False
+    # Human decisions on this agent's proposals over its rollout window (when it has one).
+    overrides: OverrideCount | None = None
 
 
 def cedar_request(d: DecisionInput) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -396,7 +414,7 @@ def _cedar_value(value: Any) -> Any:
 def decide(d: DecisionInput, policy: PolicyBundle) -> Verdict:
     """Decide a proposal. Same input and policy, same verdict."""
     proposal = d.proposal
-    mode = policy.mode_for(d.agent, d.requested_mode)
+    mode, mode_reason = policy.mode_for(d.agent, d.requested_mode, d.workflow_id, d.overrides)
 
     def verdict(outcome: Outcome, rule_ids: list[str], reason: str, **extra: Any) -> Verdict:
         return Verdict(
@@ -407,6 +425,7 @@ def decide(d: DecisionInput, policy: PolicyBundle) -> Verdict:
             policy_version=policy.version,
             reason=reason,
             mode=mode,
+            mode_reason=mode_reason,
             **extra,
         )
 
@@ -449,7 +468,8 @@ def decide(d: DecisionInput, policy: PolicyBundle) -> Verdict:
         "needs_approval",
         [need.rule_id],
         f"{need.quorum} approval(s) from {', '.join(need.groups)} required"
-        + (f", one of them from {need.required_group}" if need.required_group else ""),
+        + (f", one of them from {need.required_group}" if need.required_group else "")
+        + (f" ({mode_reason})" if mode_reason and need.rule_id == "mode.augment" else ""),
         approval=need,
         **facts,
     )

@@ -77,7 +77,8 @@ def test_workers_scale_and_share_settings(compose: dict) -> None:
     assert worker["depends_on"]["state-db"]["condition"] == "service_healthy"
     # JSON-valued settings survive Compose's interpolation intact.
     assert json.loads(env["COUNTERSIGN_EMAIL"])["smtp_host"] == "mailpit"
-    assert set(json.loads(env["COUNTERSIGN_APPROVERS"])) == {"alice", "bob", "carol"}
+    # Approvers' addresses are in the identity directory, one file for every service.
+    assert env["COUNTERSIGN_DIRECTORY_PATH"] == "/run/secrets/directory.toml"
 
 
 def test_ui_uses_the_codec_server_and_the_codec_server_only_its_origin(compose: dict) -> None:
@@ -131,12 +132,18 @@ def test_every_service_gets_the_secrets_it_needs_and_setup_provisions_them(
     assert {"payload-keys", "state-db", "audit-signing", "shop"} <= _secret_names(
         services["worker"]
     )
-    assert {"payload-keys", "state-db", "gateway-csrf-key"} <= _secret_names(services["gateway"])
+    assert {"payload-keys", "state-db", "gateway-csrf-key", "identity.gateway"} <= _secret_names(
+        services["gateway"]
+    )
+    for name in COUNTERSIGN_SERVICES:
+        assert "directory.toml" in _secret_names(services[name]), name
     assert {"payload-keys", "codec-token"} <= _secret_names(services["codec"])
     setup = " ".join(services["setup"]["command"])
+    made_by_commands = ("payload-keys", "codec-token", "audit-signing")
+    made_by_identity_dev = ("directory.toml", "identity.gateway", "identity.erin")
     for secret in declared:
-        assert secret in setup or secret in ("payload-keys", "codec-token", "audit-signing"), secret
-    assert "keys init" in setup and "audit init-key" in setup
+        assert secret in setup or secret in made_by_commands + made_by_identity_dev, secret
+    assert "keys init" in setup and "audit init-key" in setup and "identity dev" in setup
 
 
 def test_the_workers_environment_loads_as_valid_settings(

@@ -46,6 +46,7 @@ def story_line(r: AuditRecord) -> str:
             f"model {d.get('model')} step {d.get('step')}: "
             f"{d.get('tool_calls')} tool call(s), {sum(d.get('usage', {}).values())} tokens"
             + (f" — {d['content']!r}" if d.get("content") else "")
+            + (f" REFUSED: {d['refused']}" if d.get("refused") else "")
         ),
         "proposal": lambda: f"proposal {call()}",
         "verdict": lambda: (
@@ -80,6 +81,7 @@ def story_line(r: AuditRecord) -> str:
             f" → {json.dumps(d.get('result'))} (idempotency key {d.get('idempotency_key')})"
         ),
         "action.failed": lambda: f"FAILED {d.get('tool')}: {d.get('error')}",
+        "action.blocked": lambda: f"BLOCKED {d.get('tool')} by the {d.get('reason')}",
         "run.finished": lambda: f"run {d.get('status')}: {d.get('final_message')!r}",
     }.get(r.kind, lambda: f"{r.kind} {json.dumps(d)}")()
     return f"  {when}  #{r.seq:<5} {text}"
@@ -279,6 +281,15 @@ async def cmd_identity(args: argparse.Namespace, settings: Settings) -> None:
     from workers.identities import init_identity
 
     configure_keyring(settings)
+    if args.action == "dev":
+        from workers.identities import ensure_dev_directory
+
+        path = ensure_dev_directory(settings)
+        print(
+            f"development identities in {path}, their keys in this keyring: a demo "
+            "convenience, not real people"
+        )
+        return
     if args.action == "init":
         if not args.as_:
             raise CliError("name the identity: countersign identity init --as NAME")
@@ -709,7 +720,7 @@ def parser() -> argparse.ArgumentParser:
     identity = add(
         "identity", cmd_identity, "keys that prove who you are: `init --as NAME`, `show`"
     )
-    identity.add_argument("action", choices=["init", "show"])
+    identity.add_argument("action", choices=["init", "show", "dev"])
     identity.add_argument("--as", dest="as_", metavar="NAME")
     identity.add_argument("--kind", choices=["person", "integration", "gateway"], default="person")
 

@@ -568,11 +568,12 @@ def start_dev_stack(
         ensure_dev_directory(settings)
         ensure_dev_policy_activation(settings)
         codec_endpoint = None
+        # The key ring also seals secret and personal values (activities/sealing.py).
+        ensure_payload_keys(settings)
         # The dev UI has no login, so it reads payloads through the capability URL: a
         # development convenience that only the dev stack turns on (see README).
         dev_codec = settings.model_copy(update={"codec_capability_url": True})
         if settings.encrypt_payloads:
-            ensure_payload_keys(settings)
             codec_endpoint = capability_endpoint(
                 settings, ensure_secret(settings.codec_token_credential)
             )

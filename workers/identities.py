@@ -1,6 +1,6 @@
 """Identity keys in the keyring, and the development directory.
 
-A person's private key lives in that person's own keyring (entry `identity-key:NAME`);
+A person's private key lives in that person's own keyring (entry `identity.NAME`);
 `countersign identity init --as NAME` creates it and prints the directory entry an admin adds.
 On a developer machine (`countersign dev`, the demo, the tests) one keyring holds the keys of
 every demo person and the gateway, and the directory is written for them on first use: a
@@ -24,7 +24,7 @@ DEV_PEOPLE = ("alice", "bob", "carol", "erin", "ops-dana")
 
 
 def key_entry(identity: str) -> str:
-    return f"identity-key:{identity}"
+    return f"identity.{identity}"
 
 
 def signer_for(identity: str) -> Signer:

@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     # Who can prove who they are (see guardrails/identity.py): default STATE/directory.toml.
     directory_path: Path | None = None
     # The approval gateway's own identity in the directory; its attestation key is in the
-    # gateway host's keyring as `identity-key:<name>`.
+    # gateway host's keyring as `identity.<name>`.
     gateway_identity: str = "gateway"
     # keyring backend, set explicitly (never auto-detected): a class path.
     keyring_backend: str = "keyrings.alt.file.PlaintextKeyring"
@@ -151,6 +151,11 @@ class Settings(BaseSettings):
     webhook: WebhookSettings | None = None
     # `countersign dev` only: the local mail catcher that the dev stack's email goes to.
     mail_catcher_port: int = 8125
+
+    # Bounds on one model reply (a compromised or broken model can send anything): a reply
+    # larger than this, or with more tool calls, executes nothing (activities/model.py).
+    max_reply_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_tool_calls_per_turn: int = Field(default=16, ge=1)
 
     # Bounds on one tool call; Temporal retries with back-off within these. A side effect's
     # activity heartbeats, so a worker that dies mid-call is noticed after

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from activities.metrics import model_cost_usd
 from guardrails.audit import AuditRecord
+from guardrails.rollout import override_counts
 
 _WINDOW = re.compile(r"^(\d+)([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -40,6 +41,9 @@ class Stats(BaseModel):
     rejections: int
     # How often humans reject what the agent proposed: rejections / decisions.
     human_override_rate: float | None
+    # The same by the mode the run was in when it asked (automate / augment, after rollout):
+    # {"augment": {"decisions": 9, "rejections": 3, "rate": 0.33}}.
+    override_by_mode: dict[str, dict[str, float | int | None]]
     time_to_decision_seconds: dict[str, float]
     tokens: int
     tokens_per_run: float | None
@@ -86,6 +90,11 @@ def compute_stats(
         elif r.kind == "approval.expired":
             settled[str(r.data.get("request_id"))] = "expired"
 
+    by_mode: dict[str, list[int]] = {}
+    for (_, mode), c in override_counts(records).items():
+        totals = by_mode.setdefault(mode, [0, 0])
+        totals[0] += c.decisions
+        totals[1] += c.rejections
     finished = [r for r in records if r.kind == "run.finished"]
     model_calls = [r for r in records if r.kind == "model.call"]
     tokens = sum(sum(r.data.get("usage", {}).values()) for r in model_calls)
@@ -114,6 +123,10 @@ def compute_stats(
         decisions=len(decisions),
         rejections=rejections,
         human_override_rate=_ratio(rejections, len(decisions)),
+        override_by_mode={
+            mode: {"decisions": d, "rejections": r, "rate": _ratio(r, d)}
+            for mode, (d, r) in sorted(by_mode.items())
+        },
         time_to_decision_seconds=(
             {
                 "median": statistics.median(waits),
@@ -171,6 +184,14 @@ def format_stats(s: Stats) -> str:
         f"{_counts(s.approvals_settled)} · pending {s.approvals_pending}",
         f"  decisions         {s.decisions} · human override rate {_pct(s.human_override_rate)}"
         f" ({s.rejections} rejected what the agent proposed)",
+        "  override by mode  "
+        + (
+            " · ".join(
+                f"{mode} {_pct(c['rate'])} ({c['rejections']}/{c['decisions']})"
+                for mode, c in s.override_by_mode.items()
+            )
+            or "—"
+        ),
         "  time to decision  "
         + (
             f"median {_duration(ttd['median'])} · p90 {_duration(ttd['p90'])} · "

@@ -34,6 +34,7 @@ from activities.identity import IdentityActivities
 from activities.model import ModelActivities
 from activities.notify import NotifyActivities
 from activities.runtime import Runtime
+from activities.sealing import sealer_for
 from activities.tools import REGISTRY, tool_activities, tool_schemas, validate_registry
 from agents import search_attributes
 from agents.graph import GRAPH_NAME, build_graph
@@ -172,6 +173,9 @@ def check_startup(settings: Settings) -> Runtime:
     # A configured notification channel without its secret would fail every notice.
     for name in settings.channel_credentials():
         get_secret(name)
+    # Secret and personal values are sealed with the key ring (even with payload encryption
+    # off): without it every model and tool activity would fail.
+    sealer_for(settings)
     runtime = Runtime.from_settings(settings, tool_schemas())
     policy = runtime.policy.current()
     check_policy_references(policy)

@@ -36,7 +36,8 @@ class Channel(Protocol):
 
 
 def argument_lines(request: ApprovalRequest) -> list[tuple[str, str]]:
-    """Money is integer cents in arguments; people read 189.00 USD."""
+    """Money is integer cents in arguments; people read 189.00 USD. Redacted, like every
+    summary: sealed values read [secret] / [personal]."""
     return argument_pairs(request.arguments)
 
 

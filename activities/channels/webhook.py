@@ -18,6 +18,7 @@ import httpx
 
 from activities.channels import ChannelError, deciders, outcome_line
 from activities.contracts import ApprovalNotice
+from guardrails.redaction import redact
 from guardrails.tokens import RequestRef
 from workers.settings import Settings
 
@@ -66,7 +67,7 @@ def notice_payload(notice: ApprovalNotice, ref: RequestRef, settings: Settings) 
         "workflow_id": notice.workflow_id,
         "agent": notice.agent,
         "task": notice.task,
-        "request": request.model_dump(mode="json"),
+        "request": redact(request.model_dump(mode="json")),  # [secret] / [personal]
         "deciders": deciders(request),
         "outcome": outcome_line(request),
         "decide": {

@@ -86,7 +86,7 @@ async def test_hallucinated_tool_and_malformed_arguments_go_back_to_the_model(
         temporal.client, worker.task_queue, task="Please hallucinate a wire transfer."
     )
     result = await handle.result()
-    assert result.status == "completed"
+    assert result.status == "completed_with_refusals"
     assert [(a.tool, a.status, a.rule_ids) for a in result.actions] == [
         ("payments.wire_transfer", "denied", ["tool.unknown"]),
         ("payments.refund", "denied", ["arguments.invalid"]),

@@ -77,8 +77,9 @@ async def test_each_parallel_call_gets_its_own_request_and_decision(
     outcome = {
         a.arguments["amount_cents"]: a.status for a in result.actions if a.tool == "payments.refund"
     }
-    assert outcome == {6000: "executed", 7000: "rejected"}
-    assert [r["amount_cents"] for r in shop.refunds("A-1003")] == [*before, 6000]
+    # One turn is one unit: the approved refund is skipped with the rejected one.
+    assert outcome == {6000: "skipped", 7000: "rejected"}
+    assert [r["amount_cents"] for r in shop.refunds("A-1003")] == before
 
 
 async def test_audit_tells_the_run_in_order_and_no_secret_reaches_history(

@@ -38,6 +38,8 @@ def worker_process(temporal: WorkflowEnvironment, settings: Settings, queue: str
             "COUNTERSIGN_SYSTEMS__SHOP__URL": settings.systems["shop"].url,
             "COUNTERSIGN_SYSTEMS__SHOP__CREDENTIAL": "shop",
             "COUNTERSIGN_TOOL_START_TO_CLOSE_SECONDS": "3",
+            # as in-process test workers (activation: test_policy_activation)
+            "COUNTERSIGN_REQUIRE_POLICY_ACTIVATION": "false",
         },
     )
     return service

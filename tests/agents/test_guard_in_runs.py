@@ -42,7 +42,7 @@ def flip(path: Path, who: str, *, on: bool, what: str, name: str | None = None) 
 
 
 async def test_kill_switch_flipped_while_waiting_stops_the_approved_action(
-    temporal: WorkflowEnvironment, worker: Worker, shop: Shop, kill_switch: Path
+    temporal: WorkflowEnvironment, worker: Worker, shop: Shop, runtime: Runtime, kill_switch: Path
 ) -> None:
     handle = await start_run(
         temporal.client, worker.task_queue, task="Refund order A-1012: bottles leak."
@@ -51,9 +51,17 @@ async def test_kill_switch_flipped_while_waiting_stops_the_approved_action(
     flip(kill_switch, "erin", on=True, what="tool", name="payments.refund")
     await handle.execute_update(AgentRun.decide, signed(handle.id, request, "bob"))
     result = await handle.result()
-    refund = next(a for a in result.actions if a.tool == "payments.refund")
-    assert refund.status == "failed" and "kill switch" in refund.detail
+    status = {a.tool: a for a in result.actions}
+    assert status["payments.refund"].status == "blocked"
+    assert "kill switch" in status["payments.refund"].detail
+    # The note proposed in the same turn is skipped with it (atomic turns).
+    assert status["crm.add_note"].status == "skipped"
+    assert result.status == "completed_with_refusals"
     assert shop.refunds("A-1012") == []
+    (blocked,) = runtime.audit.find(handle.id, "action.blocked")
+    assert blocked.data["reason"] == "kill_switch"
+    assert blocked.data["action_hash"] == request.action_hash
+    assert runtime.audit.find(handle.id, "action.executed") == []
 
 
 async def test_kill_switch_denies_new_proposals_but_not_lookups(

@@ -14,7 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.runtime import Runtime
 from agents.run import AgentRun
-from guardrails.policy import DEFAULT_POLICY_PATH, load_policy
+from guardrails.policy import load_policy
 from tests.conftest import Shop, signed, start_run
 from workers.identities import signer_for
 from workers.policies import activate
@@ -28,7 +28,7 @@ async def gated(
 ) -> AsyncIterator[tuple[Runtime, str, Path]]:
     """A worker whose policy folder needs activation; the folder is activated by erin."""
     folder = tmp_path / "policy"
-    shutil.copytree(DEFAULT_POLICY_PATH, folder)
+    shutil.copytree(settings.policy_path, folder)  # the default, with the session's roomy limits
     fields = settings.model_dump()
     fields.update(policy_path=folder, require_policy_activation=True)
     gated_settings = Settings(**fields)
@@ -57,7 +57,7 @@ async def refund_a_1002(temporal: WorkflowEnvironment, task_queue: str, shop: Sh
             await handle.result()
             assert shop.refunds("A-1002") == []
             return "waited"
-        if status.stage in ("completed", "stopped"):
+        if status.stage.startswith(("completed", "stopped")):
             result = await handle.result()
             (refund,) = [a for a in result.actions if a.tool == "payments.refund"]
             return refund.status

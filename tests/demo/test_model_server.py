@@ -259,3 +259,35 @@ async def test_usage_is_reported_as_positive_estimates(client: openai.AsyncOpenA
     assert usage is not None
     assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+async def test_a_script_can_misbehave_like_a_broken_model(
+    client: openai.AsyncOpenAI, scripts: Path
+) -> None:
+    (scripts / "misbehave.json").write_text(
+        json.dumps(
+            {
+                "name": "misbehave",
+                "match": "(?i)misbehave",
+                "turns": [
+                    {
+                        "say": "cut",
+                        "finish_reason": "length",
+                        "pad_bytes": 5000,
+                        "tool_calls": [
+                            {"name": "orders.lookup", "arguments": {"order_id": "A-1"}, "id": "c"},
+                            {"name": "orders.lookup", "arguments": {"order_id": "A-2"}, "id": "c"},
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    reply = await client.chat.completions.create(
+        model="any",
+        messages=user("Please misbehave."),  # type: ignore[arg-type]
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "length"
+    assert len(choice.message.content or "") > 5000
+    assert [c.id for c in choice.message.tool_calls or []] == ["c", "c"]

@@ -195,6 +195,29 @@ def test_dev_stack_mails_an_approval_link_that_decides(dev_stack: dict[str, str]
     assert "EXECUTED payments.refund" in audit.stdout
 
 
+def test_kill_switch_and_policy_activation_need_a_verified_operator(
+    dev_stack: dict[str, str],
+) -> None:
+    unsigned = countersign(dev_stack, "kill", "tool", "payments.refund")
+    assert unsigned.returncode == 2 and "--as NAME" in unsigned.stderr
+    outsider = countersign(dev_stack, "revive", "all", "--as", "ops-dana")
+    assert outsider.returncode == 2
+    assert "ops-dana has no kill_switch authority" in outsider.stderr
+    killed = countersign(dev_stack, "kill", "tool", "payments.refund", "--as", "erin")
+    assert killed.returncode == 0, killed.stderr
+    assert "tools stopped: payments.refund" in killed.stdout
+    revived = countersign(dev_stack, "revive", "tool", "payments.refund", "--as", "erin")
+    assert "tools stopped: none" in revived.stdout
+    status = countersign(dev_stack, "kill", "status")
+    assert "tools stopped: none" in status.stdout and "ignored" not in status.stdout
+
+    listed = countersign(dev_stack, "identity", "show")
+    assert listed.returncode == 0 and "erin" in listed.stdout and "gateway" in listed.stdout
+    activation = countersign(dev_stack, "policy", "activate", "--as", "alice")
+    assert activation.returncode == 0, activation.stderr  # recorded; counts only with authority
+    assert "activated pol_" in activation.stdout
+
+
 def test_start_refuses_what_the_run_would_refuse_before_saying_started(
     dev_stack: dict[str, str],
 ) -> None:

@@ -160,8 +160,8 @@ async def test_limits_hold_under_concurrent_refunds_spread_over_two_hosts(
     # Every host's ledger is the same ledger, and it agrees with the system of record.
     for s, _, _ in two_hosts:
         assert open_ledger(s).total("agent_refunded_today_cents", "support-refunds", TODAY) == total
-    # Both hosts decided: each one's runs ended, none failed.
-    assert {r.status for r in results} == {"completed"}
+    # Both hosts decided: each one's runs ended, none failed (a refused refund says so).
+    assert {r.status for r in results} <= {"completed", "completed_with_refusals"}
 
 
 def cli(host: Settings, *args: str) -> str:
@@ -304,6 +304,8 @@ def start_fleet(
                     "COUNTERSIGN_OPENAI_BASE_URL": settings.openai_base_url,
                     "COUNTERSIGN_SYSTEMS__SHOP__URL": settings.systems["shop"].url,
                     "COUNTERSIGN_TOOL_START_TO_CLOSE_SECONDS": "3",
+                    # as in-process test workers (activation: test_policy_activation)
+                    "COUNTERSIGN_REQUIRE_POLICY_ACTIVATION": "false",
                     **env,
                 },
             )
