@@ -40,3 +40,10 @@ def test_an_argument_currency_wins_over_the_deployment_currency() -> None:
 def test_a_currency_must_be_an_iso_code() -> None:
     with pytest.raises(ValueError, match="expected a three-letter ISO 4217 code"):
         set_currency("dollars")
+
+
+def test_what_people_read_is_redacted_like_every_summary() -> None:
+    from guardrails.redaction import REDACTED
+
+    shown = describe_call("crm.update_contact", {"customer_id": "C-100", "api_token": "s3cr3t"})
+    assert shown == f"crm.update_contact(customer_id=C-100, api_token={REDACTED})"
