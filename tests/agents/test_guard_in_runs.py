@@ -15,7 +15,7 @@ from activities.runtime import Runtime
 from activities.tools import tool_schemas
 from agents.run import AgentRun
 from guardrails.controls import KillSwitch, read_kill_switch, write_kill_switch
-from guardrails.policy import DEFAULT_POLICY_PATH, load_policy
+from guardrails.policy import load_policy
 from guardrails.review import backtest
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, signed, start_run
@@ -115,10 +115,11 @@ async def test_shadow_mode_executes_nothing_and_records_every_would_be_action(
     assert runtime.audit.find(handle.id, "action.executed") == []
 
 
-def stricter(tmp_path: Path) -> Path:
-    """A candidate that only refunds up to 10.00 automatically."""
+def stricter(tmp_path: Path, base: Path) -> Path:
+    """A candidate that only refunds up to 10.00 automatically. `base`: the session's policy,
+    whose roomy limits the session's ledger (every earlier refund) does not exhaust."""
     folder = tmp_path / "candidate"
-    shutil.copytree(DEFAULT_POLICY_PATH, folder)
+    shutil.copytree(base, folder)
     rules = folder / "refunds.cedar"
     rules.write_text(
         rules.read_text()
@@ -135,7 +136,7 @@ async def test_candidate_runs_in_shadow_and_backtest_reports_its_flips(
     task_queue: str,
     tmp_path: Path,
 ) -> None:
-    candidate = stricter(tmp_path)
+    candidate = stricter(tmp_path, settings.policy_path)
     with_candidate = settings.model_copy(update={"candidate_policy_path": candidate})
     runtime = check_startup(with_candidate)
     async with build_worker(temporal.client, with_candidate, runtime, task_queue=task_queue):
