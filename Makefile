@@ -32,9 +32,10 @@ fmt: $(BIN)/.installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(BIN)/.installed  ## guard latency; replay, history size, audit; durability overhead, throughput (~35 min)
+bench: $(BIN)/.installed  ## guard latency; replay, history size, audit; context window; durability overhead, throughput (~40 min)
 	$(BIN)/python -m benchmarks.policy_bench
 	$(BIN)/python -m benchmarks.replay_bench
+	$(BIN)/python -m benchmarks.context_bench
 	$(BIN)/python -m benchmarks.durability_bench
 	for setting in "stock sqlite" "tuned memory" "stock memory"; do set -- $$setting; \
 	  $(BIN)/python -m benchmarks.durability_bench --server $$1 --persistence $$2 \

@@ -67,7 +67,8 @@ class GuardInput(BaseModel):
     proposal: Proposal
     requested_mode: Mode | None
     requested_by: str
-    run_context: dict[str, Any] = {}
+    # The run's validated subject (fields declared by the agent).
+    subject: dict[str, str] = {}
 
 
 class GuardResult(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from activities.facts import FactContext, fact
 from activities.tools import Personal, ToolContext, Undo, guarded_tool
 
 _CUSTOMER_ID = r"^C-\d{3}$"
@@ -22,7 +23,7 @@ class Customer(BaseModel):
     address: Personal[str | None] = None
 
 
-@guarded_tool("customers.lookup", system="shop", scope="crm:read", read_only=True, fact="customer")
+@guarded_tool("customers.lookup", system="shop", scope="crm:read", read_only=True)
 async def lookup_customer(args: CustomerLookupArgs, ctx: ToolContext) -> Customer:
     """Look up a customer record."""
     async with ctx.http() as shop:
@@ -56,6 +57,22 @@ async def add_note(args: AddNoteArgs, ctx: ToolContext) -> Note:
             headers=ctx.idempotency_headers(),
         )
     return Note.model_validate(r.json())
+
+
+class NoteFacts(BaseModel):
+    """Whose record a note is on (not its text: rules need no personal data)."""
+
+    note_id: str
+    customer_id: str
+    deleted: bool
+
+
+@fact("note", keyed_by="note_id")
+async def note_facts(note_id: str, ctx: FactContext) -> NoteFacts:
+    """A note's customer, from the CRM."""
+    async with ctx.http("shop") as shop:
+        r = await shop.get(f"/notes/{note_id}")
+    return NoteFacts.model_validate(r.json(), extra="ignore")
 
 
 class DeleteNoteArgs(BaseModel):

@@ -1,5 +1,9 @@
 """The guard activity: gather what a decision depends on, decide, reserve limits, audit.
 
+What it gathers it checks itself: arguments validated strictly, and the facts a side effect is
+decided on fetched from the system of record (activities/facts.py), never taken from what the
+model looked up. Anything that goes wrong is a recorded deny, never a retry loop.
+
 Deciding here (not in workflow code) lets the policy and the kill switch change at any time:
 the verdict, with the policy version and rule ids that produced it, lands in history and
 replays exactly. The full decision input is audited too, so a candidate policy can be
@@ -18,9 +22,10 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.contracts import DECIDE, RELEASE, GuardInput, GuardResult
+from activities.facts import FactUnavailable, resolve_facts
 from activities.runtime import Runtime, audit_from_activity, current_workflow_id
 from activities.sealing import SealError, keep_sealed, seal_fields, sealer_for
-from activities.tools import REGISTRY, lookup_tool
+from activities.tools import ToolSpec, lookup_tool, validate_arguments
 from agents.specs import AGENTS
 from guardrails.audit import AuditRecord, AuditStore
 from guardrails.errors import describe
@@ -29,24 +34,6 @@ from guardrails.redaction import Kind
 from guardrails.rollout import OverrideCount, Rollout, override_counts
 
 log = structlog.get_logger(__name__)
-
-
-def facts_for(audit: AuditStore, workflow_id: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    """The latest looked-up record of each fact that this call concerns.
-
-    A lookup concerns the call when every argument they share has the same value (an order
-    looked up by `order_id` is a fact for a refund of that `order_id`).
-    """
-    facts: dict[str, Any] = {}
-    for record in audit.find(workflow_id, "action.read"):
-        spec = REGISTRY.get(record.data.get("tool", ""))
-        if spec is None or spec.fact is None:
-            continue
-        looked_up = record.data.get("arguments") or {}
-        shared = set(looked_up) & set(arguments)
-        if shared and all(looked_up[k] == arguments[k] for k in shared):
-            facts[spec.fact] = record.data.get("result") or {}
-    return facts
 
 
 def overrides_for(audit: AuditStore, rollout: Rollout | None, agent: str) -> OverrideCount | None:
@@ -80,7 +67,7 @@ class GuardActivities:
         try:
             policy = source.current()
         except PolicyError as e:
-            # No valid policy at all: wait (retry) until one is deployed, decide nothing.
+            # No valid policy at all: every proposal is denied until one is deployed.
             raise ApplicationError(str(e), type="NoValidPolicy") from e
         if source.last_error:
             log.error(
@@ -95,55 +82,57 @@ class GuardActivities:
             raise ApplicationError(
                 f"unknown agent {input.agent!r}", type="UnknownAgent", non_retryable=True
             )
-        policy = self._policy()
         workflow_id = current_workflow_id()
         proposal = input.proposal
         spec = lookup_tool(proposal.tool)
-        arguments, error = None, proposal.arguments_error
-        if spec is not None and proposal.arguments is not None:
-            try:
-                # Validated in clear; the verdict keeps secret and personal values sealed.
-                sealer = sealer_for(self.runtime.settings)
-                known: dict[str, Kind] = {}
-                clear = sealer.unseal(proposal.arguments, known)
-                arguments = spec.args_model.model_validate(clear).model_dump(mode="json")
-                arguments = keep_sealed(proposal.arguments, arguments, spec.args_model)
-                arguments = sealer.seal_known(
-                    seal_fields(sealer, arguments, spec.args_model), known
-                )
-            except ValidationError as e:
-                error = describe(e, "(arguments)")
-            except SealError as e:  # e.g. a token the model forged
-                error = f"(arguments): {e}"
         settings = self.runtime.settings
         d = DecisionInput(
             proposal=proposal,
             agent=agent.name,
             granted_scopes=agent.scopes,
             tool=spec.facts if spec else None,
-            arguments=arguments,
-            arguments_error=error,
+            arguments=None,
+            arguments_error=proposal.arguments_error,
             requested_mode=input.requested_mode,
             workflow_id=workflow_id,
             requested_by=input.requested_by,
-            run_context=input.run_context,
-            facts=await asyncio.to_thread(
-                facts_for, self.runtime.audit, workflow_id, arguments or {}
-            ),
-            killed=(await self.runtime.kill_switch_now()).stops(proposal.tool, agent.name),
-            overrides=await asyncio.to_thread(
+            subject=input.subject,
+        )
+        policy: PolicyBundle | None = None
+        try:
+            policy = self._policy()
+            switch = await self.runtime.kill_switch_now()
+            overrides = await asyncio.to_thread(
                 overrides_for,
                 self.runtime.audit,
                 policy.settings.rollout.get(agent.name),
                 agent.name,
-            ),
-        )
-        verdict, d = await asyncio.to_thread(
-            self.runtime.ledger.decide_and_reserve,
-            d,
-            policy.settings.counters,
-            lambda x: decide(x, policy),
-        )
+            )
+            d = d.model_copy(
+                update={"killed": switch.stops(proposal.tool, agent.name), "overrides": overrides}
+            )
+            d = await self._gather(d, spec)
+            verdict, d = await asyncio.to_thread(
+                self.runtime.ledger.decide_and_reserve,
+                d,
+                policy.settings.counters,
+                lambda x: decide(x, policy),
+            )
+        except Exception as e:
+            # Whatever went wrong, the answer is a recorded deny now, never a retry loop that
+            # leaves the run hanging with no verdict.
+            log.exception("guard.error", tool=proposal.tool, call_id=proposal.call_id)
+            verdict = Verdict(
+                call_id=proposal.call_id,
+                tool=proposal.tool,
+                outcome="deny",
+                rule_ids=["guard.error"],
+                policy_version=policy.version if policy else "none",
+                reason=f"the guard could not decide: {type(e).__name__}: {e}"[:500],
+                mode=policy.mode_for(agent.name, input.requested_mode, workflow_id)[0]
+                if policy
+                else "shadow",
+            )
         await audit_from_activity(
             self.runtime, "proposal", proposal.model_dump(mode="json"), actor=f"agent:{agent.name}"
         )
@@ -163,6 +152,37 @@ class GuardActivities:
             tool_heartbeat_seconds=settings.tool_heartbeat_seconds,
             tool_read_only=spec is not None and spec.read_only,
         )
+
+    async def _gather(self, d: DecisionInput, spec: ToolSpec | None) -> DecisionInput:
+        """Validate the arguments strictly; fetch the facts a side effect is decided on."""
+        proposal = d.proposal
+        if spec is None or proposal.arguments is None:
+            return d
+        try:
+            # Validated strictly and in clear; the verdict keeps secret and personal values
+            # sealed (activities/sealing.py).
+            sealer = sealer_for(self.runtime.settings)
+            known: dict[str, Kind] = {}
+            clear = validate_arguments(spec, sealer.unseal(proposal.arguments, known))
+            arguments = keep_sealed(
+                proposal.arguments, clear.model_dump(mode="json"), spec.args_model
+            )
+            arguments = sealer.seal_known(seal_fields(sealer, arguments, spec.args_model), known)
+        except ValidationError as e:
+            return d.model_copy(update={"arguments_error": describe(e, "(arguments)")})
+        except (SealError, ValueError) as e:  # e.g. a token the model forged, a NaN
+            return d.model_copy(update={"arguments_error": f"(arguments): {e}"})
+        d = d.model_copy(update={"arguments": arguments, "arguments_error": None})
+        if spec.read_only or spec.scope not in d.granted_scopes or d.killed:
+            return d  # decided on scope or the kill switch alone: nothing to fetch
+        update: dict[str, Any] = {}
+        try:
+            keys = clear.model_dump(mode="json")  # a fact's key in clear, to fetch it by
+            update["facts"] = await resolve_facts(self.runtime, d.workflow_id, keys)
+            update["subject_facts"] = await resolve_facts(self.runtime, d.workflow_id, d.subject)
+        except FactUnavailable as e:
+            update["facts_error"] = str(e)
+        return d.model_copy(update=update)
 
     def _candidate(self, d: DecisionInput, active: Verdict) -> dict[str, Any]:
         """The candidate policy's verdict on the same input, recorded beside the active one."""

@@ -16,11 +16,13 @@ import openai
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.context import fold_note, fold_point, summary_request
 from activities.contracts import MODEL_BOUNDS, PLAN, ModelBounds, PlanInput, PlanOutput, Usage
 from activities.runtime import Runtime, audit_from_activity, current_workflow_id, heartbeating
 from activities.sealing import Sealer, seal_fields, sealer_for
 from activities.tools import REGISTRY, lookup_tool
-from agents.specs import AGENTS, AgentSpec
+from activities.transcript import Fold
+from agents.specs import AGENTS, AgentSpec, ContextWindow
 from guardrails.policy import Proposal, sha256_hex
 from guardrails.redaction import Kind
 from workers.credentials import openai_api_key
@@ -199,28 +201,35 @@ class ModelActivities:
         transcripts = self.runtime.transcripts
         await transcripts.write(workflow_id, input.seq, input.new_messages)
         upto = input.seq + len(input.new_messages)
-        history = await transcripts.read(workflow_id, upto)
-        if len(history) != upto:
+        # With a context window only the messages after the latest fold are read and sent.
+        window = agent.context
+        fold = await transcripts.fold(workflow_id, upto) if window else None
+        start = fold.covers_seq if fold else 0
+        history = await transcripts.read(workflow_id, upto, start)
+        if len(history) != upto - start:
             raise ApplicationError(
-                f"transcript of {workflow_id} has {len(history)} messages, expected {upto}"
-                " (workers on several machines need one shared COUNTERSIGN_STATE_DSN)",
+                f"transcript of {workflow_id} has {start + len(history)} messages, expected"
+                f" {upto} (workers on several machines need one shared COUNTERSIGN_STATE_DSN)",
                 type="TranscriptIncomplete",
             )
         # The transcript holds sealed values; the model sees its conversation in clear, and
         # every value shown to it is sealed again wherever it comes back (activities/sealing).
         sealer = sealer_for(self.runtime.settings)
+        usage = Usage()
+        if window and (cut := fold_point(history, window)):
+            fold = await self._fold(agent, input.step, window, fold, start, history[:cut], usage)
+            start, history = fold.covers_seq, history[cut:]
         known: dict[str, Kind] = {}
         messages = [
             {"role": "system", "content": agent.system_prompt},
             task_message(input.task, input.context),
-            *sealer.unseal(history, known, strict=False),
+            *sealer.unseal([*([fold_note(fold)] if fold else []), *history], known, strict=False),
         ]
         tools = tools_for(agent)
         settings = self.runtime.settings
         # A reply that must not execute is discarded, and the model is asked once more with a
         # note saying why; a second such reply stops the run (PlanOutput.refused).
         written: list[dict[str, Any]] = []
-        usage = Usage()
         refused: str | None = None
         for attempt in range(2):
             response = await self._complete(agent, [*messages, *written], tools)
@@ -247,6 +256,8 @@ class ModelActivities:
                     "attempt": attempt + 1,
                     "model": response.model,
                     "prompt_hash": sha256_hex(messages),
+                    # What of the transcript was sent: from which seq, in how many messages.
+                    **({"window": {"from_seq": start, "sent": len(messages)}} if window else {}),
                     "tools_offered": [t["function"]["name"] for t in tools],
                     "usage": _usage(response),  # this call's own: stats sum them
                     "finish_reason": choice.finish_reason,
@@ -286,6 +297,65 @@ class ModelActivities:
             usage=usage,
             seq=seq,
         )
+
+    async def _fold(
+        self,
+        agent: AgentSpec,
+        step: int,
+        window: ContextWindow,
+        previous: Fold | None,
+        start: int,
+        folded: list[dict[str, Any]],
+        usage: Usage,
+    ) -> Fold:
+        """Fold `folded` (the messages from seq `start`) into a new fold, summarized by the
+        model when the agent says so; stored, so a retried activity or the next step reuses it.
+        The summary call is audited as `model.summary` and its tokens count as the step's."""
+        workflow_id = current_workflow_id()
+        replies = sum(1 for m in folded if m.get("role") == "assistant")
+        replies += previous.replies if previous else 0
+        summary = None
+        if window.summarize:
+            sealer = sealer_for(self.runtime.settings)
+            known: dict[str, Kind] = {}
+            request = summary_request(
+                sealer.unseal(previous.summary, known, strict=False) if previous else None,
+                sealer.unseal(folded, known, strict=False),
+                start,
+            )
+            response = await self._complete(agent, request, [])
+            if not response.choices:
+                raise ApplicationError("the model returned no choices", type="ModelEmptyReply")
+            choice = response.choices[0]
+            raw = choice.message.content or ""
+            summary = sealer.seal_known(raw, known)
+            if response.usage:
+                usage.prompt_tokens += response.usage.prompt_tokens
+                usage.completion_tokens += response.usage.completion_tokens
+            excerpt = summary[:AUDIT_EXCERPT_CHARS]
+            if len(summary) > AUDIT_EXCERPT_CHARS:
+                excerpt += f" [… {len(summary) - AUDIT_EXCERPT_CHARS} more characters]"
+            await audit_from_activity(
+                self.runtime,
+                "model.summary",
+                {
+                    "agent": agent.name,
+                    "step": step,
+                    "model": response.model,
+                    "covers": {"from_seq": start, "to_seq": start + len(folded)},
+                    "replies": replies,
+                    "prompt_hash": sha256_hex(request),
+                    "usage": _usage(response),
+                    "finish_reason": choice.finish_reason,
+                    "summary": excerpt,
+                    "summary_bytes": len(raw.encode()),
+                    "summary_sha256": sha256_hex(raw),
+                },
+                actor=f"agent:{agent.name}",
+            )
+        fold = Fold(covers_seq=start + len(folded), replies=replies, summary=summary)
+        await self.runtime.transcripts.write_fold(workflow_id, fold)
+        return fold
 
     async def _complete(
         self, agent: AgentSpec, messages: list[dict[str, Any]], tools: list[dict[str, Any]]

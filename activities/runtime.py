@@ -17,7 +17,7 @@ from activities import metrics
 from activities.http import HttpClients
 from activities.transcript import TranscriptStore
 from guardrails.audit import AuditRecord, AuditStore
-from guardrails.cedar_schema import ToolSchema
+from guardrails.cedar_schema import PolicySurface
 from guardrails.controls import KillSwitch, KillSwitchStore
 from guardrails.identity import DirectorySource
 from guardrails.ledger import Ledger
@@ -43,7 +43,7 @@ class Runtime:
     http: HttpClients = field(default_factory=HttpClients)
 
     @classmethod
-    def from_settings(cls, settings: Settings, tools: list[ToolSchema] | None = None) -> Runtime:
+    def from_settings(cls, settings: Settings, tools: PolicySurface | None = None) -> Runtime:
         """`tools`: the registered tools, to type-check policies against."""
         candidate = settings.candidate_policy_path
         audit = open_audit_store(settings, signing=True)

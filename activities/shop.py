@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, PositiveInt
 
+from activities.facts import FactContext, fact
 from activities.tools import ToolContext, Undo, guarded_tool
 
 
@@ -31,7 +32,7 @@ class Order(BaseModel):
     items: list[OrderItem]
 
 
-@guarded_tool("orders.lookup", system="shop", scope="orders:read", read_only=True, fact="order")
+@guarded_tool("orders.lookup", system="shop", scope="orders:read", read_only=True)
 async def lookup_order(args: OrderLookupArgs, ctx: ToolContext) -> Order:
     """Look up an order: customer, status, captured and already refunded amounts (cents)."""
     async with ctx.http() as shop:
@@ -39,9 +40,31 @@ async def lookup_order(args: OrderLookupArgs, ctx: ToolContext) -> Order:
     return Order.model_validate(r.json())
 
 
+class OrderFacts(BaseModel):
+    """What refund rules need to know about an order, fetched by the guard itself."""
+
+    order_id: str
+    customer_id: str
+    status: str
+    total_cents: int
+    captured_cents: int
+    refunded_cents: int
+
+
+@fact("order", keyed_by="order_id")
+async def order_facts(order_id: str, ctx: FactContext) -> OrderFacts:
+    """An order's customer and amounts, from the shop."""
+    async with ctx.http("shop") as shop:
+        r = await shop.get(f"/orders/{order_id}")
+    return OrderFacts.model_validate(r.json(), extra="ignore")
+
+
 class RefundArgs(BaseModel):
     order_id: str = Field(pattern=r"^[A-Z]-\d{4}$")
-    amount_cents: PositiveInt = Field(description="Amount to refund in cents (minor units)")
+    # Bounded: no order is worth more than 1,000,000.00.
+    amount_cents: PositiveInt = Field(
+        le=100_000_000, description="Amount to refund in cents (minor units)"
+    )
     reason: str = Field(min_length=3, max_length=500)
 
 
@@ -82,3 +105,24 @@ async def reverse_refund(args: ReverseRefundArgs, ctx: ToolContext) -> Refund:
             f"/refunds/{args.refund_id}/reversal", headers=ctx.idempotency_headers()
         )
     return Refund.model_validate(r.json())
+
+
+class RefundFacts(BaseModel):
+    """A refund as the shop knows it, and whether this run made it."""
+
+    refund_id: str
+    order_id: str
+    amount_cents: int
+    status: str
+    made_by_this_run: bool
+
+
+@fact("refund", keyed_by="refund_id")
+async def refund_facts(refund_id: str, ctx: FactContext) -> RefundFacts:
+    """A refund's order and status, from the shop; made by this run if this run executed it."""
+    async with ctx.http("shop") as shop:
+        r = await shop.get(f"/refunds/{refund_id}")
+    ours = {result.get("refund_id") for result in await ctx.executed("payments.refund")}
+    return RefundFacts.model_validate(
+        {**r.json(), "made_by_this_run": refund_id in ours}, extra="ignore"
+    )

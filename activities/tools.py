@@ -23,9 +23,10 @@ action.
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -39,7 +40,8 @@ from activities.contracts import Compensation, ToolCall, ToolOutcome
 from activities.http import BearerFromKeyring
 from activities.runtime import Runtime, audit_from_activity, current_workflow_id, heartbeating
 from activities.sealing import SealError, scrub, seal_fields, sealer_for
-from guardrails.cedar_schema import ToolSchema
+from agents.specs import subject_fields
+from guardrails.cedar_schema import PolicySurface, ToolSchema
 from guardrails.errors import describe
 from guardrails.policy import ToolFacts, sha256_hex
 from guardrails.redaction import Kind
@@ -68,17 +70,9 @@ class ToolContext:
     def idempotency_headers(self) -> dict[str, str]:
         return {"Idempotency-Key": self.idempotency_key}
 
-    @asynccontextmanager
-    async def http(self, system: str | None = None) -> AsyncIterator[httpx.AsyncClient]:
-        """An HTTP client for a configured system (default: the one the tool declared): base
-        URL, bearer token from keyring, timeouts. Pooled and shared by every tool call on this
-        worker (see activities.http).
-
-        No transport retries: Temporal owns retries, with back-off, bounded per tool call.
-        Responses >= 400 raise, so a tool cannot forget to check.
-        """
+    def http(self, system: str | None = None) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+        """The declared system's client (see system_http), or another configured one's."""
         system = system or self.system
-        systems = self.runtime.settings.systems
         if system is None:
             raise ApplicationError(
                 f"{self.call.tool}: name the system (ctx.http('shop')) or declare "
@@ -86,23 +80,35 @@ class ToolContext:
                 type="ToolMisconfigured",
                 non_retryable=True,
             )
-        if system not in systems:
-            raise ApplicationError(
-                f"no system {system!r} configured (known: {sorted(systems)}); "
-                f"set COUNTERSIGN_SYSTEMS__{system.upper()}__URL and __CREDENTIAL",
-                type="ToolMisconfigured",
-                non_retryable=True,
-            )
-        conf = systems[system]
-        yield self.runtime.http.get(
-            f"system:{system}",
-            lambda: httpx.AsyncClient(
-                base_url=conf.url,
-                auth=BearerFromKeyring(conf.credential),
-                timeout=conf.timeout_seconds,
-                event_hooks={"response": [_raise_for_status]},
-            ),
+        return system_http(self.runtime, system)
+
+
+@asynccontextmanager
+async def system_http(runtime: Runtime, system: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for a configured system: base URL, bearer token from keyring, timeouts.
+    Pooled and shared by every tool call and fact on this worker (see activities.http).
+
+    No transport retries: Temporal owns retries, with back-off, bounded per tool call.
+    Responses >= 400 raise, so a tool cannot forget to check.
+    """
+    systems = runtime.settings.systems
+    if system not in systems:
+        raise ApplicationError(
+            f"no system {system!r} configured (known: {sorted(systems)}); "
+            f"set COUNTERSIGN_SYSTEMS__{system.upper()}__URL and __CREDENTIAL",
+            type="ToolMisconfigured",
+            non_retryable=True,
         )
+    conf = systems[system]
+    yield runtime.http.get(
+        f"system:{system}",
+        lambda: httpx.AsyncClient(
+            base_url=conf.url,
+            auth=BearerFromKeyring(conf.credential),
+            timeout=conf.timeout_seconds,
+            event_hooks={"response": [_raise_for_status]},
+        ),
+    )
 
 
 async def _raise_for_status(response: httpx.Response) -> None:
@@ -135,7 +141,6 @@ class ToolSpec:
     result_model: type[BaseModel]
     fn: ToolFunction
     business_key: Callable[[Any], str] | None = field(default=None, compare=False)
-    fact: str | None = None
     system: str | None = None
 
     @property
@@ -153,8 +158,6 @@ class ToolSpec:
         return ToolSchema(
             name=self.name,
             args_schema=self.args_model.model_json_schema(),
-            fact=self.fact,
-            result_schema=self.result_model.model_json_schema() if self.fact else None,
         )
 
     def model_schema(self) -> dict[str, Any]:
@@ -164,7 +167,7 @@ class ToolSpec:
             "function": {
                 "name": model_tool_name(self.name),
                 "description": self.description,
-                "parameters": self.args_model.model_json_schema(),
+                "parameters": _closed(self.args_model.model_json_schema()),
             },
         }
 
@@ -172,6 +175,19 @@ class ToolSpec:
         """Derived from the business key (default: the arguments), per run."""
         key = self.business_key(args) if self.business_key else args.model_dump(mode="json")
         return "ck_" + sha256_hex({"run": workflow_id, "tool": self.name, "key": key})[:32]
+
+
+def _closed(schema: Any) -> Any:
+    """The schema with every object closed (`additionalProperties: false`): the model is told
+    what validate_arguments enforces, that unknown fields are refused."""
+    if isinstance(schema, dict):
+        closed = {k: _closed(v) for k, v in schema.items()}
+        if closed.get("type") == "object" and "properties" in closed:
+            closed.setdefault("additionalProperties", False)
+        return closed
+    if isinstance(schema, list):
+        return [_closed(v) for v in schema]
+    return schema
 
 
 REGISTRY: dict[str, ToolSpec] = {}
@@ -195,7 +211,6 @@ def guarded_tool(
     read_only: bool = False,
     compensate: Undo | None = None,
     business_key: Callable[[Any], str] | None = None,
-    fact: str | None = None,
     system: str | None = None,
 ) -> Callable[[ToolFunction], ToolFunction]:
     """Register an async function `(args: ArgsModel, ctx: ToolContext) -> ResultModel`.
@@ -204,13 +219,11 @@ def guarded_tool(
     at start that it is configured and its credential is in the keyring, and `ctx.http()`
     uses it.
 
-    `fact` (read-only tools): the policy may use this tool's latest matching result in a run
-    as `context.facts.<fact>` (e.g. an order's captured amount before a refund).
+    The policy decides on facts the guard fetches itself (activities/facts.py), never on what
+    the tool returned to the model.
     """
     if not _NAME.match(name):
         raise ToolDeclarationError(f"tool name {name!r} must look like 'system.action'")
-    if fact is not None and not read_only:
-        raise ToolDeclarationError(f"tool {name}: only read-only tools provide facts")
     if not _SCOPE.match(scope):
         raise ToolDeclarationError(f"tool {name}: scope {scope!r} must look like 'area:verb'")
 
@@ -243,7 +256,6 @@ def guarded_tool(
             result_model=result_model,  # type: ignore[arg-type]
             fn=fn,
             business_key=business_key,
-            fact=fact,
             system=system,
         )
         return fn
@@ -336,8 +348,25 @@ def _check_compensation_arguments(tool: str, undo_tool: str, produced: Any) -> N
         )
 
 
-def tool_schemas() -> list[ToolSchema]:
-    return [spec.schema for spec in REGISTRY.values()]
+def validate_arguments(spec: ToolSpec, arguments: dict[str, Any]) -> BaseModel:
+    """The model's arguments, validated strictly, whatever the tool's model declares: no
+    coercion (`true`, `"4000"` and `39.0` are not integers), no unknown fields (refused, not
+    dropped), and the bounds the model declares. Raises ValidationError naming the field."""
+    return spec.args_model.model_validate_json(
+        json.dumps(arguments, allow_nan=False), strict=True, extra="forbid"
+    )
+
+
+def tool_schemas() -> PolicySurface:
+    """What policies are type-checked against: the registered tools, the facts the guard
+    fetches, and the subject fields agents declare."""
+    from activities.facts import FACTS  # the fact module imports this one
+
+    return PolicySurface(
+        tools=[spec.schema for spec in REGISTRY.values()],
+        facts=[f.schema for f in FACTS.values()],
+        subject=subject_fields(),
+    )
 
 
 def tool_activities(runtime: Runtime) -> list[Callable[[ToolCall], Awaitable[ToolOutcome]]]:
@@ -353,8 +382,8 @@ def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awai
         sealer = sealer_for(runtime.settings)
         known: dict[str, Kind] = {}
         try:
-            args = spec.args_model.model_validate(sealer.unseal(call.arguments, known))
-        except (ValidationError, SealError) as e:
+            args = validate_arguments(spec, sealer.unseal(call.arguments, known))
+        except (ValidationError, SealError, ValueError) as e:
             why = describe(e, "(arguments)") if isinstance(e, ValidationError) else str(e)
             raise ApplicationError(
                 f"{spec.name}: invalid arguments: {why}",

@@ -6,6 +6,11 @@ workflow instead sends only the new messages and a sequence number; the model ac
 them here and reads the conversation back. Writes are keyed by (workflow id, seq), so a retried
 activity or a reset workflow rewrites the same rows instead of adding new ones.
 
+An agent with a context window (agents/specs.ContextWindow) is sent only the latest turns and
+a note standing for the older ones: a fold. A fold is stored here once, keyed by the seq it
+covers up to, with the running summary (sealed, as the messages are) when the agent
+summarizes; later steps read only the messages after the latest fold.
+
 Any worker may run a run's next model call, so in a fleet this lives in the shared database
 (COUNTERSIGN_STATE_DSN); the SQLite file is for one machine.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +31,25 @@ _SCHEMA = [
         seq INTEGER NOT NULL,
         message TEXT NOT NULL,
         PRIMARY KEY (workflow_id, seq)
-    )"""
+    )""",
+    """CREATE TABLE IF NOT EXISTS transcript_folds (
+        workflow_id TEXT NOT NULL,
+        covers_seq INTEGER NOT NULL,
+        replies INTEGER NOT NULL,
+        summary TEXT,
+        PRIMARY KEY (workflow_id, covers_seq)
+    )""",
 ]
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Messages with seq < `covers_seq` (holding `replies` model replies) are not sent to the
+    model any more; `summary` (None: not summarized) stands for them."""
+
+    covers_seq: int
+    replies: int
+    summary: str | None
 
 
 class TranscriptStore:
@@ -46,19 +69,51 @@ class TranscriptStore:
                 " ON CONFLICT (workflow_id, seq) DO UPDATE SET message = excluded.message",
                 [(workflow_id, start_seq + i, json.dumps(m)) for i, m in enumerate(messages)],
             )
+            # Rewriting from start_seq (a reset workflow) voids folds of the old continuation.
+            tx.run(
+                "DELETE FROM transcript_folds WHERE workflow_id = ? AND covers_seq > ?",
+                (workflow_id, start_seq),
+            )
 
-    def _read(self, workflow_id: str, upto_seq: int) -> list[dict[str, Any]]:
+    def _read(self, workflow_id: str, upto_seq: int, from_seq: int = 0) -> list[dict[str, Any]]:
         with self.db.reader() as tx:
             rows = tx.all(
-                "SELECT message FROM transcript_messages WHERE workflow_id = ? AND seq < ?"
-                " ORDER BY seq",
-                (workflow_id, upto_seq),
+                "SELECT message FROM transcript_messages WHERE workflow_id = ? AND seq >= ?"
+                " AND seq < ? ORDER BY seq",
+                (workflow_id, from_seq, upto_seq),
             )
         return [json.loads(r[0]) for r in rows]
+
+    def _fold(self, workflow_id: str, upto_seq: int) -> Fold | None:
+        with self.db.reader() as tx:
+            row = tx.one(
+                "SELECT covers_seq, replies, summary FROM transcript_folds"
+                " WHERE workflow_id = ? AND covers_seq <= ? ORDER BY covers_seq DESC LIMIT 1",
+                (workflow_id, upto_seq),
+            )
+        return Fold(*row) if row else None
+
+    def _write_fold(self, workflow_id: str, fold: Fold) -> None:
+        with self.db.transaction() as tx:
+            tx.run(
+                "INSERT INTO transcript_folds VALUES (?, ?, ?, ?) ON CONFLICT"
+                " (workflow_id, covers_seq) DO UPDATE SET replies = excluded.replies,"
+                " summary = excluded.summary",
+                (workflow_id, fold.covers_seq, fold.replies, fold.summary),
+            )
 
     async def write(self, workflow_id: str, start_seq: int, messages: list[dict[str, Any]]) -> None:
         await asyncio.to_thread(self._write, workflow_id, start_seq, messages)
 
-    async def read(self, workflow_id: str, upto_seq: int) -> list[dict[str, Any]]:
-        """Messages with seq < upto_seq, in order."""
-        return await asyncio.to_thread(self._read, workflow_id, upto_seq)
+    async def read(
+        self, workflow_id: str, upto_seq: int, from_seq: int = 0
+    ) -> list[dict[str, Any]]:
+        """Messages with from_seq <= seq < upto_seq, in order."""
+        return await asyncio.to_thread(self._read, workflow_id, upto_seq, from_seq)
+
+    async def fold(self, workflow_id: str, upto_seq: int) -> Fold | None:
+        """The latest fold covering no message at or after upto_seq."""
+        return await asyncio.to_thread(self._fold, workflow_id, upto_seq)
+
+    async def write_fold(self, workflow_id: str, fold: Fold) -> None:
+        await asyncio.to_thread(self._write_fold, workflow_id, fold)

@@ -69,7 +69,8 @@ async def plan(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
         PlanInput(
             agent=run.agent.name,
             task=run.input.task,
-            context=dict(run.input.context),
+            # The model is told what the run is about; the guard holds it to that.
+            context={**run.input.context, **run.input.subject},
             seq=state.get("seq", 0),
             new_messages=state.get("observations", []),
             step=run.step,
@@ -113,7 +114,7 @@ async def decide_proposal(run: RunState, proposal: Proposal) -> GuardResult:
             proposal=proposal,
             requested_mode=run.input.mode,
             requested_by=run.input.requested_by,
-            run_context=dict(run.input.context),
+            subject=dict(run.input.subject),
         ),
         result_type=GuardResult,
         summary=f"guard: {proposal.tool}",

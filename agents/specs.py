@@ -7,7 +7,30 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ContextWindow(BaseModel):
+    """How much of a long conversation the model is sent on each step.
+
+    The model always gets the system prompt and the task, then the last `keep_last_turns`
+    turns (a turn: one model reply and the tool results answering it, never split), and before
+    them one note standing for the older turns: a running summary written by the model itself
+    (`summarize`, an audited call) or only how many turns were left out. Older turns are folded
+    into that note `fold_every` at a time, so the model sees between `keep_last_turns` and
+    `keep_last_turns + fold_every - 1` turns and the summary is made once per fold, not per
+    step. The full transcript stays in the store for audit and replay."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keep_last_turns: int = Field(ge=1)
+    summarize: bool = True
+    fold_every: int = Field(default=8, ge=1)
+
+
+# Subject fields and the values each accepts (the run's subject is validated at start).
+CUSTOMER_ID = r"^C-\d{3}$"
+ORDER_ID = r"^[A-Z]-\d{4}$"
 
 
 class AgentSpecError(Exception):
@@ -21,11 +44,17 @@ class AgentSpec(BaseModel):
     model: str = "gpt-4.1-mini"
     system_prompt: str
     scopes: list[str]
+    # What a run of this agent can be about: subject field -> pattern its value must match.
+    # The policy binds every side effect to the run's subject (`context.run.subject.<field>`);
+    # a run without the subject a rule needs can read but not act.
+    subject: dict[str, str] = {}
     max_steps: int = Field(default=12, ge=1)
     max_tokens: int = Field(default=200_000, ge=1)
     # atomic: the side effects proposed in one model turn run all or none (one denied,
     # rejected, expired, failed or blocked skips the others); independent: each on its own.
     turn: Literal["atomic", "independent"] = "atomic"
+    # None: the model is sent the whole conversation on every step.
+    context: ContextWindow | None = None
 
 
 SUPPORT_PROMPT = """\
@@ -43,21 +72,29 @@ AGENTS: dict[str, AgentSpec] = {
             description="Handles refund requests: looks up orders, refunds, notes the CRM.",
             system_prompt=SUPPORT_PROMPT,
             scopes=["orders:read", "crm:read", "payments:refund", "crm:write"],
+            subject={"customer_id": CUSTOMER_ID, "order_id": ORDER_ID},
         ),
         AgentSpec(
             name="support-readonly",
             description="Answers questions about orders and customers; can change nothing.",
             system_prompt=SUPPORT_PROMPT,
             scopes=["orders:read", "crm:read"],
+            subject={"customer_id": CUSTOMER_ID, "order_id": ORDER_ID},
         ),
         AgentSpec(
             name="crm-updates",
             description="Updates customer contact details and notes.",
             system_prompt=SUPPORT_PROMPT,
             scopes=["crm:read", "crm:write"],
+            subject={"customer_id": CUSTOMER_ID},
         ),
     ]
 }
+
+
+def subject_fields() -> list[str]:
+    """Every subject field any agent declares: the keys of `context.run.subject` in policies."""
+    return sorted({f for spec in AGENTS.values() for f in spec.subject})
 
 
 def check_agent_scopes(agents: dict[str, AgentSpec], tool_scopes: set[str]) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
@@ -95,6 +97,10 @@ async def model_bounds() -> ModelBounds:
     )
 
 
+def _refused(message: str) -> PydanticCustomError:
+    return PydanticCustomError("invalid_subject", message)
+
+
 class RunInput(BaseModel):
     """What an ops person types to start a run (Temporal UI "Start Workflow", or the CLI)."""
 
@@ -102,8 +108,15 @@ class RunInput(BaseModel):
 
     agent: str = Field(description="Agent name, e.g. support-refunds")
     task: str = Field(min_length=3, max_length=4000, description="What to do, in plain words")
+    subject: dict[str, str] = Field(
+        default_factory=dict,
+        description="What the run is about, e.g. {'order_id': 'A-1001'}: the agent's subject "
+        "fields. Side effects are bound to it; without it a run can read but not act.",
+    )
     context: dict[str, str | int | float | bool] = Field(
-        default_factory=dict, description="Structured facts, e.g. {'order_id': 'A-1001'}"
+        default_factory=dict,
+        description="Structured facts for the model; an agent's subject fields given here "
+        "count as the subject (older inputs)",
     )
     requested_by: str = Field(
         min_length=1,
@@ -121,6 +134,32 @@ class RunInput(BaseModel):
     requester_proof: Envelope | None = Field(
         default=None, description="The requester's signed start statement (countersign start)"
     )
+
+    @model_validator(mode="after")
+    def _validated_subject(self) -> RunInput:
+        """The subject, checked against the agent's subject fields. Subject fields in `context`
+        (inputs written before `subject` existed) count as the subject too; given in both with
+        different values, the input is refused. (An unknown agent is refused by
+        parse_run_input.)"""
+        spec = AGENTS.get(self.agent)
+        if spec is None:
+            return self
+        fields = spec.subject
+        for name, value in self.context.items():
+            if name not in fields or not isinstance(value, str):
+                continue
+            given = self.subject.setdefault(name, value)
+            if given != value:
+                raise _refused(f"subject.{name}: {given!r} differs from context.{name} {value!r}")
+        for name, value in self.subject.items():
+            if name not in fields:
+                raise _refused(
+                    f"subject.{name}: agent {self.agent!r} takes no subject field {name!r} "
+                    f"(accepted: {', '.join(sorted(fields)) or 'none'})"
+                )
+            if not re.fullmatch(fields[name].strip("^$"), value):
+                raise _refused(f"subject.{name}: {value!r} does not match {fields[name]}")
+        return self
 
     def digest(self) -> str:
         """What a requester's start statement signs: the input without the proof."""
@@ -285,7 +324,7 @@ class RunState:
                 sa.WAITING: bool(pending),
                 sa.TOOL: last_tool,
                 sa.CUSTOMER_REF: sa.customer_ref(
-                    self.input.context,
+                    self.input.subject,
                     *(r.arguments for r in self.requests.values()),
                     *(a.arguments for a in self.actions),
                 ),

@@ -19,7 +19,14 @@ from guardrails.policy import DecisionInput, Proposal, decide, load_policy
 
 POLICY = load_policy(tools=tool_schemas())
 REFUND = REGISTRY["payments.refund"]
-ORDER = {"order_id": "A-1003", "customer_id": "C-300", "captured_cents": 89900, "refunded_cents": 0}
+ORDER = {
+    "order_id": "A-1003",
+    "customer_id": "C-300",
+    "status": "delivered",
+    "total_cents": 89900,
+    "captured_cents": 89900,
+    "refunded_cents": 0,
+}
 
 
 def request(i: int, amount: int) -> DecisionInput:
@@ -34,8 +41,9 @@ def request(i: int, amount: int) -> DecisionInput:
         requested_mode=None,
         workflow_id=f"wf-{i}",
         requested_by="dana",
+        subject={"order_id": "A-1003"},
         facts={"order": ORDER},
-        usage={"agent_refunded_today_cents": 0, "customer_refunds_this_week": 0},
+        usage={c.id: 0 for c in POLICY.settings.counters},
     )
 
 

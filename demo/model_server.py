@@ -21,7 +21,10 @@ A script is one JSON file in the scripts folder:
 
 - The first user message is searched with each script's `match`, scripts tried in file-name
   order; the named groups become template variables.
-- The turn played is the number of assistant messages already in the request.
+- The turn played is the number of assistant messages already in the request, plus the
+  number of earlier replies a context-window note says are not shown (a user message starting
+  "[Countersign: your N earlier replies", see activities/context.py). A `{result:...}`
+  placeholder sees only the tool results in the request, so not those folded away.
 - `say` becomes the message content; each call's `reason` is appended to the content as a
   line "<tool>: <reason>" (the runtime reads content as the model's stated reasoning), unless
   the call sets `"reason_in_arguments": true`, which sends it as an argument named `reason`.
@@ -35,6 +38,15 @@ A script is one JSON file in the scripts folder:
   appends N characters to its content.
 - The `tools` offered in the request are not checked: a scripted model may propose a tool that
   does not exist, as a real one may, and the runtime has to catch it.
+
+A request whose system message holds the marker `[countersign:summarize]` asks for a running
+summary (activities/context.py): the reply, from model `scripted:summarizer`, tallies the tool
+calls named in the request (`-> calls <tool>` lines, and the `<tool> xN` tallies of an earlier
+summary) and quotes the latest tool result's first 300 characters, deterministically.
+
+`GET /_requests` lists the latest requests (at most 2,000): the script (model name), the
+number of messages and their roles, the estimated prompt tokens and the task's first 200
+characters, so a test can check what the model was actually sent.
 
 Scripts are re-read whenever a file in the folder is added, removed or modified.
 """
@@ -50,6 +62,7 @@ import re
 import socket
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -313,11 +326,41 @@ def _play(script: Script, turn_index: int, conversation: Conversation) -> dict[s
     return message
 
 
+SUMMARIZE_MARKER = "[countersign:summarize]"  # activities/context.py sends it
+FOLDED_REPLIES = re.compile(r"^\[Countersign: your (\d+) earlier replies")
+CALLED = re.compile(r"^\s*-> calls (\S+)", re.MULTILINE)
+TALLY = re.compile(r"(\S+) x(\d+)\b")
+RESULT_LINE = re.compile(r"^tool result \[[^\]]*\]: (.*)$", re.MULTILINE)
+
+
+def _task(messages: list[dict[str, Any]]) -> str:
+    return next((_text(m.get("content")) for m in messages if m.get("role") == "user"), "")
+
+
+def _summary(messages: list[dict[str, Any]]) -> str:
+    """A deterministic running summary: how often each tool was called, so far."""
+    text = "\n".join(_text(m.get("content")) for m in messages if m.get("role") == "user")
+    tally: dict[str, int] = {}
+    for name, count in TALLY.findall(text):
+        tally[name] = tally.get(name, 0) + int(count)
+    for name in CALLED.findall(text):
+        tally[name] = tally.get(name, 0) + 1
+    calls = ", ".join(f"{name} x{n}" for name, n in sorted(tally.items())) or "none"
+    summary = f"Scripted summary (not a language model). Tool calls so far: {calls}."
+    results = RESULT_LINE.findall(text)
+    if results:  # quoted as a real summary would, values and all
+        summary += f" Latest result: {results[-1][:300]}"
+    return summary
+
+
 def reply(
     scripts: tuple[Script, ...], messages: list[dict[str, Any]]
 ) -> tuple[str, dict[str, Any]]:
     """Pick the script for the task and play the next turn: (model name, assistant message)."""
-    task = next((_text(m.get("content")) for m in messages if m.get("role") == "user"), "")
+    system = "\n".join(_text(m.get("content")) for m in messages if m.get("role") == "system")
+    if SUMMARIZE_MARKER in system:
+        return "scripted:summarizer", {"role": "assistant", "content": _summary(messages)}
+    task = _task(messages)
     for script in scripts:
         found = script.match.search(task)
         if found:
@@ -326,6 +369,10 @@ def reply(
         return "scripted:none", {"role": "assistant", "content": NO_MATCH_REPLY}
     model = f"scripted:{script.name}"
     turn_index = sum(1 for m in messages if m.get("role") == "assistant")
+    for m in messages:
+        folded = FOLDED_REPLIES.match(_text(m.get("content"))) if m.get("role") == "user" else None
+        if folded:
+            turn_index += int(folded.group(1))
     if turn_index >= len(script.turns):
         return model, {"role": "assistant", "content": f"Script '{script.name}' has no more turns."}
     conversation = Conversation(found.groupdict(), messages)
@@ -353,6 +400,7 @@ def create_app(scripts_dir: str | Path, latency_ms: int = 0) -> Starlette:
     """The scripted model server as an ASGI app; fails now if the scripts are invalid."""
     library = ScriptLibrary(Path(scripts_dir))
     library.scripts()
+    requests: deque[dict[str, Any]] = deque(maxlen=2000)
 
     def scripts_or_error() -> tuple[Script, ...] | JSONResponse:
         try:
@@ -390,6 +438,15 @@ def create_app(scripts_dir: str | Path, latency_ms: int = 0) -> Starlette:
         )
         prompt_tokens = _estimate_tokens({"messages": messages, "tools": body.get("tools")})
         completion_tokens = max(1, _estimate_tokens(message))
+        requests.append(
+            {
+                "model": model,
+                "messages": len(messages),
+                "roles": [m.get("role") for m in messages],
+                "prompt_tokens": prompt_tokens,
+                "task": _task(messages)[:200],
+            }
+        )
         return JSONResponse(
             {
                 "id": "chatcmpl-scripted-" + uuid.uuid4().hex[:24],
@@ -423,6 +480,9 @@ def create_app(scripts_dir: str | Path, latency_ms: int = 0) -> Starlette:
         ]
         return JSONResponse({"object": "list", "data": data})
 
+    async def recent_requests(request: Request) -> JSONResponse:
+        return JSONResponse({"requests": list(requests)})
+
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "scripted": True})
 
@@ -430,6 +490,7 @@ def create_app(scripts_dir: str | Path, latency_ms: int = 0) -> Starlette:
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
+            Route("/_requests", recent_requests, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
         ]
     )

@@ -52,7 +52,9 @@ async def _refund(
     client: Client, settings: Settings, order_id: str, task: str, approver: str | None
 ) -> str:
     workflow_id = f"demo-refund-{order_id}-{uuid.uuid4().hex[:6]}"
-    run_input = RunInput(agent="support-refunds", task=task, requested_by="ops-dana")
+    run_input = RunInput(
+        agent="support-refunds", task=task, subject={"order_id": order_id}, requested_by="ops-dana"
+    )
     handle = await client.start_workflow(
         AgentRun.run,
         run_input.model_dump(mode="json"),
@@ -104,7 +106,8 @@ async def run_demo(settings: Settings, keep: bool = False) -> None:
         if keep:
             print(
                 "\nThe stack keeps running (Ctrl-C stops it). Try:\n"
-                "  countersign start --task 'Refund order A-1003: desk wobbles' --as ops-dana"
+                "  countersign start --task 'Refund order A-1003: desk wobbles' \\\n"
+                "      --subject order_id=A-1003 --as ops-dana"
             )
             await _forever()
     finally:
@@ -118,7 +121,8 @@ async def serve_dev_stack(settings: Settings) -> None:
         print(_banner(stack))
         print(
             "\nStart a run from the UI (Start Workflow: type AgentRun, task queue countersign)"
-            " or:\n  countersign start --task 'Refund order A-1002: it leaks' --as ops-dana\n"
+            " or:\n  countersign start --task 'Refund order A-1002: it leaks' \\\n"
+            "      --subject order_id=A-1002 --as ops-dana\n"
             "Then: countersign status RUN · countersign approve RUN REQUEST --as alice\n"
             "Ctrl-C stops the stack."
         )

@@ -312,6 +312,10 @@ def _list_refunds(conn: sqlite3.Connection, order_id: str | None) -> Result:
     return {"refunds": [_refund_json(r) for r in conn.execute(sql, (order_id, order_id))]}
 
 
+def _get_refund(conn: sqlite3.Connection, refund_id: str) -> Result:
+    return _refund_json(_fetch_one(conn, "refunds", "refund_id", refund_id))
+
+
 def _reverse_refund(conn: sqlite3.Connection, refund_id: str) -> Result:
     refund = _fetch_one(conn, "refunds", "refund_id", refund_id)
     if refund["status"] != "reversed":
@@ -370,6 +374,11 @@ def _list_notes(conn: sqlite3.Connection, customer_id: str) -> Result:
     _fetch_one(conn, "customers", "customer_id", customer_id)
     sql = "SELECT * FROM notes WHERE customer_id = ? AND deleted_at IS NULL ORDER BY rowid"
     return {"notes": [_note_json(r) for r in conn.execute(sql, (customer_id,))]}
+
+
+def _get_note(conn: sqlite3.Connection, note_id: str) -> Result:
+    row = _fetch_one(conn, "notes", "note_id", note_id)
+    return {**_note_json(row), "deleted": row["deleted_at"] is not None}
 
 
 def _delete_note(conn: sqlite3.Connection, note_id: str) -> Result:
@@ -473,6 +482,10 @@ async def list_notes(request: Request) -> Response:
     return await _in_db(request, _list_notes, request.path_params["customer_id"])
 
 
+async def get_note(request: Request) -> Response:
+    return await _in_db(request, _get_note, request.path_params["note_id"])
+
+
 async def delete_note(request: Request) -> Response:
     return await _in_db(request, _delete_note, request.path_params["note_id"], write=True)
 
@@ -484,6 +497,10 @@ async def create_refund(request: Request) -> Response:
 
 async def list_refunds(request: Request) -> Response:
     return await _in_db(request, _list_refunds, request.query_params.get("order_id"))
+
+
+async def get_refund(request: Request) -> Response:
+    return await _in_db(request, _get_refund, request.path_params["refund_id"])
 
 
 async def reverse_refund(request: Request) -> Response:
@@ -577,9 +594,11 @@ ROUTES = [
     ("PATCH", "/customers/{customer_id}", patch_customer),
     ("POST", "/customers/{customer_id}/notes", add_note),
     ("GET", "/customers/{customer_id}/notes", list_notes),
+    ("GET", "/notes/{note_id}", get_note),
     ("DELETE", "/notes/{note_id}", delete_note),
     ("POST", "/refunds", create_refund),
     ("GET", "/refunds", list_refunds),
+    ("GET", "/refunds/{refund_id}", get_refund),
     ("POST", "/refunds/{refund_id}/reversal", reverse_refund),
     ("POST", "/_faults", set_faults),
     ("DELETE", "/_faults", clear_faults),

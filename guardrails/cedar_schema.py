@@ -11,17 +11,28 @@ from typing import Any
 
 from pydantic import BaseModel
 
-RUN_CONTEXT_KEYS = ("customer_id", "order_id")
-
 
 class ToolSchema(BaseModel):
     """A registered tool as the schema sees it."""
 
     name: str
     args_schema: dict[str, Any]
-    # Read-only tools whose results the policy may use as facts, under this name.
-    fact: str | None = None
-    result_schema: dict[str, Any] | None = None
+
+
+class FactSchema(BaseModel):
+    """A fact the guard fetches itself, keyed by an argument or subject field of that name."""
+
+    name: str
+    keyed_by: str
+    result_schema: dict[str, Any]
+
+
+class PolicySurface(BaseModel):
+    """Everything a rule can refer to: tools, facts, and the run's subject fields."""
+
+    tools: list[ToolSchema]
+    facts: list[FactSchema] = []
+    subject: list[str] = []
 
 
 def _type(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -57,12 +68,14 @@ def model_record(schema: dict[str, Any]) -> dict[str, Any]:
     return _record(schema, schema.get("$defs", {}))
 
 
-def cedar_schema(tools: list[ToolSchema], counters: list[str]) -> dict[str, Any]:
+def cedar_schema(surface: PolicySurface, counters: list[str]) -> dict[str, Any]:
     """The schema for requests of principal Agent, action = the tool, resource Tool."""
+    # Every fact is optional: it is there when the call (or the subject) has its key.
     facts = {
-        t.fact: {**model_record(t.result_schema), "required": False}
-        for t in tools
-        if t.fact and t.result_schema
+        "type": "Record",
+        "attributes": {
+            f.name: {**model_record(f.result_schema), "required": False} for f in surface.facts
+        },
     }
     common = {
         "tool": {
@@ -78,19 +91,22 @@ def cedar_schema(tools: list[ToolSchema], counters: list[str]) -> dict[str, Any]
             "type": "Record",
             "attributes": {c: {"type": "Long"} for c in counters},
         },
-        "facts": {"type": "Record", "attributes": facts},
+        # Facts keyed by this call's arguments (e.g. the order of `args.order_id`).
+        "facts": facts,
         "killed": {"type": "Boolean"},
         "run": {
             "type": "Record",
             "attributes": {
                 "requested_by": {"type": "String"},
-                # The run's structured context: only the keys rules may rely on are typed.
-                "context": {
+                # What the run is about; a field is absent when the run did not state it.
+                "subject": {
                     "type": "Record",
                     "attributes": {
-                        key: {"type": "String", "required": False} for key in RUN_CONTEXT_KEYS
+                        key: {"type": "String", "required": False} for key in surface.subject
                     },
                 },
+                # Facts keyed by the subject (e.g. the customer of the subject's order).
+                "subject_facts": facts,
             },
         },
     }
@@ -105,7 +121,7 @@ def cedar_schema(tools: list[ToolSchema], counters: list[str]) -> dict[str, Any]
                 },
             }
         }
-        for t in tools
+        for t in surface.tools
     }
     return {
         "": {

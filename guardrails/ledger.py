@@ -45,14 +45,35 @@ def window_of(counter: Counter, workflow_id: str, now: datetime) -> str:
     return now.date().isoformat()
 
 
+# The key of calls that lack the value a counter is kept per: they share one total.
+NO_KEY = "(none)"
+
+
 def key_of(counter: Counter, d: DecisionInput) -> str:
+    """Which total a call counts against: its agent, its run, or the value at a path into its
+    arguments, facts or subject ("args.order_id", "facts.order.customer_id", ...)."""
     if counter.per == "run":
         return d.workflow_id
-    if counter.per == "customer":
-        args = d.arguments or {}
-        order = d.facts.get("order", {})
-        return str(args.get("customer_id") or order.get("customer_id") or "unknown")
-    return d.agent
+    if counter.per == "agent":
+        return d.agent
+    if counter.per == "customer":  # the call's customer, else its order's customer
+        return key_at(d, "args.customer_id") or key_at(d, "facts.order.customer_id") or NO_KEY
+    return key_at(d, counter.per) or NO_KEY
+
+
+def key_at(d: DecisionInput, path: str) -> str | None:
+    root, *rest = path.split(".")
+    value: object = {
+        "args": d.arguments or {},
+        "facts": d.facts,
+        "subject": d.subject,
+        "subject_facts": d.subject_facts,
+    }.get(root)
+    for part in rest:
+        value = value.get(part) if isinstance(value, dict) else None
+    if value is None or isinstance(value, dict | list):
+        return None
+    return str(value)
 
 
 class Ledger:

@@ -7,7 +7,7 @@ Approval tiers are `permit` rules with annotations (`@approval_groups`, `@quorum
 such a rule is among those that allowed a call, the call needs that approval.
 
 `decide()` is pure: given the proposal and the facts the guard activity gathered (usage of
-limits, looked-up records, kill switch), it returns the same verdict every time. The guard
+limits, records it fetched itself, kill switch), it returns the same verdict every time. The guard
 activity (`activities/guard.py`) gathers the facts, calls it, reserves limits and audits.
 """
 
@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import cedarpy
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from guardrails.cedar_schema import ToolSchema, cedar_schema
+from guardrails.cedar_schema import PolicySurface, cedar_schema
 from guardrails.errors import describe
 from guardrails.rollout import Mode, OverrideCount, Rollout, rollout_mode
 
@@ -93,7 +93,13 @@ class Counter(BaseModel):
     tool: str
     # Sum this integer argument; without it, count calls.
     sum: str | None = None
-    per: Literal["agent", "run", "customer"] = "agent"
+    # One total per agent, per run, or per value of an argument, fact or subject field:
+    # "args.order_id", "facts.order.customer_id", "subject.customer_id" ("customer": the
+    # call's customer_id, else its order's customer). Calls without the value share one total.
+    per: str = Field(
+        default="agent",
+        pattern=r"^(agent|run|customer|(args|subject|facts|subject_facts)(\.[A-Za-z_]\w*)+)$",
+    )
     window: Literal["run", "day", "week"] = "day"
 
 
@@ -253,7 +259,11 @@ class PolicyBundle:
         result = cedarpy.is_authorized(request, self._policy_set, entities)
         if result.diagnostics.errors:
             # A rule that errors is skipped by Cedar; say so rather than hide it.
-            raise PolicyError(f"{self.path}: rule evaluation failed: {result.diagnostics.errors}")
+            errors = "; ".join(
+                re.sub(r"`policy(\d+)`", lambda m: repr(self._ids[int(m[1])]), str(e))
+                for e in result.diagnostics.errors
+            )
+            raise PolicyError(f"the policy could not be evaluated: {errors}")
         reasons = [self._ids[int(p.removeprefix("policy"))] for p in result.diagnostics.reasons]
         return result.allowed, reasons
 
@@ -268,7 +278,7 @@ class PolicyBundle:
 
 
 def load_policy(
-    path: str | Path = DEFAULT_POLICY_PATH, tools: list[ToolSchema] | None = None
+    path: str | Path = DEFAULT_POLICY_PATH, tools: PolicySurface | None = None
 ) -> PolicyBundle:
     """Load a policy folder; raise PolicyError naming the file, line and reason.
 
@@ -313,6 +323,7 @@ def load_policy(
         seen[rule.id] = rule
         _check_annotations(rule, settings)
     if tools is not None:
+        _check_counters(settings_file, settings.counters, tools)
         _validate(rules, cedar_schema(tools, [c.id for c in settings.counters]))
     version = (
         "pol_"
@@ -343,6 +354,41 @@ def _check_annotations(rule: Rule, settings: Settings) -> None:
             raise PolicyError(f"{where}: @{key} must be a whole number, got {a[key]!r}")
 
 
+def _check_counters(file: Path, counters: list[Counter], surface: PolicySurface) -> None:
+    """A counter naming a tool, argument, fact or subject field that does not exist would keep
+    its total under one shared key, or fail at decision time: refuse it when the policy loads."""
+    tools = {t.name: t.args_schema.get("properties", {}) for t in surface.tools}
+    facts = {f.name: f.result_schema.get("properties", {}) for f in surface.facts}
+    for c in counters:
+        where = f"{file}: counter {c.id!r}"
+        if c.tool not in tools:
+            raise PolicyError(f"{where}: tool {c.tool!r} is not registered")
+        args = tools[c.tool]
+        integers = sorted(a for a, prop in args.items() if prop.get("type") == "integer")
+        if c.sum is not None and c.sum not in integers:
+            raise PolicyError(
+                f"{where}: sum {c.sum!r} is not an integer argument of {c.tool} "
+                f"(integer arguments: {', '.join(integers) or 'none'})"
+            )
+        root, *path = c.per.split(".")
+        known: dict[str, Any] = {
+            "args": args,
+            "subject": dict.fromkeys(surface.subject),
+            "facts": facts,
+            "subject_facts": facts,
+        }.get(root, {})
+        if path and path[0] not in known:
+            raise PolicyError(
+                f"{where}: per {c.per!r}: {root} has no {path[0]!r} "
+                f"(known: {', '.join(sorted(known)) or 'none'})"
+            )
+        if root in ("facts", "subject_facts") and len(path) > 1 and path[1] not in facts[path[0]]:
+            raise PolicyError(
+                f"{where}: per {c.per!r}: fact {path[0]!r} has no field {path[1]!r} "
+                f"(fields: {', '.join(sorted(facts[path[0]]))})"
+            )
+
+
 def _validate(rules: list[Rule], schema: dict[str, Any]) -> None:
     for rule in rules:
         result = cedarpy.validate_policies(rule.source, schema)
@@ -365,14 +411,27 @@ class DecisionInput(BaseModel):
     requested_mode: Mode | None
     workflow_id: str
     requested_by: str
+    # What the run is about (fields the agent declares), e.g. {"order_id": "A-1002"}.
+    subject: dict[str, str] = {}
+    # Recorded before the subject existed: its string values count as the subject.
     run_context: dict[str, Any] = {}
     # Running totals of the policy's counters, before this call.
     usage: dict[str, int] = {}
-    # Records looked up earlier in the run that this call concerns (e.g. "order").
+    # Records the guard fetched itself (activities/facts.py), keyed by this call's arguments
+    # (e.g. "order" for args.order_id) and by the run's subject.
     facts: dict[str, dict[str, Any]] = {}
+    subject_facts: dict[str, dict[str, Any]] = {}
+    # Why a fact this call needs could not be fetched: the guard then denies.
+    facts_error: str | None = None
     killed: bool = False
     # Human decisions on this agent's proposals over its rollout window (when it has one).
     overrides: OverrideCount | None = None
+
+    @model_validator(mode="after")
+    def _subject_from_context(self) -> DecisionInput:
+        if not self.subject and self.run_context:
+            self.subject = {k: v for k, v in self.run_context.items() if isinstance(v, str)}
+        return self
 
 
 def cedar_request(d: DecisionInput) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -394,10 +453,37 @@ def cedar_request(d: DecisionInput) -> tuple[dict[str, Any], list[dict[str, Any]
             "usage": d.usage,
             "facts": _cedar_value(d.facts),
             "killed": d.killed,
-            "run": {"requested_by": d.requested_by, "context": _cedar_value(d.run_context)},
+            "run": {
+                "requested_by": d.requested_by,
+                "subject": d.subject,
+                "subject_facts": _cedar_value(d.subject_facts),
+            },
         },
     }
     return request, entities
+
+
+# Cedar's integers are 64-bit signed.
+CEDAR_LONG = (-(2**63), 2**63 - 1)
+
+
+def _out_of_range(value: Any, path: str) -> str | None:
+    """The first integer the policy engine cannot represent, as `path: value`."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and not CEDAR_LONG[0] <= value <= CEDAR_LONG[1]:
+        return f"{path}: {value}"
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _out_of_range(item, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return None
 
 
 def _cedar_value(value: Any) -> Any:
@@ -434,8 +520,24 @@ def decide(d: DecisionInput, policy: PolicyBundle) -> Verdict:
         return verdict("deny", ["tool.unknown"], f"there is no tool named {proposal.tool!r}")
     if d.arguments is None:
         return verdict("deny", ["arguments.invalid"], f"invalid arguments: {d.arguments_error}")
-
-    allowed, rule_ids = policy.evaluate(*cedar_request(d))
+    if d.facts_error is not None:
+        return verdict("deny", ["fact.unavailable"], d.facts_error)
+    too_big = _out_of_range(d.arguments, "") or _out_of_range(
+        {"usage": d.usage, "facts": d.facts, "subject_facts": d.subject_facts}, ""
+    )
+    if too_big:
+        return verdict(
+            "deny",
+            ["arguments.unevaluable"],
+            f"{too_big} is outside what the policy engine can evaluate "
+            f"({CEDAR_LONG[0]}..{CEDAR_LONG[1]})",
+        )
+    try:
+        allowed, rule_ids = policy.evaluate(*cedar_request(d))
+    except PolicyError as e:
+        # A rule that cannot be evaluated (e.g. an overflowing sum) would be skipped by
+        # Cedar, and a skipped `forbid` lets the call through: deny instead.
+        return verdict("deny", ["policy.unevaluable"], str(e))
     if not allowed:
         rule_ids = rule_ids or ["default_deny"]
         return verdict("deny", rule_ids, _deny_reason(rule_ids, d, policy))
@@ -527,7 +629,7 @@ class PolicySource:
     def __init__(
         self,
         path: str | Path,
-        tools: list[ToolSchema] | None = None,
+        tools: PolicySurface | None = None,
         gate: ActivationGate | None = None,
     ) -> None:
         self.path = Path(path)

@@ -35,9 +35,11 @@ class Case(BaseModel):
     scopes: list[str]
     tool: ToolFacts
     args: dict[str, Any]
+    subject: dict[str, str] = {}
     facts: dict[str, dict[str, Any]] = {}
+    subject_facts: dict[str, dict[str, Any]] = {}
+    facts_error: str | None = None
     usage: dict[str, int] = {}
-    run_context: dict[str, Any] = {}
     mode: str | None = None
     killed: bool = False
     expect: Outcome
@@ -67,9 +69,11 @@ def run_cases(policy: PolicyBundle) -> list[str]:
                 requested_mode=case.mode,  # type: ignore[arg-type]
                 workflow_id="case",
                 requested_by="case",
-                run_context=case.run_context,
+                subject=case.subject,
                 usage=usage | case.usage,
                 facts=case.facts,
+                subject_facts=case.subject_facts,
+                facts_error=case.facts_error,
                 killed=case.killed,
             ),
             policy,

@@ -3,6 +3,7 @@ the scripted model server. Each test gets its own task queue and workflow ids.""
 
 from __future__ import annotations
 
+import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -127,18 +128,33 @@ def model_url(state_dir: Path, scripts_dir: Path) -> Iterator[str]:
     service.stop()
 
 
+def count_tiers_per_run(folder: Path) -> None:
+    """Refund tiers count a customer's refunds per run, not per week: a test session refunds
+    the same customers again and again (the shop is reset per test, the ledger is not)."""
+    toml = folder / "policy.toml"
+    week = 'per = "facts.order.customer_id"\nwindow = "week"'
+    text = toml.read_text()
+    block = text.index('id = "customer_refunded_week_cents"')
+    assert text.index(week, block) < text.index("[[counters]]", block)
+    toml.write_text(text[:block] + text[block:].replace(week, week.replace("week", "run"), 1))
+
+
 @pytest.fixture(scope="session")
 def session_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default policy with roomy limits: one session refunds far more per customer and
-    per day than the default allows. The limits themselves are tested in tests/guardrails
-    (decision table, properties, concurrent ledger)."""
+    per day than the default allows, and the refund tiers count a customer's refunds per run,
+    not per week (every test starts from the same shop, the ledger stays). The limits
+    themselves are tested in tests/guardrails (decision table, properties, concurrent ledger)."""
     folder = tmp_path_factory.mktemp("policy") / "default"
     shutil.copytree(DEFAULT_POLICY_PATH, folder)
-    rules = folder / "refunds.cedar"
-    text = rules.read_text()
-    roomy = text.replace("> 200000", "> 100000000").replace(">= 3", ">= 1000")
-    assert roomy != text
-    rules.write_text(roomy)
+    for name, old, new in [
+        ("refunds.cedar", "> 200000", "> 100000000"),
+        ("refunds.cedar", ">= 3", ">= 1000"),
+    ]:
+        text = (folder / name).read_text()
+        assert old in text, (name, old)
+        (folder / name).write_text(text.replace(old, new))
+    count_tiers_per_run(folder)
     return folder
 
 
@@ -238,6 +254,11 @@ async def start_run(
     `signed_requester`, as `countersign start` does (signed with the requester's key)."""
     run_input.setdefault("agent", "support-refunds")
     run_input.setdefault("requested_by", "dana")
+    if "subject" not in run_input and "context" not in run_input:
+        # As ops would: the run is about the order its task names (the scripted model reads
+        # the same order from the task). Tests of runs without a subject pass subject={}.
+        order = re.search(r"\b[A-Z]-\d{4}\b", run_input.get("task", ""))
+        run_input["subject"] = {"order_id": order[0]} if order else {}
     workflow_id = workflow_id or f"run-{uuid.uuid4().hex[:12]}"
     if signed_requester:
         typed = RunInput.model_validate(run_input)

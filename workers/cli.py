@@ -92,12 +92,12 @@ def ui_link(settings: Settings, workflow_id: str) -> str:
     return f"{settings.temporal_ui_url}/namespaces/{namespace}/workflows/{workflow_id}"
 
 
-def parse_context(pairs: list[str]) -> dict[str, str | int | float | bool]:
+def parse_context(pairs: list[str], flag: str = "--context") -> dict[str, str | int | float | bool]:
     context: dict[str, str | int | float | bool] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise CliError(f"--context {pair!r}: expected KEY=VALUE, e.g. order_id=A-1001")
+            raise CliError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. order_id=A-1001")
         context[key] = int(value) if value.isdigit() else value
     return context
 
@@ -114,6 +114,7 @@ async def cmd_start(args: argparse.Namespace, settings: Settings) -> None:
     raw = {
         "agent": args.agent,
         "task": args.task,
+        "subject": {k: str(v) for k, v in parse_context(args.subject, "--subject").items()},
         "context": parse_context(args.context),
         "requested_by": args.as_,
         "mode": args.mode,
@@ -655,6 +656,13 @@ def parser() -> argparse.ArgumentParser:
     start = add("start", cmd_start, "start a run")
     start.add_argument("--agent", default="support-refunds")
     start.add_argument("--task", required=True)
+    start.add_argument(
+        "--subject",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="what the run is about, e.g. order_id=A-1002 (without it a run cannot act)",
+    )
     start.add_argument("--context", action="append", default=[], metavar="KEY=VALUE")
     start.add_argument("--as", dest="as_", required=True, metavar="NAME", help="requested by")
     start.add_argument("--mode", choices=["shadow", "augment", "automate"])

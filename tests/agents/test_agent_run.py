@@ -11,6 +11,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from agents.run import AgentRun
+from agents.state import RunInput, parse_run_input
 from tests.conftest import Shop, signed, start_run
 from workers.decisions import wait_for_requests
 
@@ -104,6 +105,34 @@ async def test_hallucinated_tool_and_malformed_arguments_go_back_to_the_model(
             "mode",
         ),
         ("just a string", "(input)"),
+        (
+            {
+                "agent": "crm-updates",
+                "task": "Fix C-100",
+                "requested_by": "dana",
+                "subject": {"order_id": "A-1001"},
+            },
+            "subject.order_id: agent 'crm-updates' takes no subject field",
+        ),
+        (
+            {
+                "agent": "support-refunds",
+                "task": "Refund",
+                "requested_by": "dana",
+                "subject": {"order_id": "A1001"},
+            },
+            "subject.order_id: 'A1001' does not match",
+        ),
+        (
+            {
+                "agent": "support-refunds",
+                "task": "Refund",
+                "requested_by": "dana",
+                "subject": {"order_id": "A-1001"},
+                "context": {"order_id": "A-1002"},
+            },
+            "subject.order_id: 'A-1001' differs from context.order_id 'A-1002'",
+        ),
     ],
 )
 async def test_invalid_run_input_fails_fast_naming_the_field(
@@ -119,3 +148,17 @@ async def test_invalid_run_input_fails_fast_naming_the_field(
         await asyncio.wait_for(handle.result(), timeout=10)
     message = str(e.value.cause)
     assert "invalid run input" in message and field in message
+
+
+def test_subject_fields_in_context_count_as_the_subject_and_sign_the_same() -> None:
+    """Older inputs name the order in `context`: it becomes the subject at validation, so the
+    digest a requester signs (countersign start) is the one the run checks."""
+    typed = RunInput(
+        agent="support-refunds",
+        task="Refund A-1001",
+        requested_by="dana",
+        context={"order_id": "A-1001", "note": "vip"},
+    )
+    assert typed.subject == {"order_id": "A-1001"}
+    parsed = parse_run_input(typed.model_dump(mode="json"))
+    assert parsed.subject == {"order_id": "A-1001"} and parsed.digest() == typed.digest()

@@ -217,6 +217,7 @@ async def test_planted_secret_and_personal_values_are_found_nowhere(
         worker.task_queue,
         mode="augment",  # every side effect asks a human: summaries, notices, links
         task="Canary check for C-200, please.",
+        subject={"customer_id": "C-200"},
     )
     await approve_all(handle, 2)
     await approve_all(handle, 1)

@@ -115,11 +115,11 @@ async def test_shadow_mode_executes_nothing_and_records_every_would_be_action(
     assert runtime.audit.find(handle.id, "action.executed") == []
 
 
-def stricter(tmp_path: Path, base: Path) -> Path:
-    """A candidate that only refunds up to 10.00 automatically. `base`: the session's policy,
-    whose roomy limits the session's ledger (every earlier refund) does not exhaust."""
+def stricter(tmp_path: Path, active: Path) -> Path:
+    """A candidate that only refunds up to 10.00 automatically (the session's limits
+    otherwise: the session refunds the same customers many times)."""
     folder = tmp_path / "candidate"
-    shutil.copytree(base, folder)
+    shutil.copytree(active, folder)
     rules = folder / "refunds.cedar"
     rules.write_text(
         rules.read_text()
@@ -135,8 +135,9 @@ async def test_candidate_runs_in_shadow_and_backtest_reports_its_flips(
     shop: Shop,
     task_queue: str,
     tmp_path: Path,
+    session_policy: Path,
 ) -> None:
-    candidate = stricter(tmp_path, settings.policy_path)
+    candidate = stricter(tmp_path, session_policy)
     with_candidate = settings.model_copy(update={"candidate_policy_path": candidate})
     runtime = check_startup(with_candidate)
     async with build_worker(temporal.client, with_candidate, runtime, task_queue=task_queue):

@@ -198,7 +198,12 @@ async def test_a_verified_requester_cannot_approve_under_any_name(
     workflow_id = f"run-{uuid.uuid4().hex[:12]}"
     handle = await temporal.client.start_workflow(
         AgentRun.run,
-        start_input(workflow_id, "alice", task="Refund order A-1006: wrong colour."),
+        start_input(
+            workflow_id,
+            "alice",
+            task="Refund order A-1006: wrong colour.",
+            subject={"order_id": "A-1006"},
+        ),
         id=workflow_id,
         task_queue=worker.task_queue,
         execution_timeout=timedelta(minutes=5),

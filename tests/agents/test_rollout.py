@@ -93,6 +93,7 @@ def test_a_demoted_verdict_needs_a_human_and_says_why(tmp_path: Path) -> None:
         requested_mode=None,
         workflow_id="run-1",
         requested_by="dana",
+        subject={"customer_id": "C-100"},
         overrides=OverrideCount(decisions=4, rejections=2, window_hours=1),
     )
     v = decide(d, policy)

@@ -16,6 +16,8 @@ import openai
 import pytest
 import uvicorn
 
+from activities.context import fold_note, summary_request
+from activities.transcript import Fold
 from demo.model_server import DEFAULT_SCRIPTS_DIR, NO_MATCH_REPLY, create_app
 
 REFUND_TASK = "Refund order A-1001: the teapot arrived broken."
@@ -291,3 +293,48 @@ async def test_a_script_can_misbehave_like_a_broken_model(
     assert choice.finish_reason == "length"
     assert len(choice.message.content or "") > 5000
     assert [c.id for c in choice.message.tool_calls or []] == ["c", "c"]
+
+
+async def test_a_context_window_note_counts_the_replies_it_stands_for(
+    client: openai.AsyncOpenAI, base_url: str
+) -> None:
+    """The note activities/context.py puts in place of folded turns moves the script on."""
+    note = fold_note(Fold(covers_seq=5, replies=2, summary="Looked up and refunded A-1001."))
+    response = await client.chat.completions.create(
+        model="gpt-4.1-mini", messages=[*user(REFUND_TASK), note]
+    )
+    # The refund script's third turn: the final report, as if its two replies were shown.
+    assert not response.choices[0].message.tool_calls
+    assert response.choices[0].message.content.startswith("Refunded order A-1001")
+    async with httpx.AsyncClient() as http:
+        listed = await http.get(base_url.removesuffix("/v1") + "/_requests")
+    seen = listed.json()["requests"][-1]
+    assert seen["roles"] == ["system", "user", "user"] and seen["task"] == REFUND_TASK
+
+
+async def test_a_summary_request_gets_a_running_tally(client: openai.AsyncOpenAI) -> None:
+    folded = [
+        {
+            "role": "assistant",
+            "content": "Let me look.",
+            "tool_calls": [
+                {
+                    "id": f"call_{i}",
+                    "type": "function",
+                    "function": {"name": name, "arguments": "{}"},
+                }
+                for i, name in enumerate(["orders.lookup", "orders.lookup", "crm.add_note"])
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_0", "content": json.dumps(LOOKUP_RESULT)},
+    ]
+    previous = "Scripted summary (not a language model). Tool calls so far: orders.lookup x3."
+    response = await client.chat.completions.create(
+        model="gpt-4.1-mini", messages=summary_request(previous, folded, first_seq=8)
+    )
+    assert response.model == "scripted:summarizer"
+    assert response.choices[0].message.content == (
+        "Scripted summary (not a language model). "
+        "Tool calls so far: crm.add_note x1, orders.lookup x5. "
+        f"Latest result: {json.dumps(LOOKUP_RESULT)}"
+    )

@@ -29,7 +29,7 @@ from activities.runtime import Runtime
 from guardrails.audit import open_store
 from guardrails.policy import DEFAULT_POLICY_PATH
 from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import TEST_PAYLOAD_KEYS, Shop, start_run
+from tests.conftest import TEST_PAYLOAD_KEYS, Shop, count_tiers_per_run, start_run
 from tests.gateway.conftest import serve, stop
 from workers.credentials import SERVICE, configure_keyring
 from workers.devstack import Service, free_port, start_service, wait_until
@@ -66,6 +66,7 @@ def host_policy(request: pytest.FixtureRequest, settings: Settings, tmp_path: Pa
     shutil.copytree(DEFAULT_POLICY_PATH, folder)
     rules = folder / "refunds.cedar"
     rules.write_text(rules.read_text().replace("> 200000", "> 10000"))
+    count_tiers_per_run(folder)
     return folder
 
 

@@ -131,6 +131,7 @@ async def test_ops_start_a_run_in_the_ui_find_it_waiting_and_approve_it_there(
         {
             "agent": "support-refunds",
             "task": "Refund order A-1006: the glass kettle cracked.",
+            "subject": {"order_id": "A-1006"},
             "requested_by": "ops-dana",
         },
     )

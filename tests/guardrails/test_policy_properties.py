@@ -53,18 +53,44 @@ def test_no_refund_above_a_tier_runs_without_its_approvals(amount, refunded, usa
 
 
 @settings(max_examples=200, deadline=None)
-@given(amount=amounts, killed=st.booleans(), looked_up=st.booleans(), usage=st.integers(0, 300_000))
-def test_a_matching_forbid_always_beats_every_permit(amount, killed, looked_up, usage) -> None:
+@given(
+    amount=amounts,
+    killed=st.booleans(),
+    subject=st.sampled_from(
+        [{"order_id": "A-1003"}, {"customer_id": "C-300"}, {"order_id": "A-1001"}, {}]
+    ),
+    usage=st.integers(0, 300_000),
+)
+def test_a_matching_forbid_always_beats_every_permit(amount, killed, subject, usage) -> None:
     v = decision(
         args={"amount_cents": amount},
-        facts={"order": ORDER} if looked_up else {},
-        usage={"agent_refunded_today_cents": usage, "customer_refunds_this_week": 0},
+        subject=subject,
+        usage={"agent_refunded_today_cents": usage},
         killed=killed,
     )
+    about_this_order = subject.get("order_id") == "A-1003" or subject.get("customer_id") == "C-300"
     forbidden = (
-        killed or not looked_up or amount > ORDER["captured_cents"] or usage + amount > 200_000
+        killed
+        or not about_this_order
+        or amount > ORDER["captured_cents"]
+        or usage + amount > 200_000
     )
     assert (v.outcome == "deny") == forbidden
+
+
+@settings(max_examples=300, deadline=None)
+@given(amounts=st.lists(st.integers(1, 5000), min_size=2, max_size=8))
+def test_splitting_a_refund_never_lowers_its_tier(amounts) -> None:
+    """Each part is decided on what the customer already had this week plus itself: the parts
+    run without a human only as long as their total would have."""
+    refunded = 0
+    for amount in amounts:
+        v = decision(
+            args={"amount_cents": amount}, usage={"customer_refunded_week_cents": refunded}
+        )
+        if refunded + amount > 5000:
+            assert v.outcome == "needs_approval"
+        refunded += amount
 
 
 LIMIT = 20_000

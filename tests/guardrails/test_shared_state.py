@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from activities.transcript import TranscriptStore
+from activities.transcript import Fold, TranscriptStore
 from guardrails.controls import KillSwitch, KillSwitchTable
 from guardrails.database import Database, open_database
 from guardrails.ledger import Ledger
@@ -53,6 +53,24 @@ def test_a_transcript_written_on_one_host_is_read_whole_on_another(
     ]
     assert a._read("run-1", 1) == [{"role": "user", "content": "hi"}]
     assert a._read("run-2", 5) == []
+
+
+def test_a_fold_made_on_one_host_is_used_on_another_until_the_transcript_is_rewritten(
+    hosts: tuple[Database, Database],
+) -> None:
+    """Context windows (activities/context.py): a reset workflow rewrites its transcript from
+    an earlier seq, voiding folds made in the old continuation."""
+    a, b = TranscriptStore(hosts[0]), TranscriptStore(hosts[1])
+    a._write("run-1", 0, [{"role": "assistant", "content": str(i)} for i in range(10)])
+    a._write_fold("run-1", Fold(covers_seq=4, replies=4, summary="first four"))
+    a._write_fold("run-1", Fold(covers_seq=8, replies=8, summary=None))
+    assert b._fold("run-1", 10) == Fold(8, 8, None)
+    assert b._fold("run-1", 7) == Fold(4, 4, "first four")
+    assert b._fold("run-2", 10) is None
+    assert [m["content"] for m in b._read("run-1", 7, from_seq=4)] == ["4", "5", "6"]
+    b._write("run-1", 6, [{"role": "assistant", "content": "after reset"}])
+    assert a._fold("run-1", 10) == Fold(4, 4, "first four")
+    assert len(a._read("run-1", 10)) == 10
 
 
 def test_a_link_issued_on_one_host_is_honoured_once_on_another(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -90,6 +91,9 @@ async def fresh_stack(
 async def _start(
     client: Client, name: str, task: str, **options: Any
 ) -> WorkflowHandle[AgentRun, RunResult]:
+    # The run is about the order its task names.
+    order = re.search(r"\b[A-Z]-\d{4}\b", task)
+    options.setdefault("subject", {"order_id": order[0]} if order else {})
     run_input = RunInput(agent="support-refunds", task=task, requested_by="ops-dana", **options)
     return await client.start_workflow(
         AgentRun.run,

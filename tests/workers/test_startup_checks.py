@@ -159,13 +159,12 @@ def test_an_agent_scope_that_matches_no_tool_stops_the_start(
         ),
         (
             ('tool = "payments.refund"\nsum', 'tool = "payments.refnd"\nsum'),
-            "counter 'agent_refunded_today_cents' counts tool 'payments.refnd', which is not "
-            "registered",
+            "counter 'agent_refunded_today_cents': tool 'payments.refnd' is not registered",
         ),
         (
             ('sum = "amount_cents"', 'sum = "amount"'),
-            "counter 'agent_refunded_today_cents' sums payments.refund argument 'amount', "
-            "which it does not have (arguments: order_id, amount_cents, reason)",
+            "counter 'agent_refunded_today_cents': sum 'amount' is not an integer argument of "
+            "payments.refund (integer arguments: amount_cents)",
         ),
     ],
 )
