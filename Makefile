@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo dev test lint fmt bench histories clean
+.PHONY: demo dev test system-deps lint fmt bench histories clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,11 @@ demo: $(BIN)/.installed  ## offline demo on the embedded stack
 dev: $(BIN)/.installed  ## leave the stack running: Temporal UI on :8233
 	$(BIN)/countersign dev
 
-test: $(BIN)/.installed  ## the whole suite, against the real dev server
+test: $(BIN)/.installed system-deps  ## the whole suite, against the real dev server
 	$(BIN)/pytest
+
+system-deps:  ## Debian chromium, PostgreSQL, docker-compose: installed as root, else named
+	scripts/system-deps
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

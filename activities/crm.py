@@ -23,10 +23,10 @@ class Customer(BaseModel):
     address: Personal[str | None] = None
 
 
-@guarded_tool("customers.lookup", scope="crm:read", read_only=True)
+@guarded_tool("customers.lookup", system="shop", scope="crm:read", read_only=True)
 async def lookup_customer(args: CustomerLookupArgs, ctx: ToolContext) -> Customer:
     """Look up a customer record."""
-    async with ctx.http("shop") as shop:
+    async with ctx.http() as shop:
         r = await shop.get(f"/customers/{args.customer_id}")
     return Customer.model_validate(r.json())
 
@@ -44,12 +44,13 @@ class Note(BaseModel):
 
 @guarded_tool(
     "crm.add_note",
+    system="shop",
     scope="crm:write",
     compensate=Undo("crm.delete_note", lambda args, result: {"note_id": result.note_id}),
 )
 async def add_note(args: AddNoteArgs, ctx: ToolContext) -> Note:
     """Add a note to a customer's CRM record."""
-    async with ctx.http("shop") as shop:
+    async with ctx.http() as shop:
         r = await shop.post(
             f"/customers/{args.customer_id}/notes",
             json={"text": args.text},
@@ -83,10 +84,10 @@ class NoteDeleted(BaseModel):
     deleted: bool
 
 
-@guarded_tool("crm.delete_note", scope="crm:write", risk="low")
+@guarded_tool("crm.delete_note", system="shop", scope="crm:write", risk="low")
 async def delete_note(args: DeleteNoteArgs, ctx: ToolContext) -> NoteDeleted:
     """Delete a CRM note (compensation for crm.add_note)."""
-    async with ctx.http("shop") as shop:
+    async with ctx.http() as shop:
         r = await shop.delete(f"/notes/{args.note_id}")
     return NoteDeleted.model_validate(r.json())
 
@@ -122,6 +123,7 @@ class ContactUpdated(BaseModel):
 
 @guarded_tool(
     "crm.update_contact",
+    system="shop",
     scope="crm:write",
     risk="medium",
     # Undo restores the before-image the system of record returned.
@@ -136,7 +138,7 @@ class ContactUpdated(BaseModel):
 async def update_contact(args: UpdateContactArgs, ctx: ToolContext) -> ContactUpdated:
     """Update a customer's contact fields (phone, email, address only)."""
     changes = args.fields.model_dump(exclude_none=True, mode="json")
-    async with ctx.http("shop") as shop:
+    async with ctx.http() as shop:
         r = await shop.patch(
             f"/customers/{args.customer_id}",
             json={"fields": changes},

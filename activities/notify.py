@@ -16,7 +16,7 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.channels import Channel, ChannelError
+from activities.channels import Channel, ChannelError, action_text
 from activities.channels.mail import EmailChannel
 from activities.channels.slack import SlackApi, SlackChannel
 from activities.channels.webhook import WebhookChannel
@@ -44,7 +44,7 @@ class NotifyActivities:
         log.info(
             f"approval.{notice.event}",
             request_id=request.request_id,
-            action=request.summary(),
+            action=action_text(request),
             status=request.status,
             how=f"countersign approve {notice.workflow_id} {request.request_id} --as NAME",
         )

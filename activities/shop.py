@@ -32,10 +32,10 @@ class Order(BaseModel):
     items: list[OrderItem]
 
 
-@guarded_tool("orders.lookup", scope="orders:read", read_only=True)
+@guarded_tool("orders.lookup", system="shop", scope="orders:read", read_only=True)
 async def lookup_order(args: OrderLookupArgs, ctx: ToolContext) -> Order:
     """Look up an order: customer, status, captured and already refunded amounts (cents)."""
-    async with ctx.http("shop") as shop:
+    async with ctx.http() as shop:
         r = await shop.get(f"/orders/{args.order_id}")
     return Order.model_validate(r.json())
 
@@ -87,6 +87,7 @@ async def find_refund(args: RefundArgs, ctx: ToolContext) -> Refund | None:
 
 @guarded_tool(
     "payments.refund",
+    system="shop",
     scope="payments:refund",
     risk="high",
     compensate=Undo(
@@ -99,7 +100,7 @@ async def find_refund(args: RefundArgs, ctx: ToolContext) -> Refund | None:
 )
 async def refund(args: RefundArgs, ctx: ToolContext) -> Refund:
     """Refund part or all of an order's captured payment. Amount in cents."""
-    async with ctx.http("shop") as shop:
+    async with ctx.http() as shop:
         r = await shop.post("/refunds", json=args.model_dump(), headers=ctx.idempotency_headers())
     return Refund.model_validate(r.json())
 
@@ -108,10 +109,10 @@ class ReverseRefundArgs(BaseModel):
     refund_id: str = Field(pattern=r"^rf_[0-9a-f]+$")
 
 
-@guarded_tool("payments.reverse_refund", scope="payments:refund", risk="high")
+@guarded_tool("payments.reverse_refund", system="shop", scope="payments:refund", risk="high")
 async def reverse_refund(args: ReverseRefundArgs, ctx: ToolContext) -> Refund:
     """Reverse a refund that was issued by mistake (compensation for payments.refund)."""
-    async with ctx.http("shop") as shop:
+    async with ctx.http() as shop:
         r = await shop.post(
             f"/refunds/{args.refund_id}/reversal", headers=ctx.idempotency_headers()
         )

@@ -28,7 +28,8 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_type_hints
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -64,11 +65,22 @@ class ToolContext:
     call: ToolCall
     idempotency_key: str
     runtime: Runtime
+    # The system of record the tool declared (`guarded_tool(system=...)`): ctx.http()'s default.
+    system: str | None = None
 
     def idempotency_headers(self) -> dict[str, str]:
         return {"Idempotency-Key": self.idempotency_key}
 
-    def http(self, system: str) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    def http(self, system: str | None = None) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+        """The declared system's client (see system_http), or another configured one's."""
+        system = system or self.system
+        if system is None:
+            raise ApplicationError(
+                f"{self.call.tool}: name the system (ctx.http('shop')) or declare "
+                "guarded_tool(system=...)",
+                type="ToolMisconfigured",
+                non_retryable=True,
+            )
         return system_http(self.runtime, system)
 
 
@@ -133,6 +145,7 @@ class ToolSpec:
     fn: ToolFunction
     business_key: Callable[[Any], str] | None = field(default=None, compare=False)
     reconcile: ReconcileFunction | None = field(default=None, compare=False)
+    system: str | None = None
 
     @property
     def facts(self) -> ToolFacts:
@@ -203,8 +216,13 @@ def guarded_tool(
     compensate: Undo | None = None,
     business_key: Callable[[Any], str] | None = None,
     reconcile: ReconcileFunction | None = None,
+    system: str | None = None,
 ) -> Callable[[ToolFunction], ToolFunction]:
     """Register an async function `(args: ArgsModel, ctx: ToolContext) -> ResultModel`.
+
+    `system`: the system of record it calls (a key of COUNTERSIGN_SYSTEMS); the worker checks
+    at start that it is configured and its credential is in the keyring, and `ctx.http()`
+    uses it.
 
     The policy decides on facts the guard fetches itself (activities/facts.py), never on what
     the tool returned to the model.
@@ -253,6 +271,7 @@ def guarded_tool(
             fn=fn,
             business_key=business_key,
             reconcile=reconcile,
+            system=system,
         )
         return fn
 
@@ -264,15 +283,84 @@ def _is_model(tp: Any) -> bool:
 
 
 def validate_registry() -> None:
-    """Fail the worker's start, loudly, on declarations that would break runs later."""
+    """Fail the worker's start, loudly, on declarations that would break runs later: unknown
+    compensating tools, and business keys or compensations that read a field their model
+    does not have (evaluated on a sample of the argument and result models)."""
     for spec in REGISTRY.values():
-        if spec.compensate is not None and spec.compensate.tool not in REGISTRY:
+        undo = spec.compensate
+        if undo is not None and undo.tool not in REGISTRY:
             raise ToolDeclarationError(
-                f"tool {spec.name} names compensating tool {spec.compensate.tool!r}, "
-                "which is not registered"
+                f"tool {spec.name} names compensating tool {undo.tool!r}, which is not registered"
             )
-        if spec.read_only and spec.compensate:
+        if spec.read_only and undo:
             raise ToolDeclarationError(f"tool {spec.name} is read-only and needs no compensation")
+        args, result = sample(spec.args_model), sample(spec.result_model)
+        if spec.business_key is not None:
+            _evaluate(f"tool {spec.name}: business_key", spec.business_key, args)
+        if undo is not None:
+            produced = _evaluate(f"tool {spec.name}: compensate", undo.arguments, args, result)
+            _check_compensation_arguments(spec.name, undo.tool, produced)
+
+
+def sample(model: type[BaseModel]) -> BaseModel:
+    """An instance with a placeholder in every field (nested models too), unvalidated: enough
+    to evaluate a declaration's lambda and see which fields it reads."""
+    return model.model_construct(
+        **{name: _placeholder(f.annotation) for name, f in model.model_fields.items()}
+    )
+
+
+def _placeholder(tp: Any) -> Any:
+    if _is_model(tp):
+        return sample(tp)
+    origin = get_origin(tp)
+    if origin in (Union, UnionType):  # X | None: a placeholder of X, so x.field can be read
+        options = [a for a in get_args(tp) if a is not type(None)]
+        return _placeholder(options[0]) if options else None
+    if origin is Annotated:
+        return _placeholder(get_args(tp)[0])
+    if origin is Literal:
+        return get_args(tp)[0]
+    base = origin or tp
+    if isinstance(base, type):
+        for kind, value in ((bool, True), (int, 1), (float, 1.0), (str, "x")):
+            if issubclass(base, kind):
+                return value
+        if issubclass(base, (list, tuple, set, dict)):
+            return base()
+    return None
+
+
+def _evaluate(where: str, fn: Callable[..., Any], *models: BaseModel) -> Any:
+    try:
+        return fn(*models)
+    except AttributeError as e:
+        # Reading a field a model does not have: a typo that would fail every call. (Not an
+        # attribute of a placeholder value, which a real value may well have.)
+        if any(f"'{type(m).__name__}' object has no attribute" in str(e) for m in models):
+            raise ToolDeclarationError(f"{where} reads a field that does not exist: {e}") from None
+        return None
+    except Exception:
+        return None  # placeholder values cannot satisfy every expression; only typos count here
+
+
+def _check_compensation_arguments(tool: str, undo_tool: str, produced: Any) -> None:
+    if not isinstance(produced, dict):
+        return
+    model = REGISTRY[undo_tool].args_model
+    unknown = sorted(set(produced) - set(model.model_fields))
+    missing = sorted(
+        name for name, f in model.model_fields.items() if f.is_required() and name not in produced
+    )
+    if unknown or missing:
+        problem = "; ".join(
+            [f"unknown argument(s) {', '.join(unknown)}"] * bool(unknown)
+            + [f"missing required {', '.join(missing)}"] * bool(missing)
+        )
+        raise ToolDeclarationError(
+            f"tool {tool}: compensate gives {undo_tool} {problem} "
+            f"(its arguments: {', '.join(model.model_fields)})"
+        )
 
 
 def validate_arguments(spec: ToolSpec, arguments: dict[str, Any]) -> BaseModel:
@@ -327,7 +415,7 @@ class _Call:
                 non_retryable=True,
             ) from None
         key = spec.idempotency_key(current_workflow_id(), args)
-        ctx = ToolContext(call=call, idempotency_key=key, runtime=runtime)
+        ctx = ToolContext(call=call, idempotency_key=key, runtime=runtime, system=spec.system)
         return cls(spec, args, ctx, sealer, known)
 
     @property

@@ -33,6 +33,10 @@ CUSTOMER_ID = r"^C-\d{3}$"
 ORDER_ID = r"^[A-Z]-\d{4}$"
 
 
+class AgentSpecError(Exception):
+    """An agent is declared wrongly (checked when the worker starts)."""
+
+
 class AgentSpec(BaseModel):
     name: str
     description: str
@@ -91,3 +95,15 @@ AGENTS: dict[str, AgentSpec] = {
 def subject_fields() -> list[str]:
     """Every subject field any agent declares: the keys of `context.run.subject` in policies."""
     return sorted({f for spec in AGENTS.values() for f in spec.subject})
+
+
+def check_agent_scopes(agents: dict[str, AgentSpec], tool_scopes: set[str]) -> None:
+    """Every scope an agent is granted must match a registered tool: a misspelt scope would
+    silently leave the agent without the tools it was meant to have."""
+    for agent in agents.values():
+        for scope in agent.scopes:
+            if scope not in tool_scopes:
+                raise AgentSpecError(
+                    f"agent {agent.name}: scope {scope!r} matches no registered tool "
+                    f"(tool scopes: {', '.join(sorted(tool_scopes))})"
+                )

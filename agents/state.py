@@ -29,6 +29,7 @@ from agents.specs import AGENTS, AgentSpec
 from guardrails.approvals import ApprovalRequest, RecordedDecision
 from guardrails.errors import describe
 from guardrails.identity import Envelope, Verified
+from guardrails.money import describe_call
 from guardrails.policy import Authority, Mode, sha256_hex
 
 AGENT_RUN = "AgentRun"
@@ -364,7 +365,8 @@ class RunState:
             need = r.need
             lines += [
                 "",
-                f"**Waiting for approval** `{r.request_id}`: `{r.summary()}`",
+                f"**Waiting for approval** `{r.request_id}`: "
+                f"`{describe_call(r.tool, r.arguments)}`",
                 "",
                 f"- why: {r.reason or '(no reason given)'} (rule {', '.join(r.rule_ids)})",
                 f"- needs {need.quorum} of: {', '.join(need.eligible)}"

@@ -91,7 +91,8 @@ async def run_demo(settings: Settings, keep: bool = False) -> None:
         # The demo system of record starts from its seed data; audit and history are kept.
         (settings.state_dir / "shop.sqlite3").unlink(missing_ok=True)
     print("Starting the embedded stack (Temporal dev server + UI, shop, scripted model, worker)…")
-    stack = await asyncio.to_thread(start_dev_stack, settings)
+    # In this thread, not a worker thread: SIGTERM during start-up then stops what started.
+    stack = start_dev_stack(settings)
     try:
         print(_banner(stack))
         client = await connect(stack.settings)
@@ -114,7 +115,8 @@ async def run_demo(settings: Settings, keep: bool = False) -> None:
 
 
 async def serve_dev_stack(settings: Settings) -> None:
-    stack = await asyncio.to_thread(start_dev_stack, settings)
+    # In this thread, not a worker thread: SIGTERM during start-up then stops what started.
+    stack = start_dev_stack(settings)
     try:
         print(_banner(stack))
         print(

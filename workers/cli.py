@@ -8,6 +8,7 @@ import asyncio
 import getpass
 import json
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Callable, Coroutine
@@ -15,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from guardrails.audit import AuditRecord, VerifyReport
+from guardrails.money import describe_call
 from workers.settings import Settings, SettingsError, load_settings
 
 
@@ -26,6 +28,13 @@ def story_line(r: AuditRecord) -> str:
     """One audit record as a sentence a person can read."""
     d = r.data
     when = r.at.strftime("%H:%M:%S")
+
+    def call() -> str:  # money as money; `-o json` has the exact arguments
+        args = d.get("arguments")
+        if isinstance(args, dict):
+            return describe_call(str(d.get("tool")), args)
+        return f"{d.get('tool')} {json.dumps(args)}"
+
     text = {
         "run.started": lambda: (
             f"run started by {d.get('requested_by')}"
@@ -39,7 +48,7 @@ def story_line(r: AuditRecord) -> str:
             + (f" — {d['content']!r}" if d.get("content") else "")
             + (f" REFUSED: {d['refused']}" if d.get("refused") else "")
         ),
-        "proposal": lambda: f"proposal {d.get('tool')} {json.dumps(d.get('arguments'))}",
+        "proposal": lambda: f"proposal {call()}",
         "verdict": lambda: (
             f"verdict {str(d.get('outcome')).upper()} {d.get('tool')} "
             f"[{', '.join(d.get('rule_ids', []))}] {d.get('reason')} ({d.get('policy_version')})"
@@ -66,9 +75,9 @@ def story_line(r: AuditRecord) -> str:
         ),
         "notify.failed": lambda: f"notice via {d.get('channel')} FAILED: {d.get('error')}",
         "approval.expired": lambda: f"approval {d.get('request_id')} expired: rejected",
-        "action.read": lambda: f"read {d.get('tool')} {json.dumps(d.get('arguments'))}",
+        "action.read": lambda: f"read {call()}",
         "action.executed": lambda: (
-            f"EXECUTED {d.get('tool')} {json.dumps(d.get('arguments'))}"
+            f"EXECUTED {call()}"
             f" → {json.dumps(d.get('result'))} (idempotency key {d.get('idempotency_key')})"
         ),
         "action.failed": lambda: f"FAILED {d.get('tool')}: {d.get('error')}",
@@ -94,26 +103,27 @@ def parse_context(pairs: list[str], flag: str = "--context") -> dict[str, str | 
 
 
 async def cmd_start(args: argparse.Namespace, settings: Settings) -> None:
-    from pydantic import ValidationError
+    from temporalio.exceptions import ApplicationError
 
     from agents.run import AgentRun
-    from agents.state import RunInput
+    from agents.state import parse_run_input
     from workers.credentials import configure_keyring
     from workers.decisions import signed_start
     from workers.identities import signer_for
     from workers.worker import connect
 
-    try:
-        run_input = RunInput(
-            agent=args.agent,
-            task=args.task,
-            subject={k: str(v) for k, v in parse_context(args.subject, "--subject").items()},
-            context=parse_context(args.context),
-            requested_by=args.as_,
-            mode=args.mode,
-        )
-    except ValidationError as e:
-        raise CliError(f"invalid run input: {e}") from e
+    raw = {
+        "agent": args.agent,
+        "task": args.task,
+        "subject": {k: str(v) for k, v in parse_context(args.subject, "--subject").items()},
+        "context": parse_context(args.context),
+        "requested_by": args.as_,
+        "mode": args.mode,
+    }
+    try:  # the workflow's own check, so what it would refuse is never "started"
+        run_input = parse_run_input({k: v for k, v in raw.items() if v is not None})
+    except ApplicationError as e:
+        raise CliError(e.message) from None
     workflow_id = args.id or f"run-{run_input.agent}-{uuid.uuid4().hex[:8]}"
     configure_keyring(settings)
     run_input = signed_start(signer_for(args.as_), workflow_id, run_input)
@@ -126,43 +136,86 @@ async def cmd_start(args: argparse.Namespace, settings: Settings) -> None:
         static_summary=f"{run_input.agent}: {run_input.task[:120]}",
         static_details=f"Requested by **{run_input.requested_by}**.\n\n{run_input.task}",
     )
-    print(f"started {workflow_id}\n  {ui_link(settings, workflow_id)}")
+    if args.output == "json" and not args.wait:
+        print(json.dumps({"workflow_id": workflow_id, "url": ui_link(settings, workflow_id)}))
+    elif args.output != "json":
+        print(f"started {workflow_id}\n  {ui_link(settings, workflow_id)}")
     if args.wait:
         result = await handle.result()
         print(result.model_dump_json(indent=2))
 
 
 async def cmd_status(args: argparse.Namespace, settings: Settings) -> None:
+    from temporalio.client import (
+        WorkflowExecutionStatus,
+        WorkflowFailureError,
+        WorkflowQueryFailedError,
+    )
+    from temporalio.service import RPCError
+
     from agents.run import AgentRun
+    from agents.state import RunStatus
     from workers.worker import connect
 
     client = await connect(settings)
     handle = client.get_workflow_handle(args.run)
-    status = await handle.query(AgentRun.status)
-    print(f"{args.run}: stage {status.stage}, step {status.step}")
-    for r in status.pending_approvals:
+    described = await handle.describe()
+    state = described.status.name.lower() if described.status else "unknown"
+    cause = None
+    if described.status == WorkflowExecutionStatus.FAILED:
+        try:
+            await handle.result()
+        except WorkflowFailureError as e:
+            cause = failure_cause(e)
+    status: RunStatus | None = None
+    try:
+        status = await handle.query(AgentRun.status)
+    except (RPCError, WorkflowQueryFailedError):
+        # A run that failed before it had any state (e.g. invalid input) answers no query.
+        if described.status == WorkflowExecutionStatus.RUNNING:
+            raise
+    if args.output == "json":
+        shown = {"run": args.run, "status": state, "cause": cause}
+        print(json.dumps({**shown, **(status.model_dump(mode="json") if status else {})}))
+        return
+    if described.status == WorkflowExecutionStatus.RUNNING and status is not None:
+        print(f"{args.run}: running, stage {status.stage}, step {status.step}")
+    else:
+        print(f"{args.run}: {state}" + (f": {cause}" if cause else ""))
+    for r in status.pending_approvals if status else []:
         print(
-            f"  waiting: {r.request_id} {r.summary()} — needs {r.need.quorum} of "
-            f"{', '.join(r.need.eligible)}, expires {r.expires_at.isoformat()}"
+            f"  waiting: {r.request_id} {describe_call(r.tool, r.arguments)} — needs "
+            f"{r.need.quorum} of {', '.join(r.need.eligible)}, expires {r.expires_at.isoformat()}"
         )
-    for a in status.actions:
-        print(f"  {a.status:9} {a.tool} {json.dumps(a.arguments)}")
-        if a.status in ("failed", "unknown"):
+    for a in status.actions if status else []:
+        line = f"  {a.status:9} {describe_call(a.tool, a.arguments)}"
+        if a.status in ("denied", "rejected", "expired", "failed") and (a.rule_ids or a.detail):
+            line += f" [{', '.join(a.rule_ids)}] {a.detail}".rstrip()
+        print(line)
+        if a.status == "unknown":
             print(f"            why: {a.detail}")
-    unknown = [a for a in status.actions if a.status == "unknown"]
+    unknown = [a for a in status.actions if a.status == "unknown"] if status else []
     if unknown:
         print(
             f"  NEEDS ATTENTION: {len(unknown)} action(s) may or may not have happened; "
             f"check the system of record (countersign audit {args.run})"
         )
-    from temporalio.client import WorkflowExecutionStatus
-
-    if (await handle.describe()).status == WorkflowExecutionStatus.FAILED:
+    if described.status == WorkflowExecutionStatus.FAILED:
         from workers.audit import open_audit_store
 
+        # The audit names the classified cause (system unavailable, timeout, ...), if any.
         ended = open_audit_store(settings).find(args.run, "run.compensated")
-        reason = ended[-1].data.get("reason") if ended else "run failed (no cause recorded)"
-        print(f"  FAILED: {reason}")
+        if ended:
+            print(f"  FAILED: {ended[-1].data.get('reason')}")
+
+
+def failure_cause(e: BaseException) -> str:
+    """The innermost message of a failed run (e.g. `invalid run input: task: Field required`)."""
+    message = str(e)
+    while e.__cause__ is not None:
+        e = e.__cause__
+        message = getattr(e, "message", None) or str(e) or message
+    return message
 
 
 async def cmd_decide(args: argparse.Namespace, settings: Settings) -> None:
@@ -299,7 +352,7 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> None:
     records = store.for_run(args.run)
     if not records:
         raise CliError(f"no audit records for run {args.run!r} in {store.location}")
-    if args.json:
+    if args.output == "json":
         print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
     else:
         print(f"{args.run}:")
@@ -460,7 +513,7 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> None:
     from workers.codec import data_converter
 
     reports = await replay(histories, converter=data_converter(settings))
-    if args.json:
+    if args.output == "json":
         print(json.dumps([r.model_dump(mode="json") for r in reports], indent=2))
     else:
         for r in reports:
@@ -487,7 +540,7 @@ async def cmd_stats(args: argparse.Namespace, settings: Settings) -> None:
     since = until - window
     records = open_audit_store(settings).between(since, until)
     stats = compute_stats(records, since=since, until=until, prices=settings.model_prices)
-    print(stats.model_dump_json(indent=2) if args.json else format_stats(stats))
+    print(stats.model_dump_json(indent=2) if args.output == "json" else format_stats(stats))
 
 
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
@@ -561,12 +614,43 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
 Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, None]]
 
 
+def global_options() -> argparse.ArgumentParser:
+    """Options every command takes, before or after its name, as the `temporal` CLI's."""
+    g = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a subcommand's parser must not overwrite what was given before its name.
+    g.add_argument(
+        "--address",
+        default=argparse.SUPPRESS,
+        metavar="HOST:PORT",
+        help="Temporal frontend address (overrides COUNTERSIGN_TEMPORAL_ADDRESS)",
+    )
+    g.add_argument(
+        "-n",
+        "--namespace",
+        default=argparse.SUPPRESS,
+        help="Temporal namespace (overrides COUNTERSIGN_TEMPORAL_NAMESPACE)",
+    )
+    g.add_argument(
+        "-o", "--output", choices=["text", "json"], default=argparse.SUPPRESS, help="output format"
+    )
+    g.add_argument(
+        "--json",
+        dest="output",
+        action="store_const",
+        const="json",
+        default=argparse.SUPPRESS,
+        help="same as -o json",
+    )
+    return g
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="countersign", description=__doc__)
+    # A fresh copy per parser: parsers built from one share its actions and their defaults.
+    p = argparse.ArgumentParser(prog="countersign", description=__doc__, parents=[global_options()])
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, fn: Command, help: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help)
+        sp = sub.add_parser(name, help=help, description=help, parents=[global_options()])
         sp.set_defaults(fn=fn)
         return sp
 
@@ -622,7 +706,6 @@ def parser() -> argparse.ArgumentParser:
         "`audit checkpoint` signs the current head, `audit init-key` creates the signing key",
     )
     audit.add_argument("run", help="workflow id, or verify | checkpoint | init-key")
-    audit.add_argument("--json", action="store_true")
 
     replay = add(
         "replay",
@@ -639,7 +722,6 @@ def parser() -> argparse.ArgumentParser:
         help="a history JSON file, or a folder of them (repeatable)",
     )
     replay.add_argument("--save", metavar="FILE", help="with one RUN: write its history here")
-    replay.add_argument("--json", action="store_true")
 
     policy = add("policy", cmd_policy, "check, compare and backtest policies")
     policy.add_argument("action", choices=["test", "diff", "backtest", "activate"])
@@ -666,38 +748,80 @@ def parser() -> argparse.ArgumentParser:
 
     stats = add("stats", cmd_stats, "proposals, verdicts, approvals, override rate, cost")
     stats.add_argument("--since", default="24h", help="window: 30m, 24h, 7d, 2w (default 24h)")
-    stats.add_argument("--json", action="store_true")
 
-    secrets = sub.add_parser("secrets", help="manage secrets in the configured keyring")
+    secrets = sub.add_parser(
+        "secrets", help="manage secrets in the configured keyring", parents=[global_options()]
+    )
     ssub = secrets.add_subparsers(dest="action", required=True)
-    sset = ssub.add_parser("set", help="store a secret (value read from stdin or a prompt)")
+    sset = ssub.add_parser(
+        "set", help="store a secret (value read from stdin or a prompt)", parents=[global_options()]
+    )
     sset.add_argument("name")
     sset.set_defaults(fn=cmd_secrets)
     return p
 
 
-def main(argv: list[str] | None = None) -> None:
-    from temporalio.service import RPCError
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: unwinds like Ctrl-C, so every `finally` stops what it started."""
 
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # Once is enough: the unwinding that follows must not be interrupted by a second signal.
+    for again in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(again, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from activities.tools import ToolDeclarationError
     from agents.search_attributes import SearchAttributesMissing
+    from agents.specs import AgentSpecError
     from guardrails.audit import AuditError
     from guardrails.audit_signing import SigningKeyError
     from guardrails.database import DatabaseError
     from guardrails.identity import IdentityError
+    from guardrails.money import set_currency
     from guardrails.policy import PolicyError
     from guardrails.redaction import set_pii_fields
     from workers.codec import PayloadKeyError
     from workers.credentials import CredentialError
     from workers.devstack import DevStackError
     from workers.logging import configure_logging
+    from workers.worker import TemporalUnreachable
 
     args = parser().parse_args(argv)
+    for name, default in (("address", None), ("namespace", None), ("output", "text")):
+        if not hasattr(args, name):
+            setattr(args, name, default)
     configure_logging(json=args.command in ("worker", "gateway", "codec-server"))
+    if args.command in ("dev", "demo"):
+        # They own child processes: a supervisor's, `timeout`'s or a closed terminal's signal
+        # must stop them as Ctrl-C does (and SIGINT is ignored under `cmd &` in a script).
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, _terminate)
+    overrides = {
+        name: value
+        for name, value in (
+            ("temporal_address", args.address),
+            ("temporal_namespace", args.namespace),
+        )
+        if value
+    }
     code = 0
     try:
-        settings = load_settings()
+        settings = load_settings(**overrides)
         set_pii_fields(settings.pii_fields)
+        set_currency(settings.currency)
         asyncio.run(args.fn(args, settings))
+    except (TemporalUnreachable, ConnectionError) as e:
+        print(f"countersign: {e}", file=sys.stderr)
+        code = 1
     except (
         CliError,
         SettingsError,
@@ -711,9 +835,13 @@ def main(argv: list[str] | None = None) -> None:
         IdentityError,
         PayloadKeyError,
         SearchAttributesMissing,
+        ToolDeclarationError,
+        AgentSpecError,
     ) as e:
         print(f"countersign: {e}", file=sys.stderr)
-        code = 2
+        code = 1 if isinstance(e, RPCError) and e.status == RPCStatusCode.UNAVAILABLE else 2
+    except Terminated as e:
+        code = 128 + e.signum
     except KeyboardInterrupt:
         code = 130
     # The Temporal client's Rust threads can abort interpreter teardown ("PyGILState_Release

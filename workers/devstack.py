@@ -3,6 +3,8 @@ model server and a worker, as child processes of one command. Also used by the t
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -58,11 +60,12 @@ def temporal_binary() -> str:
 
 @dataclass
 class Service:
-    """A child process with its log file."""
+    """A child process with its log file (`log_start`: where this run's lines begin)."""
 
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    log_start: int = 0
 
     def stop(self, timeout: float = 10) -> None:
         if self.process.poll() is None:
@@ -89,6 +92,7 @@ def start_service(
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     log = log_path.open("ab")
+    log_start = log.tell()
     process = subprocess.Popen(
         argv,
         stdout=log,
@@ -97,11 +101,42 @@ def start_service(
         start_new_session=True,
         user=user,
     )
-    return Service(name, process, log_path)
+    log.close()  # the child holds its own descriptor
+    return Service(name, process, log_path, log_start)
+
+
+def wait_for_log(service: Service, text: str, timeout: float = 60) -> None:
+    """Wait until the service logs `text` (a worker that passed its start-up checks says
+    `worker.started`); if it exits first, raise with the one line it ended on."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with service.log_path.open("rb") as f:
+            f.seek(service.log_start)
+            output = f.read().decode(errors="replace")
+        if text in output:
+            return
+        if service.process.poll() is not None:
+            lines = [line for line in output.splitlines() if line.strip()]
+            last = next((x for x in reversed(lines) if x.startswith("countersign:")), None)
+            reason = (last or (lines[-1] if lines else "no output")).removeprefix("countersign: ")
+            raise DevStackError(f"{service.name} did not start: {reason} (log: {service.log_path})")
+        time.sleep(0.1)
+    raise DevStackError(
+        f"{service.name} did not become ready in {timeout:.0f}s; see {service.log_path}"
+    )
 
 
 def wait_until(service: Service, ready: str | int, timeout: float = 30) -> None:
-    """Wait for an HTTP URL to answer 200 or a TCP port to accept connections."""
+    """Wait for an HTTP URL to answer 200 or a TCP port to accept connections. Interrupted
+    or failed, the service is stopped: nothing it started is left behind."""
+    try:
+        _wait_until(service, ready, timeout)
+    except BaseException:
+        service.stop()
+        raise
+
+
+def _wait_until(service: Service, ready: str | int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if service.process.poll() is not None:
@@ -173,7 +208,6 @@ def codec_env(settings: Settings) -> dict[str, str]:
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a child process (worker, gateway, codec server) the stack's
     settings, however they were made: from the environment or in code (tests, recorder)."""
-    shop = settings.systems["shop"]
     env = {
         "COUNTERSIGN_STATE_DIR": str(settings.state_dir.resolve()),
         "COUNTERSIGN_TEMPORAL_ADDRESS": settings.temporal_address,
@@ -184,8 +218,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "COUNTERSIGN_ENCRYPT_PAYLOADS": str(settings.encrypt_payloads).lower(),
         "COUNTERSIGN_KEYRING_BACKEND": settings.keyring_backend,
         "COUNTERSIGN_OPENAI_BASE_URL": settings.openai_base_url,
-        "COUNTERSIGN_SYSTEMS__SHOP__URL": shop.url,
-        "COUNTERSIGN_SYSTEMS__SHOP__CREDENTIAL": shop.credential,
+        "COUNTERSIGN_SYSTEMS": json.dumps(
+            {k: v.model_dump(mode="json") for k, v in settings.systems.items()}
+        ),
+        "COUNTERSIGN_CURRENCY": settings.currency,
         "COUNTERSIGN_GATEWAY_URL": settings.gateway_url,
         "COUNTERSIGN_POLICY_PATH": str(settings.policy_path),
         "COUNTERSIGN_DIRECTORY_PATH": str(settings.directory_file.resolve()),
@@ -406,15 +442,98 @@ def start_postgres(log_dir: Path, port: int) -> Postgres:
 
 @dataclass
 class DevStack:
-    """Ports and processes of a running stack, and the settings that point at it."""
+    """Ports and processes of a running stack, and the settings that point at it.
+
+    What it started is also written to `STATE/stacks/<pid>-<id>.json`, so that a later `dev` or
+    `demo` can stop the services of one whose process was killed (SIGKILL, a crash) before it
+    could stop them itself."""
 
     settings: Settings
     services: dict[str, Service] = field(default_factory=dict)
+
+    @property
+    def pid_file(self) -> Path:
+        # The owner's pid first: a later `dev` checks whether it is still running.
+        return stacks_dir(self.settings) / f"{os.getpid()}-{id(self):x}.json"
+
+    def add(self, service: Service) -> Service:
+        self.services[service.name] = service
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_file.write_text(
+            json.dumps(
+                {
+                    # The command line identifies the very process (a pid may be reused).
+                    s.name: {"pid": s.process.pid, "cmdline": _joined(s.process.args)}
+                    for s in self.services.values()
+                }
+            )
+        )
+        return service
 
     def stop(self) -> None:
         for service in reversed(list(self.services.values())):
             service.stop()
         self.services.clear()
+        self.pid_file.unlink(missing_ok=True)
+
+
+def stacks_dir(settings: Settings) -> Path:
+    return settings.state_dir.resolve() / "stacks"
+
+
+def _joined(argv: object) -> str:
+    """An argv as /proc/PID/cmdline spells it."""
+    return "".join(f"{a}\0" for a in argv) if isinstance(argv, list | tuple) else str(argv)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, exited but not yet reaped, is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def stop_stale_stacks(settings: Settings) -> list[str]:
+    """Stop the services of stacks whose `dev`/`demo` process is gone; return what was
+    stopped. A stack whose process still runs is left alone (its services are reused)."""
+    stopped = []
+    for pid_file in sorted(stacks_dir(settings).glob("*.json")):
+        owner = int(pid_file.stem.split("-")[0])
+        if _alive(owner):
+            continue
+        try:
+            services = json.loads(pid_file.read_text())
+        except (OSError, ValueError):
+            services = {}
+        for name, info in services.items():
+            pid = info["pid"]
+            # Only the very process it started (a pid may have been reused since).
+            if _alive(pid) and info["cmdline"] and _cmdline(pid) == info["cmdline"]:
+                _terminate(pid)
+                stopped.append(f"{name} (pid {pid})")
+        pid_file.unlink(missing_ok=True)
+    return stopped
+
+
+def _terminate(pid: int, timeout: float = 10) -> None:
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        # An orphan is reaped by init; a child of ours would stay a zombie: reap it.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
 
 
 def port_of(url_or_address: str) -> int:
@@ -445,6 +564,9 @@ def start_dev_stack(
     model_port = port_of(settings.openai_base_url.removesuffix("/v1"))
     stack = DevStack(settings)
     try:
+        stale = stop_stale_stacks(settings)
+        if stale:
+            print(f"stopped a stale stack left by a killed `dev`/`demo`: {', '.join(stale)}")
         configure_keyring(settings)
         ensure_signing_key(settings)
         ensure_dev_directory(settings)
@@ -461,38 +583,42 @@ def start_dev_stack(
             )
         if not port_open(temporal_port):
             ui_port = port_of(settings.temporal_ui_url)
-            stack.services["temporal"] = start_temporal(
-                state_dir, temporal_port, ui_port, codec_endpoint, tuned=tuned, persist=persist
+            stack.add(
+                start_temporal(
+                    state_dir, temporal_port, ui_port, codec_endpoint, tuned=tuned, persist=persist
+                )
             )
         if settings.encrypt_payloads and not port_open(port_of(settings.codec_url)):
-            stack.services["codec-server"] = start_codec_server(state_dir, dev_codec)
+            stack.add(start_codec_server(state_dir, dev_codec))
         if not port_open(shop_port):
             token = secrets.token_urlsafe(24)
             set_secret(settings.systems["shop"].credential, token)
-            stack.services["shop"] = start_shop(state_dir, shop_port, token)
+            stack.add(start_shop(state_dir, shop_port, token))
         if not port_open(model_port):
-            stack.services["model-server"] = start_model_server(state_dir, model_port, scripts)
+            stack.add(start_model_server(state_dir, model_port, scripts))
         if dev_mail and not port_open(settings.mail_catcher_port):
-            stack.services["mail-catcher"] = start_mail_catcher(
-                state_dir, settings.mail_catcher_port
-            )
+            stack.add(start_mail_catcher(state_dir, settings.mail_catcher_port))
         # Worker and gateway inherit this process's environment, so they see the same settings.
         env = settings_env(settings)
         gateway_port = port_of(settings.gateway_url)
         if not port_open(gateway_port):
-            stack.services["gateway"] = start_gateway(state_dir, gateway_port, env)
+            stack.add(start_gateway(state_dir, gateway_port, env))
         if with_worker:
             metrics = settings.metrics_address or "127.0.0.1:9464"
             if port_open(port_of(metrics)):
                 # A second worker on a running stack (`countersign demo`): its own port.
                 metrics = f"127.0.0.1:{free_port()}"
             # The worker inherits this process's environment, so it sees the same settings.
-            stack.services["worker"] = start_service(
-                "worker",
-                [sys.executable, "-m", "workers", "worker"],
-                state_dir / "logs",
-                env={**env, "COUNTERSIGN_METRICS_ADDRESS": metrics},
+            worker = stack.add(
+                start_service(
+                    "worker",
+                    [sys.executable, "-m", "workers", "worker"],
+                    state_dir / "logs",
+                    env={**env, "COUNTERSIGN_METRICS_ADDRESS": metrics},
+                )
             )
+            # A worker that fails its start-up checks says why in one line: say it here.
+            wait_for_log(worker, "worker.started")
     except BaseException:
         stack.stop()
         raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from activities.channels import format_value
+from guardrails.money import argument_pairs
 from guardrails.tokens import DecisionLink
 
 _STYLE = """
@@ -41,7 +41,7 @@ def facts_table(details: dict[str, Any]) -> str:
     need = details.get("need") or {}
     rows = [
         ("Tool", details.get("tool", "?")),
-        *((k.removesuffix("_cents"), format_value(k, v)) for k, v in arguments.items()),
+        *argument_pairs(arguments),
         ("Why (the model)", details.get("reason") or "(none given)"),
         ("Rules", ", ".join(details.get("rule_ids", []))),
         ("Requested by", details.get("requested_by", "?")),

@@ -35,6 +35,9 @@ class SystemSettings(BaseModel):
     timeout_seconds: float = 10.0
 
 
+DEFAULT_SYSTEMS = {"shop": SystemSettings(url="http://127.0.0.1:8101", credential="shop")}
+
+
 class SlackSettings(BaseModel):
     """Approval requests posted to a Slack channel, decided with its buttons."""
 
@@ -108,6 +111,8 @@ class Settings(BaseSettings):
     # OpenTelemetry SDK tracer provider configured by the deployment to export them).
     metrics_address: str = ""
     tracing: bool = False
+    # The currency money is shown in to people (ISO 4217), unless an argument names its own.
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     # USD per million tokens (prompt, completion) by model name, for cost figures.
     model_prices: dict[str, tuple[float, float]] = {}
 
@@ -133,9 +138,9 @@ class Settings(BaseSettings):
     )
     openai_timeout_seconds: float = 60.0
 
-    systems: dict[str, SystemSettings] = {
-        "shop": SystemSettings(url="http://127.0.0.1:8101", credential="shop")
-    }
+    # Systems of record, by name. Configuring one (COUNTERSIGN_SYSTEMS__BILLING__URL) adds it
+    # to the defaults (the demo shop) instead of replacing them.
+    systems: dict[str, SystemSettings] = dict(DEFAULT_SYSTEMS)
 
     # The approval gateway: the base URL approvers' links and chat callbacks reach.
     gateway_url: str = "http://127.0.0.1:8104"
@@ -216,6 +221,19 @@ class Settings(BaseSettings):
                     f"(COUNTERSIGN_{store}_PASSWORD_CREDENTIAL) or in PGPASSWORD/.pgpass"
                 )
         return dsn
+
+    @field_validator("systems", mode="before")
+    @classmethod
+    def _keep_default_systems(cls, systems: object) -> object:
+        if not isinstance(systems, dict):
+            return systems
+        merged: dict[str, object] = {k: v.model_dump() for k, v in DEFAULT_SYSTEMS.items()}
+        for name, conf in systems.items():
+            default = merged.get(name)
+            # A partial override (only __CREDENTIAL) keeps the default's other fields.
+            both = isinstance(default, dict) and isinstance(conf, dict)
+            merged[name] = {**default, **conf} if both else conf  # type: ignore[dict-item]
+        return merged
 
     @field_validator("systems", mode="after")
     @classmethod

@@ -36,6 +36,7 @@ from activities.notify import NotifyActivities
 from activities.runtime import Runtime
 from activities.sealing import sealer_for
 from activities.tools import (
+    REGISTRY,
     reconcile_activity,
     tool_activities,
     tool_schemas,
@@ -44,10 +45,13 @@ from activities.tools import (
 from agents import search_attributes
 from agents.graph import GRAPH_NAME, build_graph
 from agents.run import AgentRun
+from agents.specs import AGENTS, check_agent_scopes
 from guardrails.identity import Directory, IdentityError
+from guardrails.money import set_currency
+from guardrails.policy import PolicyBundle, PolicyError
 from workers.codec import data_converter
-from workers.credentials import configure_keyring, get_secret
-from workers.settings import Settings
+from workers.credentials import CredentialError, configure_keyring, get_secret
+from workers.settings import Settings, SettingsError
 from workers.telemetry import client_interceptors, temporal_runtime
 
 log = structlog.get_logger(__name__)
@@ -61,6 +65,10 @@ def plugins(graph: StateGraph[Any, Any, Any, Any] | None = None) -> list[LangGra
 
     `graph` replaces the guarded loop, for tests that replay against a changed graph."""
     return [LangGraphPlugin(graphs={GRAPH_NAME: graph or build_graph()})]
+
+
+class TemporalUnreachable(Exception):
+    """No Temporal server answers at the configured address."""
 
 
 async def connect(
@@ -81,16 +89,23 @@ async def connect(
         if settings.temporal_api_key_credential
         else None
     )
-    return await Client.connect(
-        settings.temporal_address,
-        namespace=settings.temporal_namespace,
-        api_key=api_key,
-        tls=settings.temporal_tls or api_key is not None,
-        data_converter=data_converter(settings),
-        runtime=temporal_runtime(settings) if serve_metrics else None,
-        # Client interceptors that are also worker interceptors apply to the workers too.
-        interceptors=[*client_interceptors(settings), *interceptors],
-    )
+    try:
+        return await Client.connect(
+            settings.temporal_address,
+            namespace=settings.temporal_namespace,
+            api_key=api_key,
+            tls=settings.temporal_tls or api_key is not None,
+            data_converter=data_converter(settings),
+            runtime=temporal_runtime(settings) if serve_metrics else None,
+            # Client interceptors that are also worker interceptors apply to the workers too.
+            interceptors=[*client_interceptors(settings), *interceptors],
+        )
+    except RuntimeError as e:  # the SDK's "Failed client connect: ..." (down, wrong address)
+        raise TemporalUnreachable(
+            f"cannot reach Temporal at {settings.temporal_address}: {str(e).splitlines()[0]} "
+            "(is it running? `countersign dev` starts one; --address or "
+            "COUNTERSIGN_TEMPORAL_ADDRESS points elsewhere)"
+        ) from None
 
 
 async def ensure_search_attributes(client: Client) -> list[str]:
@@ -152,12 +167,15 @@ class _ActivityIds(ActivityInboundInterceptor):
 
 
 def check_startup(settings: Settings) -> Runtime:
-    """Everything that would otherwise fail mid-run fails here, loudly: tool declarations,
-    the keyring backend and the secrets the tools and channels need, the policy file."""
+    """Everything that would otherwise fail mid-run fails here, in one line that says what to
+    fix: tool declarations (business keys, compensations), agent scopes, the systems the
+    tools call and their credentials, the keyring backend and the channels' secrets, the
+    policy and what it names."""
+    set_currency(settings.currency)
     validate_registry()
+    check_agent_scopes(AGENTS, {spec.scope for spec in REGISTRY.values()})
     configure_keyring(settings)
-    for system in settings.systems.values():
-        get_secret(system.credential)
+    check_systems(settings)
     # A configured notification channel without its secret would fail every notice.
     for name in settings.channel_credentials():
         get_secret(name)
@@ -166,10 +184,50 @@ def check_startup(settings: Settings) -> Runtime:
     sealer_for(settings)
     runtime = Runtime.from_settings(settings, tool_schemas())
     policy = runtime.policy.current()
+    check_policy_references(policy)
     if runtime.candidate is not None:
-        runtime.candidate.current()
+        check_policy_references(runtime.candidate.current())
     check_directory(runtime.directory.current(), policy.settings.groups)
     return runtime
+
+
+def check_systems(settings: Settings) -> None:
+    """Every system a tool declares is configured, and its credential is in the keyring."""
+    users: dict[str, list[str]] = {}
+    for spec in REGISTRY.values():
+        if spec.system:
+            users.setdefault(spec.system, []).append(spec.name)
+    for system, tools in sorted(users.items()):
+        conf = settings.systems.get(system)
+        if conf is None:
+            raise SettingsError(
+                f"tool {tools[0]} calls system {system!r}, which is not configured: set "
+                f"COUNTERSIGN_SYSTEMS__{system.upper()}__URL "
+                f"(configured: {', '.join(sorted(settings.systems)) or 'none'})"
+            )
+        try:
+            get_secret(conf.credential)
+        except CredentialError as e:
+            raise CredentialError(f"system {system!r} (tool {tools[0]}): {e}") from None
+
+
+def check_policy_references(policy: PolicyBundle) -> None:
+    """What policy.toml names must exist: agents in [modes], approver groups in
+    augment_groups. (Counters' tools and fields are checked when the policy loads.)"""
+    where = policy.path / "policy.toml"
+    conf = policy.settings
+    for agent in conf.modes:
+        if agent not in AGENTS:
+            raise PolicyError(
+                f"{where}: [modes] names agent {agent!r}, which is not declared "
+                f"(agents: {', '.join(sorted(AGENTS))})"
+            )
+    for group in conf.augment_groups:
+        if group not in conf.groups:
+            raise PolicyError(
+                f"{where}: augment_groups names group {group!r}, which [groups] does not define "
+                f"(defined: {', '.join(sorted(conf.groups)) or 'none'})"
+            )
 
 
 def check_directory(directory: Directory, groups: dict[str, list[str]]) -> None:

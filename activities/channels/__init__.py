@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from activities.contracts import ApprovalNotice
 from guardrails.approvals import ApprovalRequest
-from guardrails.redaction import redact
+from guardrails.money import argument_pairs, describe_call
 from guardrails.tokens import RequestRef
 
 
@@ -35,18 +35,15 @@ class Channel(Protocol):
         ...
 
 
-def format_value(key: str, value: Any) -> str:
-    """Money is integer cents in arguments; people read 189.00."""
-    if key.endswith("_cents") and isinstance(value, int) and not isinstance(value, bool):
-        return f"{value / 100:,.2f}"
-    return str(value)
-
-
 def argument_lines(request: ApprovalRequest) -> list[tuple[str, str]]:
-    return [
-        (key.removesuffix("_cents"), format_value(key, value))
-        for key, value in redact(request.arguments).items()
-    ]
+    """Money is integer cents in arguments; people read 189.00 USD. Redacted, like every
+    summary: sealed values read [secret] / [personal]."""
+    return argument_pairs(request.arguments)
+
+
+def action_text(request: ApprovalRequest) -> str:
+    """The action in one line, money as money: payments.refund(…, amount=189.00 USD, …)."""
+    return describe_call(request.tool, request.arguments)
 
 
 def deciders(request: ApprovalRequest) -> list[str]:

@@ -18,6 +18,7 @@ import aiosmtplib
 
 from activities.channels import (
     ChannelError,
+    action_text,
     argument_lines,
     deciders,
     when,
@@ -47,7 +48,7 @@ def build_message(
     ]
     msg = EmailMessage()
     prefix = "Reminder: approval" if notice.event == "reminder" else "Approval"
-    msg["Subject"] = f"{prefix} needed: {request.summary()}"[:200]
+    msg["Subject"] = f"{prefix} needed: {action_text(request)}"[:200]
     msg["From"] = conf.sender
     msg["To"] = to
     msg["Message-ID"] = make_msgid(domain="countersign.local")

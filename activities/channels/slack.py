@@ -13,6 +13,7 @@ import httpx
 
 from activities.channels import (
     ChannelError,
+    action_text,
     argument_lines,
     deciders,
     outcome_line,
@@ -138,8 +139,8 @@ def fallback_text(notice: ApprovalNotice) -> str:
     """Shown in notifications and by clients that cannot render blocks."""
     request = notice.request
     if request.status == "pending":
-        return f"Approval needed: {request.summary()}"
-    return f"{request.summary()}: {outcome_line(request)}"
+        return f"Approval needed: {action_text(request)}"
+    return f"{action_text(request)}: {outcome_line(request)}"
 
 
 def _button(text: str, action_id: str, value: str, style: str) -> dict[str, Any]:
@@ -207,7 +208,7 @@ class SlackChannel:
                     "thread_ts": self.sent["ts"],
                     "reply_broadcast": True,
                     "text": f"Reminder: still waiting for a decision on "
-                    f"{notice.request.summary()} (expires {when(notice.request.expires_at)}) "
+                    f"{action_text(notice.request)} (expires {when(notice.request.expires_at)}) "
                     f"{mentions}".strip(),
                 },
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import os
 import re
 import signal
@@ -118,7 +119,7 @@ def test_ops_start_approver_decides_auditor_reads(dev_stack: dict[str, str]) -> 
     story = audit.stdout
     assert "decision refused (ops-dana)" in story
     assert "APPROVED by alice via cli" in story
-    assert re.search(r"EXECUTED payments\.refund .*\"amount_cents\": 12900", story)
+    assert re.search(r"EXECUTED payments\.refund\(.*amount=129\.00 USD.*\) → ", story), story
     assert story.index("APPROVED by alice") < story.index("EXECUTED payments.refund")
 
     verify = countersign(dev_stack, "audit", "verify")
@@ -219,3 +220,160 @@ def test_kill_switch_and_policy_activation_need_a_verified_operator(
     activation = countersign(dev_stack, "policy", "activate", "--as", "alice")
     assert activation.returncode == 0, activation.stderr  # recorded; counts only with authority
     assert "activated pol_" in activation.stdout
+
+
+def test_start_refuses_what_the_run_would_refuse_before_saying_started(
+    dev_stack: dict[str, str],
+) -> None:
+    nope = countersign(
+        dev_stack, "start", "--agent", "nope", "--task", "Refund A-1001", "--as", "dana"
+    )
+    assert nope.returncode == 2 and nope.stdout == ""
+    assert nope.stderr == (
+        "countersign: invalid run input: agent: unknown agent 'nope' "
+        "(known: crm-updates, support-readonly, support-refunds)\n"
+    )
+    short = countersign(dev_stack, "start", "--task", "hi", "--as", "dana")
+    assert short.returncode == 2 and short.stdout == ""
+    assert short.stderr.startswith("countersign: invalid run input: task: ")
+    assert len(short.stderr.splitlines()) == 1
+
+
+def temporal_start(env: dict[str, str], workflow_id: str, payload: str) -> None:
+    """Start a run as someone in the Temporal UI would: any JSON, no validation."""
+    temporal = Path(sys.executable).parent / "temporal"
+    subprocess.run(
+        [
+            str(temporal),
+            "workflow",
+            "start",
+            "--address",
+            env["COUNTERSIGN_TEMPORAL_ADDRESS"],
+            "--type",
+            "AgentRun",
+            "--task-queue",
+            "countersign",
+            "--workflow-id",
+            workflow_id,
+            "--input",
+            payload,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+def test_status_of_a_run_that_failed_on_invalid_input_says_why(
+    dev_stack: dict[str, str],
+) -> None:
+    temporal_start(dev_stack, "e2e-bad-input", '{"agent": "support-refunds"}')
+    for _ in range(100):
+        status = countersign(dev_stack, "status", "e2e-bad-input")
+        if "failed" in status.stdout:
+            break
+        time.sleep(0.2)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout == (
+        "e2e-bad-input: failed: invalid run input: task: Field required; "
+        "requested_by: Field required\n"
+    )
+    as_json = countersign(dev_stack, "status", "e2e-bad-input", "-o", "json")
+    shown = json.loads(as_json.stdout)
+    assert (shown["status"], shown["cause"]) == (
+        "failed",
+        status.stdout.split(": failed: ")[1].strip(),
+    )
+
+
+def test_status_shows_denied_actions_with_rule_and_reason_and_money_as_money(
+    dev_stack: dict[str, str],
+) -> None:
+    started = countersign(
+        dev_stack,
+        "start",
+        "--agent",
+        "support-readonly",
+        "--task",
+        "Refund order A-1003: the desk wobbles.",
+        "--as",
+        "ops-dana",
+        "--id",
+        "e2e-denied",
+        "-o",
+        "json",
+    )
+    assert started.returncode == 0, started.stderr
+    assert json.loads(started.stdout)["workflow_id"] == "e2e-denied"
+    for _ in range(150):
+        status = countersign(dev_stack, "status", "e2e-denied")
+        if status.stdout.startswith("e2e-denied: completed"):
+            break
+        time.sleep(0.2)
+    assert status.stdout.startswith("e2e-denied: completed"), status.stdout + status.stderr
+    denied = [line for line in status.stdout.splitlines() if line.strip().startswith("denied")]
+    assert denied, status.stdout
+    assert re.fullmatch(
+        r" +denied +payments\.refund \[[^]]*scope\.not_granted[^]]*\] agent 'support-readonly' "
+        r"is not granted scope 'payments:refund', which payments\.refund needs",
+        denied[0],
+    ), denied
+
+
+def test_waiting_status_shows_money_with_its_currency(dev_stack: dict[str, str]) -> None:
+    started = countersign(
+        dev_stack,
+        "start",
+        "--task",
+        "Refund order A-1009: the desk lamp flickers.",
+        "--subject",
+        "order_id=A-1009",
+        "--as",
+        "ops-dana",
+        "--id",
+        "e2e-money",
+    )
+    assert started.returncode == 0, started.stderr
+    for _ in range(100):
+        status = countersign(dev_stack, "status", "e2e-money")
+        if "waiting:" in status.stdout or ": completed" in status.stdout:
+            break
+        time.sleep(0.2)
+    assert re.search(
+        r"waiting: apr_\w+ payments\.refund\(order_id=A-1009, amount=159\.00 USD, reason=",
+        status.stdout,
+    ), status.stdout
+    assert status.stdout.startswith("e2e-money: running, stage waiting for approval")
+
+
+def test_address_and_namespace_flags_override_settings(dev_stack: dict[str, str]) -> None:
+    wrong = {**dev_stack, "COUNTERSIGN_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"}
+    right = dev_stack["COUNTERSIGN_TEMPORAL_ADDRESS"]
+    # global flags go before or after the command, as with `temporal`
+    for args in (
+        ("--address", right, "status", "e2e-cli-1"),
+        ("status", "e2e-cli-1", "--address", right),
+    ):
+        done = countersign(wrong, *args)
+        assert done.returncode == 0 and done.stdout.startswith("e2e-cli-1: "), done.stderr
+    other = countersign(dev_stack, "status", "e2e-cli-1", "--namespace", "nowhere")
+    assert other.returncode == 2 and len(other.stderr.splitlines()) == 1
+    assert "nowhere" in other.stderr and "Traceback" not in other.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status", "e2e-cli-1"),
+        ("approve", "e2e-cli-1", "apr_0000000000000000", "--as", "alice"),
+        ("start", "--task", "Refund order A-1001: broken", "--as", "ops-dana"),
+    ],
+)
+def test_temporal_down_or_wrong_address_is_one_line_exit_1(
+    dev_stack: dict[str, str], args: tuple[str, ...]
+) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    done = countersign(dev_stack, "--address", dead, *args)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"countersign: cannot reach Temporal at {dead}: ")
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr

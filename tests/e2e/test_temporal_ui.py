@@ -157,7 +157,7 @@ async def test_ops_start_a_run_in_the_ui_find_it_waiting_and_approve_it_there(
     await expect(details).to_be_visible()
     (request,) = (await handle.query(AgentRun.status)).pending_approvals
     await expect(frame.get_by_text(request.request_id).first).to_be_visible()
-    await expect(frame.get_by_text("amount_cents=12900").first).to_be_visible()
+    await expect(frame.get_by_text("amount=129.00 USD").first).to_be_visible()
     await expect(frame.get_by_text("needs 1 of: alice, bob")).to_be_visible()
     await shot(page, "2-waiting-current-details")
 

@@ -182,3 +182,20 @@ async def test_the_gateway_client_can_only_send_updates(gateway: Gateway) -> Non
         await handle.terminate("no")
     with pytest.raises(GatewayPermissionError):
         await gateway.client.start_workflow("AgentRun", {}, id="x", task_queue="q")
+
+
+def test_notices_show_money_with_its_currency() -> None:
+    from activities.channels import argument_lines
+    from activities.channels.slack import fallback_text
+
+    n = notice("wf-money")
+    mail = build_message(
+        n, EmailSettings(), "alice@example.com", {"approve": "http://a", "reject": "http://r"}
+    )
+    assert mail["Subject"] == (
+        "Approval needed: payments.refund(order_id=A-1006, amount=129.00 USD, reason=cracked)"
+    )
+    text = mail.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    assert "amount: 129.00 USD" in text and "12900" not in text
+    assert "129.00 USD" in fallback_text(n)
+    assert ("amount", "129.00 USD") in argument_lines(n.request)  # Slack's fields, the pages
