@@ -106,10 +106,12 @@ class TokenStore:
         expires_at: datetime,
         details: dict[str, Any] | None = None,
     ) -> RequestRef:
-        """The reference of a request: the same one every time it is asked for."""
+        """The reference of a request: the same one every time it is asked for. Its expiry
+        follows the request's: an escalated request's fresh links live as long as it does."""
         with self.db.transaction() as tx:
             tx.run(
-                "INSERT INTO refs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                "INSERT INTO refs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (workflow_id, request_id)"
+                " DO UPDATE SET expires_at = excluded.expires_at",
                 (
                     "ref_" + secrets.token_urlsafe(12),
                     workflow_id,

@@ -28,6 +28,16 @@ def test_a_request_has_one_opaque_reference(tmp_path: Path) -> None:
     assert store.resolve("ref_nope") is None
 
 
+def test_an_escalated_request_gets_links_that_live_as_long_as_it_does(tmp_path: Path) -> None:
+    store, ref = store_with_request(tmp_path)
+    # The request expired unanswered at NOW + 4h and escalated: it now runs to NOW + 8h.
+    later = NOW + timedelta(hours=5)
+    escalated = store.reference("run-1", "apr_1", "hash-1", NOW + timedelta(hours=8))
+    assert escalated.ref == ref.ref and escalated.expires_at == NOW + timedelta(hours=8)
+    fresh = store.issue(escalated, "erin", True, now=later)
+    assert store.check(fresh, now=later).approver == "erin"
+
+
 def test_a_token_is_stored_hashed_used_once_and_takes_its_sibling_along(tmp_path: Path) -> None:
     store, ref = store_with_request(tmp_path)
     approve = store.issue(ref, "alice", True, now=NOW)
