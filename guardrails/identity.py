@@ -2,8 +2,8 @@
 
 A typed name proves nothing. A person (or a bot, an integration, the approval gateway) is an
 entry of the *directory* with the credentials that prove them: Ed25519 public keys (the
-private key stays in that person's own keyring), a Slack user id, an email address, an OIDC
-subject. Anything that must come from a verified person travels as a *signed statement*
+private key stays in that person's own keyring), a Slack user id, an email address.
+Anything that must come from a verified person travels as a *signed statement*
 (an envelope): what is asserted — the purpose, the run, the approval request, the exact action
 hash, the verdict — who asserts it, with which key, over which channel, when it was issued,
 until when it holds, and a nonce.
@@ -87,7 +87,6 @@ class Identity(BaseModel):
     keys: list[Key] = []
     email: str | None = None
     slack_user: str | None = None
-    oidc_subject: str | None = None
 
 
 class Directory(BaseModel):
@@ -282,11 +281,6 @@ class Envelope(BaseModel):
 
     statement: Statement
     signature: str = Field(min_length=1, max_length=200)
-
-    @property
-    def digest(self) -> str:
-        """Names this exact envelope in the audit trail."""
-        return "env_" + sha256_hex(self.model_dump(mode="json"))[:24]
 
 
 class Verified(BaseModel):
