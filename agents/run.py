@@ -182,7 +182,8 @@ class AgentRun:
         """Apply a signed decision, or record why not (in the audit, and in Current Details)
         and raise DecisionRefused."""
         run = self._state()
-        claimed = payload.get("approver") if isinstance(payload, dict) else None
+        typed = payload.get("approver") if isinstance(payload, dict) else None
+        claimed = str(typed)[:100] if typed is not None else None  # bounded: it is shown
         channel, proven = via, False
         try:
             envelope = _envelope_of(payload)
@@ -212,7 +213,8 @@ class AgentRun:
             request = check_decision(run.requests, decision)
         except DecisionRefused as e:
             who = f"{channel}:{claimed or '?'}" + ("" if proven else " (unverified)")
-            run.refusals.append(f"{who}: {e}")
+            # Only the latest few are shown: a flood of bad signals must not grow the state.
+            run.refusals = [*run.refusals[-4:], f"{who}: {e}"]
             await run.record(
                 "approval.refused",
                 {"reason": str(e), "channel": via, "claimed": claimed, "payload": _shown(payload)},

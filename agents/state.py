@@ -383,5 +383,5 @@ class RunState:
             lines += ["", f"Last action: `{last.tool}` → {last.status}"]
         if self.refusals:
             lines += ["", "**Refused decisions** (they changed nothing):"]
-            lines += [f"- {r}" for r in self.refusals[-5:]]
+            lines += [f"- {r}" for r in self.refusals]
         workflow.set_current_details("\n".join(lines))
