@@ -41,6 +41,10 @@ class Runtime:
     directory: DirectorySource
     kill_switch: KillSwitchStore
     http: HttpClients = field(default_factory=HttpClients)
+    # The last stored switch folded, by what it was folded from (see kill_switch_now).
+    _kill_switch_folded: tuple[tuple[str, str, str], KillSwitch] | None = field(
+        default=None, repr=False
+    )
 
     @classmethod
     def from_settings(cls, settings: Settings, tools: PolicySurface | None = None) -> Runtime:
@@ -65,15 +69,21 @@ class Runtime:
         )
 
     async def kill_switch_now(self) -> KillSwitch:
-        """The kill switch as the signed changes of operators with the authority set it."""
+        """The kill switch as the signed changes of operators with the authority set it.
+
+        Read on every proposal and execution: the signatures are checked again only when the
+        stored switch, the directory or the policy changed (and a refusal is logged once)."""
         stored = await asyncio.to_thread(self.kill_switch.read)
-        policy = self.policy.current()
-        switch, ignored = stored.effective(
-            self.directory.current(), lambda who: policy.has_authority(who, "kill_switch")
-        )
-        if ignored:
-            log.warning("kill_switch.unverified_changes_ignored", changes=ignored)
-        return switch
+        policy, directory = self.policy.current(), self.directory.current()
+        key = (stored.model_dump_json(), directory.version, policy.version)
+        if self._kill_switch_folded is None or self._kill_switch_folded[0] != key:
+            switch, ignored = stored.effective(
+                directory, lambda who: policy.has_authority(who, "kill_switch")
+            )
+            if ignored:
+                log.warning("kill_switch.unverified_changes_ignored", changes=ignored)
+            self._kill_switch_folded = (key, switch)
+        return self._kill_switch_folded[1]
 
     async def audit_find(self, workflow_id: str, kind: str, **matches: Any) -> list[AuditRecord]:
         return await asyncio.to_thread(self.audit.find, workflow_id, kind, **matches)
