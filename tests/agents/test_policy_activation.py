@@ -77,11 +77,26 @@ async def test_a_loosened_policy_waits_for_a_verified_activation(
     loosened = load_policy(folder, None)
     assert await refund_a_1002(temporal, task_queue, shop) == "waited"
     assert "is not activated" in str(runtime.policy.last_error)
-    # An activation signed by someone without the authority changes nothing either.
+    # An activation signed by someone without the authority changes nothing either,
     activate(runtime.audit, loosened, signer_for("mallory"))
     assert await refund_a_1002(temporal, task_queue, shop) == "waited"
-
+    # not even when the edit also names her a duty manager: the policy *in force* says who
+    # may activate the next one.
+    settings_file = folder / "policy.toml"
+    settings_file.write_text(
+        settings_file.read_text().replace(
+            'duty-managers = ["erin"]', 'duty-managers = ["erin", "mallory"]'
+        )
+    )
+    promoted = load_policy(folder, None)
+    assert promoted.has_authority("mallory", "policy")
+    activate(runtime.audit, promoted, signer_for("mallory"))
+    assert await refund_a_1002(temporal, task_queue, shop) == "waited"
+    # An activation of another version (the first edit) does not count for this one.
     activate(runtime.audit, loosened, signer_for("erin"))
+    assert await refund_a_1002(temporal, task_queue, shop) == "waited"
+
+    activate(runtime.audit, promoted, signer_for("erin"))
     assert await refund_a_1002(temporal, task_queue, shop) == "executed"
-    assert runtime.policy.current().version == loosened.version
+    assert runtime.policy.current().version == promoted.version
     assert len(shop.refunds("A-1002")) == 1
