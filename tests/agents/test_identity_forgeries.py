@@ -320,3 +320,40 @@ async def test_rollback_needs_a_verified_operator_in_the_rollback_groups(
     assert result.status == "rolled_back"
     (requested,) = runtime.audit.find(handle.id, "rollback.requested")
     assert requested.actor == "operator:alice"
+
+
+async def test_payloads_of_any_shape_decide_nothing_and_are_audited(
+    temporal: WorkflowEnvironment, worker: Worker, runtime: Runtime, shop: Shop
+) -> None:
+    handle = await start_run(temporal.client, worker.task_queue, task="Refund order A-1002: leak.")
+    (request,) = await wait_for_pending(handle)
+    alice = signer_for("alice")
+    # A statement alice really signed, but for another purpose (a rollback of this run).
+    rollback = alice.sign(
+        purpose="rollback", channel="cli", now=datetime.now(UTC), workflow_id=handle.id
+    )
+    payloads: list[Any] = [
+        "approve",
+        ["alice", True],
+        42,
+        {"envelope": "not an envelope"},
+        {"statement": {"identity": "alice"}, "signature": "x"},
+        {"envelope": rollback.model_dump(mode="json")},
+        {"approver": "a" * 100_000, "approve": True},
+    ]
+    for payload in payloads:
+        assert "DecisionRefused" in await refused(handle, payload)
+    for payload in payloads[:3]:  # and as UI signals
+        await handle.signal("decision", payload)
+    audited = await refusals(runtime, handle.id, len(payloads) + 3)
+    assert any("not a decision" in r for r in audited)
+    assert all(
+        len(r.model_dump_json()) < 10_000 for r in runtime.audit.find(handle.id, "approval.refused")
+    )
+    metadata = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+    shown = metadata.current_details.split("**Refused decisions**")[1]
+    assert shown.count("\n- ") == 5  # ten refusals, the latest five shown
+    assert "a" * 101 not in shown
+    assert shop.refunds("A-1002") == []
+    await handle.execute_update(AgentRun.decide, signed(handle.id, request, "bob", False))
+    await handle.result()
