@@ -27,10 +27,12 @@ from temporalio.worker import (
 
 # Importing the tool modules registers their tools.
 import activities.crm
+import activities.knowledge
 import activities.shop  # noqa: F401
 from activities.audit import AuditActivities
 from activities.guard import GuardActivities
 from activities.identity import IdentityActivities
+from activities.knowledge import knowledge_index
 from activities.model import ModelActivities
 from activities.notify import NotifyActivities
 from activities.runtime import Runtime
@@ -182,6 +184,8 @@ def check_startup(settings: Settings) -> Runtime:
     # Secret and personal values are sealed with the key ring (even with payload encryption
     # off): without it every model and tool activity would fail.
     sealer_for(settings)
+    # The knowledge base is indexed now: a missing or unreadable folder fails here, not mid-run.
+    knowledge_index(settings)
     runtime = Runtime.from_settings(settings, tool_schemas())
     policy = runtime.policy.current()
     check_policy_references(policy)
