@@ -172,10 +172,20 @@ def split_passages(document: str, markdown: str) -> list[Passage]:
     return passages
 
 
+# Words that match nearly every passage: they add little to the ranking and cost the most
+# (BM25 scores every passage a query word matches). Dropped unless the query is only these.
+_STOPWORDS = frozenset(
+    "a an and are as at be by can do does for from has have how i if in is it its may my of on "
+    "or our should so than that the their them then there these they this to was we what when "
+    "where which who why will with you your".split()
+)
+
+
 def _fts_query(query: str) -> str:
-    """Free text as an FTS5 query: every word, any of them (BM25 ranks), quoted so that no
+    """Free text as an FTS5 query: its words, any of them (BM25 ranks), quoted so that no
     word is read as an operator."""
-    words = dict.fromkeys(w.lower() for w in _WORD.findall(query))
+    words = list(dict.fromkeys(w.lower() for w in _WORD.findall(query)))
+    words = [w for w in words if w not in _STOPWORDS] or words
     return " OR ".join(f'"{w}"' for w in words)
 
 
