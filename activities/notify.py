@@ -23,7 +23,7 @@ from activities.channels.webhook import WebhookChannel
 from activities.contracts import NOTIFY, ApprovalNotice
 from activities.knowledge import check_citations
 from activities.runtime import Runtime, activity_record_id, audit_from_activity
-from guardrails.knowledge import KnowledgeError
+from guardrails.knowledge import Citation, KnowledgeError
 from guardrails.redaction import redact
 from workers.credentials import CredentialError, get_secret
 from workers.state import open_tokens
@@ -60,6 +60,8 @@ class NotifyActivities:
             redact({"agent": notice.agent, "task": notice.task, **request.model_dump(mode="json")}),
         )
         if notice.event == "requested":
+            # The passages the agent cited, resolved or flagged: audited as
+            # `approval.citations` (the evidence pack can render the returned list).
             await self._check_citations(notice)
         used = ["log"]
         retry: list[str] = []
@@ -96,7 +98,7 @@ class NotifyActivities:
             )
         return used
 
-    async def _check_citations(self, notice: ApprovalNotice) -> None:
+    async def _check_citations(self, notice: ApprovalNotice) -> list[Citation]:
         """The knowledge-base passages the agent cited for this action, resolved (or flagged
         as resolving to none), recorded once per request with their text and index version:
         what the approver is shown, and what an auditor reads later even if the documents
@@ -108,9 +110,9 @@ class NotifyActivities:
             citations = await check_citations(self.runtime.settings, *texts)
         except KnowledgeError as e:  # the notice matters more: send it without the passages
             log.warning("approval.citations_unchecked", request_id=request.request_id, error=str(e))
-            return
+            return []
         if not citations:
-            return
+            return []
         flagged = [c.ref for c in citations if c.flagged]
         await audit_from_activity(
             self.runtime,
@@ -129,6 +131,7 @@ class NotifyActivities:
             cited=[c.line() for c in citations],
             flagged=flagged,
         )
+        return citations
 
     async def _channel(self, name: str, notice: ApprovalNotice) -> Channel | None:
         try:

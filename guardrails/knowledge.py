@@ -174,11 +174,12 @@ def split_passages(document: str, markdown: str) -> list[Passage]:
 
 # Words that match nearly every passage: they add little to the ranking and cost the most
 # (BM25 scores every passage a query word matches). Dropped unless the query is only these.
-_STOPWORDS = frozenset(
+_STOPWORD_TEXT = (
     "a an and are as at be by can do does for from has have how i if in is it its may my of on "
     "or our should so than that the their them then there these they this to was we what when "
-    "where which who why will with you your".split()
+    "where which who why will with you your"
 )
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 
 
 def _fts_query(query: str) -> str:
