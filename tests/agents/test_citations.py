@@ -5,25 +5,26 @@ dev server, worker, scripted model over HTTP, demo shop."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.runtime import Runtime
 from agents.run import AgentRun
+from guardrails.audit import AuditRecord
 from guardrails.knowledge import DEFAULT_KNOWLEDGE_PATH, citations_in, open_index
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, signed, start_run
+from workers.cli import story_line
 
 
-async def citations_record(runtime: Runtime, run: str) -> dict[str, Any]:
+async def citations_record(runtime: Runtime, run: str) -> AuditRecord:
     """The `approval.citations` record the notify activity writes for the run's request."""
     for _ in range(100):
         found = runtime.audit.find(run, "approval.citations")
         if found:
             [record] = found
-            return record.data
+            return record
         await asyncio.sleep(0.05)
     raise AssertionError(f"{run}: no approval.citations record")
 
@@ -43,7 +44,7 @@ async def test_the_approval_carries_the_policy_passage_the_agent_cited(
     # ...and cites the passage it found in its reason for the refund.
     assert citations_in(request.reason) == [found[0]["ref"]]
 
-    record = await citations_record(runtime, handle.id)
+    record = (await citations_record(runtime, handle.id)).data
     assert record["request_id"] == request.request_id
     assert record["action_hash"] == request.action_hash
     assert record["flagged"] == []
@@ -73,8 +74,11 @@ async def test_a_fabricated_citation_is_flagged_on_the_approval(
         task="Refund order A-1002, citing a fabricated policy.",
     )
     [request] = await wait_for_pending(handle)
-    record = await citations_record(runtime, handle.id)
+    audited = await citations_record(runtime, handle.id)
+    record = audited.data
     made_up = "refund-policy.md#goodwill-refunds:1"
+    # As `countersign audit` and the demo tell it.
+    assert f"[{made_up}] DOES NOT RESOLVE" in story_line(audited)
     assert record["flagged"] == [made_up]
     by_ref = {c["ref"]: c for c in record["citations"]}
     assert by_ref[made_up]["status"] == "unresolved" and by_ref[made_up]["passage"] is None
