@@ -49,6 +49,7 @@ from agents.graph import GRAPH_NAME, build_graph
 from agents.run import AgentRun
 from agents.specs import AGENTS, check_agent_scopes
 from guardrails.identity import Directory, IdentityError
+from guardrails.knowledge import KnowledgeError
 from guardrails.money import set_currency
 from guardrails.policy import PolicyBundle, PolicyError
 from workers.codec import data_converter
@@ -185,7 +186,10 @@ def check_startup(settings: Settings) -> Runtime:
     # off): without it every model and tool activity would fail.
     sealer_for(settings)
     # The knowledge base is indexed now: a missing or unreadable folder fails here, not mid-run.
-    knowledge_index(settings)
+    try:
+        knowledge_index(settings)
+    except KnowledgeError as e:
+        raise SettingsError(str(e)) from None
     runtime = Runtime.from_settings(settings, tool_schemas())
     policy = runtime.policy.current()
     check_policy_references(policy)

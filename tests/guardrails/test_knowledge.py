@@ -17,6 +17,8 @@ from guardrails.knowledge import (
     split_passages,
 )
 from guardrails.policy import DEFAULT_POLICY_PATH
+from workers.settings import Settings, SettingsError
+from workers.worker import check_startup
 
 DOC = """\
 # Returns
@@ -162,3 +164,15 @@ def test_the_shipped_refund_policy_states_the_demo_policys_figures() -> None:
         assert re.search(rf"\b{cents}\b", rules), cents
     assert "At most 3 refunds per customer per week" in prose and ">= 3" in rules
     assert "4 hours" in prose and '@timeout_minutes("240")' in rules
+
+
+def test_a_worker_does_not_start_without_its_knowledge_folder(
+    settings: Settings, tmp_path: Path
+) -> None:
+    elsewhere = settings.model_copy(update={"knowledge_path": tmp_path / "nowhere"})
+    with pytest.raises(SettingsError) as caught:
+        check_startup(elsewhere)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"knowledge folder {tmp_path / 'nowhere'} does not exist")
+    assert "COUNTERSIGN_KNOWLEDGE_PATH" in message
