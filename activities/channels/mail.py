@@ -133,20 +133,24 @@ class EmailChannel:
         return {"to": sent, "links": links_issued, "no_address": no_address}
 
     async def _deliver(self, msg: EmailMessage) -> None:
-        conf = self.conf
-        try:
-            await aiosmtplib.send(
-                msg,
-                hostname=conf.smtp_host,
-                port=conf.smtp_port,
-                username=conf.smtp_username,
-                password=self._password,
-                use_tls=conf.smtp_security == "tls",
-                start_tls=conf.smtp_security == "starttls",
-                timeout=conf.timeout_seconds,
-            )
-        except aiosmtplib.SMTPResponseException as e:
-            # 4xx: try again later; 5xx: the server refuses this for good.
-            raise ChannelError("email", f"SMTP {e.code} {e.message}", retryable=e.code < 500) from e
-        except (aiosmtplib.SMTPException, OSError) as e:
-            raise ChannelError("email", f"SMTP: {type(e).__name__}: {e}", retryable=True) from e
+        await send_email(self.conf, self._password, msg)
+
+
+async def send_email(conf: EmailSettings, password: str | None, msg: EmailMessage) -> None:
+    """Deliver one message by SMTP, or ChannelError (retryable when worth trying again)."""
+    try:
+        await aiosmtplib.send(
+            msg,
+            hostname=conf.smtp_host,
+            port=conf.smtp_port,
+            username=conf.smtp_username,
+            password=password,
+            use_tls=conf.smtp_security == "tls",
+            start_tls=conf.smtp_security == "starttls",
+            timeout=conf.timeout_seconds,
+        )
+    except aiosmtplib.SMTPResponseException as e:
+        # 4xx: try again later; 5xx: the server refuses this for good.
+        raise ChannelError("email", f"SMTP {e.code} {e.message}", retryable=e.code < 500) from e
+    except (aiosmtplib.SMTPException, OSError) as e:
+        raise ChannelError("email", f"SMTP: {type(e).__name__}: {e}", retryable=True) from e
