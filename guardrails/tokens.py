@@ -112,7 +112,7 @@ class TokenStore:
         with self.db.transaction() as tx:
             tx.run(
                 "INSERT INTO refs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (workflow_id, request_id)"
-                " DO UPDATE SET expires_at = excluded.expires_at, details = excluded.details",
+                " DO UPDATE SET expires_at = excluded.expires_at",
                 (
                     "ref_" + secrets.token_urlsafe(12),
                     workflow_id,
@@ -122,6 +122,11 @@ class TokenStore:
                     json.dumps(details or {}),
                 ),
             )
+            if details is not None:
+                tx.run(
+                    "UPDATE refs SET details = ? WHERE workflow_id = ? AND request_id = ?",
+                    (json.dumps(details), workflow_id, request_id),
+                )
             row = tx.one(
                 f"SELECT {_REF_COLUMNS} FROM refs WHERE workflow_id = ? AND request_id = ?",
                 (workflow_id, request_id),

@@ -111,7 +111,10 @@ class EmailChannel:
             return {"revoked_links": revoked}
         sent, links_issued, no_address = [], [], []
         base = self.settings.gateway_url.rstrip("/") + DECIDE_PATH
+        decided = {d.approver for d in notice.request.decisions}
         for identity in deciders(notice.request):
+            if notice.event == "reminder" and identity in decided:
+                continue  # a reminder goes only to those who have not decided
             contact = self.directory.get(identity)
             if contact is None or not contact.email:
                 no_address.append(identity)
