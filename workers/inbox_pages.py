@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
+from guardrails.money import describe_call
 from guardrails.tokens import RequestRef
 from workers.gateway_pages import _e, facts_table, page
 
@@ -39,7 +40,9 @@ def request_block(ref: RequestRef, *, run_url: str, now: datetime) -> str:
     """One request as the approver sees it: what it carries, its expiry, a link to the run."""
     details = ref.details
     expires = ref.expires_at.astimezone(UTC)
+    action = describe_call(str(details.get("tool", "?")), details.get("arguments"))
     return (
+        f"<h2 style='font-size:1.1rem'>{_e(action)}</h2>"
         f"<p>Task: <i>{_e(details.get('task', ''))}</i></p>"
         f"{facts_table(details)}"
         f"<p class='expiry'>Expires <b>{_e(in_words(expires - now))}</b> "
@@ -76,7 +79,11 @@ def inbox(
     banner = ""
     if notice is not None:
         kind, text = notice
-        banner = f"<div id='notice' class='box {_e(kind)}'>{_e(text)}</div>"
+        color = "#1a7f37" if kind == "ok" else "#cf222e"
+        banner = (
+            f"<div id='notice' class='box {_e(kind)}' style='border-color:{color};"
+            f"border-width:2px'>{_e(text)}</div>"
+        )
     sections = "".join(
         f"<section class='box request' id='{_e(ref.request_id)}'>{block}"
         f"{decision_form(ref, csrf)}</section>"
@@ -88,7 +95,8 @@ def inbox(
         f"<p>Signed in as <b id='who'>{_e(identity)}</b>.</p>"
         f"<form method='post' action='/inbox/sign-out'>"
         f"<input type='hidden' name='csrf' value='{_e(csrf)}'>"
-        f"<button type='submit' id='sign-out' class='muted-button'>Sign out</button></form>"
+        f"<button type='submit' id='sign-out' style='background:#59636e'>Sign out</button>"
+        "</form>"
         f"{banner}{empty}{sections}"
     )
     return page("Approver inbox", body)
