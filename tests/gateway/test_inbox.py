@@ -16,7 +16,7 @@ from activities.runtime import Runtime
 from agents.run import AgentRun
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, signed, start_run
-from tests.gateway.conftest import ARTIFACTS, Mailbox, gateway_http
+from tests.gateway.conftest import ARTIFACTS, Mailbox, gateway_http, wait_until
 from workers.decisions import send_decision
 from workers.gateway import Gateway
 from workers.inbox import SESSION_COOKIE
@@ -92,6 +92,11 @@ async def test_inbox_lists_two_runs_and_approves_one_and_rejects_the_other(
     )
     (to_approve,) = await wait_for_pending(grinder)
     (to_reject,) = await wait_for_pending(pan)
+    for handle, request in ((grinder, to_approve), (pan, to_reject)):
+        await wait_until(
+            lambda h=handle, r=request: gateway.tokens.find_reference(h.id, r.request_id),
+            "the request in the link store",
+        )
 
     page = await browser_sign_in(browser, gateway, box, "alice")
     await shot(page, "1-two-waiting")
@@ -170,8 +175,10 @@ async def test_the_inbox_shows_only_what_you_may_decide_and_refusals_are_shown(
         temporal.client, worker.task_queue, task="Refund order A-1051: the lamp flickers."
     )
     (request,) = await wait_for_pending(handle)
-    ref = gateway.tokens.find_reference(handle.id, request.request_id)
-    assert ref is not None
+    # The notify activity records the request in the link store a moment after it opens.
+    ref = await wait_until(
+        lambda: gateway.tokens.find_reference(handle.id, request.request_id), "the reference"
+    )
 
     # carol (finance) may not decide a refund over 50.00: not listed, and a crafted POST with
     # her own valid session and CSRF token decides nothing.
