@@ -25,15 +25,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import structlog
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 from temporalio.service import RPCError
 
-from activities.channels import ChannelError, deciders
+from activities.channels import ChannelError
 from activities.channels.mail import send_email
-from guardrails.approvals import ApprovalRequest
 from guardrails.sessions import SESSION_LIFETIME, Session, SessionStore, SignInRefusedError
 from guardrails.tokens import RequestRef
 from workers import gateway_pages as pages
@@ -121,12 +119,15 @@ async def _session(request: Request) -> tuple[str, Session] | None:
 
 
 def may_decide(identity: str, ref: RequestRef) -> bool:
-    """Whether the request's latest notice names `identity` among those who may decide."""
-    try:
-        request = ApprovalRequest.model_validate(ref.details)
-    except ValidationError:
-        return False
-    return identity in deciders(request) and identity not in {d.approver for d in request.decisions}
+    """Whether the request's latest notice names `identity` among those who may decide (as
+    `deciders` does: eligible, neither the requester nor the agent) and who has not decided."""
+    details = ref.details
+    need = details.get("need") or {}
+    decided = {d.get("approver") for d in details.get("decisions") or [] if isinstance(d, dict)}
+    not_them = {details.get("requested_by"), details.get("agent")}
+    if not need.get("requester_may_approve"):
+        not_them.add(details.get("requester"))
+    return identity in (need.get("eligible") or []) and identity not in not_them | decided
 
 
 async def waiting_for(gw: Gateway, identity: str, just_decided: str = "") -> list[RequestRef]:
