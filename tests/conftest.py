@@ -43,7 +43,12 @@ from workers.devstack import (
 )
 from workers.identities import ensure_dev_directory, signer_for
 from workers.settings import Settings, SystemSettings
+from workers.plugins import load
 from workers.worker import build_worker, check_startup
+
+# The demo plugin's tools and agents, found through its entry points as a worker finds them,
+# before any test reads the registries. Only the demo: other installed plugins stay out.
+load(["demo"])
 
 SHOP_TOKEN = "test-shop-token-" + uuid.uuid4().hex
 # Debian's chromium, as Playwright must launch it here (never `playwright install`): headless,
@@ -164,6 +169,7 @@ def settings(state_dir: Path, shop: Shop, model_url: str, session_policy: Path) 
     settings = Settings(
         policy_path=session_policy,
         state_dir=state_dir,
+        plugins=["demo"],
         openai_base_url=model_url,
         systems={"shop": SystemSettings(url=shop.url, credential="shop")},
         tool_start_to_close_seconds=5,

@@ -361,10 +361,11 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _load(path: str | None, settings: Settings) -> Any:
-    import workers.worker  # noqa: F401  (registers the tools the schema is generated from)
     from activities.tools import tool_schemas
     from guardrails.policy import PolicyError, load_policy
+    from workers.plugins import apply_plugins
 
+    settings = apply_plugins(settings)  # the tools the schema is generated from
     try:
         return load_policy(path or settings.policy_path, tool_schemas())
     except PolicyError as e:
@@ -491,8 +492,10 @@ def print_verification(report: VerifyReport, location: str) -> None:
 
 
 async def cmd_replay(args: argparse.Namespace, settings: Settings) -> None:
+    from workers.plugins import apply_plugins
     from workers.replay import load_histories, replay, save_history
 
+    apply_plugins(settings)  # the agents the recorded runs name
     if not args.runs and not args.file:
         raise CliError("name a RUN (workflow id) to fetch from Temporal, or --file history.json")
     if args.save and len(args.runs) != 1:
@@ -793,6 +796,7 @@ def main(argv: list[str] | None = None) -> None:
     from workers.credentials import CredentialError
     from workers.devstack import DevStackError
     from workers.logging import configure_logging
+    from workers.plugins import PluginError
     from workers.worker import TemporalUnreachable
 
     args = parser().parse_args(argv)
@@ -837,6 +841,7 @@ def main(argv: list[str] | None = None) -> None:
         SearchAttributesMissing,
         ToolDeclarationError,
         AgentSpecError,
+        PluginError,
     ) as e:
         print(f"countersign: {e}", file=sys.stderr)
         code = 1 if isinstance(e, RPCError) and e.status == RPCStatusCode.UNAVAILABLE else 2

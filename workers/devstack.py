@@ -328,12 +328,12 @@ def with_dev_email(settings: Settings) -> Settings:
 
 def ensure_dev_policy_activation(settings: Settings) -> None:
     """The dev stack's policy, activated by the demo duty manager (erin, a development key)."""
-    import activities.crm
-    import activities.shop  # noqa: F401  (register the tools the policy is checked against)
     from activities.tools import tool_schemas
     from guardrails.identity import load_directory
     from guardrails.policy import load_policy
+    from workers.plugins import apply_plugins
 
+    settings = apply_plugins(settings)  # the tools the policy is checked against
     policy = load_policy(settings.policy_path, tool_schemas())
     audit = open_audit_store(settings)
     try:

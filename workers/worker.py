@@ -25,9 +25,6 @@ from temporalio.worker import (
     Worker,
 )
 
-# Importing the tool modules registers their tools.
-import activities.crm
-import activities.shop  # noqa: F401
 from activities.audit import AuditActivities
 from activities.guard import GuardActivities
 from activities.identity import IdentityActivities
@@ -51,6 +48,7 @@ from guardrails.money import set_currency
 from guardrails.policy import PolicyBundle, PolicyError
 from workers.codec import data_converter
 from workers.credentials import CredentialError, configure_keyring, get_secret
+from workers.plugins import apply_plugins
 from workers.settings import Settings, SettingsError
 from workers.telemetry import client_interceptors, temporal_runtime
 
@@ -168,9 +166,11 @@ class _ActivityIds(ActivityInboundInterceptor):
 
 def check_startup(settings: Settings) -> Runtime:
     """Everything that would otherwise fail mid-run fails here, in one line that says what to
-    fix: tool declarations (business keys, compensations), agent scopes, the systems the
-    tools call and their credentials, the keyring backend and the channels' secrets, the
-    policy and what it names."""
+    fix: the plugins (workers/plugins.py) that bring the tools, agents, systems and policy;
+    tool declarations (business keys, compensations), agent scopes, the systems the tools
+    call and their credentials, the keyring backend and the channels' secrets, the policy
+    and what it names."""
+    settings = apply_plugins(settings)
     set_currency(settings.currency)
     validate_registry()
     check_agent_scopes(AGENTS, {spec.scope for spec in REGISTRY.values()})
