@@ -68,9 +68,7 @@ def register_agents(specs: list[AgentSpec], plugin: str) -> None:
     for spec in specs:
         first = _DECLARED_BY.get(spec.name)
         if first is not None and first != plugin:
-            raise AgentSpecError(
-                f"agent {spec.name!r} is already declared by plugin {first!r}"
-            )
+            raise AgentSpecError(f"agent {spec.name!r} is already declared by plugin {first!r}")
         AGENTS[spec.name] = spec
         _DECLARED_BY[spec.name] = plugin
 

@@ -36,8 +36,8 @@ from pathlib import Path
 
 from agents.run import AgentRun
 from agents.specs import AGENTS, AgentSpec
-from demo.plugin import SUPPORT_PROMPT
 from agents.state import RunInput
+from demo.plugin import SUPPORT_PROMPT
 from guardrails.audit import AuditStore, open_store
 from guardrails.audit_signing import CheckpointSigner, generate_signing_key
 from tests.histories.record import fresh_stack

@@ -42,8 +42,8 @@ from workers.devstack import (
     temporal_binary,
 )
 from workers.identities import ensure_dev_directory, signer_for
-from workers.settings import Settings, SystemSettings
 from workers.plugins import load
+from workers.settings import Settings, SystemSettings
 from workers.worker import build_worker, check_startup
 
 # The demo plugin's tools and agents, found through its entry points as a worker finds them,

@@ -208,8 +208,8 @@ def _add_systems(plugin: str, value: Any, where: str, loaded: Loaded) -> None:
             system = SystemSettings.model_validate(conf)
         except ValidationError as e:
             raise PluginError(f"{where}[{name!r}]: {describe(e)}") from None
-        loaded.systems[name] = system if system.credential else system.model_copy(
-            update={"credential": name}
+        loaded.systems[name] = (
+            system if system.credential else system.model_copy(update={"credential": name})
         )
 
 
