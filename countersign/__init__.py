@@ -56,6 +56,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    import countersign.testing as testing
     from activities.tools import (
         Personal,
         Secret,
@@ -65,7 +66,6 @@ if TYPE_CHECKING:
         guarded_tool,
     )
     from agents.specs import AgentSpec, AgentSpecError, ContextWindow
-    from countersign import testing
     from guardrails.policy import PolicyError
     from workers.credentials import CredentialError
     from workers.plugins import PluginError
