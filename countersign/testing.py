@@ -28,9 +28,11 @@ test: the dev server takes a few seconds to start, a worker a fraction of one.
 from __future__ import annotations
 
 import tempfile
+import threading
+import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -68,9 +70,11 @@ __all__ = [
     "Stack",
     "actions",
     "approve",
+    "check_policy",
     "dev_server",
     "executed",
     "prepare_keyring",
+    "serve",
     "signed",
     "start_run",
     "wait_for_approvals",
@@ -317,3 +321,38 @@ class Stack:
         finally:
             store.close()
         return [r for r in records if kind is None or r.kind == kind]
+
+
+@contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """Serve an ASGI app (a small system of record for your tools' tests) on a free loopback
+    port, in a thread of this process; yields its base URL, stops it afterwards."""
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"serve:{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the app did not start on 127.0.0.1:{port}")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def check_policy(path: Path | None = None, *, plugins: Sequence[str] | None = None) -> list[str]:
+    """The failures of a policy folder's cases (cases.toml), as sentences: [] when every case
+    holds. The folder (default: the plugins' policy) is checked against the plugins' tools;
+    a folder that does not load raises PolicyError naming the file and line."""
+    from activities.tools import tool_schemas
+    from guardrails.review import run_cases
+
+    settings = apply_plugins(Settings(plugins=list(plugins) if plugins is not None else None))
+    folder = path or settings.policy_path
+    return run_cases(load_policy(folder, tool_schemas()))

@@ -546,6 +546,21 @@ async def cmd_stats(args: argparse.Namespace, settings: Settings) -> None:
     print(stats.model_dump_json(indent=2) if args.output == "json" else format_stats(stats))
 
 
+async def cmd_init(args: argparse.Namespace, settings: Settings) -> None:
+    from pathlib import Path
+
+    from workers.scaffold import ScaffoldError, init_project
+
+    try:
+        root = init_project(args.name, Path(args.dir))
+    except ScaffoldError as e:
+        raise CliError(str(e)) from e
+    print(
+        f"created {root}: a tool, an agent, a policy and their tests; next: "
+        f"cd {root} && pip install -e '.[dev]' && pytest"
+    )
+
+
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     from workers.worker import run_worker
 
@@ -661,6 +676,9 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     add("dev", cmd_dev, "run the embedded dev stack (Temporal + UI, shop, model, worker)")
     add("worker", cmd_worker, "run a worker against the configured Temporal")
+    init = add("init", cmd_init, "create a project of your own: a tool, an agent, a policy")
+    init.add_argument("name", help="project name, e.g. acme-helpdesk")
+    init.add_argument("--dir", default=".", help="where to create it (default: here)")
     gateway = add("gateway", cmd_gateway, "run the approval gateway (Slack, email links, webhooks)")
     gateway.add_argument("--host", default="127.0.0.1", help="bind address")
     gateway.add_argument("--port", type=int, help="default: the port of COUNTERSIGN_GATEWAY_URL")
