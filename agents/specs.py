@@ -6,9 +6,10 @@ list of AgentSpec in a module, or an agents file (agents.toml).
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ContextWindow(BaseModel):
@@ -55,6 +56,17 @@ class AgentSpec(BaseModel):
     # None: the model is sent the whole conversation on every step.
     context: ContextWindow | None = None
 
+    @field_validator("subject")
+    @classmethod
+    def _patterns_compile(cls, subject: dict[str, str]) -> dict[str, str]:
+        # A pattern that does not compile would fail every run's start, not this one.
+        for name, pattern in subject.items():
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"{name}: {pattern!r} is not a regular expression: {e}") from None
+        return subject
+
 
 # Every declared agent, by name: filled at start-up from the installed plugins
 # (workers/plugins.py; Countersign's own demo agents are the `demo` plugin, demo/plugin.py).
@@ -88,3 +100,13 @@ def check_agent_scopes(agents: dict[str, AgentSpec], tool_scopes: set[str]) -> N
                     f"agent {agent.name}: scope {scope!r} matches no registered tool "
                     f"(tool scopes: {', '.join(sorted(tool_scopes))})"
                 )
+
+
+def check_agent_graphs(agents: dict[str, AgentSpec], hosted: set[str]) -> None:
+    """Every agent's graph is one the worker hosts: otherwise its runs would start and fail."""
+    for agent in agents.values():
+        if agent.graph not in hosted:
+            raise AgentSpecError(
+                f"agent {agent.name}: graph {agent.graph!r} is not hosted by this worker "
+                f"(graphs: {', '.join(sorted(hosted))})"
+            )

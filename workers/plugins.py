@@ -113,16 +113,16 @@ def _load_one(plugin: Plugin, loaded: Loaded) -> None:
         return PluginError(f"plugin {plugin.name!r}: {message}")
 
     for kind, target in plugin.parts.items():
-        where = target if kind == "module" else f"countersign.{kind} = {target!r}"
+        where = "" if kind == "module" else f" (entry point countersign.{kind} = {target!r})"
         try:
             value = resolve(target)
         except ModuleNotFoundError as e:
-            raise fail(f"cannot import {target} ({where}): {e}") from None
+            raise fail(f"cannot import {target}{where}: {e}") from None
         except (ToolDeclarationError, AgentSpecError) as e:
             raise fail(str(e)) from None
         except Exception as e:
             first = (str(e).splitlines() or [""])[0]
-            raise fail(f"importing {target} failed: {type(e).__name__}: {first}") from None
+            raise fail(f"importing {target}{where} failed: {type(e).__name__}: {first}") from None
         try:
             if kind == "module":
                 _declarations(plugin.name, value, loaded)

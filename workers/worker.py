@@ -42,7 +42,7 @@ from activities.tools import (
 from agents import search_attributes
 from agents.graph import GRAPH_NAME, build_graph
 from agents.run import AgentRun
-from agents.specs import AGENTS, check_agent_scopes
+from agents.specs import AGENTS, check_agent_graphs, check_agent_scopes
 from guardrails.identity import Directory, IdentityError
 from guardrails.money import set_currency
 from guardrails.policy import PolicyBundle, PolicyError
@@ -174,6 +174,7 @@ def check_startup(settings: Settings) -> Runtime:
     set_currency(settings.currency)
     validate_registry()
     check_agent_scopes(AGENTS, {spec.scope for spec in REGISTRY.values()})
+    check_agent_graphs(AGENTS, {GRAPH_NAME})
     configure_keyring(settings)
     check_systems(settings)
     # A configured notification channel without its secret would fail every notice.
