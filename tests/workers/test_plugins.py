@@ -127,20 +127,16 @@ def test_an_unknown_plugin_name_stops_the_worker(settings: Settings, tmp_path: P
     )
 
 
+AGENT = '[[agent]]\nname = "a"\ndescription = "d"\nsystem_prompt = "p"\n'
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
+        (AGENT, "agent.0.scopes: Field required"),
+        (AGENT + 'scopes = []\nscope = "x"\n', "agent.0.scope: Extra inputs are not permitted"),
         (
-            '[[agent]]\nname = "a"\ndescription = "d"\nsystem_prompt = "p"\n',
-            "agent.0.scopes: Field required",
-        ),
-        (
-            '[[agent]]\nname = "a"\ndescription = "d"\nsystem_prompt = "p"\nscopes = []\nscope = "x"\n',
-            "agent.0.scope: Extra inputs are not permitted",
-        ),
-        (
-            '[[agent]]\nname = "a"\ndescription = "d"\nsystem_prompt = "p"\nscopes = []\n'
-            'subject = { order_id = "^[A-Z" }\n',
+            AGENT + 'scopes = []\nsubject = { order_id = "^[A-Z" }\n',
             "agent.0.subject: Value error, order_id: '^[A-Z' is not a regular expression: "
             "unterminated character set at position 1",
         ),
