@@ -110,8 +110,10 @@ async def cmd_start(args: argparse.Namespace, settings: Settings) -> None:
     from workers.credentials import configure_keyring
     from workers.decisions import signed_start
     from workers.identities import signer_for
+    from workers.plugins import apply_plugins
     from workers.worker import connect
 
+    apply_plugins(settings)  # the agents a run can name, as the worker finds them
     raw = {
         "agent": args.agent,
         "task": args.task,

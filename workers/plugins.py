@@ -120,6 +120,8 @@ def _load_one(plugin: Plugin, loaded: Loaded) -> None:
             raise fail(f"cannot import {target}{where}: {e}") from None
         except (ToolDeclarationError, AgentSpecError) as e:
             raise fail(str(e)) from None
+        except ValidationError as e:  # e.g. an AgentSpec declared wrongly in the module
+            raise fail(f"importing {target}{where} failed: {e.title}: {describe(e)}") from None
         except Exception as e:
             first = (str(e).splitlines() or [""])[0]
             raise fail(f"importing {target}{where} failed: {type(e).__name__}: {first}") from None

@@ -65,6 +65,11 @@ def test_the_demo_is_an_installed_plugin_like_any_other() -> None:
             "raise RuntimeError('no config\\nsecond line')\n",
             "plugin 'acme_tools': importing acme_tools failed: RuntimeError: no config",
         ),
+        (
+            "from countersign import AgentSpec\nAGENTS = [AgentSpec(name='x', scopes=[])]\n",
+            "plugin 'acme_tools': importing acme_tools failed: AgentSpec: description: Field "
+            "required; system_prompt: Field required",
+        ),
     ],
 )
 def test_a_plugin_that_fails_to_import_stops_the_worker_in_one_line(
