@@ -25,10 +25,6 @@ from temporalio.worker import (
     Worker,
 )
 
-# Importing the tool modules registers their tools.
-import activities.crm
-import activities.knowledge
-import activities.shop  # noqa: F401
 from activities.audit import AuditActivities
 from activities.guard import GuardActivities
 from activities.identity import IdentityActivities
@@ -47,13 +43,14 @@ from activities.tools import (
 from agents import search_attributes
 from agents.graph import GRAPH_NAME, build_graph
 from agents.run import AgentRun
-from agents.specs import AGENTS, check_agent_scopes
+from agents.specs import AGENTS, check_agent_graphs, check_agent_scopes
 from guardrails.identity import Directory, IdentityError
 from guardrails.knowledge import KnowledgeError
 from guardrails.money import set_currency
 from guardrails.policy import PolicyBundle, PolicyError
 from workers.codec import data_converter
 from workers.credentials import CredentialError, configure_keyring, get_secret
+from workers.plugins import apply_plugins
 from workers.settings import Settings, SettingsError
 from workers.telemetry import client_interceptors, temporal_runtime
 
@@ -171,12 +168,15 @@ class _ActivityIds(ActivityInboundInterceptor):
 
 def check_startup(settings: Settings) -> Runtime:
     """Everything that would otherwise fail mid-run fails here, in one line that says what to
-    fix: tool declarations (business keys, compensations), agent scopes, the systems the
-    tools call and their credentials, the keyring backend and the channels' secrets, the
-    policy and what it names."""
+    fix: the plugins (workers/plugins.py) that bring the tools, agents, systems and policy;
+    tool declarations (business keys, compensations), agent scopes, the systems the tools
+    call and their credentials, the keyring backend and the channels' secrets, the policy
+    and what it names."""
+    settings = apply_plugins(settings)
     set_currency(settings.currency)
     validate_registry()
     check_agent_scopes(AGENTS, {spec.scope for spec in REGISTRY.values()})
+    check_agent_graphs(AGENTS, {GRAPH_NAME})
     configure_keyring(settings)
     check_systems(settings)
     # A configured notification channel without its secret would fail every notice.
