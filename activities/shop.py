@@ -97,6 +97,8 @@ async def find_refund(args: RefundArgs, ctx: ToolContext) -> Refund | None:
     business_key=lambda a: f"{a.order_id}:{a.amount_cents}",
     # Money: when the answer is lost, ask the shop before calling the refund failed.
     reconcile=find_refund,
+    # An approver may approve a lower amount (never a higher one).
+    approver_may_change={"amount_cents": "decrease"},
 )
 async def refund(args: RefundArgs, ctx: ToolContext) -> Refund:
     """Refund part or all of an order's captured payment. Amount in cents."""

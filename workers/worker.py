@@ -29,6 +29,7 @@ from temporalio.worker import (
 import activities.crm
 import activities.shop  # noqa: F401
 from activities.audit import AuditActivities
+from activities.evidence import EvidenceActivities
 from activities.guard import GuardActivities
 from activities.identity import IdentityActivities
 from activities.model import ModelActivities
@@ -258,6 +259,7 @@ def build_worker(
         AuditActivities(runtime).record,
         IdentityActivities(runtime).verify,
         NotifyActivities(runtime).notify,
+        EvidenceActivities(runtime).gather,
         *tool_activities(runtime),
         reconcile_activity(runtime),
     ]
