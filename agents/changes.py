@@ -20,6 +20,7 @@ from activities.contracts import DECIDE, EVIDENCE, RELEASE, EvidenceInput, Guard
 from agents.state import ActionRecord, ChangedAction, RunState, run_bookkeeping
 from guardrails.approvals import (
     ApprovalRequest,
+    Decision,
     DecisionRefused,
     apply_decision,
     check_decision,
@@ -133,8 +134,10 @@ async def decide_changed(
     )
     # The approver's signed approval of the change counts for the changed action only if
     # they may decide it: a support lead's signature alone never grants a finance tier.
-    carried = decision.model_copy(
-        update={"request_id": follow.request_id, "action_hash": follow.action_hash, "changes": {}}
+    carried = Decision(
+        **decision.model_dump(exclude={"decided_at", "request_id", "action_hash", "changes"}),
+        request_id=follow.request_id,
+        action_hash=follow.action_hash,
     )
     try:
         check_decision({follow.request_id: follow}, carried)
