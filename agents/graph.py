@@ -169,7 +169,7 @@ async def approvals(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
         )
         if run.gathers_evidence:
             request.may_change = dict(g.approver_may_change)
-        opened.append(await _open(run, request, g.verdict.mode))
+        opened.append(await _open(run, request, g.verdict.mode, announce=True))
     while opened:
         run.show("waiting for approval")
         await _wait_until_settled(run, opened)
@@ -191,11 +191,15 @@ async def approvals(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
             g, follow = await decide_changed(run, request)
             guarded = [g if x.verdict.call_id == request.call_id else x for x in guarded]
             if follow is not None:
-                opened.append(await _open(run, follow, g.verdict.mode))
+                # Not announced when the approver's own signature already settles it.
+                announce = follow.status == "pending"
+                opened.append(await _open(run, follow, g.verdict.mode, announce=announce))
     return {"guarded": guarded}
 
 
-async def _open(run: RunState, request: ApprovalRequest, mode: str) -> ApprovalRequest:
+async def _open(
+    run: RunState, request: ApprovalRequest, mode: str, *, announce: bool
+) -> ApprovalRequest:
     """Gather the request's evidence, record it as requested and announce it."""
     info = workflow.info()
     if run.gathers_evidence:
@@ -218,7 +222,7 @@ async def _open(run: RunState, request: ApprovalRequest, mode: str) -> ApprovalR
             **({"changed_from": request.changed_from} if request.changed_from else {}),
         },
     )
-    if request.status == "pending":
+    if announce:
         await _notify(run, "requested", request)
     return request
 

@@ -235,7 +235,8 @@ class ActionRecord(BaseModel):
     # How to undo it (None for reads and irreversible actions).
     compensation: Compensation | None = None
     # Approved with changes: the arguments the agent proposed (`arguments` are the approved).
-    changed_from: dict[str, Any] | None = None
+    # Left out when None, so results recorded before it existed replay to the same result.
+    changed_from: dict[str, Any] | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class ChangedAction(BaseModel):
