@@ -49,6 +49,8 @@ class OrderFacts(BaseModel):
     total_cents: int
     captured_cents: int
     refunded_cents: int
+    # When the order was placed (ISO 8601), shown to approvers in the evidence pack.
+    created_at: str
 
 
 @fact("order", keyed_by="order_id")

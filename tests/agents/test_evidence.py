@@ -36,7 +36,8 @@ async def test_the_pack_holds_the_facts_of_the_system_of_record_with_sources(
     assert pack.subject == {"order_id": "A-1002", "customer_id": order["customer_id"]}
     (fact,) = [f for f in pack.facts if f.name == "order"]
     assert fact.key == "order_id=A-1002"
-    for field in ("customer_id", "status", "total_cents", "captured_cents", "refunded_cents"):
+    fields = ("customer_id", "status", "total_cents", "captured_cents", "refunded_cents")
+    for field in (*fields, "created_at"):
         assert fact.fields[field] == order[field], field
     assert "activities.shop.order_facts" in fact.source and "fetched by the guard" in fact.source
     # The rule in words, with its condition and policy version.
