@@ -63,6 +63,13 @@ def story_line(r: AuditRecord) -> str:
             f"{d.get('approver')} via {d.get('channel')} ({d.get('request_id')})"
             + (f": {d['comment']}" if d.get("comment") else "")
         ),
+        "approval.changed": lambda: (
+            f"approval {d.get('request_id')} APPROVED WITH CHANGES by {d.get('approver')}: "
+            f"{describe_call('', (d.get('original') or {}).get('arguments'))} → "
+            f"{describe_call('', (d.get('changed') or {}).get('arguments'))}, decided again: "
+            f"{str((d.get('changed') or {}).get('outcome')).upper()}"
+            + (f": {d['comment']}" if d.get("comment") else "")
+        ),
         "approval.granted": lambda: (
             f"approval granted {d.get('request_id')} by {', '.join(d.get('approvers', []))}"
         ),
