@@ -136,12 +136,6 @@ def _mention(identity: str, directory: Directory) -> str:
     return f"<@{contact.slack_user}>" if contact and contact.slack_user else ""
 
 
-def _quote(text: str) -> str:
-    # Model and requester text is data, not markup: no mentions or links sneak in.
-    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return f"_{escaped}_" if escaped else "_(none given)_"
-
-
 class SlackChannel:
     name = "slack"
 
