@@ -105,9 +105,13 @@ async def test_every_channel_carries_the_same_facts_and_the_email_subject_shows_
     await wait_until(lambda: fake_slack.posted(request.request_id), "the Slack message")
     (posted,) = fake_slack.posted(request.request_id)
     slack = _slack_text(posted["blocks"])
-    await wait_until(lambda: fake_slack.hooks, "the webhook")
-    hooked = [json.loads(body) for _, body in fake_slack.hooks]
-    (webhook,) = [h for h in hooked if h["request"]["request_id"] == request.request_id]
+
+    def hooked() -> list[dict[str, Any]]:
+        notices = [json.loads(body) for _, body in fake_slack.hooks]
+        return [n for n in notices if n["request"]["request_id"] == request.request_id]
+
+    await wait_until(hooked, "the webhook")
+    (webhook,) = hooked()
     webhook_text = "\n".join(
         [
             webhook["view"]["headline"],
