@@ -57,7 +57,14 @@ class NotifyActivities:
             request.action_hash,
             request.expires_at,
             # The link store shows approvers the action: redacted, like every summary.
-            redact({"agent": notice.agent, "task": notice.task, **request.model_dump(mode="json")}),
+            redact(
+                {
+                    "workflow_id": notice.workflow_id,
+                    "agent": notice.agent,
+                    "task": notice.task,
+                    **request.model_dump(mode="json"),
+                }
+            ),
         )
         if notice.event == "requested":
             # The passages the agent cited, resolved or flagged: audited as
