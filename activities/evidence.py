@@ -17,10 +17,10 @@ from temporalio import activity
 
 from activities.contracts import EVIDENCE, EvidenceInput
 from activities.facts import FACTS
+from activities.knowledge import check_citations
 from activities.runtime import Runtime, current_workflow_id
 from guardrails.audit import AuditRecord
 from guardrails.evidence import (
-    Citation,
     CountedHistory,
     DoneAction,
     EvidencePack,
@@ -28,17 +28,12 @@ from guardrails.evidence import (
     RuleInWords,
     SourcedFact,
 )
+from guardrails.knowledge import KnowledgeError
 from guardrails.ledger import key_of, window_of
 from guardrails.policy import Counter, DecisionInput, PolicyBundle
 from guardrails.rendering import run_url
 
 log = structlog.get_logger(__name__)
-
-
-def resolve_citations(reason: str) -> list[Citation]:
-    """The knowledge-base passages the agent's reason cites (none until the knowledge base
-    is wired in: guardrails/knowledge.py's citations_in + resolver)."""
-    return []
 
 
 class EvidenceActivities:
@@ -76,6 +71,12 @@ class EvidenceActivities:
             customer = f.fields.get("customer_id")
             if isinstance(customer, str):
                 subject.setdefault("customer_id", customer)
+        try:
+            # The passages the agent's reason cites, resolved or flagged as made up.
+            citations = await check_citations(self.runtime.settings, input.reason)
+        except KnowledgeError as e:
+            citations = []
+            gaps.append(f"the cited passages could not be checked: {e}")
         return EvidencePack(
             request_id=input.request_id,
             subject=subject,
@@ -84,7 +85,7 @@ class EvidenceActivities:
             done=[_done(r) for r in executed],
             history=history,
             agent_claim=input.reason,
-            citations=resolve_citations(input.reason),
+            citations=citations,
             gathered_at=datetime.now(UTC),
             run_url=run_url(
                 self.runtime.settings.temporal_ui_url,

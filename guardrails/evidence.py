@@ -15,8 +15,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from guardrails.knowledge import Citation
+
 __all__ = [
-    "Citation",
     "CountedHistory",
     "DoneAction",
     "EvidencePack",
@@ -74,16 +75,6 @@ class CountedHistory(BaseModel):
     value: int
     money: bool
     entries: list[HistoryEntry] = []
-
-
-class Citation(BaseModel):
-    """A knowledge-base passage the agent's reason cites; `passage` None: it does not resolve
-    to a real passage (a fabricated citation), shown flagged."""
-
-    ref: str
-    passage: str | None = None
-    document: str = ""
-    section: str = ""
 
 
 class EvidencePack(BaseModel):

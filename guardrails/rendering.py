@@ -216,11 +216,12 @@ def request_view(
         sections.append(Section(title="This run already did", rows=done))
     claim = [Row(label="Reason", value=request.reason or "(none given)")]
     for c in pack.citations if pack else []:
-        shown = (
-            f"{c.document} § {c.section}: {c.passage}".strip(" §:")
-            if c.passage is not None
-            else "NOT FOUND: no such passage in the knowledge base (the citation may be made up)"
-        )
+        p = c.passage
+        if p is None:
+            shown = "NOT FOUND: no such passage in the knowledge base (the citation may be made up)"
+        else:
+            changed = "CHANGED since it was cited: " if c.status == "changed" else ""
+            shown = f"{changed}{p.title} § {p.section} ¶{p.position}: “{p.text}”"
         claim.append(Row(label=f"Cites {c.ref}", value=shown))
     sections.append(Section(title=AGENT_CLAIM, rows=claim))
     if pack is not None and pack.gaps:

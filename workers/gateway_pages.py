@@ -57,9 +57,10 @@ def facts_table(details: dict[str, Any]) -> str:
     return f"<div id='facts'>{as_html(view)}</div>"
 
 
-def change_fields(details: dict[str, Any]) -> str:
+def change_fields(details: dict[str, Any], *, key: str = "") -> str:
     """Inputs for approving with changes: one per argument the tool lets an approver change.
-    Left empty, the action is approved as proposed."""
+    Left empty, the action is approved as proposed. `key` keeps ids unique on a page that
+    shows several requests (the inbox)."""
     may_change = details.get("may_change") or {}
     arguments = details.get("arguments") or {}
     if not may_change:
@@ -68,10 +69,11 @@ def change_fields(details: dict[str, Any]) -> str:
     for name in may_change:
         now = format_value(name, arguments.get(name))
         unit = " (e.g. 120.00)" if name.endswith("_cents") else ""
+        field = f"change{_e(key)}-{_e(name)}"
         inputs.append(
-            f"<p><label for='change-{_e(name)}'>New {_e(name.removesuffix('_cents'))}{unit}, "
+            f"<p><label for='{field}'>New {_e(name.removesuffix('_cents'))}{unit}, "
             f"lower than {_e(now)}</label><br>"
-            f"<input id='change-{_e(name)}' name='change:{_e(name)}' inputmode='decimal' "
+            f"<input id='{field}' name='change:{_e(name)}' inputmode='decimal' "
             f"autocomplete='off'></p>"
         )
     return (

@@ -54,7 +54,11 @@ async def test_the_pack_holds_the_facts_of_the_system_of_record_with_sources(
     assert counted["customer_refunded_week_cents"].value == 0
     assert counted["customer_refunded_week_cents"].money
     assert pack.run_url.endswith(f"/workflows/{handle.id}")
-    assert pack.citations == [] and pack.gaps == []
+    assert pack.gaps == []
+    # The passage the agent cites, resolved against the knowledge base (its text, not a ref).
+    (cited,) = pack.citations
+    assert cited.status == "resolved" and cited.passage is not None
+    assert cited.ref in request.reason and cited.passage.document == "refund-policy.md"
     await handle.execute_update(
         AgentRun.decide, signed(handle.id, request, "alice", approve=False, comment="not yet")
     )
