@@ -1,0 +1,169 @@
+"""Long-run benchmark: Countersign's own cost per step as a run grows, each history segment's
+size, and replay time per step. Prints figures, asserts nothing about time.
+
+    python -m benchmarks.long_run_bench                        # 10 100 500 2000 steps
+    python -m benchmarks.long_run_bench --steps 10000 --segment 500
+
+Each run is the replay benchmark's looping script (a read-only lookup per step, then an
+answer) on a fresh dev stack, for an agent with a context window (keep 8 turns, fold 8, so the
+prompt is bounded) that continues as new every `--segment` steps (agents/segments.py).
+
+Countersign's own cost per step is the run's wall time minus the scripted model server's own
+time handling the requests (its `/_stats` endpoint: the time inside its handler, summed),
+divided by the steps. It holds the workflow tasks, the guard, the audit, the transcript store,
+the openai client and the lookup. "Last 10%" is the same figure from the history's event times
+over the last tenth of the run, with the model server's mean time per request subtracted:
+flat cost means it matches the whole run's. Replay: every segment's history replayed once
+(the workflow code and the SDK, no activities), summed, per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHistory
+
+from agents.run import AgentRun
+from agents.specs import AGENTS, ContextWindow
+from agents.state import RunInput
+from benchmarks.replay_bench import BENCH_AGENT, loop_script
+from tests.histories.record import fresh_stack
+from workers.logging import configure_logging
+from workers.replay import replay
+from workers.worker import build_worker
+
+
+async def segments_of(client: Client, workflow_id: str) -> list[WorkflowHistory]:
+    """Every segment's history, first to last (following continue-as-new)."""
+    handle = client.get_workflow_handle(workflow_id)
+    first = await handle.describe()
+    run_id: str | None = first.raw_description.workflow_execution_info.first_run_id
+    histories = []
+    while run_id:
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        histories.append(history)
+        last = history.events[-1]
+        run_id = None
+        if last.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
+            run_id = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+    return histories
+
+
+def step_times(histories: list[WorkflowHistory]) -> list[float]:
+    """The time each `model.plan` activity was scheduled: one per step, in order."""
+    return [
+        e.event_time.ToNanoseconds() / 1e9
+        for h in histories
+        for e in h.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "model.plan"
+    ]
+
+
+async def model_stats(base_url: str) -> tuple[int, float]:
+    async with httpx.AsyncClient() as http:
+        stats = (await http.get(base_url.removesuffix("/v1") + "/_stats")).json()
+    return stats["requests"], stats["seconds"]
+
+
+async def bench(step_counts: list[int], segment: int) -> list[dict[str, Any]]:
+    agent = BENCH_AGENT.model_copy(
+        update={
+            "name": "bench-long",
+            "max_steps": max(step_counts) + 10,
+            "context": ContextWindow(keep_last_turns=8, fold_every=8),
+            "segment_steps": segment,
+        }
+    )
+    AGENTS[agent.name] = agent
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-scripts-") as scripts:
+        for n in step_counts:
+            (Path(scripts) / f"loop-{n}.json").write_text(json.dumps(loop_script(n)))
+        async with (
+            fresh_stack(scripts=Path(scripts)) as stack,
+            build_worker(stack.client, stack.settings, stack.runtime, task_queue="bench"),
+        ):
+            base_url = stack.settings.openai_base_url
+            for n in step_counts:
+                run_input = RunInput(agent=agent.name, task=f"Benchmark loop {n}", requested_by="b")
+                requests0, model0 = await model_stats(base_url)
+                began = time.perf_counter()
+                handle = await stack.client.start_workflow(
+                    AgentRun.run,
+                    run_input.model_dump(mode="json"),
+                    id=f"bench-long-{n}",
+                    task_queue="bench",
+                    execution_timeout=timedelta(hours=3),
+                )
+                result = await handle.result()
+                wall = time.perf_counter() - began
+                requests1, model1 = await model_stats(base_url)
+                assert result.steps == n + 1, result
+                steps = result.steps
+                histories = await segments_of(stack.client, handle.id)
+                per_request = (model1 - model0) / max(1, requests1 - requests0)
+                times = step_times(histories)
+                tenth = max(1, len(times) // 10)
+                tail = times[-tenth - 1 :]
+                tail_ms = 1000 * ((tail[-1] - tail[0]) / (len(tail) - 1) - per_request)
+                replayed = 0.0
+                for history in histories:
+                    t = time.perf_counter()
+                    (report,) = await replay([("bench", history)])
+                    replayed += time.perf_counter() - t
+                    assert report.deterministic, report.divergence
+                rows.append(
+                    {
+                        "steps": steps,
+                        "wall_s": wall,
+                        "model_ms": 1000 * (model1 - model0) / steps,
+                        "own_ms": 1000 * (wall - (model1 - model0)) / steps,
+                        "tail_ms": tail_ms if len(tail) > 2 else float("nan"),
+                        "segments": len(histories),
+                        "max_events": max(len(h.events) for h in histories),
+                        "max_kb": max(sum(e.ByteSize() for e in h.events) for h in histories)
+                        / 1024,
+                        "replay_ms": 1000 * replayed / steps,
+                    }
+                )
+                print(f"  … {steps} steps in {wall:.1f}s", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.long_run_bench")
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 100, 500, 2000])
+    parser.add_argument("--segment", type=int, default=500, help="continue as new every N steps")
+    args = parser.parse_args(argv)
+    configure_logging(level="WARNING", json=False)
+    print(
+        f"Long runs: {', '.join(map(str, args.steps))} steps, window 8+8, continue as new "
+        f"every {args.segment} steps (fresh dev stack, scripted model, zero latency)"
+    )
+    rows = asyncio.run(bench(args.steps, args.segment))
+    print(
+        f"\n{'steps':>6} {'run':>8} {'model srv':>10} {'own/step':>9} {'last 10%':>9} "
+        f"{'segments':>9} {'events/seg':>11} {'KB/seg':>8} {'replay/step':>12}"
+    )
+    for r in rows:
+        print(
+            f"{r['steps']:>6} {r['wall_s']:>7.1f}s {r['model_ms']:>8.1f}ms {r['own_ms']:>7.1f}ms "
+            f"{r['tail_ms']:>7.1f}ms {r['segments']:>9} {r['max_events']:>11} "
+            f"{r['max_kb']:>8.0f} {r['replay_ms']:>10.2f}ms"
+        )
+    print("(own/step: wall time minus the model server's own time, per step; events/seg and")
+    print(" KB/seg: the largest segment's history; replay/step: all segments replayed, per step)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Long runs: a run continues as new at step boundaries (agents/segments.py) and approvals,
+limits, rollback, status and the audit trail carry on across its segments."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowFailureError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.runtime import Runtime
+from agents.run import AgentRun
+from agents.specs import AGENTS
+from agents.state import RunInput, RunStatus
+from tests.conftest import Shop, start_run, wait_for_undo_window
+from workers.decisions import decide_as, rollback_request, wait_for_requests
+from workers.identities import signer_for
+
+LONG_AGENT = AGENTS["support-refunds"].model_copy(
+    update={"name": "support-refunds-long", "segment_steps": 2, "max_steps": 5}
+)
+
+
+def refund(amount_cents: int) -> dict[str, Any]:
+    args = {"order_id": "{order_id}", "amount_cents": amount_cents, "reason": "in two parts"}
+    return {"name": "payments.refund", "arguments": args}
+
+
+LOOKUP = {"name": "orders.lookup", "arguments": {"order_id": "{order_id}"}}
+# Steps 1-2, 3-4 and 5 are three segments; step 4's refund brings the customer's week over
+# 50.00 (the first refund counts), so it waits for a support lead; step 5 hits max_steps.
+TWO_PART_REFUND = {
+    "name": "two-part-refund",
+    "match": r"(?i)pay back (?P<order_id>A-\d{4}) in two parts",
+    "turns": [
+        {"tool_calls": [LOOKUP]},
+        {"tool_calls": [refund(3000)]},
+        {"tool_calls": [LOOKUP]},
+        {"tool_calls": [refund(2500)]},
+        {"tool_calls": [LOOKUP]},
+        {"say": "done"},
+    ],
+}
+
+
+def run_ids(history_events: Any) -> str | None:
+    last = history_events[-1]
+    if last.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
+        return last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+    return None
+
+
+async def test_a_run_continued_as_new_keeps_approvals_limits_and_rollback(
+    temporal: WorkflowEnvironment,
+    worker: Worker,
+    shop: Shop,
+    runtime: Runtime,
+    scripts_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(AGENTS, LONG_AGENT.name, LONG_AGENT)
+    (scripts_dir / "two-part-refund.json").write_text(json.dumps(TWO_PART_REFUND))
+    refunds_before = len(shop.refunds("A-1054"))
+    first = await start_run(
+        temporal.client,
+        worker.task_queue,
+        agent=LONG_AGENT.name,
+        undo_window_seconds=300,
+        task="Pay back A-1054 in two parts.",
+    )
+    # The latest segment (no run id): where the CLI and the gateway send decisions.
+    run = temporal.client.get_workflow_handle(first.id)
+    (request,) = await wait_for_requests(run)
+    status = await run.query(AgentRun.status, result_type=RunStatus)
+    assert status.step == 4  # counted on from the first segment
+    # The first refund (segment 1) counts against the customer's week: this one needs a lead.
+    assert request.rule_ids == ["refund.over_50"]
+    assert [a.tool for a in status.actions] == ["payments.refund", "orders.lookup"]
+    await decide_as(temporal.client, first.id, request, "alice", comment="checked")
+    await wait_for_undo_window(run)
+    assert [r["status"] for r in shop.refunds("A-1054")[refunds_before:]] == ["succeeded"] * 2
+
+    await run.execute_update(
+        AgentRun.rollback, rollback_request(signer_for("bob"), first.id, "wrong customer")
+    )
+    result = await first.result()  # follows the run to its last segment
+    assert (result.status, result.steps, result.stop_reason) == ("rolled_back", 5, "max_steps")
+    refunds = shop.refunds("A-1054")[refunds_before:]
+    assert [r["status"] for r in refunds] == ["reversed"] * 2  # both undone, none twice
+    # Newest first: the refund of segment 2, then the one of segment 1.
+    undone = runtime.audit.find(first.id, "compensation.executed")
+    refunded = [a for a in result.actions if a.tool == "payments.refund"]
+    assert [r.data["call_id"] for r in undone] == [refunded[1].call_id, refunded[0].call_id]
+    assert all(a.status == "compensated" for a in refunded)
+
+    # Three segments, one audit trail: every record under the same workflow id, a chain that
+    # verifies, and two records saying where the run continued.
+    continued = runtime.audit.find(first.id, "run.continued")
+    assert [(r.data["segment"], r.data["step"]) for r in continued] == [(2, 2), (3, 4)]
+    records = runtime.audit.find(first.id, "model.call")
+    assert len({r.run_id for r in records}) == 3
+    assert len(runtime.audit.find(first.id, "run.started")) == 1
+    assert runtime.audit.verify().ok
+    # Each segment's own history, linked by continue-as-new.
+    segments, run_id = 0, first.result_run_id
+    while run_id:
+        history = await temporal.client.get_workflow_handle(first.id, run_id=run_id).fetch_history()
+        segments += 1
+        run_id = run_ids(history.events)
+    assert segments == 3
+
+
+async def test_only_a_continuing_run_carries_state(
+    temporal: WorkflowEnvironment, worker: Worker
+) -> None:
+    """Anyone who can start a workflow could type a carried state: it is refused."""
+    forged = {"continued": {"input": {}, "requester": "alice"}}
+    handle = await temporal.client.start_workflow(
+        AgentRun.run, forged, id="forged-carry", task_queue=worker.task_queue
+    )
+    with pytest.raises(WorkflowFailureError) as caught:
+        await handle.result()
+    assert "only a run continuing as new carries state" in str(caught.value.cause)
+
+
+def test_max_steps_above_200_needs_an_agent_that_continues_as_new(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ValueError, match=r"max_steps: at most 200 for agent 'support-refunds'"):
+        RunInput(agent="support-refunds", task="long", requested_by="dana", max_steps=500)
+    monkeypatch.setitem(AGENTS, LONG_AGENT.name, LONG_AGENT)
+    assert RunInput(agent=LONG_AGENT.name, task="long", requested_by="d", max_steps=10_000)
