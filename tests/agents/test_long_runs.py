@@ -18,34 +18,13 @@ from agents.run import AgentRun
 from agents.specs import AGENTS
 from agents.state import RunInput, RunStatus
 from tests.conftest import Shop, start_run, wait_for_undo_window
+from tests.histories.record import SEGMENTED_AGENT, TWO_PART_REFUND
 from workers.decisions import decide_as, rollback_request, wait_for_requests
 from workers.identities import signer_for
 
-LONG_AGENT = AGENTS["support-refunds"].model_copy(
-    update={"name": "support-refunds-long", "segment_steps": 2, "max_steps": 5}
-)
-
-
-def refund(amount_cents: int) -> dict[str, Any]:
-    args = {"order_id": "{order_id}", "amount_cents": amount_cents, "reason": "in two parts"}
-    return {"name": "payments.refund", "arguments": args}
-
-
-LOOKUP = {"name": "orders.lookup", "arguments": {"order_id": "{order_id}"}}
-# Steps 1-2, 3-4 and 5 are three segments; step 4's refund brings the customer's week over
-# 50.00 (the first refund counts), so it waits for a support lead; step 5 hits max_steps.
-TWO_PART_REFUND = {
-    "name": "two-part-refund",
-    "match": r"(?i)pay back (?P<order_id>A-\d{4}) in two parts",
-    "turns": [
-        {"tool_calls": [LOOKUP]},
-        {"tool_calls": [refund(3000)]},
-        {"tool_calls": [LOOKUP]},
-        {"tool_calls": [refund(2500)]},
-        {"tool_calls": [LOOKUP]},
-        {"say": "done"},
-    ],
-}
+# Continues as new every two steps; the script's steps 1-2, 3-4 and 5 are three segments, and
+# step 4's refund needs a support lead because step 2's counts against the customer's week.
+LONG_AGENT = SEGMENTED_AGENT
 
 
 def run_ids(history_events: Any) -> str | None:
