@@ -69,6 +69,41 @@ def step_times(histories: list[WorkflowHistory]) -> list[float]:
     ]
 
 
+def breakdown(histories: list[WorkflowHistory], first: bool) -> tuple[float, float]:
+    """Over the first (or last) tenth of the steps: the workflow tasks' time (started to
+    completed, summed) and the activities' (the model call: started to completed), in ms per
+    step. Event ids restart in each segment, so events are keyed by (segment, event id)."""
+    events = [(n, e) for n, h in enumerate(histories) for e in h.events]
+    plans = [
+        i
+        for i, (_, e) in enumerate(events)
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "model.plan"
+    ]
+    tenth = max(2, len(plans) // 10)
+    window = plans[:tenth] if first else plans[-tenth:]
+    started: dict[tuple[int, int], float] = {}
+    wft = activity = 0.0
+    for n, e in events[window[0] : window[-1]]:
+        t = e.event_time.ToNanoseconds() / 1e9
+        kind = e.event_type
+        if kind in (
+            EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,
+            EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED,
+        ):
+            started[(n, e.event_id)] = t
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            wft += t - started.get(
+                (n, e.workflow_task_completed_event_attributes.started_event_id), t
+            )
+        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            activity += t - started.get(
+                (n, e.activity_task_completed_event_attributes.started_event_id), t
+            )
+    steps = len(window) - 1
+    return 1000 * wft / steps, 1000 * activity / steps
+
+
 async def model_stats(base_url: str) -> tuple[int, float]:
     async with httpx.AsyncClient() as http:
         stats = (await http.get(base_url.removesuffix("/v1") + "/_stats")).json()
@@ -97,7 +132,7 @@ async def bench(step_counts: list[int], segment: int) -> list[dict[str, Any]]:
             for n in step_counts:
                 run_input = RunInput(agent=agent.name, task=f"Benchmark loop {n}", requested_by="b")
                 requests0, model0 = await model_stats(base_url)
-                began = time.perf_counter()
+                began, cpu = time.perf_counter(), time.process_time()
                 handle = await stack.client.start_workflow(
                     AgentRun.run,
                     run_input.model_dump(mode="json"),
@@ -107,6 +142,7 @@ async def bench(step_counts: list[int], segment: int) -> list[dict[str, Any]]:
                 )
                 result = await handle.result()
                 wall = time.perf_counter() - began
+                cpu = time.process_time() - cpu
                 requests1, model1 = await model_stats(base_url)
                 assert result.steps == n + 1, result
                 steps = result.steps
@@ -128,12 +164,18 @@ async def bench(step_counts: list[int], segment: int) -> list[dict[str, Any]]:
                         "wall_s": wall,
                         "model_ms": 1000 * (model1 - model0) / steps,
                         "own_ms": 1000 * (wall - (model1 - model0)) / steps,
+                        "cpu_ms": 1000 * cpu / steps,
                         "tail_ms": tail_ms if len(tail) > 2 else float("nan"),
                         "segments": len(histories),
                         "max_events": max(len(h.events) for h in histories),
                         "max_kb": max(sum(e.ByteSize() for e in h.events) for h in histories)
                         / 1024,
                         "replay_ms": 1000 * replayed / steps,
+                        "wft": (breakdown(histories, True)[0], breakdown(histories, False)[0]),
+                        "activities": (
+                            breakdown(histories, True)[1],
+                            breakdown(histories, False)[1],
+                        ),
                     }
                 )
                 print(f"  … {steps} steps in {wall:.1f}s", flush=True)
@@ -152,16 +194,23 @@ def main(argv: list[str] | None = None) -> None:
     )
     rows = asyncio.run(bench(args.steps, args.segment))
     print(
-        f"\n{'steps':>6} {'run':>8} {'model srv':>10} {'own/step':>9} {'last 10%':>9} "
+        f"\n{'steps':>6} {'run':>8} {'model srv':>10} {'own/step':>9} {'last 10%':>9} {'cpu':>7} "
         f"{'segments':>9} {'events/seg':>11} {'KB/seg':>8} {'replay/step':>12}"
     )
     for r in rows:
         print(
             f"{r['steps']:>6} {r['wall_s']:>7.1f}s {r['model_ms']:>8.1f}ms {r['own_ms']:>7.1f}ms "
-            f"{r['tail_ms']:>7.1f}ms {r['segments']:>9} {r['max_events']:>11} "
-            f"{r['max_kb']:>8.0f} {r['replay_ms']:>10.2f}ms"
+            f"{r['tail_ms']:>7.1f}ms {r['cpu_ms']:>5.1f}ms {r['segments']:>9} "
+            f"{r['max_events']:>11} {r['max_kb']:>8.0f} {r['replay_ms']:>10.2f}ms"
         )
-    print("(own/step: wall time minus the model server's own time, per step; events/seg and")
+    print(f"\n{'steps':>6} {'workflow tasks/step':>22} {'activities/step':>18}  (first → last 10%)")
+    for r in rows:
+        wft, plan = r["wft"], r["activities"]
+        print(f"{r['steps']:>6} {wft[0]:>9.1f} → {wft[1]:>5.1f} ms", end="")
+        print(f" {plan[0]:>8.1f} → {plan[1]:>5.1f} ms")
+    print("(own/step: wall time minus the model server's own time, per step; cpu: the worker")
+    print(" process's CPU time per step (the workflow, the guard, the audit, the transcript, the")
+    print(" openai client; not the Temporal server's); events/seg and")
     print(" KB/seg: the largest segment's history; replay/step: all segments replayed, per step)")
 
 
