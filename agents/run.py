@@ -26,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
 
     from agents.failures import cause_of
     from agents.rollback import compensate
-    from agents.segments import carried_in, continue_as_new, restore
+    from agents.segments import carried_in, continue_as_new, kept_actions, restore
     from agents.state import (
         AGENT_RUN,
         RUN_REFUSALS,
@@ -110,7 +110,7 @@ class AgentRun:
             final_message=final.get("final", ""),
             steps=run.step,
             tokens=run.tokens,
-            actions=run.actions,
+            actions=kept_actions(run),
         )
         if run_input.undo_window_seconds:
             result = await self._undo_window(run, result)
@@ -158,7 +158,11 @@ class AgentRun:
         irreversible = await compensate(run, reason)
         self._rolled_back = True
         return result.model_copy(
-            update={"status": "rolled_back", "actions": run.actions, "irreversible": irreversible}
+            update={
+                "status": "rolled_back",
+                "actions": kept_actions(run),
+                "irreversible": irreversible,
+            }
         )
 
     def _state(self) -> RunState:

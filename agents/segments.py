@@ -40,7 +40,8 @@ class Carried(BaseModel):
     requester: str | None
     nonces: list[str]
     # Executed side effects and those whose outcome is unknown (rollback and the result need
-    # them), then the last action; reads before it are in the audit trail only.
+    # them; without their results), then the last action; reads before it and every result are
+    # in the audit trail.
     actions: list[ActionRecord]
     # An earlier segment refused an action: the run ends completed_with_refusals.
     refused: bool
@@ -94,13 +95,28 @@ def segment_ends(run: RunState) -> bool:
     return due
 
 
+def kept_actions(run: RunState) -> list[ActionRecord]:
+    """The actions a long run keeps in its result and carries on: its executed side effects
+    (and those whose outcome is unknown), then its last action. Reads before it, and refused
+    proposals, are in the audit trail: a run of thousands of steps must not return them all (a
+    payload is at most 2 MB). A run of an agent that keeps one history keeps every action."""
+    if run.agent.segment_steps is None:
+        return run.actions
+    kept = [
+        a
+        for a in run.actions[:-1]
+        if not a.read_only and a.status in ("executed", "unknown", "compensated")
+    ]
+    return kept + run.actions[-1:]
+
+
 async def continue_as_new(run: RunState, loop: dict[str, Any]) -> None:
     """Hand the run to its next segment (raises ContinueAsNewError, never returns)."""
     # An Update still running (a decision being verified) finishes in this segment first.
     await workflow.wait_condition(workflow.all_handlers_finished)
-    kept = [a for a in run.actions if not a.read_only and a.status in ("executed", "unknown")]
-    if run.actions and run.actions[-1] not in kept:
-        kept.append(run.actions[-1])
+    # Without their results (they are in the audit trail): a side effect carried on costs only
+    # what undoing it needs, ~0.5 KB, so a run can carry a few thousand in one payload.
+    kept = [a.model_copy(update={"result": None}) for a in kept_actions(run)]
     carried = Carried(
         input=run.input.model_copy(update={"requester_proof": None}),
         segment=run.segment + 1,
