@@ -399,7 +399,7 @@ class RunState:
         sa.upsert(
             {
                 sa.AGENT: self.agent.name,
-                sa.STAGE: stage,
+                sa.STAGE: sa.stage_value(stage, long_run=self.agent.segment_steps is not None),
                 sa.WAITING: bool(pending),
                 sa.TOOL: last_tool,
                 sa.CUSTOMER_REF: self._customer_ref(),
