@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHistory
+from temporalio.client import WorkflowHistory
 
 from agents.run import AgentRun
 from agents.specs import AGENTS, ContextWindow
@@ -38,24 +38,8 @@ from agents.state import RunInput
 from benchmarks.replay_bench import BENCH_AGENT, loop_script
 from tests.histories.record import fresh_stack
 from workers.logging import configure_logging
-from workers.replay import replay
+from workers.replay import fetch_segments, replay
 from workers.worker import build_worker
-
-
-async def segments_of(client: Client, workflow_id: str) -> list[WorkflowHistory]:
-    """Every segment's history, first to last (following continue-as-new)."""
-    handle = client.get_workflow_handle(workflow_id)
-    first = await handle.describe()
-    run_id: str | None = first.raw_description.workflow_execution_info.first_run_id
-    histories = []
-    while run_id:
-        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
-        histories.append(history)
-        last = history.events[-1]
-        run_id = None
-        if last.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
-            run_id = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
-    return histories
 
 
 def step_times(histories: list[WorkflowHistory]) -> list[float]:
@@ -146,7 +130,7 @@ async def bench(step_counts: list[int], segment: int) -> list[dict[str, Any]]:
                 requests1, model1 = await model_stats(base_url)
                 assert result.steps == n + 1, result
                 steps = result.steps
-                histories = await segments_of(stack.client, handle.id)
+                histories = await fetch_segments(stack.client, handle.id)
                 per_request = (model1 - model0) / max(1, requests1 - requests0)
                 times = step_times(histories)
                 tenth = max(1, len(times) // 10)

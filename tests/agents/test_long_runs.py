@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -21,17 +19,11 @@ from tests.conftest import Shop, start_run, wait_for_undo_window
 from tests.histories.record import SEGMENTED_AGENT, TWO_PART_REFUND
 from workers.decisions import decide_as, rollback_request, wait_for_requests
 from workers.identities import signer_for
+from workers.replay import fetch_segments, replay
 
 # Continues as new every two steps; the script's steps 1-2, 3-4 and 5 are three segments, and
 # step 4's refund needs a support lead because step 2's counts against the customer's week.
 LONG_AGENT = SEGMENTED_AGENT
-
-
-def run_ids(history_events: Any) -> str | None:
-    last = history_events[-1]
-    if last.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
-        return last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
-    return None
 
 
 async def test_a_run_continued_as_new_keeps_approvals_limits_and_rollback(
@@ -85,13 +77,14 @@ async def test_a_run_continued_as_new_keeps_approvals_limits_and_rollback(
     assert len({r.run_id for r in records}) == 3
     assert len(runtime.audit.find(first.id, "run.started")) == 1
     assert runtime.audit.verify().ok
-    # Each segment's own history, linked by continue-as-new.
-    segments, run_id = 0, first.result_run_id
-    while run_id:
-        history = await temporal.client.get_workflow_handle(first.id, run_id=run_id).fetch_history()
-        segments += 1
-        run_id = run_ids(history.events)
-    assert segments == 3
+    # Each segment's own history, linked by continue-as-new; each replays on its own.
+    histories = await fetch_segments(temporal.client, first.id)
+    assert len(histories) == 3
+    reports = await replay(
+        [("test", h) for h in histories], converter=temporal.client.data_converter
+    )
+    assert [r.deterministic for r in reports] == [True] * 3
+    assert [r.result_matches for r in reports] == [None, None, True]
 
 
 async def test_only_a_continuing_run_carries_state(

@@ -38,7 +38,7 @@ from workers.credentials import get_secret
 from workers.decisions import decide_as, rollback_request, sign_decision, wait_for_requests
 from workers.devstack import free_port, start_dev_stack
 from workers.identities import signer_for
-from workers.replay import readable_text, save_history
+from workers.replay import fetch_segments, readable_text, save_history
 from workers.settings import Settings, SystemSettings
 from workers.worker import build_worker, check_startup, connect, ensure_search_attributes
 
@@ -226,20 +226,6 @@ async def long_run(client: Client) -> WorkflowHandle[Any, Any]:
     return first
 
 
-async def segment_histories(
-    client: Client, handle: WorkflowHandle[Any, Any]
-) -> list[WorkflowHistory]:
-    """Each segment's history, first to last, following continue-as-new."""
-    histories = []
-    run_id = handle.result_run_id or handle.run_id
-    while run_id:
-        history = await client.get_workflow_handle(handle.id, run_id=run_id).fetch_history()
-        histories.append(history)
-        last = history.events[-1]
-        run_id = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
-    return histories
-
-
 Scenario = Callable[[Client], Awaitable[WorkflowHandle[Any, Any]]]
 # name → (scenario, needs the time-skipping server)
 SCENARIOS: dict[str, tuple[Scenario, bool]] = {
@@ -287,7 +273,7 @@ async def record(names: list[str], out: Path = HERE) -> list[Path]:
                 handle = await SEGMENTED_SCENARIOS[name](stack.client)
                 folder = out / SEGMENTS.name
                 folder.mkdir(exist_ok=True)
-                for n, history in enumerate(await segment_histories(stack.client, handle), start=1):
+                for n, history in enumerate(await fetch_segments(stack.client, handle.id), start=1):
                     written.append(await _save(stack, f"{name}.{n}", history, folder))
         if skipping:
             env = await WorkflowEnvironment.start_time_skipping(
