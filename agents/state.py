@@ -406,7 +406,8 @@ class RunState:
             }
         )
         lines = [
-            f"**{self.agent.name}** · step {self.step}/{self.max_steps} · stage **{stage}**",
+            f"**{self.agent.name}** · step {self.step}/{self.max_steps} · stage **{stage}**"
+            + (f" · segment {self.segment}" if self.segment > 1 else ""),
             "",
             f"Task: {self.input.task}",
         ]

@@ -3,10 +3,12 @@ limits, rollback, status and the audit trail carry on across its segments."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
+from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -49,6 +51,14 @@ async def test_a_run_continued_as_new_keeps_approvals_limits_and_rollback(
     (request,) = await wait_for_requests(run)
     status = await run.query(AgentRun.status, result_type=RunStatus)
     assert status.step == 4  # counted on from the first segment
+    # Current Details go on where the first segment left them.
+    shown = "step 4/5 · stage **waiting for approval** · segment 2"
+    for _ in range(100):  # the details change once the request is announced
+        metadata = await run.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+        if shown in metadata.current_details:
+            break
+        await asyncio.sleep(0.1)
+    assert shown in metadata.current_details, metadata.current_details
     # The first refund (segment 1) counts against the customer's week: this one needs a lead.
     assert request.rule_ids == ["refund.over_50"]
     assert [a.tool for a in status.actions] == ["payments.refund", "orders.lookup"]
