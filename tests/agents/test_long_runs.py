@@ -18,14 +18,14 @@ from agents.run import AgentRun
 from agents.specs import AGENTS
 from agents.state import RunInput, RunStatus
 from tests.conftest import Shop, start_run, wait_for_undo_window
-from tests.histories.record import SEGMENTED_AGENT, TWO_PART_REFUND
+from tests.histories.record import SEGMENTED, TWO_PART_REFUND, segmented_agent
 from workers.decisions import decide_as, rollback_request, wait_for_requests
 from workers.identities import signer_for
 from workers.replay import fetch_segments, replay
 
-# Continues as new every two steps; the script's steps 1-2, 3-4 and 5 are three segments, and
-# step 4's refund needs a support lead because step 2's counts against the customer's week.
-LONG_AGENT = SEGMENTED_AGENT
+# The segmented agent continues as new every two steps; the script's steps 1-2, 3-4 and 5 are
+# three segments, and step 4's refund needs a support lead because step 2's counts against the
+# customer's week (tests/histories/record.py).
 
 
 async def test_a_run_continued_as_new_keeps_approvals_limits_and_rollback(
@@ -36,13 +36,13 @@ async def test_a_run_continued_as_new_keeps_approvals_limits_and_rollback(
     scripts_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(AGENTS, LONG_AGENT.name, LONG_AGENT)
+    monkeypatch.setitem(AGENTS, SEGMENTED, segmented_agent())
     (scripts_dir / "two-part-refund.json").write_text(json.dumps(TWO_PART_REFUND))
     refunds_before = len(shop.refunds("A-1054"))
     first = await start_run(
         temporal.client,
         worker.task_queue,
-        agent=LONG_AGENT.name,
+        agent=SEGMENTED,
         undo_window_seconds=300,
         task="Pay back A-1054 in two parts.",
     )
@@ -115,5 +115,5 @@ def test_max_steps_above_200_needs_an_agent_that_continues_as_new(
 ) -> None:
     with pytest.raises(ValueError, match=r"max_steps: at most 200 for agent 'support-refunds'"):
         RunInput(agent="support-refunds", task="long", requested_by="dana", max_steps=500)
-    monkeypatch.setitem(AGENTS, LONG_AGENT.name, LONG_AGENT)
-    assert RunInput(agent=LONG_AGENT.name, task="long", requested_by="d", max_steps=10_000)
+    monkeypatch.setitem(AGENTS, SEGMENTED, segmented_agent())
+    assert RunInput(agent=SEGMENTED, task="long", requested_by="d", max_steps=10_000)

@@ -32,7 +32,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.runtime import Runtime
 from agents.run import AgentRun
-from agents.specs import AGENTS
+from agents.specs import AGENTS, AgentSpec
 from agents.state import RunInput, RunResult
 from workers.credentials import get_secret
 from workers.decisions import decide_as, rollback_request, sign_decision, wait_for_requests
@@ -178,9 +178,16 @@ async def compensated(client: Client) -> WorkflowHandle[Any, Any]:
 # which the first refund brings over 50.00 for the customer's week, so it waits for a support
 # lead (alice approves); step 5 reaches max_steps. Inside the undo window bob rolls the run
 # back: both refunds are reversed, newest first, across the segments.
-SEGMENTED_AGENT = AGENTS["support-refunds"].model_copy(
-    update={"name": "support-refunds-segmented", "segment_steps": 2, "max_steps": 5}
-)
+SEGMENTED = "support-refunds-segmented"
+
+
+def segmented_agent() -> AgentSpec:
+    """Made when needed, from the registered support-refunds agent."""
+    return AGENTS["support-refunds"].model_copy(
+        update={"name": SEGMENTED, "segment_steps": 2, "max_steps": 5}
+    )
+
+
 _LOOKUP = {"name": "orders.lookup", "arguments": {"order_id": "{order_id}"}}
 
 
@@ -204,12 +211,12 @@ TWO_PART_REFUND = {
 
 
 async def long_run(client: Client) -> WorkflowHandle[Any, Any]:
-    AGENTS[SEGMENTED_AGENT.name] = SEGMENTED_AGENT
+    AGENTS[SEGMENTED] = segmented_agent()
     first = await _start(
         client,
         "long-run",
         "Pay back A-1054 in two parts.",
-        agent=SEGMENTED_AGENT.name,
+        agent=SEGMENTED,
         undo_window_seconds=600,
     )
     latest = client.get_workflow_handle(first.id)  # decisions go to the latest segment

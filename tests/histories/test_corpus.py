@@ -18,9 +18,10 @@ from tests.e2e.test_cli import countersign
 from tests.histories.record import (
     PENDING_SCENARIOS,
     SCENARIOS,
-    SEGMENTED_AGENT,
+    SEGMENTED,
     SEGMENTED_SCENARIOS,
     SEGMENTS,
+    segmented_agent,
 )
 from tests.histories.variants import AgentRunThatChecksFirst, graph_without_approvals
 from workers.replay import load_histories, readable_text, replay
@@ -181,7 +182,7 @@ async def test_a_run_continued_as_new_replays_segment_by_segment(
 ) -> None:
     """long-run: three segments; each replays on its own from its carried input, and the last
     computes the recorded result (approved across a boundary, rolled back across two)."""
-    monkeypatch.setitem(AGENTS, SEGMENTED_AGENT.name, SEGMENTED_AGENT)
+    monkeypatch.setitem(AGENTS, SEGMENTED, segmented_agent())
     paths = sorted(SEGMENTS.glob("long-run.*.json"))
     reports = await replay(load_histories(paths))
     assert [r.deterministic for r in reports] == [True] * 3, [r.divergence for r in reports]
