@@ -101,6 +101,7 @@ async def test_refund_script_plays_lookup_then_refund_and_note_then_final(
     assert json.loads(search.function.arguments) == {
         "query": "refund the teapot arrived broken",
         "limit": 3,
+        "call_reason": "I need the refund policy that applies",
     }
     assert choice.message.content == (
         "Let me look up order A-1001.\norders.lookup: I need the captured amount\n"
