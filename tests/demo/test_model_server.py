@@ -121,8 +121,9 @@ async def test_refund_script_plays_lookup_then_refund_and_note_then_final(
         "order_id": "A-1001",
         "amount_cents": 4200,
         "reason": "Customer reports: the teapot arrived broken",
-        "call_reason": "The customer reports: the teapot arrived broken; "
-        "refunding the full captured amount.",
+        "call_reason": "The customer reports: the teapot arrived broken; refunding the full "
+        "captured amount, as the refund policy says "
+        "[refund-policy.md#damaged-or-defective-items:1].",
     }
     assert note.function.name == "crm.add_note"
     assert json.loads(note.function.arguments) == {
