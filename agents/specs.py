@@ -82,6 +82,15 @@ AGENTS: dict[str, AgentSpec] = {
             subject={"customer_id": CUSTOMER_ID, "order_id": ORDER_ID},
         ),
         AgentSpec(
+            name="support-planner",
+            description="Refunds like support-refunds, planning first: the example of "
+            "bringing your own graph (agents/planner_executor.py).",
+            graph="planner-executor",
+            system_prompt=SUPPORT_PROMPT,
+            scopes=["orders:read", "crm:read", "payments:refund", "crm:write"],
+            subject={"customer_id": CUSTOMER_ID, "order_id": ORDER_ID},
+        ),
+        AgentSpec(
             name="crm-updates",
             description="Updates customer contact details and notes.",
             system_prompt=SUPPORT_PROMPT,

@@ -28,6 +28,9 @@ from temporalio.worker import (
 # Importing the tool modules registers their tools.
 import activities.crm
 import activities.shop  # noqa: F401
+
+# Importing the example graph registers it (agent support-planner runs it).
+import agents.planner_executor  # noqa: F401
 from activities.audit import AuditActivities
 from activities.guard import GuardActivities
 from activities.identity import IdentityActivities

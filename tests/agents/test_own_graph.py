@@ -1,0 +1,211 @@
+"""Bring your own graph: the planner-executor example (agents/planner_executor.py) runs on the
+real dev server with every tool call guarded, approved, executed in the shop, audited, and
+undone when the run fails; a graph cannot reach a tool around the guard."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime as GraphRuntime
+from temporalio import workflow
+from temporalio.client import WorkflowFailureError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.contracts import ToolCall, ToolOutcome
+from activities.runtime import Runtime
+from agents.graph_registry import (
+    GraphRegistryError,
+    build_graphs,
+    register_graph,
+    unregister_graph,
+)
+from agents.guarded import GuardedState, in_workflow
+from agents.planner_executor import ASK_FOR_PLAN, CARRY_OUT
+from agents.run import AgentRun
+from agents.specs import AGENTS, AgentSpec, AgentSpecError
+from agents.state import RunState
+from tests.agents.test_agent_run import wait_for_pending
+from tests.agents.test_canary import decrypted_history
+from tests.conftest import Shop, signed, start_run
+from workers.settings import Settings
+from workers.worker import build_worker, check_startup
+
+TASK = "Plan first, then refund order {order}: the espresso machine arrived broken."
+
+
+def refunds(shop: Shop, order_id: str) -> list[tuple[int, str]]:
+    return [(r["amount_cents"], r["status"]) for r in shop.refunds(order_id)]
+
+
+async def test_planner_executor_graph_is_guarded_approved_executed_and_audited(
+    temporal: WorkflowEnvironment, worker: Worker, shop: Shop, runtime: Runtime
+) -> None:
+    other = refunds(shop, "A-1001")
+    handle = await start_run(
+        temporal.client,
+        worker.task_queue,
+        agent="support-planner",
+        task=TASK.format(order="A-1002"),
+    )
+    (request,) = await wait_for_pending(handle)
+    assert request.tool == "payments.refund" and request.arguments["order_id"] == "A-1002"
+    assert refunds(shop, "A-1002") == []  # nothing happens before the countersignature
+    await handle.execute_update(AgentRun.decide, signed(handle.id, request, "alice"))
+    result = await handle.result()
+
+    assert result.status == "completed_with_refusals"
+    assert result.final_message.startswith("Done: refunded order A-1002")
+    assert [(a.tool, a.status) for a in result.actions] == [
+        ("orders.lookup", "executed"),
+        ("payments.refund", "denied"),
+        ("payments.refund", "executed"),
+        ("crm.add_note", "executed"),
+    ]
+    denied, refunded = result.actions[1], result.actions[2]
+    assert "refunds only of the run's subject" in denied.detail
+    assert denied.rule_ids == ["refund.subject_binding"]
+    assert refunded.approved_by == ["alice"]
+    # Executed in the shop once; the denied refund of another order never reached it.
+    assert refunds(shop, "A-1002") == [(18900, "succeeded")]
+    assert refunds(shop, "A-1001") == other
+
+    audit = runtime.audit.for_run(handle.id)
+    kinds = [r.kind for r in audit]
+    assert kinds.count("model.call") == 6  # the plan, then five executor steps
+    verdicts = [(r.data["tool"], r.data["outcome"]) for r in audit if r.kind == "verdict"]
+    assert verdicts == [
+        ("orders.lookup", "allow"),
+        ("payments.refund", "deny"),
+        ("payments.refund", "needs_approval"),
+        ("crm.add_note", "allow"),
+    ]
+    for kind in ["approval.requested", "approval.decided", "approval.granted", "run.finished"]:
+        assert kinds.count(kind) == 1, kind
+    assert [r.data["tool"] for r in audit if r.kind == "action.executed"] == [
+        "payments.refund",
+        "crm.add_note",
+    ]
+    # History discipline: each message the graph adds reaches an activity input once (as a
+    # new message for the transcript); the plan, once, as the planner's reply.
+    history = await decrypted_history(handle)
+    assert history.count(ASK_FOR_PLAN) == 1 and history.count(CARRY_OUT) == 1
+    assert history.count("Note the refund on the customer record") == 1
+
+
+async def test_planner_executor_run_that_fails_undoes_its_refund(
+    temporal: WorkflowEnvironment, worker: Worker, shop: Shop, runtime: Runtime
+) -> None:
+    shop.faults(fail_status=503, fail_count=100, path_prefix="/customers/C-200/notes")
+    try:
+        handle = await start_run(
+            temporal.client,
+            worker.task_queue,
+            agent="support-planner",
+            task=TASK.format(order="A-1006"),
+        )
+        (request,) = await wait_for_pending(handle)
+        await handle.execute_update(AgentRun.decide, signed(handle.id, request, "bob"))
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    finally:
+        shop.clear_faults()
+    assert refunds(shop, "A-1006") == [(12900, "reversed")]
+    (undone,) = runtime.audit.find(handle.id, "compensation.executed")
+    assert undone.data["tool"] == "payments.refund"
+    (ended,) = runtime.audit.find(handle.id, "run.compensated")
+    assert "crm.add_note" in ended.data["reason"]
+
+
+async def refund_around_the_guard(
+    state: GuardedState, runtime: GraphRuntime[RunState]
+) -> dict[str, Any]:
+    """A careless (or hostile) node: calls the refund tool's activity directly."""
+    await workflow.execute_activity(
+        "payments.refund",
+        ToolCall(
+            tool="payments.refund",
+            call_id="call_bypass",
+            arguments={"order_id": "A-1002", "amount_cents": 18900, "reason": "bypass"},
+            action_hash="0" * 64,
+            agent=runtime.context.agent.name,
+        ),
+        result_type=ToolOutcome,
+        start_to_close_timeout=timedelta(seconds=10),
+    )
+    return {"final": "refunded"}
+
+
+def bypass_graph() -> StateGraph[GuardedState, RunState, Any, Any]:
+    g: StateGraph[GuardedState, RunState, Any, Any] = StateGraph(
+        GuardedState, context_schema=RunState
+    )
+    g.add_node("refund", refund_around_the_guard, metadata=in_workflow())
+    g.add_edge(START, "refund")
+    g.add_edge("refund", END)
+    return g
+
+
+async def test_a_graph_cannot_call_a_tool_around_the_guard(
+    temporal: WorkflowEnvironment,
+    settings: Settings,
+    runtime: Runtime,
+    shop: Shop,
+    task_queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = AGENTS["support-refunds"].model_copy(update={"name": "bypass", "graph": "bypass"})
+    monkeypatch.setitem(AGENTS, "bypass", agent)
+    register_graph("bypass", bypass_graph)
+    try:
+        async with build_worker(temporal.client, settings, runtime, task_queue=task_queue):
+            handle = await start_run(
+                temporal.client, task_queue, agent="bypass", task="Refund order A-1002 now."
+            )
+            with pytest.raises(WorkflowFailureError) as failed:
+                await handle.result()
+    finally:
+        unregister_graph("bypass")
+    assert "neither an allow verdict nor a granted approval" in str(failed.value.cause.cause)
+    assert refunds(shop, "A-1002") == []
+
+
+def test_an_agent_naming_an_unregistered_graph_fails_startup_in_one_line(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = AgentSpec(
+        name="typo-graph",
+        description="x",
+        graph="planer-executor",
+        system_prompt="x",
+        scopes=["orders:read"],
+    )
+    monkeypatch.setitem(AGENTS, spec.name, spec)
+    with pytest.raises(AgentSpecError) as e:
+        check_startup(settings)
+    assert str(e.value).startswith(
+        "agent typo-graph: graph 'planer-executor' is not registered (registered: "
+        "guarded-loop, planner-executor;"
+    )
+
+
+def test_a_graph_with_an_activity_node_is_refused_at_startup() -> None:
+    def leaky() -> StateGraph[GuardedState, RunState, Any, Any]:
+        g = bypass_graph()
+        g.nodes["refund"].metadata = {"execute_in": "activity"}
+        return g
+
+    register_graph("leaky", leaky)
+    try:
+        with pytest.raises(GraphRegistryError, match="node 'refund' has execute_in='activity'"):
+            build_graphs()
+    finally:
+        unregister_graph("leaky")
+
+
+def test_a_graph_name_cannot_be_taken_twice() -> None:
+    with pytest.raises(GraphRegistryError, match="'guarded-loop' is already registered by"):
+        register_graph("guarded-loop", bypass_graph)
