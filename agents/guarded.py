@@ -180,7 +180,7 @@ async def within_limits(state: GuardedState, runtime: Runtime[RunState]) -> str:
 
 async def stop(state: GuardedState, runtime: Runtime[RunState]) -> dict[str, Any]:
     """Say which limit stopped the run."""
-    return await loop.stop({}, runtime)
+    return dict(await loop.stop({}, runtime))
 
 
 def create_guarded_agent(

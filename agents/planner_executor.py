@@ -73,7 +73,7 @@ def build() -> StateGraph[PlannerState, RunState, Any, Any]:
         ("tools", guarded_tools),
         ("stop", stop),
     ]:
-        g.add_node(name, node, metadata=in_workflow())  # type: ignore[call-overload]
+        g.add_node(name, node, metadata=in_workflow())
     g.add_edge(START, "ask_for_plan")
     g.add_edge("ask_for_plan", "planner")
     g.add_conditional_edges("planner", after_planner, ["tools", "keep_plan", END])

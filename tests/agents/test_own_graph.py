@@ -4,7 +4,9 @@ undone when the run fails; a graph cannot reach a tool around the guard."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,6 +36,7 @@ from tests.conftest import Shop, signed, start_run
 from workers.settings import Settings
 from workers.worker import build_worker, check_startup
 
+README = Path(__file__).parent.parent.parent / "README.md"
 TASK = "Plan first, then refund order {order}: the espresso machine arrived broken."
 
 
@@ -209,3 +212,31 @@ def test_a_graph_with_an_activity_node_is_refused_at_startup() -> None:
 def test_a_graph_name_cannot_be_taken_twice() -> None:
     with pytest.raises(GraphRegistryError, match="'guarded-loop' is already registered by"):
         register_graph("guarded-loop", bypass_graph)
+
+
+async def test_the_readme_graph_runs_guarded(
+    temporal: WorkflowEnvironment,
+    settings: Settings,
+    runtime: Runtime,
+    task_queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    section = README.read_text().split("## Bring your own graph")[1].split("\n## ")[0]
+    (code,) = re.findall(r"```python\n(.*?)\n```", section, re.S)
+    agent = AGENTS["support-readonly"].model_copy(update={"name": "mine", "graph": "my-react"})
+    monkeypatch.setitem(AGENTS, "mine", agent)
+    exec(compile(code, "README.md", "exec"), {})  # registers "my-react"
+    try:
+        async with build_worker(temporal.client, settings, runtime, task_queue=task_queue):
+            handle = await start_run(
+                temporal.client, task_queue, agent="mine", task="Refund order A-1003: wobbly."
+            )
+            result = await handle.result()
+    finally:
+        unregister_graph("my-react")
+    assert [(a.tool, a.status) for a in result.actions] == [
+        ("orders.lookup", "executed"),
+        ("payments.refund", "denied"),
+        ("crm.add_note", "denied"),
+    ]
+    assert result.status == "completed_with_refusals"
