@@ -1,4 +1,5 @@
-"""The guarded loop: plan → guard → (approvals) → act → plan …, as a LangGraph graph.
+"""The guarded loop: plan → guard → (approvals) → act → plan …, the steps of every guarded
+graph (agents/guarded.py adapts these nodes to messages; the built-in graph is built there).
 
 The graph runs inside the AgentRun workflow through Temporal's LangGraph plugin, with every
 node marked `execute_in="workflow"`: the nodes are deterministic workflow code and each I/O is

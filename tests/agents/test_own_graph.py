@@ -33,6 +33,8 @@ from agents.state import RunState
 from tests.agents.test_agent_run import wait_for_pending
 from tests.agents.test_canary import decrypted_history
 from tests.conftest import Shop, signed, start_run
+from workers.codec import data_converter
+from workers.replay import replay
 from workers.settings import Settings
 from workers.worker import build_worker, check_startup
 
@@ -45,7 +47,7 @@ def refunds(shop: Shop, order_id: str) -> list[tuple[int, str]]:
 
 
 async def test_planner_executor_graph_is_guarded_approved_executed_and_audited(
-    temporal: WorkflowEnvironment, worker: Worker, shop: Shop, runtime: Runtime
+    temporal: WorkflowEnvironment, worker: Worker, shop: Shop, runtime: Runtime, settings: Settings
 ) -> None:
     other = refunds(shop, "A-1001")
     handle = await start_run(
@@ -97,6 +99,11 @@ async def test_planner_executor_graph_is_guarded_approved_executed_and_audited(
     history = await decrypted_history(handle)
     assert history.count(ASK_FOR_PLAN) == 1 and history.count(CARRY_OUT) == 1
     assert history.count("Note the refund on the customer record") == 1
+    # The graph is deterministic: its history replays to the same result.
+    live = [("live", await handle.fetch_history())]
+    (report,) = await replay(live, converter=data_converter(settings))
+    assert report.deterministic, report.divergence
+    assert report.result_matches and report.model_steps == 6 and report.verdicts == 4
 
 
 async def test_planner_executor_run_that_fails_undoes_its_refund(
