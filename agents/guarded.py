@@ -119,10 +119,12 @@ async def guarded_tools(state: GuardedState, runtime: Runtime[RunState]) -> dict
     proposals = proposals_of(last)
     if not proposals:
         return {}
-    guarded = (await loop.guard({"proposals": proposals}, runtime))["guarded"]
-    if await loop.after_guard({"guarded": guarded}, runtime) == "approvals":
-        await loop.approvals({"proposals": proposals, "guarded": guarded}, runtime)
-    acted = await loop.act({"guarded": guarded}, runtime)
+    # The built-in loop's nodes, in its order, each one's update applied as LangGraph would.
+    turn: loop.LoopState = {"proposals": proposals}
+    turn.update(await loop.guard(turn, runtime))
+    if await loop.after_guard(turn, runtime) == "approvals":
+        turn.update(await loop.approvals(turn, runtime))
+    acted = await loop.act(turn, runtime)
     names = {p.call_id: p.tool for p in proposals}
     seq = last.response_metadata.get(TRANSCRIPT_SEQ)
     return {

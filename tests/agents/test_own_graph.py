@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.messages import AIMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime as GraphRuntime
 from temporalio import workflow
@@ -25,7 +26,7 @@ from agents.graph_registry import (
     register_graph,
     unregister_graph,
 )
-from agents.guarded import GuardedState, in_workflow
+from agents.guarded import CALL_ORDER, GuardedState, in_workflow, proposals_of
 from agents.planner_executor import ASK_FOR_PLAN, CARRY_OUT
 from agents.run import AgentRun
 from agents.specs import AGENTS, AgentSpec, AgentSpecError
@@ -247,3 +248,24 @@ async def test_the_readme_graph_runs_guarded(
         ("crm.add_note", "denied"),
     ]
     assert result.status == "completed_with_refusals"
+
+
+def test_proposals_keep_the_models_order_with_malformed_calls_among_them() -> None:
+    reply = AIMessage(
+        content="  two refunds  ",
+        tool_calls=[
+            {"id": "a", "name": "orders.lookup", "args": {"order_id": "A-1001"}},
+            {"id": "c", "name": "crm.add_note", "args": {"customer_id": "C-100", "text": "x"}},
+        ],
+        invalid_tool_calls=[
+            {"id": "b", "name": "payments.refund", "args": "{", "error": "not JSON"},
+        ],
+        response_metadata={CALL_ORDER: ["a", "b", "c"]},
+    )
+    proposals = proposals_of(reply)
+    assert [(p.call_id, p.arguments_error) for p in proposals] == [
+        ("a", None),
+        ("b", "not JSON"),
+        ("c", None),
+    ]
+    assert {p.reason for p in proposals} == {"two refunds"}
