@@ -72,8 +72,12 @@ def in_workflow() -> dict[str, Any]:
 async def call_model(state: GuardedState, runtime: Runtime[RunState]) -> dict[str, Any]:
     """The guarded model call: one `model.plan` activity, returning the reply as an AIMessage."""
     messages = list(state.get("messages", []))
-    new = [_openai_message(m) for m in _since_last_reply(messages)]
-    out = await loop.plan({"seq": state.get("seq", 0), "observations": new}, runtime)
+    last, since = _last_reply(messages)
+    new = [_openai_message(m) for m in since]
+    # A state without `seq` (a plain MessagesState) still appends after the last reply,
+    # never over it.
+    seq = max(state.get("seq", 0), last.response_metadata[TRANSCRIPT_SEQ] if last else 0)
+    out = await loop.plan({"seq": seq, "observations": new}, runtime)
     proposals = out.get("proposals", [])
     reply = AIMessage(
         content=out.get("final", ""),
@@ -203,12 +207,14 @@ def create_guarded_agent(
     return g
 
 
-def _since_last_reply(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
-    """The messages after the guarded model's last reply: what its transcript lacks."""
+def _last_reply(
+    messages: Sequence[BaseMessage],
+) -> tuple[BaseMessage | None, list[BaseMessage]]:
+    """The guarded model's last reply, and the messages after it: what the transcript lacks."""
     for i in range(len(messages) - 1, -1, -1):
         if TRANSCRIPT_SEQ in messages[i].response_metadata:
-            return list(messages[i + 1 :])
-    return list(messages)
+            return messages[i], list(messages[i + 1 :])
+    return None, list(messages)
 
 
 def _text(message: BaseMessage) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.runtime import Runtime as GraphRuntime
 from temporalio import workflow
 from temporalio.client import WorkflowFailureError
@@ -26,13 +26,22 @@ from agents.graph_registry import (
     register_graph,
     unregister_graph,
 )
-from agents.guarded import CALL_ORDER, GuardedState, in_workflow, proposals_of
+from agents.guarded import (
+    CALL_ORDER,
+    GuardedState,
+    call_model,
+    guarded_tools,
+    in_workflow,
+    proposals_of,
+    tools_condition,
+)
 from agents.planner_executor import ASK_FOR_PLAN, CARRY_OUT
 from agents.run import AgentRun
 from agents.specs import AGENTS, AgentSpec, AgentSpecError
 from agents.state import RunState
 from tests.agents.test_agent_run import wait_for_pending
 from tests.agents.test_canary import decrypted_history
+from tests.agents.test_context_window import model_requests
 from tests.conftest import Shop, signed, start_run
 from workers.codec import data_converter
 from workers.replay import replay
@@ -48,7 +57,12 @@ def refunds(shop: Shop, order_id: str) -> list[tuple[int, str]]:
 
 
 async def test_planner_executor_graph_is_guarded_approved_executed_and_audited(
-    temporal: WorkflowEnvironment, worker: Worker, shop: Shop, runtime: Runtime, settings: Settings
+    temporal: WorkflowEnvironment,
+    worker: Worker,
+    shop: Shop,
+    runtime: Runtime,
+    settings: Settings,
+    model_url: str,
 ) -> None:
     other = refunds(shop, "A-1001")
     handle = await start_run(
@@ -100,6 +114,12 @@ async def test_planner_executor_graph_is_guarded_approved_executed_and_audited(
     history = await decrypted_history(handle)
     assert history.count(ASK_FOR_PLAN) == 1 and history.count(CARRY_OUT) == 1
     assert history.count("Note the refund on the customer record") == 1
+    # The model was sent the conversation the graph made: the planner's request, its plan,
+    # the executor's instruction, then each reply with its tool results.
+    (sent,) = [
+        r["roles"] for r in await model_requests(model_url) if r["task"].startswith("Plan first")
+    ][-1:]
+    assert sent == ["system", "user", "user", "assistant", "user"] + ["assistant", "tool"] * 4
     # The graph is deterministic: its history replays to the same result.
     live = [("live", await handle.fetch_history())]
     (report,) = await replay(live, converter=data_converter(settings))
@@ -269,3 +289,61 @@ def test_proposals_keep_the_models_order_with_malformed_calls_among_them() -> No
         ("c", None),
     ]
     assert {p.reason for p in proposals} == {"two refunds"}
+
+
+async def my_model(state: MessagesState, runtime: GraphRuntime[RunState]) -> dict[str, Any]:
+    """Nodes of one's own around the guarded parts: LangGraph gives a node only the keys of
+    the state its annotation names, so these never see GuardedState's `seq`."""
+    return await call_model(state, runtime)  # type: ignore[arg-type]
+
+
+async def my_tools(state: MessagesState, runtime: GraphRuntime[RunState]) -> dict[str, Any]:
+    return await guarded_tools(state, runtime)  # type: ignore[arg-type]
+
+
+def messages_state_agent() -> StateGraph[MessagesState, RunState, Any, Any]:
+    g: StateGraph[MessagesState, RunState, Any, Any] = StateGraph(
+        MessagesState, context_schema=RunState
+    )
+    g.add_node("model", my_model, metadata=in_workflow())
+    g.add_node("tools", my_tools, metadata=in_workflow())
+    g.add_edge(START, "model")
+    g.add_conditional_edges("model", tools_condition, ["tools", END])
+    g.add_edge("tools", "model")
+    return g
+
+
+async def test_a_plain_messages_state_graph_keeps_the_transcript_in_order(
+    temporal: WorkflowEnvironment,
+    settings: Settings,
+    runtime: Runtime,
+    task_queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+    model_url: str,
+) -> None:
+    # Without `seq` in the state, each model call still appends after the last reply: the
+    # scripted model plays its turns in order (a transcript written over would replay turn
+    # one until the step limit).
+    agent = AGENTS["support-readonly"].model_copy(update={"name": "plain", "graph": "plain"})
+    monkeypatch.setitem(AGENTS, "plain", agent)
+    register_graph("plain", messages_state_agent)
+    try:
+        async with build_worker(temporal.client, settings, runtime, task_queue=task_queue):
+            handle = await start_run(
+                temporal.client, task_queue, agent="plain", task="Refund order A-1003: plain."
+            )
+            result = await handle.result()
+    finally:
+        unregister_graph("plain")
+    assert result.steps == 3 and result.stop_reason is None
+    assert [(a.tool, a.status) for a in result.actions] == [
+        ("orders.lookup", "executed"),
+        ("payments.refund", "denied"),
+        ("crm.add_note", "denied"),
+    ]
+    sent = [r["roles"] for r in await model_requests(model_url) if "A-1003: plain." in r["task"]]
+    assert sent == [
+        ["system", "user"],
+        ["system", "user", "assistant", "tool"],
+        ["system", "user", "assistant", "tool", "assistant", "tool", "tool"],
+    ]
