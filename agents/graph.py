@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
 from langgraph.graph import END, StateGraph
@@ -187,7 +187,8 @@ async def approvals(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
     run.show("waiting for approval")
     await _wait_until_settled(run, opened)
     for request in opened:
-        await _notify(run, "settled", request)
+        if request.request_id not in run.announced:
+            await _notify(run, "settled", request)
         if request.status == "approved":
             await run.record(
                 "approval.granted",
@@ -227,11 +228,19 @@ async def _notify(run: RunState, event: str, request: ApprovalRequest) -> None:
 async def _wait_until_settled(run: RunState, requests: list[ApprovalRequest]) -> None:
     while True:
         await _record_decisions(run)
+        if run.reminds:
+            for r in requests:
+                if r.status != "pending" and r.request_id not in run.announced:
+                    run.announced.add(r.request_id)
+                    await _notify(run, "settled", r)
         pending = [r for r in requests if r.status == "pending"]
         if not pending:
             return
         run.show("waiting for approval")
-        wait = min(r.expires_at for r in pending) - workflow.now()
+        wake = min(r.expires_at for r in pending)
+        if run.reminds:
+            wake = min([wake, *(at for r in pending if (at := _reminder_due(run, r)))])
+        wait = wake - workflow.now()
         try:
             if wait <= timedelta(0):
                 raise TimeoutError
@@ -240,6 +249,30 @@ async def _wait_until_settled(run: RunState, requests: list[ApprovalRequest]) ->
             for r in pending:
                 if r.expires_at <= workflow.now():
                     await _expire_or_escalate(run, r)
+                elif run.reminds and (at := _reminder_due(run, r)) and at <= workflow.now():
+                    await _remind(run, r)
+
+
+def _reminder_due(run: RunState, r: ApprovalRequest) -> datetime | None:
+    """When the request's reminder is due, or None: no reminder for it, or already sent."""
+    if r.need.remind_before is None or f"{r.request_id}@{r.expires_at}" in run.reminded:
+        return None
+    return r.expires_at - r.need.remind_before
+
+
+async def _remind(run: RunState, r: ApprovalRequest) -> None:
+    """Remind those who may decide and have not, through the same notice as the request."""
+    run.reminded.add(f"{r.request_id}@{r.expires_at}")
+    not_them = {d.approver for d in r.decisions} | {r.requested_by, r.agent}
+    await run.record(
+        "approval.reminded",
+        {
+            "request_id": r.request_id,
+            "to": [p for p in r.need.eligible if p not in not_them],
+            "expires_at": r.expires_at.isoformat(),
+        },
+    )
+    await _notify(run, "reminder", r)
 
 
 async def _expire_or_escalate(run: RunState, r: ApprovalRequest) -> None:

@@ -49,6 +49,9 @@ RUN_REFUSALS = "run-refusals"
 # Since this patch, decisions, rollbacks and requesters count only when a signed statement
 # proves who is behind them (guardrails/identity.py); runs recorded before replay as they were.
 SIGNED_IDENTITIES = "signed-identities"
+# Since this patch, approvers who have not decided are reminded before a request expires, and
+# each request's outcome is announced as soon as it settles (links and the inbox follow).
+APPROVAL_REMINDERS = "approval-reminders"
 
 
 class StatementRefusedError(Exception):
@@ -305,6 +308,12 @@ class RunState:
     signed: bool = False
     # Why the run is failing, named where it is best known (the failed action or model call).
     failure: FailureCause | None = None
+    # Reminders are sent, and outcomes announced as each request settles (APPROVAL_REMINDERS).
+    reminds: bool = False
+    # Reminders sent, by request and expiry (an escalated request is reminded again).
+    reminded: set[str] = field(default_factory=set)
+    # Requests whose outcome was announced.
+    announced: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         # Every patch is decided here, when the run starts, before its first command: a patch
@@ -313,6 +322,7 @@ class RunState:
         # is asked again and answers the same (the SDK memoizes it).
         self.reconciles_unknown_outcomes = workflow.patched(RECONCILE_UNKNOWN_OUTCOMES)
         self.signed = workflow.patched(SIGNED_IDENTITIES)
+        self.reminds = workflow.patched(APPROVAL_REMINDERS)
         for later in (LOCAL_BOOKKEEPING, MODEL_BOUNDS_FROM_SETTINGS, ATOMIC_TURNS, RUN_REFUSALS):
             workflow.patched(later)
 

@@ -115,6 +115,9 @@ class Settings(BaseModel):
     # Who countersigns side effects in `augment` mode.
     augment_groups: list[str] = ["support-leads"]
     augment_timeout_minutes: int = Field(default=240, ge=1)
+    # Approvers who have not decided are reminded when this share of a request's time is left
+    # (0: no reminders).
+    remind_when_left: float = Field(default=0.25, ge=0, lt=1)
     # Who may do what besides deciding approval requests: verified identities in these groups.
     authority: dict[Authority, list[str]] = {}
     # Per agent: automate for a share of runs, demote on human overrides (guardrails/rollout.py).
@@ -134,6 +137,8 @@ class ApprovalNeed(BaseModel):
     # On expiry, hand the request to this group once instead of rejecting it.
     escalate_to: str | None = None
     escalate_members: list[str] = []
+    # Remind those who have not decided this long before the request expires (None: never).
+    remind_before: timedelta | None = None
     # Opt-in per rule (`@requester_may_approve("true")`): the run's *verified* requester may
     # confirm their own action (a customer confirming a payment). Never the default.
     requester_may_approve: bool = False
@@ -563,6 +568,7 @@ def decide(d: DecisionInput, policy: PolicyBundle) -> Verdict:
             eligible=sorted({m for g in groups for m in policy.members(g)}),
             quorum=1,
             timeout=timedelta(minutes=policy.settings.augment_timeout_minutes),
+            remind_before=_remind_before(policy.settings.augment_timeout_minutes, policy),
         )
     else:
         return verdict("allow", rule_ids, "within automatic limits", **facts)
@@ -577,6 +583,11 @@ def decide(d: DecisionInput, policy: PolicyBundle) -> Verdict:
     )
 
 
+def _remind_before(timeout_minutes: int, policy: PolicyBundle) -> timedelta | None:
+    share = policy.settings.remind_when_left
+    return timedelta(minutes=timeout_minutes * share) if share else None
+
+
 def _strictest(rules: list[Rule], policy: PolicyBundle) -> ApprovalNeed:
     def need(rule: Rule) -> ApprovalNeed:
         a = rule.annotations
@@ -585,6 +596,7 @@ def _strictest(rules: list[Rule], policy: PolicyBundle) -> ApprovalNeed:
         escalate = a.get("escalate_to")
         members = {m for g in groups for m in policy.members(g)}
         required_members = policy.members(required) if required else []
+        timeout_minutes = int(a.get("timeout_minutes", "240"))
         return ApprovalNeed(
             rule_id=rule.id,
             groups=groups,
@@ -592,7 +604,8 @@ def _strictest(rules: list[Rule], policy: PolicyBundle) -> ApprovalNeed:
             quorum=int(a.get("quorum", "1")),
             required_group=required,
             required_members=required_members,
-            timeout=timedelta(minutes=int(a.get("timeout_minutes", "240"))),
+            timeout=timedelta(minutes=timeout_minutes),
+            remind_before=_remind_before(timeout_minutes, policy),
             escalate_to=escalate,
             escalate_members=policy.members(escalate) if escalate else [],
             requester_may_approve=a.get("requester_may_approve") == "true",

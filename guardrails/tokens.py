@@ -106,8 +106,9 @@ class TokenStore:
         expires_at: datetime,
         details: dict[str, Any] | None = None,
     ) -> RequestRef:
-        """The reference of a request: the same one every time it is asked for. Its expiry
-        follows the request's: an escalated request's fresh links live as long as it does."""
+        """The reference of a request: the same one every time it is asked for. Its expiry and
+        details follow the request's latest notice: an escalated request's fresh links live as
+        long as it does, and the inbox sees who may decide now and whether it settled."""
         with self.db.transaction() as tx:
             tx.run(
                 "INSERT INTO refs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (workflow_id, request_id)"
@@ -121,6 +122,11 @@ class TokenStore:
                     json.dumps(details or {}),
                 ),
             )
+            if details is not None:
+                tx.run(
+                    "UPDATE refs SET details = ? WHERE workflow_id = ? AND request_id = ?",
+                    (json.dumps(details), workflow_id, request_id),
+                )
             row = tx.one(
                 f"SELECT {_REF_COLUMNS} FROM refs WHERE workflow_id = ? AND request_id = ?",
                 (workflow_id, request_id),
@@ -140,6 +146,17 @@ class TokenStore:
                 (workflow_id, request_id),
             )
         return _ref(row) if row else None
+
+    def pending(self, now: datetime | None = None) -> list[RequestRef]:
+        """Requests whose latest notice says pending and which have not expired, oldest expiry
+        first (the approver inbox filters them by who may decide)."""
+        with self.db.reader() as tx:
+            rows = tx.all(
+                f"SELECT {_REF_COLUMNS} FROM refs WHERE expires_at > ? ORDER BY expires_at",
+                (_iso(now or datetime.now(UTC)),),
+            )
+        refs = [_ref(row) for row in rows]
+        return [r for r in refs if r.details.get("status", "pending") == "pending"]
 
     # --- email decision tokens ---------------------------------------------------------------
 

@@ -583,6 +583,8 @@ class SecurityHeaders:
 
 
 def create_app(gateway: Gateway) -> Starlette:
+    from workers import inbox  # the inbox's routes use this module's Gateway
+
     app = Starlette(
         routes=[
             Route("/healthz", healthz),
@@ -590,6 +592,7 @@ def create_app(gateway: Gateway) -> Starlette:
             Route("/email/decide", email_confirm, methods=["GET"]),
             Route("/email/decide", email_decide, methods=["POST"]),
             Route("/webhook/decision", webhook_decision, methods=["POST"]),
+            *inbox.routes(),
         ]
     )
     app.state.gateway = gateway

@@ -15,6 +15,7 @@ from activities.transcript import TranscriptStore
 from guardrails.controls import KillSwitchFile, KillSwitchStore, KillSwitchTable
 from guardrails.database import Database, PostgresDatabase
 from guardrails.ledger import Ledger
+from guardrails.sessions import SessionStore
 from guardrails.tokens import TokenStore
 from workers.credentials import configure_keyring, get_secret
 from workers.settings import Settings
@@ -63,6 +64,11 @@ def open_transcripts(settings: Settings) -> TranscriptStore:
 
 def open_tokens(settings: Settings) -> TokenStore:
     return TokenStore(shared_database(settings) or settings.tokens_path)
+
+
+def open_sessions(settings: Settings) -> SessionStore:
+    """Inbox sign-in links and sessions: beside the approval links."""
+    return SessionStore(shared_database(settings) or settings.state_dir / "inbox.sqlite3")
 
 
 def open_kill_switch(settings: Settings) -> KillSwitchStore:

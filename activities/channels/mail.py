@@ -111,7 +111,10 @@ class EmailChannel:
             return {"revoked_links": revoked}
         sent, links_issued, no_address = [], [], []
         base = self.settings.gateway_url.rstrip("/") + DECIDE_PATH
+        decided = {d.approver for d in notice.request.decisions}
         for identity in deciders(notice.request):
+            if notice.event == "reminder" and identity in decided:
+                continue  # a reminder goes only to those who have not decided
             contact = self.directory.get(identity)
             if contact is None or not contact.email:
                 no_address.append(identity)
@@ -133,20 +136,24 @@ class EmailChannel:
         return {"to": sent, "links": links_issued, "no_address": no_address}
 
     async def _deliver(self, msg: EmailMessage) -> None:
-        conf = self.conf
-        try:
-            await aiosmtplib.send(
-                msg,
-                hostname=conf.smtp_host,
-                port=conf.smtp_port,
-                username=conf.smtp_username,
-                password=self._password,
-                use_tls=conf.smtp_security == "tls",
-                start_tls=conf.smtp_security == "starttls",
-                timeout=conf.timeout_seconds,
-            )
-        except aiosmtplib.SMTPResponseException as e:
-            # 4xx: try again later; 5xx: the server refuses this for good.
-            raise ChannelError("email", f"SMTP {e.code} {e.message}", retryable=e.code < 500) from e
-        except (aiosmtplib.SMTPException, OSError) as e:
-            raise ChannelError("email", f"SMTP: {type(e).__name__}: {e}", retryable=True) from e
+        await send_email(self.conf, self._password, msg)
+
+
+async def send_email(conf: EmailSettings, password: str | None, msg: EmailMessage) -> None:
+    """Deliver one message by SMTP, or ChannelError (retryable when worth trying again)."""
+    try:
+        await aiosmtplib.send(
+            msg,
+            hostname=conf.smtp_host,
+            port=conf.smtp_port,
+            username=conf.smtp_username,
+            password=password,
+            use_tls=conf.smtp_security == "tls",
+            start_tls=conf.smtp_security == "starttls",
+            timeout=conf.timeout_seconds,
+        )
+    except aiosmtplib.SMTPResponseException as e:
+        # 4xx: try again later; 5xx: the server refuses this for good.
+        raise ChannelError("email", f"SMTP {e.code} {e.message}", retryable=e.code < 500) from e
+    except (aiosmtplib.SMTPException, OSError) as e:
+        raise ChannelError("email", f"SMTP: {type(e).__name__}: {e}", retryable=True) from e

@@ -17,6 +17,7 @@ from activities.transcript import Fold, TranscriptStore
 from guardrails.controls import KillSwitch, KillSwitchTable
 from guardrails.database import Database, open_database
 from guardrails.ledger import Ledger
+from guardrails.sessions import SessionStore, SignInRefusedError
 from guardrails.tokens import TokenRefusedError, TokenStore
 from tests.guardrails.test_policy_properties import COUNTER, LIMIT, _today
 from workers.settings import SettingsError, load_settings
@@ -87,6 +88,26 @@ def test_a_link_issued_on_one_host_is_honoured_once_on_another(
         a.claim(token, now=NOW)
     assert e.value.reason == "used"
     assert a.revoke("run-1", "apr_1", now=NOW) == 0  # used, so nothing left to revoke
+
+
+def test_an_inbox_sign_in_and_its_session_work_on_any_host(
+    hosts: tuple[Database, Database],
+) -> None:
+    """The approver inbox behind several gateway hosts: the link from host A's email signs in
+    on host B, once; the session opened there is good on A; the pending list is shared."""
+    a, b = SessionStore(hosts[0]), SessionStore(hosts[1])
+    token = a.issue_sign_in("alice", now=NOW)
+    cookie, session = b.sign_in(token, now=NOW)
+    assert a.session(cookie, now=NOW) == session
+    with pytest.raises(SignInRefusedError):
+        a.sign_in(token, now=NOW)
+    a.sign_out(cookie)
+    assert b.session(cookie, now=NOW) is None
+    links_a, links_b = TokenStore(hosts[0]), TokenStore(hosts[1])
+    links_a.reference("run-1", "apr_1", "h", NOW + timedelta(hours=1), {"status": "pending"})
+    assert [r.request_id for r in links_b.pending(now=NOW)] == ["apr_1"]
+    links_a.reference("run-1", "apr_1", "h", NOW + timedelta(hours=1), {"status": "approved"})
+    assert links_b.pending(now=NOW) == []
 
 
 def test_concurrent_claims_from_many_hosts_have_exactly_one_winner(location: str) -> None:

@@ -93,3 +93,16 @@ def test_unknown_expired_and_revoked_tokens_are_refused(tmp_path: Path) -> None:
     with pytest.raises(TokenRefusedError) as e:
         store.check(late, now=NOW)
     assert e.value.reason == "revoked"
+
+
+def test_pending_follows_each_requests_latest_notice(tmp_path: Path) -> None:
+    """The inbox's list: pending and unexpired, as the latest notice says (settled drops out)."""
+    store = TokenStore(tmp_path / "links.sqlite3")
+    store.reference("run-1", "apr_1", "h1", NOW + timedelta(hours=4), {"status": "pending"})
+    store.reference("run-2", "apr_2", "h2", NOW + timedelta(hours=2), {"status": "pending"})
+    store.reference("run-3", "apr_3", "h3", NOW - timedelta(minutes=1), {"status": "pending"})
+    assert [r.request_id for r in store.pending(now=NOW)] == ["apr_2", "apr_1"]
+    store.reference("run-2", "apr_2", "h2", NOW + timedelta(hours=2), {"status": "approved"})
+    assert [r.request_id for r in store.pending(now=NOW)] == ["apr_1"]
+    # A lookup without details keeps what the last notice said.
+    assert store.reference("run-2", "apr_2", "h2", NOW).details == {"status": "approved"}

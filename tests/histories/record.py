@@ -149,6 +149,14 @@ async def timed_out(client: Client) -> WorkflowHandle[Any, Any]:
     return handle
 
 
+async def reminded(client: Client) -> WorkflowHandle[Any, Any]:
+    """Nobody answers (time-skipping server): reminded at 3 h, escalated to the duty managers
+    at 4 h, reminded again at 7 h, expired at 8 h (patch approval-reminders)."""
+    handle = await _start(client, "reminded", "Refund order A-1009: the lamp hums.")
+    await handle.result()
+    return handle
+
+
 async def compensated(client: Client) -> WorkflowHandle[Any, Any]:
     """A 48.00 refund and its note run automatically; inside the undo window alice rolls the
     run back, and both are compensated newest first (note deleted, refund reversed)."""
@@ -174,6 +182,7 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {
     "rejected": (rejected, False),
     "timed-out": (timed_out, True),
     "compensated": (compensated, False),
+    "reminded": (reminded, True),
 }
 PENDING_SCENARIOS: dict[str, str] = {}
 
