@@ -89,7 +89,7 @@ AGENTS: dict[str, AgentSpec] = {
             "bringing your own graph (agents/planner_executor.py).",
             graph="planner-executor",
             system_prompt=SUPPORT_PROMPT,
-            scopes=["orders:read", "crm:read", "payments:refund", "crm:write"],
+            scopes=["orders:read", "crm:read", "knowledge:read", "payments:refund", "crm:write"],
             subject={"customer_id": CUSTOMER_ID, "order_id": ORDER_ID},
         ),
         AgentSpec(

@@ -4,6 +4,7 @@ undone when the run fails; a graph cannot reach a tool around the guard."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -49,6 +50,23 @@ from workers.settings import Settings
 from workers.worker import build_worker, check_startup
 
 README = Path(__file__).parent.parent.parent / "README.md"
+# A look-up, then a refund (denied to a read-only agent), then the answer.
+LOOK_THEN_REFUND = {
+    "name": "look-then-refund",
+    "match": r"(?i)^look, then pay back (?P<order_id>[A-Z]-\d{4})",
+    "turns": [
+        {"tool_calls": [{"name": "orders.lookup", "arguments": {"order_id": "{order_id}"}}]},
+        {
+            "tool_calls": [
+                {
+                    "name": "payments.refund",
+                    "arguments": {"order_id": "{order_id}", "amount_cents": 100, "reason": "x"},
+                }
+            ]
+        },
+        {"say": "Done."},
+    ],
+}
 TASK = "Plan first, then refund order {order}: the espresso machine arrived broken."
 
 
@@ -248,7 +266,9 @@ async def test_the_readme_graph_runs_guarded(
     runtime: Runtime,
     task_queue: str,
     monkeypatch: pytest.MonkeyPatch,
+    scripts_dir: Path,
 ) -> None:
+    (scripts_dir / "look-then-refund.json").write_text(json.dumps(LOOK_THEN_REFUND))
     section = README.read_text().split("## Bring your own graph")[1].split("\n## ")[0]
     (code,) = re.findall(r"```python\n(.*?)\n```", section, re.S)
     agent = AGENTS["support-readonly"].model_copy(update={"name": "mine", "graph": "my-react"})
@@ -257,7 +277,10 @@ async def test_the_readme_graph_runs_guarded(
     try:
         async with build_worker(temporal.client, settings, runtime, task_queue=task_queue):
             handle = await start_run(
-                temporal.client, task_queue, agent="mine", task="Refund order A-1003: wobbly."
+                temporal.client,
+                task_queue,
+                agent="mine",
+                task="Look, then pay back A-1003: readme.",
             )
             result = await handle.result()
     finally:
@@ -265,7 +288,6 @@ async def test_the_readme_graph_runs_guarded(
     assert [(a.tool, a.status) for a in result.actions] == [
         ("orders.lookup", "executed"),
         ("payments.refund", "denied"),
-        ("crm.add_note", "denied"),
     ]
     assert result.status == "completed_with_refusals"
 
@@ -320,7 +342,9 @@ async def test_a_plain_messages_state_graph_keeps_the_transcript_in_order(
     task_queue: str,
     monkeypatch: pytest.MonkeyPatch,
     model_url: str,
+    scripts_dir: Path,
 ) -> None:
+    (scripts_dir / "look-then-refund.json").write_text(json.dumps(LOOK_THEN_REFUND))
     # Without `seq` in the state, each model call still appends after the last reply: the
     # scripted model plays its turns in order (a transcript written over would replay turn
     # one until the step limit).
@@ -330,7 +354,10 @@ async def test_a_plain_messages_state_graph_keeps_the_transcript_in_order(
     try:
         async with build_worker(temporal.client, settings, runtime, task_queue=task_queue):
             handle = await start_run(
-                temporal.client, task_queue, agent="plain", task="Refund order A-1003: plain."
+                temporal.client,
+                task_queue,
+                agent="plain",
+                task="Look, then pay back A-1003: plain.",
             )
             result = await handle.result()
     finally:
@@ -339,11 +366,10 @@ async def test_a_plain_messages_state_graph_keeps_the_transcript_in_order(
     assert [(a.tool, a.status) for a in result.actions] == [
         ("orders.lookup", "executed"),
         ("payments.refund", "denied"),
-        ("crm.add_note", "denied"),
     ]
     sent = [r["roles"] for r in await model_requests(model_url) if "A-1003: plain." in r["task"]]
     assert sent == [
         ["system", "user"],
         ["system", "user", "assistant", "tool"],
-        ["system", "user", "assistant", "tool", "assistant", "tool", "tool"],
+        ["system", "user", "assistant", "tool", "assistant", "tool"],
     ]
