@@ -258,7 +258,11 @@ def guarded_tool(
         if not fn.__doc__:
             raise ToolDeclarationError(f"{where} needs a docstring: the model reads it")
         if name in REGISTRY and REGISTRY[name].fn is not fn:
-            raise ToolDeclarationError(f"{where}: a tool named {name} is already registered")
+            first = REGISTRY[name].fn
+            raise ToolDeclarationError(
+                f"{where}: a tool named {name} is already registered "
+                f"({first.__module__}.{first.__qualname__})"
+            )
         REGISTRY[name] = ToolSpec(
             name=name,
             scope=scope,

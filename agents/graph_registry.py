@@ -8,21 +8,21 @@ LangGraph plugin edits the graph it is given, so every worker builds its own):
     @guarded_graph("planner-executor")
     def build() -> StateGraph: ...
 
-or `register_graph("planner-executor", build)` (what plugin discovery calls). The worker
-builds every registered graph at start-up and checks that each node runs in the workflow
-(see agents/guarded.py: an activity node would copy the conversation into history) and that
-every agent's graph is registered.
+or `register_graph("planner-executor", build)`. A plugin's module registers its graphs as it
+is imported (workers/plugins.py: entry point `countersign.graphs`, or any module the plugin
+loads). The worker builds every registered graph at start-up and checks that each node runs
+in the workflow (see agents/guarded.py: an activity node would copy the conversation into
+history), and that every agent's graph is registered (agents.specs.check_agent_graphs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from langgraph.graph import StateGraph
 
 from agents.graph import GRAPH_NAME, build_graph
-from agents.specs import AgentSpec, AgentSpecError
 
 GraphBuilder = Callable[[], StateGraph[Any, Any, Any, Any]]
 
@@ -84,17 +84,6 @@ def build_graphs() -> dict[str, StateGraph[Any, Any, Any, Any]]:
                 )
         graphs[name] = g
     return graphs
-
-
-def check_agent_graphs(agents: Mapping[str, AgentSpec]) -> None:
-    """Every agent's graph is registered: a typo would fail each of its runs."""
-    for agent in agents.values():
-        if agent.graph not in _BUILDERS:
-            raise AgentSpecError(
-                f"agent {agent.name}: graph {agent.graph!r} is not registered (registered: "
-                f"{', '.join(graph_names())}; register it with "
-                "agents.graph_registry.register_graph or @guarded_graph)"
-            )
 
 
 def _where(builder: GraphBuilder) -> str:

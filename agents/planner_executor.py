@@ -7,7 +7,7 @@ out, every tool call guarded.
 
 `planner` and `executor` are the guarded model call, `tools` the guarded tool node
 (agents/guarded.py); `ask_for_plan` and `keep_plan` are this graph's own. Agent
-`support-planner` (agents/specs.py) runs it: `countersign start --agent support-planner ...`.
+`support-planner` (demo/plugin.py) runs it: `countersign start --agent support-planner ...`.
 """
 
 from __future__ import annotations

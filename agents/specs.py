@@ -1,13 +1,15 @@
 """Agents: a named LangGraph graph, a system prompt, a model, and the scopes it is granted.
 
-Pure data, importable from workflow code: adding an agent is one entry here.
+Pure data, importable from workflow code. Agents come from plugins (workers/plugins.py): a
+list of AgentSpec in a module, or an agents file (agents.toml).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ContextWindow(BaseModel):
@@ -28,16 +30,14 @@ class ContextWindow(BaseModel):
     fold_every: int = Field(default=8, ge=1)
 
 
-# Subject fields and the values each accepts (the run's subject is validated at start).
-CUSTOMER_ID = r"^C-\d{3}$"
-ORDER_ID = r"^[A-Z]-\d{4}$"
-
-
 class AgentSpecError(Exception):
     """An agent is declared wrongly (checked when the worker starts)."""
 
 
 class AgentSpec(BaseModel):
+    # A misspelt field in an agents file is an error, not a setting silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
     name: str
     description: str
     graph: str = "guarded-loop"
@@ -56,51 +56,33 @@ class AgentSpec(BaseModel):
     # None: the model is sent the whole conversation on every step.
     context: ContextWindow | None = None
 
+    @field_validator("subject")
+    @classmethod
+    def _patterns_compile(cls, subject: dict[str, str]) -> dict[str, str]:
+        # A pattern that does not compile would fail every run's start, not this one.
+        for name, pattern in subject.items():
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"{name}: {pattern!r} is not a regular expression: {e}") from None
+        return subject
 
-SUPPORT_PROMPT = """\
-You are a customer-support operations agent for an online shop.
-You act only through the tools you are given; every side effect is checked by a guard and
-may wait for a human to countersign it. Look things up before you act, never guess amounts,
-and state your reason for every action in one sentence. Money is in integer cents.
-Search the knowledge base for the policy that applies and cite each passage your reason relies
-on by writing its ref in square brackets, e.g. [refund-policy.md#limits:1].
-When the task is done, reply with a short summary and no tool calls."""
 
-AGENTS: dict[str, AgentSpec] = {
-    spec.name: spec
-    for spec in [
-        AgentSpec(
-            name="support-refunds",
-            description="Handles refund requests: looks up orders, refunds, notes the CRM.",
-            system_prompt=SUPPORT_PROMPT,
-            scopes=["orders:read", "crm:read", "knowledge:read", "payments:refund", "crm:write"],
-            subject={"customer_id": CUSTOMER_ID, "order_id": ORDER_ID},
-        ),
-        AgentSpec(
-            name="support-readonly",
-            description="Answers questions about orders and customers; can change nothing.",
-            system_prompt=SUPPORT_PROMPT,
-            scopes=["orders:read", "crm:read", "knowledge:read"],
-            subject={"customer_id": CUSTOMER_ID, "order_id": ORDER_ID},
-        ),
-        AgentSpec(
-            name="support-planner",
-            description="Refunds like support-refunds, planning first: the example of "
-            "bringing your own graph (agents/planner_executor.py).",
-            graph="planner-executor",
-            system_prompt=SUPPORT_PROMPT,
-            scopes=["orders:read", "crm:read", "knowledge:read", "payments:refund", "crm:write"],
-            subject={"customer_id": CUSTOMER_ID, "order_id": ORDER_ID},
-        ),
-        AgentSpec(
-            name="crm-updates",
-            description="Updates customer contact details and notes.",
-            system_prompt=SUPPORT_PROMPT,
-            scopes=["crm:read", "knowledge:read", "crm:write"],
-            subject={"customer_id": CUSTOMER_ID},
-        ),
-    ]
-}
+# Every declared agent, by name: filled at start-up from the installed plugins
+# (workers/plugins.py; Countersign's own demo agents are the `demo` plugin, demo/plugin.py).
+AGENTS: dict[str, AgentSpec] = {}
+# Who declared each agent (a plugin's name), to name both sides of a duplicate.
+_DECLARED_BY: dict[str, str] = {}
+
+
+def register_agents(specs: list[AgentSpec], plugin: str) -> None:
+    """Add a plugin's agents; a name another plugin already declared is an AgentSpecError."""
+    for spec in specs:
+        first = _DECLARED_BY.get(spec.name)
+        if first is not None and first != plugin:
+            raise AgentSpecError(f"agent {spec.name!r} is already declared by plugin {first!r}")
+        AGENTS[spec.name] = spec
+        _DECLARED_BY[spec.name] = plugin
 
 
 def subject_fields() -> list[str]:
@@ -118,3 +100,13 @@ def check_agent_scopes(agents: dict[str, AgentSpec], tool_scopes: set[str]) -> N
                     f"agent {agent.name}: scope {scope!r} matches no registered tool "
                     f"(tool scopes: {', '.join(sorted(tool_scopes))})"
                 )
+
+
+def check_agent_graphs(agents: dict[str, AgentSpec], hosted: set[str]) -> None:
+    """Every agent's graph is one the worker hosts: otherwise its runs would start and fail."""
+    for agent in agents.values():
+        if agent.graph not in hosted:
+            raise AgentSpecError(
+                f"agent {agent.name}: graph {agent.graph!r} is not hosted by this worker "
+                f"(graphs: {', '.join(sorted(hosted))})"
+            )

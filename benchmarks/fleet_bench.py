@@ -35,7 +35,6 @@ from pathlib import Path
 
 import psycopg
 
-import workers.worker  # noqa: F401  (registers the tools)
 from activities.runtime import Runtime
 from activities.tools import tool_schemas
 from agents.specs import AGENTS
@@ -48,8 +47,12 @@ from guardrails.policy import decide, load_policy
 from tests.histories.record import fresh_stack
 from workers.devstack import Postgres, free_port, start_postgres
 from workers.logging import configure_logging
+from workers.plugins import load
 from workers.state import close_shared_databases
 from workers.worker import build_worker, check_startup
+
+# The demo's tools and agents, as a worker finds them.
+load(["demo"])
 
 PARTS = ["deciders", "overhead"]
 

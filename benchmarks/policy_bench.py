@@ -12,10 +12,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import workers.worker  # noqa: F401  (registers the tools)
 from activities.tools import REGISTRY, tool_schemas
 from guardrails.ledger import Ledger
 from guardrails.policy import DecisionInput, Proposal, decide, load_policy
+from workers.plugins import load
+
+# The demo's tools and agents, as a worker finds them.
+load(["demo"])
 
 POLICY = load_policy(tools=tool_schemas())
 REFUND = REGISTRY["payments.refund"]

@@ -35,8 +35,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from agents.run import AgentRun
-from agents.specs import AGENTS, SUPPORT_PROMPT, AgentSpec
+from agents.specs import AGENTS, AgentSpec
 from agents.state import RunInput
+from demo.plugin import SUPPORT_PROMPT
 from guardrails.audit import AuditStore, open_store
 from guardrails.audit_signing import CheckpointSigner, generate_signing_key
 from tests.histories.record import fresh_stack

@@ -21,29 +21,29 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.runtime import Runtime
-from agents import search_attributes
 from agents.run import AgentRun
-from agents.state import RunInput, RunResult
-from guardrails.approvals import ApprovalRequest
-from guardrails.identity import Envelope
+from agents.state import RunResult
+from countersign import testing
 from guardrails.policy import DEFAULT_POLICY_PATH
 from workers.audit import ensure_signing_key
-from workers.codec import PayloadKeys, data_converter
+from workers.codec import PayloadKeys
 from workers.credentials import configure_keyring, set_secret
-from workers.decisions import sign_decision, signed_start
 from workers.devstack import (
-    DEV_SERVER_TUNING,
     Postgres,
     free_port,
     postgres_bin_dir,
     start_model_server,
     start_postgres,
     start_shop,
-    temporal_binary,
 )
-from workers.identities import ensure_dev_directory, signer_for
+from workers.identities import ensure_dev_directory
+from workers.plugins import load
 from workers.settings import Settings, SystemSettings
 from workers.worker import build_worker, check_startup
+
+# The demo plugin's tools and agents, found through its entry points as a worker finds them,
+# before any test reads the registries. Only the demo: other installed plugins stay out.
+load(["demo"])
 
 SHOP_TOKEN = "test-shop-token-" + uuid.uuid4().hex
 # Debian's chromium, as Playwright must launch it here (never `playwright install`): headless,
@@ -164,6 +164,7 @@ def settings(state_dir: Path, shop: Shop, model_url: str, session_policy: Path) 
     settings = Settings(
         policy_path=session_policy,
         state_dir=state_dir,
+        plugins=["demo"],
         openai_base_url=model_url,
         systems={"shop": SystemSettings(url=shop.url, credential="shop")},
         tool_start_to_close_seconds=5,
@@ -208,15 +209,8 @@ def runtime(settings: Settings) -> Runtime:
 @pytest.fixture(scope="session")
 async def temporal(settings: Settings) -> AsyncIterator[WorkflowEnvironment]:
     """The dev server; its client encrypts payloads exactly as the worker's `connect()` does."""
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(),
-        data_converter=data_converter(settings),
-        dev_server_extra_args=DEV_SERVER_TUNING,
-        search_attributes=search_attributes.KEYS,
-        ui=False,
-    )
-    yield env
-    await env.shutdown()
+    async with testing.dev_server(settings) as env:
+        yield env
 
 
 @pytest.fixture
@@ -260,27 +254,17 @@ async def start_run(
         # the same order from the task). Tests of runs without a subject pass subject={}.
         order = re.search(r"\b[A-Z]-\d{4}\b", run_input.get("task", ""))
         run_input["subject"] = {"order_id": order[0]} if order else {}
-    workflow_id = workflow_id or f"run-{uuid.uuid4().hex[:12]}"
-    if signed_requester:
-        typed = RunInput.model_validate(run_input)
-        signer = signer_for(typed.requested_by)
-        run_input = signed_start(signer, workflow_id, typed).model_dump(mode="json")
-    return await client.start_workflow(
-        AgentRun.run,
-        run_input,
-        id=workflow_id,
-        task_queue=task_queue,
+    return await testing.start_run(
+        client,
+        task_queue,
+        workflow_id=workflow_id,
         execution_timeout=execution_timeout,
+        signed_requester=signed_requester,
+        **run_input,
     )
 
 
-def signed(
-    workflow_id: str, request: ApprovalRequest, who: str, approve: bool = True, **kw: Any
-) -> Envelope:
-    """`who`'s decision on `request`, signed with their key from the session keyring."""
-    return sign_decision(
-        signer_for(who), workflow_id, request.request_id, request.action_hash, approve=approve, **kw
-    )
+signed = testing.signed
 
 
 async def wait_for_undo_window(handle: WorkflowHandle[Any, Any]) -> None:

@@ -115,8 +115,10 @@ async def cmd_start(args: argparse.Namespace, settings: Settings) -> None:
     from workers.credentials import configure_keyring
     from workers.decisions import signed_start
     from workers.identities import signer_for
+    from workers.plugins import apply_plugins
     from workers.worker import connect
 
+    apply_plugins(settings)  # the agents a run can name, as the worker finds them
     raw = {
         "agent": args.agent,
         "task": args.task,
@@ -366,10 +368,11 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _load(path: str | None, settings: Settings) -> Any:
-    import workers.worker  # noqa: F401  (registers the tools the schema is generated from)
     from activities.tools import tool_schemas
     from guardrails.policy import PolicyError, load_policy
+    from workers.plugins import apply_plugins
 
+    settings = apply_plugins(settings)  # the tools the schema is generated from
     try:
         return load_policy(path or settings.policy_path, tool_schemas())
     except PolicyError as e:
@@ -496,8 +499,10 @@ def print_verification(report: VerifyReport, location: str) -> None:
 
 
 async def cmd_replay(args: argparse.Namespace, settings: Settings) -> None:
+    from workers.plugins import apply_plugins
     from workers.replay import load_histories, replay, save_history
 
+    apply_plugins(settings)  # the agents the recorded runs name
     if not args.runs and not args.file:
         raise CliError("name a RUN (workflow id) to fetch from Temporal, or --file history.json")
     if args.save and len(args.runs) != 1:
@@ -546,6 +551,21 @@ async def cmd_stats(args: argparse.Namespace, settings: Settings) -> None:
     records = open_audit_store(settings).between(since, until)
     stats = compute_stats(records, since=since, until=until, prices=settings.model_prices)
     print(stats.model_dump_json(indent=2) if args.output == "json" else format_stats(stats))
+
+
+async def cmd_init(args: argparse.Namespace, settings: Settings) -> None:
+    from pathlib import Path
+
+    from workers.scaffold import ScaffoldError, init_project
+
+    try:
+        root = init_project(args.name, Path(args.dir))
+    except ScaffoldError as e:
+        raise CliError(str(e)) from e
+    print(
+        f"created {root}: a tool, an agent, a policy and their tests; next: "
+        f"cd {root} && pip install -e '.[dev]' && pytest"
+    )
 
 
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
@@ -663,6 +683,9 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     add("dev", cmd_dev, "run the embedded dev stack (Temporal + UI, shop, model, worker)")
     add("worker", cmd_worker, "run a worker against the configured Temporal")
+    init = add("init", cmd_init, "create a project of your own: a tool, an agent, a policy")
+    init.add_argument("name", help="project name, e.g. acme-helpdesk")
+    init.add_argument("--dir", default=".", help="where to create it (default: here)")
     gateway = add("gateway", cmd_gateway, "run the approval gateway (Slack, email links, webhooks)")
     gateway.add_argument("--host", default="127.0.0.1", help="bind address")
     gateway.add_argument("--port", type=int, help="default: the port of COUNTERSIGN_GATEWAY_URL")
@@ -798,6 +821,7 @@ def main(argv: list[str] | None = None) -> None:
     from workers.credentials import CredentialError
     from workers.devstack import DevStackError
     from workers.logging import configure_logging
+    from workers.plugins import PluginError
     from workers.worker import TemporalUnreachable
 
     args = parser().parse_args(argv)
@@ -842,6 +866,7 @@ def main(argv: list[str] | None = None) -> None:
         SearchAttributesMissing,
         ToolDeclarationError,
         AgentSpecError,
+        PluginError,
     ) as e:
         print(f"countersign: {e}", file=sys.stderr)
         code = 1 if isinstance(e, RPCError) and e.status == RPCStatusCode.UNAVAILABLE else 2

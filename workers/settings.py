@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     model_prices: dict[str, tuple[float, float]] = {}
 
     state_dir: Path = Path(".countersign")
+    # Plugins (workers/plugins.py) to load: installed plugin names or module paths,
+    # "demo,my_pkg.tools"; unset: every installed plugin. An agents file of this project.
+    plugins: Annotated[list[str] | None, NoDecode] = None
+    agents_file: Path | None = None
     policy_path: Path = DEFAULT_POLICY_PATH
     # A candidate policy evaluated beside the active one; its flips are recorded, never enforced.
     candidate_policy_path: Path | None = None
@@ -191,7 +195,7 @@ class Settings(BaseSettings):
     # Fields whose values are personal data, redacted from logs and audit: "email,phone".
     pii_fields: Annotated[list[str], NoDecode] = []
 
-    @field_validator("pii_fields", mode="before")
+    @field_validator("pii_fields", "plugins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):

@@ -25,13 +25,6 @@ from temporalio.worker import (
     Worker,
 )
 
-# Importing the tool modules registers their tools.
-import activities.crm
-import activities.knowledge
-import activities.shop  # noqa: F401
-
-# Importing the example graph registers it (agent support-planner runs it).
-import agents.planner_executor  # noqa: F401
 from activities.audit import AuditActivities
 from activities.guard import GuardActivities
 from activities.identity import IdentityActivities
@@ -49,15 +42,16 @@ from activities.tools import (
 )
 from agents import search_attributes
 from agents.graph import GRAPH_NAME
-from agents.graph_registry import build_graphs, check_agent_graphs
+from agents.graph_registry import build_graphs, graph_names
 from agents.run import AgentRun
-from agents.specs import AGENTS, check_agent_scopes
+from agents.specs import AGENTS, check_agent_graphs, check_agent_scopes
 from guardrails.identity import Directory, IdentityError
 from guardrails.knowledge import KnowledgeError
 from guardrails.money import set_currency
 from guardrails.policy import PolicyBundle, PolicyError
 from workers.codec import data_converter
 from workers.credentials import CredentialError, configure_keyring, get_secret
+from workers.plugins import apply_plugins
 from workers.settings import Settings, SettingsError
 from workers.telemetry import client_interceptors, temporal_runtime
 
@@ -68,8 +62,7 @@ WORKFLOWS: list[type] = [AgentRun]
 
 
 def plugins(graph: StateGraph[Any, Any, Any, Any] | None = None) -> list[LangGraphPlugin]:
-    """The LangGraph plugin with a fresh graph of every registered name (the plugin mutates
-    the graphs it is given).
+    """The LangGraph plugin with a fresh graph (the plugin mutates the graph it is given).
 
     `graph` replaces the guarded loop, for tests that replay against a changed graph."""
     graphs = build_graphs()
@@ -179,13 +172,15 @@ class _ActivityIds(ActivityInboundInterceptor):
 
 def check_startup(settings: Settings) -> Runtime:
     """Everything that would otherwise fail mid-run fails here, in one line that says what to
-    fix: tool declarations (business keys, compensations), agent scopes, the systems the
-    tools call and their credentials, the keyring backend and the channels' secrets, the
-    policy and what it names."""
+    fix: the plugins (workers/plugins.py) that bring the tools, agents, systems and policy;
+    tool declarations (business keys, compensations), agent scopes, the systems the tools
+    call and their credentials, the keyring backend and the channels' secrets, the policy
+    and what it names."""
+    settings = apply_plugins(settings)
     set_currency(settings.currency)
     validate_registry()
     check_agent_scopes(AGENTS, {spec.scope for spec in REGISTRY.values()})
-    check_agent_graphs(AGENTS)
+    check_agent_graphs(AGENTS, set(graph_names()))
     configure_keyring(settings)
     check_systems(settings)
     # A configured notification channel without its secret would fail every notice.

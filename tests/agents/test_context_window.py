@@ -16,7 +16,8 @@ from temporalio.worker import Worker
 
 from activities.context import fold_point
 from activities.runtime import Runtime
-from agents.specs import AGENTS, SUPPORT_PROMPT, AgentSpec, ContextWindow
+from agents.specs import AGENTS, AgentSpec, ContextWindow
+from demo.plugin import SUPPORT_PROMPT
 from tests.conftest import start_run
 
 STEPS = 30

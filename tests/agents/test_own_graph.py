@@ -235,9 +235,9 @@ def test_an_agent_naming_an_unregistered_graph_fails_startup_in_one_line(
     monkeypatch.setitem(AGENTS, spec.name, spec)
     with pytest.raises(AgentSpecError) as e:
         check_startup(settings)
-    assert str(e.value).startswith(
-        "agent typo-graph: graph 'planer-executor' is not registered (registered: "
-        "guarded-loop, planner-executor;"
+    assert str(e.value) == (
+        "agent typo-graph: graph 'planer-executor' is not hosted by this worker "
+        "(graphs: guarded-loop, planner-executor)"
     )
 
 

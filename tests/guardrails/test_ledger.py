@@ -9,12 +9,16 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-import workers.worker  # noqa: F401  (registers the tools)
 from activities.tools import REGISTRY
 from guardrails.ledger import NO_KEY, Ledger, key_of
 from guardrails.policy import Counter, DecisionInput, Proposal, Verdict
 from guardrails.policy import decide as policy_decide
 from tests.guardrails.test_policy import ORDER, POLICY
+from workers.plugins import load
+
+# The demo's tools and agents, as a worker finds them (here too in spawned processes,
+# which never run tests/conftest.py).
+load(["demo"])
 
 NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-import workers.worker  # noqa: F401  (registers the tools)
 from activities.tools import REGISTRY, tool_schemas
 from guardrails.policy import (
     DEFAULT_POLICY_PATH,
@@ -23,6 +22,11 @@ from guardrails.policy import (
     decide,
     load_policy,
 )
+from workers.plugins import load
+
+# The demo's tools and agents, as a worker finds them (here too in spawned processes,
+# which never run tests/conftest.py).
+load(["demo"])
 
 POLICY = load_policy(tools=tool_schemas())
 SCOPES = ["orders:read", "crm:read", "payments:refund", "crm:write"]

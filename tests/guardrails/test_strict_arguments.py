@@ -10,9 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-import workers.worker  # noqa: F401  (registers the tools)
 from activities.tools import REGISTRY, validate_arguments
 from tests.guardrails.test_policy import decision
+from workers.plugins import load
+
+# The demo's tools and agents, as a worker finds them (here too in spawned processes,
+# which never run tests/conftest.py).
+load(["demo"])
 
 # One valid call of every registered tool.
 VALID: dict[str, dict[str, Any]] = {
