@@ -171,7 +171,7 @@ def test_an_agent_whose_graph_is_not_hosted_stops_the_worker(
     done = worker(settings, tmp_path, COUNTERSIGN_AGENTS_FILE=str(path))
     assert one_line(done) == (
         "agent planner: graph 'plan-and-execute' is not hosted by this worker "
-        "(graphs: guarded-loop)"
+        "(graphs: guarded-loop, planner-executor)"
     )
 
 
