@@ -23,14 +23,16 @@ from typing import Any
 from langgraph.graph import StateGraph
 
 from agents.graph import GRAPH_NAME, build_graph
+from agents.specs import AgentSpecError
 
 GraphBuilder = Callable[[], StateGraph[Any, Any, Any, Any]]
 
 _BUILDERS: dict[str, GraphBuilder] = {}
 
 
-class GraphRegistryError(Exception):
-    """A graph is registered or built wrongly (raised at registration or worker start-up)."""
+class GraphRegistryError(AgentSpecError):
+    """A graph is registered or built wrongly (raised at registration or worker start-up);
+    an agent's declaration error, as agents are their graphs."""
 
 
 def register_graph(name: str, builder: GraphBuilder) -> GraphBuilder:

@@ -42,7 +42,7 @@ from activities.tools import (
 )
 from agents import search_attributes
 from agents.graph import GRAPH_NAME
-from agents.graph_registry import build_graphs, graph_names
+from agents.graph_registry import build_graphs
 from agents.run import AgentRun
 from agents.specs import AGENTS, check_agent_graphs, check_agent_scopes
 from guardrails.identity import Directory, IdentityError
@@ -180,7 +180,8 @@ def check_startup(settings: Settings) -> Runtime:
     set_currency(settings.currency)
     validate_registry()
     check_agent_scopes(AGENTS, {spec.scope for spec in REGISTRY.values()})
-    check_agent_graphs(AGENTS, set(graph_names()))
+    # Built once here too, so a graph declared wrongly stops the start before Temporal.
+    check_agent_graphs(AGENTS, set(build_graphs()))
     configure_keyring(settings)
     check_systems(settings)
     # A configured notification channel without its secret would fail every notice.
