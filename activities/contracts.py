@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from guardrails.approvals import ApprovalRequest
+from guardrails.approvals import ApprovalRequest, ChangeBound
 from guardrails.identity import Envelope, Verified
 from guardrails.policy import Authority, Mode, Proposal, Verdict
 
@@ -24,6 +24,7 @@ RELEASE = "guard.release"
 VERIFY = "identity.verify"
 MODEL_BOUNDS = "model.bounds"
 RECONCILE = "tool.reconcile"
+EVIDENCE = "evidence.gather"
 
 
 class PlanInput(BaseModel):
@@ -83,6 +84,20 @@ class GuardResult(BaseModel):
     # A read-only tool runs as a local activity (see agents.graph.execute_action). Recorded
     # here, not looked up by the workflow, so replay follows what the run did.
     tool_read_only: bool = False
+    # Arguments an approver may change, and how (the tool's declaration, recorded here).
+    approver_may_change: dict[str, ChangeBound] = {}
+
+
+class EvidenceInput(BaseModel):
+    """What the evidence activity needs to gather one request's pack (guardrails/evidence)."""
+
+    request_id: str
+    call_id: str
+    action_hash: str
+    rule_id: str
+    subject: dict[str, str]
+    # This call's own stated reason (the agent's claim).
+    reason: str
 
 
 class RecordInput(BaseModel):

@@ -151,6 +151,7 @@ class GuardActivities:
             tool_max_attempts=settings.tool_max_attempts,
             tool_heartbeat_seconds=settings.tool_heartbeat_seconds,
             tool_read_only=spec is not None and spec.read_only,
+            approver_may_change=dict(spec.approver_may_change) if spec else {},
         )
 
     async def _gather(self, d: DecisionInput, spec: ToolSpec | None) -> DecisionInput:

@@ -20,7 +20,7 @@ from activities.context import fold_note, fold_point, summary_request
 from activities.contracts import MODEL_BOUNDS, PLAN, ModelBounds, PlanInput, PlanOutput, Usage
 from activities.runtime import Runtime, audit_from_activity, current_workflow_id, heartbeating
 from activities.sealing import Sealer, seal_fields, sealer_for
-from activities.tools import REGISTRY, lookup_tool
+from activities.tools import CALL_REASON, REGISTRY, lookup_tool
 from activities.transcript import Fold
 from agents.specs import AGENTS, AgentSpec, ContextWindow
 from guardrails.policy import Proposal, sha256_hex
@@ -40,9 +40,23 @@ def task_message(task: str, context: dict[str, Any]) -> dict[str, Any]:
     return {"role": "user", "content": text}
 
 
+def call_reason(arguments: dict[str, Any] | None, content: str, names: tuple[str, ...]) -> str:
+    """This call's own reason: its `call_reason` argument (taken out of the arguments); else
+    the content's line naming its tool ("payments.refund: because ..."); else the content."""
+    given = arguments.pop(CALL_REASON, None) if arguments is not None else None
+    if isinstance(given, str) and given.strip():
+        return given.strip()
+    for line in content.splitlines():
+        for name in names:
+            if line.startswith(f"{name}:"):
+                return line.removeprefix(f"{name}:").strip()
+    return content
+
+
 def proposals_from(message: Any) -> list[Proposal]:
-    """Tool calls as proposals; malformed arguments are kept as an error for the guard."""
-    reason = (message.content or "").strip()
+    """Tool calls as proposals; malformed arguments are kept as an error for the guard. Each
+    proposal carries its own call's reason, never another call's."""
+    content = (message.content or "").strip()
     proposals = []
     for call in message.tool_calls or []:
         raw = call.function.arguments or "{}"
@@ -58,6 +72,8 @@ def proposals_from(message: Any) -> list[Proposal]:
             # Not echoed: malformed text may hold a value that could not be sealed by type.
             error = f"arguments are not valid JSON ({e.msg} at position {e.pos})"
         spec = lookup_tool(call.function.name)
+        names = (call.function.name, spec.name) if spec else (call.function.name,)
+        reason = call_reason(arguments, content, names)
         proposals.append(
             Proposal(
                 call_id=call.id,

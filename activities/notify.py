@@ -57,7 +57,14 @@ class NotifyActivities:
             request.action_hash,
             request.expires_at,
             # The link store shows approvers the action: redacted, like every summary.
-            redact({"agent": notice.agent, "task": notice.task, **request.model_dump(mode="json")}),
+            redact(
+                {
+                    "workflow_id": notice.workflow_id,
+                    "agent": notice.agent,
+                    "task": notice.task,
+                    **request.model_dump(mode="json"),
+                }
+            ),
         )
         if notice.event == "requested":
             # The passages the agent cited, resolved or flagged: audited as
@@ -107,7 +114,12 @@ class NotifyActivities:
         argument_reason = request.arguments.get("reason")
         texts = [request.reason] + ([argument_reason] if isinstance(argument_reason, str) else [])
         try:
-            citations = await check_citations(self.runtime.settings, *texts)
+            # A request with an evidence pack shows the citations its pack checked.
+            citations = (
+                request.evidence.citations
+                if request.evidence is not None
+                else await check_citations(self.runtime.settings, *texts)
+            )
         except KnowledgeError as e:  # the notice matters more: send it without the passages
             log.warning("approval.citations_unchecked", request_id=request.request_id, error=str(e))
             return []

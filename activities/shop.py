@@ -49,6 +49,8 @@ class OrderFacts(BaseModel):
     total_cents: int
     captured_cents: int
     refunded_cents: int
+    # When the order was placed (ISO 8601), shown to approvers in the evidence pack.
+    created_at: str
 
 
 @fact("order", keyed_by="order_id")
@@ -97,6 +99,8 @@ async def find_refund(args: RefundArgs, ctx: ToolContext) -> Refund | None:
     business_key=lambda a: f"{a.order_id}:{a.amount_cents}",
     # Money: when the answer is lost, ask the shop before calling the refund failed.
     reconcile=find_refund,
+    # An approver may approve a lower amount (never a higher one).
+    approver_may_change={"amount_cents": "decrease"},
 )
 async def refund(args: RefundArgs, ctx: ToolContext) -> Refund:
     """Refund part or all of an order's captured payment. Amount in cents."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from types import UnionType
@@ -42,6 +42,7 @@ from activities.runtime import Runtime, audit_from_activity, current_workflow_id
 from activities.sealing import Sealer, SealError, scrub, seal_fields, sealer_for
 from agents.failures import cause_of
 from agents.specs import subject_fields
+from guardrails.approvals import ChangeBound
 from guardrails.cedar_schema import PolicySurface, ToolSchema
 from guardrails.errors import describe
 from guardrails.policy import ToolFacts, sha256_hex
@@ -146,6 +147,8 @@ class ToolSpec:
     business_key: Callable[[Any], str] | None = field(default=None, compare=False)
     reconcile: ReconcileFunction | None = field(default=None, compare=False)
     system: str | None = None
+    # Arguments an approver may change when approving, and how (guardrails.approvals).
+    approver_may_change: Mapping[str, ChangeBound] = field(default_factory=dict)
 
     @property
     def facts(self) -> ToolFacts:
@@ -165,13 +168,20 @@ class ToolSpec:
         )
 
     def model_schema(self) -> dict[str, Any]:
-        """The function schema the model sees (OpenAI tool format)."""
+        """The function schema the model sees (OpenAI tool format), with this call's own
+        reason as one more property (taken out again before the arguments are validated)."""
+        parameters = _closed(self.args_model.model_json_schema())
+        parameters.setdefault("properties", {})[CALL_REASON] = {
+            "type": "string",
+            "description": "Why you make this call, in one or two sentences (shown to the "
+            "people who approve it, as your claim). Not passed to the tool.",
+        }
         return {
             "type": "function",
             "function": {
                 "name": model_tool_name(self.name),
                 "description": self.description,
-                "parameters": _closed(self.args_model.model_json_schema()),
+                "parameters": parameters,
             },
         }
 
@@ -195,6 +205,8 @@ def _closed(schema: Any) -> Any:
 
 
 REGISTRY: dict[str, ToolSpec] = {}
+# The per-call reason the model gives with every tool call (see ToolSpec.model_schema).
+CALL_REASON = "call_reason"
 
 
 def model_tool_name(name: str) -> str:
@@ -217,6 +229,7 @@ def guarded_tool(
     business_key: Callable[[Any], str] | None = None,
     reconcile: ReconcileFunction | None = None,
     system: str | None = None,
+    approver_may_change: Mapping[str, ChangeBound] | None = None,
 ) -> Callable[[ToolFunction], ToolFunction]:
     """Register an async function `(args: ArgsModel, ctx: ToolContext) -> ResultModel`.
 
@@ -231,6 +244,10 @@ def guarded_tool(
     system of record whether the action under `ctx.idempotency_key` happened. When the
     tool's activity fails without a definite answer, the run asks before deciding the action
     failed; a tool without one leaves such an action's outcome unknown.
+
+    `approver_may_change`: arguments an approver may change when approving, and how, e.g.
+    `{"amount_cents": "decrease"}` (lowered, never raised). The changed action is decided
+    again by the guard before it runs.
     """
     if not _NAME.match(name):
         raise ToolDeclarationError(f"tool name {name!r} must look like 'system.action'")
@@ -263,6 +280,11 @@ def guarded_tool(
                 f"{where}: a tool named {name} is already registered "
                 f"({first.__module__}.{first.__qualname__})"
             )
+        assert args_model is not None  # checked by _is_model above
+        if CALL_REASON in args_model.model_fields:
+            raise ToolDeclarationError(f"{where}: the argument name {CALL_REASON!r} is reserved")
+        changeable = dict(approver_may_change or {})
+        _check_changeable(where, changeable, args_model, read_only)
         REGISTRY[name] = ToolSpec(
             name=name,
             scope=scope,
@@ -276,10 +298,31 @@ def guarded_tool(
             business_key=business_key,
             reconcile=reconcile,
             system=system,
+            approver_may_change=changeable,
         )
         return fn
 
     return register
+
+
+def _check_changeable(
+    where: str, changeable: dict[str, ChangeBound], args_model: type[BaseModel], read_only: bool
+) -> None:
+    """An approver can only lower a whole-number argument the model has, of a side effect."""
+    if changeable and read_only:
+        raise ToolDeclarationError(f"{where}: approver_may_change= is for side effects")
+    properties = args_model.model_json_schema().get("properties", {})
+    for arg, bound in changeable.items():
+        if bound not in get_args(ChangeBound):
+            raise ToolDeclarationError(
+                f"{where}: approver_may_change[{arg!r}] = {bound!r}; accepted: "
+                f"{', '.join(get_args(ChangeBound))}"
+            )
+        if properties.get(arg, {}).get("type") != "integer":
+            raise ToolDeclarationError(
+                f"{where}: approver_may_change names {arg!r}, which is not an integer "
+                f"argument of {args_model.__name__}"
+            )
 
 
 def _is_model(tp: Any) -> bool:

@@ -38,6 +38,7 @@ from activities.contracts import (
     ToolCall,
     ToolOutcome,
 )
+from agents.changes import decide_changed, gather_evidence, note_change
 from agents.failures import cause_of
 from agents.state import ATOMIC_TURNS, ActionRecord, RunState, model_bounds, run_bookkeeping
 from guardrails.approvals import ApprovalRequest, new_request
@@ -148,12 +149,14 @@ async def after_guard(state: LoopState, runtime: Runtime[RunState]) -> str:
 
 
 async def approvals(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
-    """Open one approval request per proposal that needs one, and wait until all are settled."""
+    """Open one approval request per proposal that needs one, and wait until all are settled.
+    An action approved with changes is decided again, and may wait for approval again."""
     run = runtime.context
     info = workflow.info()
     reasons = {p.call_id: p.reason for p in state["proposals"]}
+    guarded = list(state["guarded"])
     opened: list[ApprovalRequest] = []
-    for g in state["guarded"]:
+    for g in guarded:
         if g.verdict.outcome != "needs_approval":
             continue
         request = new_request(
@@ -165,41 +168,65 @@ async def approvals(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
             agent=run.agent.name,
             now=workflow.now(),
         )
-        run.requests[request.request_id] = request
-        opened.append(request)
-        await run.record(
-            "approval.requested",
-            {
-                "request_id": request.request_id,
-                "agent": run.agent.name,
-                "mode": g.verdict.mode,
-                "action": request.summary(),
-                "action_hash": request.action_hash,
-                "rule_ids": request.rule_ids,
-                "eligible": request.need.eligible,
-                "quorum": request.need.quorum,
-                "expires_at": request.expires_at.isoformat(),
-                "how_to_approve": f"countersign approve {info.workflow_id} "
-                f"{request.request_id} --as NAME",
-            },
-        )
+        if run.gathers_evidence:
+            request.may_change = dict(g.approver_may_change)
+        opened.append(await _open(run, request, g.verdict.mode, announce=True))
+    while opened:
+        run.show("waiting for approval")
+        await _wait_until_settled(run, opened)
+        for request in opened:
+            if request.request_id not in run.announced:
+                await _notify(run, "settled", request)
+            if request.status == "approved":
+                await run.record(
+                    "approval.granted",
+                    {
+                        "request_id": request.request_id,
+                        "action_hash": request.action_hash,
+                        "approvers": request.approvers,
+                        "rule_ids": request.rule_ids,
+                    },
+                )
+        changed = [r for r in opened if r.status == "changed"]
+        opened = []
+        for request in changed:
+            g, follow = await decide_changed(run, request)
+            guarded = [g if x.verdict.call_id == request.call_id else x for x in guarded]
+            if follow is not None:
+                # Not announced when the approver's own signature already settles it.
+                announce = follow.status == "pending"
+                opened.append(await _open(run, follow, g.verdict.mode, announce=announce))
+    return {"guarded": guarded}
+
+
+async def _open(
+    run: RunState, request: ApprovalRequest, mode: str, *, announce: bool
+) -> ApprovalRequest:
+    """Gather the request's evidence, record it as requested and announce it."""
+    info = workflow.info()
+    if run.gathers_evidence:
+        request.evidence = await gather_evidence(run, request)
+    run.requests[request.request_id] = request
+    await run.record(
+        "approval.requested",
+        {
+            "request_id": request.request_id,
+            "agent": run.agent.name,
+            "mode": mode,
+            "action": request.summary(),
+            "action_hash": request.action_hash,
+            "rule_ids": request.rule_ids,
+            "eligible": request.need.eligible,
+            "quorum": request.need.quorum,
+            "expires_at": request.expires_at.isoformat(),
+            "how_to_approve": f"countersign approve {info.workflow_id} "
+            f"{request.request_id} --as NAME",
+            **({"changed_from": request.changed_from} if request.changed_from else {}),
+        },
+    )
+    if announce:
         await _notify(run, "requested", request)
-    run.show("waiting for approval")
-    await _wait_until_settled(run, opened)
-    for request in opened:
-        if request.request_id not in run.announced:
-            await _notify(run, "settled", request)
-        if request.status == "approved":
-            await run.record(
-                "approval.granted",
-                {
-                    "request_id": request.request_id,
-                    "action_hash": request.action_hash,
-                    "approvers": request.approvers,
-                    "rule_ids": request.rule_ids,
-                },
-            )
-    return {}
+    return request
 
 
 async def _notify(run: RunState, event: str, request: ApprovalRequest) -> None:
@@ -373,6 +400,7 @@ async def act(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
                 refused += record.detail
         if record.status in ("rejected", "expired", "failed", "blocked", "skipped"):
             await release_limits(v.action_hash)
+        payload = note_change(run, record, payload)
         run.actions.append(record)
         observations.append(_observation(v.call_id, payload))
     run.show("acting")

@@ -31,6 +31,7 @@ from guardrails.errors import describe
 from guardrails.identity import Envelope, Verified
 from guardrails.money import describe_call
 from guardrails.policy import Authority, Mode, sha256_hex
+from guardrails.rendering import as_markdown, request_view
 
 AGENT_RUN = "AgentRun"
 DEFAULT_TASK_QUEUE = "countersign"
@@ -52,6 +53,9 @@ SIGNED_IDENTITIES = "signed-identities"
 # Since this patch, approvers who have not decided are reminded before a request expires, and
 # each request's outcome is announced as soon as it settles (links and the inbox follow).
 APPROVAL_REMINDERS = "approval-reminders"
+# Since this patch, every approval request carries an evidence pack (an activity gathers it)
+# and an approver may approve with changes (the changed action is decided again).
+APPROVAL_EVIDENCE = "approval-evidence-and-changes"
 
 
 class StatementRefusedError(Exception):
@@ -233,6 +237,21 @@ class ActionRecord(BaseModel):
     action_hash: str | None = None
     # How to undo it (None for reads and irreversible actions).
     compensation: Compensation | None = None
+    # Approved with changes: the arguments the agent proposed (`arguments` are the approved).
+    # Left out when None, so results recorded before it existed replay to the same result.
+    changed_from: dict[str, Any] | None = Field(default=None, exclude_if=lambda v: v is None)
+
+
+class ChangedAction(BaseModel):
+    """An action an approver approved with changes: who, what, why, and the original."""
+
+    request_id: str
+    approver: str
+    channel: str
+    comment: str
+    changes: dict[str, Any]
+    original_arguments: dict[str, Any]
+    original_hash: str
 
 
 class RollbackRequest(BaseModel):
@@ -278,6 +297,7 @@ class RunStatus(BaseModel):
     step: int
     pending_approvals: list[ApprovalRequest]
     actions: list[ActionRecord]
+    task: str = ""
 
 
 @dataclass
@@ -314,6 +334,10 @@ class RunState:
     reminded: set[str] = field(default_factory=set)
     # Requests whose outcome was announced.
     announced: set[str] = field(default_factory=set)
+    # Approval requests carry evidence packs; approvers may approve with changes.
+    gathers_evidence: bool = False
+    # Actions approved with changes, by call id.
+    changed: dict[str, ChangedAction] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Every patch is decided here, when the run starts, before its first command: a patch
@@ -323,6 +347,7 @@ class RunState:
         self.reconciles_unknown_outcomes = workflow.patched(RECONCILE_UNKNOWN_OUTCOMES)
         self.signed = workflow.patched(SIGNED_IDENTITIES)
         self.reminds = workflow.patched(APPROVAL_REMINDERS)
+        self.gathers_evidence = workflow.patched(APPROVAL_EVIDENCE)
         for later in (LOCAL_BOOKKEEPING, MODEL_BOUNDS_FROM_SETTINGS, ATOMIC_TURNS, RUN_REFUSALS):
             workflow.patched(later)
 
@@ -339,7 +364,11 @@ class RunState:
 
     def status(self) -> RunStatus:
         return RunStatus(
-            stage=self.stage, step=self.step, pending_approvals=self.pending(), actions=self.actions
+            stage=self.stage,
+            step=self.step,
+            pending_approvals=self.pending(),
+            actions=self.actions,
+            task=self.input.task,
         )
 
     async def record(self, kind: str, data: dict[str, Any], actor: str = "countersign") -> None:
@@ -372,18 +401,24 @@ class RunState:
             f"Task: {self.input.task}",
         ]
         for r in pending:
-            need = r.need
+            view = request_view(
+                r,
+                workflow_id=info.workflow_id,
+                agent=self.agent.name,
+                task=self.input.task,
+                now=workflow.now(),
+            )
             lines += [
                 "",
                 f"**Waiting for approval** `{r.request_id}`: "
                 f"`{describe_call(r.tool, r.arguments)}`",
                 "",
-                f"- why: {r.reason or '(no reason given)'} (rule {', '.join(r.rule_ids)})",
-                f"- needs {need.quorum} of: {', '.join(need.eligible)}"
-                + (f" (one from {need.required_group})" if need.required_group else ""),
-                f"- expires: {r.expires_at.isoformat()}",
-                f"- CLI: `countersign approve {info.workflow_id} {r.request_id} --as NAME` "
-                "(signs with your key)",
+                as_markdown(view, title=False),
+                "",
+                f"- CLI: `countersign show {info.workflow_id} {r.request_id}`, then "
+                f"`countersign approve {info.workflow_id} {r.request_id} --as NAME` "
+                "(signs with your key)"
+                + (" with `--change ARG=VALUE` to approve with changes" if r.may_change else ""),
                 "- UI: run `countersign approve "
                 f"{info.workflow_id} {r.request_id} --as NAME --print`, then More Actions → "
                 "Send a Signal → `decision` with the printed JSON (a typed name is refused)",

@@ -25,9 +25,10 @@ A script is one JSON file in the scripts folder:
   number of earlier replies a context-window note says are not shown (a user message starting
   "[Countersign: your N earlier replies", see activities/context.py). A `{result:...}`
   placeholder sees only the tool results in the request, so not those folded away.
-- `say` becomes the message content; each call's `reason` is appended to the content as a
-  line "<tool>: <reason>" (the runtime reads content as the model's stated reasoning), unless
-  the call sets `"reason_in_arguments": true`, which sends it as an argument named `reason`.
+- `say` becomes the message content; each call's `reason` is sent as the call's own
+  `call_reason` argument (the per-call reason every tool schema offers) and appended to the
+  content as a line "<tool>: <reason>", unless the call sets `"reason_in_arguments": true`,
+  which sends it as an argument named `reason` instead.
 - Strings may hold `{var}` (a match group) and `{result:<tool>.<dotted.path>}` (from the latest
   tool result answering a call to <tool>; inside its top-level "result" object when there is
   one). A string that is exactly one placeholder keeps the value's JSON type.
@@ -303,6 +304,8 @@ def _play(script: Script, turn_index: int, conversation: Conversation) -> dict[s
             rendered = _render(call.arguments, conversation)
             if call.reason_in_arguments:
                 rendered["reason"] = reason
+            elif reason is not None:
+                rendered["call_reason"] = reason  # the per-call reason the tool schema offers
             arguments = json.dumps(rendered)
         if reason is not None and not call.reason_in_arguments:
             lines.append(f"{call.name}: {reason}")

@@ -12,12 +12,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from guardrails.evidence import EvidencePack
 from guardrails.identity import Envelope, Statement, Verified
+from guardrails.money import format_value
 from guardrails.policy import ApprovalNeed, Verdict
 from guardrails.redaction import redact
 
 Channel = Literal["cli", "temporal-ui", "slack", "email", "webhook", "api"]
-Status = Literal["pending", "approved", "rejected", "expired"]
+# "changed": approved with changes; the changed action is decided again (agents/changes.py).
+Status = Literal["pending", "approved", "rejected", "expired", "changed"]
+# How an approver may change an argument a tool declares changeable (`approver_may_change`):
+# "decrease": a whole number, lowered, never below 1 (to refund nothing, reject).
+ChangeBound = Literal["decrease"]
 
 
 class DecisionRefused(Exception):
@@ -43,6 +49,9 @@ class Decision(BaseModel):
     # signed, theirs or the gateway's), checkable again by anyone with the directory.
     proof: Envelope | None = None
     directory_version: str | None = None
+    # Approve with changes: the arguments the approver changed (signed, in the statement's
+    # claims). The original action then does not run; the changed one is decided again.
+    changes: dict[str, Any] = {}
 
 
 class DecisionReceipt(Decision):
@@ -77,6 +86,12 @@ class ApprovalRequest(BaseModel):
     status: Status = "pending"
     escalated: bool = False
     decisions: list[RecordedDecision] = []
+    # Which arguments an approver may change, and how (from the tool's declaration).
+    may_change: dict[str, ChangeBound] = {}
+    # What the approver sees besides the action (guardrails/evidence.py).
+    evidence: EvidencePack | None = None
+    # The request this one replaces: its action, approved with changes, is this one.
+    changed_from: str | None = None
 
     @property
     def approvers(self) -> list[str]:
@@ -166,6 +181,9 @@ def decision_from(envelope: Envelope, verified: Verified) -> Decision:
     """The decision a verified statement proves: the approver is whoever the signature proves."""
     statement = envelope.statement
     assert statement.approve is not None
+    changes = statement.claims.get("changes") or {}
+    if not isinstance(changes, dict):
+        raise DecisionRefused("changes must be an object of argument names and new values")
     return Decision(
         request_id=statement.request_id,
         approver=verified.identity,
@@ -175,6 +193,7 @@ def decision_from(envelope: Envelope, verified: Verified) -> Decision:
         action_hash=statement.action_hash,
         proof=envelope,
         directory_version=verified.directory_version,
+        changes=changes,
     )
 
 
@@ -199,7 +218,36 @@ def check_decision(requests: dict[str, ApprovalRequest], decision: Decision) -> 
         )
     if any(d.approver == who for d in request.decisions):
         raise DecisionRefused(f"{who} has already decided request {request.request_id}")
+    if decision.changes:
+        check_changes(request, decision)
     return request
+
+
+def check_changes(request: ApprovalRequest, decision: Decision) -> None:
+    """Changes an approver may make: declared changeable by the tool, within their bound.
+    Anything else is refused, naming the argument and what would be accepted."""
+    if not decision.approve:
+        raise DecisionRefused("changes come with an approval; to refuse the action, reject it")
+    allowed = ", ".join(f"{k} ({v})" for k, v in request.may_change.items()) or "none"
+    for name, value in decision.changes.items():
+        bound = request.may_change.get(name)
+        if bound is None:
+            raise DecisionRefused(
+                f"changes.{name}: an approver may not change {name!r} of {request.tool} "
+                f"(changeable: {allowed})"
+            )
+        old = request.arguments.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or not isinstance(old, int):
+            raise DecisionRefused(f"changes.{name}: {value!r} is not a whole number")
+        if value >= old:
+            raise DecisionRefused(
+                f"changes.{name}: {format_value(name, value)} is not below the proposed "
+                f"{format_value(name, old)}: an approver may only lower it"
+            )
+        if value < 1:
+            raise DecisionRefused(
+                f"changes.{name}: {value} is below 1; to refuse the action, reject it"
+            )
 
 
 def apply_decision(request: ApprovalRequest, decision: Decision, now: datetime) -> None:
@@ -207,6 +255,10 @@ def apply_decision(request: ApprovalRequest, decision: Decision, now: datetime) 
     request.decisions.append(RecordedDecision(**decision.model_dump(), decided_at=now))
     if not decision.approve:
         request.status = "rejected"
+        return
+    if decision.changes:
+        # The proposed action will not run as proposed: the changed one is decided again.
+        request.status = "changed"
         return
     approvers = set(request.approvers)
     need = request.need

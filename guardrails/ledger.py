@@ -143,6 +143,20 @@ class Ledger:
             )
         return int(row[0]) if row else 0
 
+    def entries(
+        self, counter_id: str, key: str, window: str, exclude: str = ""
+    ) -> list[tuple[str, int, datetime]]:
+        """What makes up a total: (workflow id, amount, when) of each reservation that counts,
+        oldest first, without the action `exclude` (the one being decided)."""
+        with self.db.reader() as tx:
+            rows = tx.all(
+                "SELECT workflow_id, amount, created_at FROM reservations WHERE counter_id = ?"
+                ' AND key = ? AND "window" = ? AND released = 0 AND action_hash != ?'
+                " ORDER BY created_at",
+                (counter_id, key, window, exclude),
+            )
+        return [(str(w), int(a), datetime.fromisoformat(str(c))) for w, a, c in rows]
+
 
 def _hash_of(d: DecisionInput) -> str:
     if d.tool is None or d.arguments is None:

@@ -105,5 +105,6 @@ def override_counts(
         )
         c = counts.setdefault(key, OverrideCount())
         c.decisions += 1
-        c.rejections += 0 if r.data.get("approve") else 1
+        # Approving with changes overrides the agent too: it proposed the wrong action.
+        c.rejections += 0 if r.data.get("approve") and not r.data.get("changes") else 1
     return counts

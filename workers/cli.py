@@ -19,6 +19,7 @@ from guardrails.audit import AuditRecord, VerifyReport
 from guardrails.knowledge import Citation
 from guardrails.money import describe_call
 from workers.settings import Settings, SettingsError, load_settings
+from workers.show import ShowError, cmd_show
 
 
 class CliError(Exception):
@@ -66,6 +67,13 @@ def story_line(r: AuditRecord) -> str:
         "approval.citations": lambda: (
             f"cited for {d.get('request_id')}: "
             + "; ".join(Citation.model_validate(c).line() for c in d.get("citations", []))
+        ),
+        "approval.changed": lambda: (
+            f"approval {d.get('request_id')} APPROVED WITH CHANGES by {d.get('approver')}: "
+            f"{describe_call('', (d.get('original') or {}).get('arguments'))} → "
+            f"{describe_call('', (d.get('changed') or {}).get('arguments'))}, decided again: "
+            f"{str((d.get('changed') or {}).get('outcome')).upper()}"
+            + (f": {d['comment']}" if d.get("comment") else "")
         ),
         "approval.granted": lambda: (
             f"approval granted {d.get('request_id')} by {', '.join(d.get('approvers', []))}"
@@ -232,6 +240,7 @@ async def cmd_decide(args: argparse.Namespace, settings: Settings) -> None:
     from workers.credentials import configure_keyring
     from workers.decisions import DecisionRefusedError, send_decision, sign_decision
     from workers.identities import signer_for
+    from workers.show import parse_changes
     from workers.worker import connect
 
     configure_keyring(settings)
@@ -251,6 +260,7 @@ async def cmd_decide(args: argparse.Namespace, settings: Settings) -> None:
         comment=args.comment or "",
         channel="temporal-ui" if args.print else "cli",
         lifetime=timedelta(minutes=30 if args.print else 10),
+        changes=parse_changes(getattr(args, "change", [])),
     )
     if args.print:
         print(json.dumps({"envelope": envelope.model_dump(mode="json")}))
@@ -261,6 +271,7 @@ async def cmd_decide(args: argparse.Namespace, settings: Settings) -> None:
         raise CliError(f"refused: {e}") from e
     print(
         f"{receipt.request_id}: {receipt.status} ({receipt.approvals}/{receipt.quorum} approvals)"
+        + (" — the changed action is decided again by the guard" if receipt.changes else "")
     )
 
 
@@ -708,6 +719,8 @@ def parser() -> argparse.ArgumentParser:
 
     status = add("status", cmd_status, "show a run's stage, pending approvals and actions")
     status.add_argument("run")
+    show = add("show", cmd_show, "show an approval request with its evidence, as approvers see it")
+    show.add_argument("ids", nargs="+", metavar="[RUN] REQUEST")
     for verb in ("approve", "reject"):
         d = add(verb, cmd_decide, f"{verb} a pending approval request")
         d.add_argument("run")
@@ -716,6 +729,15 @@ def parser() -> argparse.ArgumentParser:
             "--as", dest="as_", required=True, metavar="NAME", help="sign with NAME's key"
         )
         d.add_argument("--comment")
+        if verb == "approve":
+            d.add_argument(
+                "--change",
+                action="append",
+                default=[],
+                metavar="ARG=VALUE",
+                help="approve with this argument changed, e.g. amount_cents=12000 (only what "
+                "the tool lets an approver change; `countersign show` lists it)",
+            )
         d.add_argument(
             "--print",
             action="store_true",
@@ -853,6 +875,7 @@ def main(argv: list[str] | None = None) -> None:
         code = 1
     except (
         CliError,
+        ShowError,
         SettingsError,
         CredentialError,
         DevStackError,

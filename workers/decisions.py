@@ -14,6 +14,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from agents.state import RollbackRequest, RunInput, RunStatus
 from guardrails.approvals import ApprovalRequest, DecisionReceipt
 from guardrails.identity import Channel, Envelope, Signer
+from guardrails.policy import sha256_hex
 from workers.identities import signer_for
 
 
@@ -54,9 +55,11 @@ def sign_decision(
     channel: Channel = "cli",
     identity: str | None = None,
     lifetime: timedelta = timedelta(minutes=10),
+    changes: dict[str, Any] | None = None,
 ) -> Envelope:
     """A decision on exactly this request and action, signed by `signer` (a person's own key;
-    or the gateway's, attesting `identity` it verified on `channel`)."""
+    or the gateway's, attesting `identity` it verified on `channel`). `changes`: approve with
+    these arguments changed (signed with the rest, as the statement's claims)."""
     return signer.sign(
         purpose="decision",
         channel=channel,
@@ -68,14 +71,19 @@ def sign_decision(
         action_hash=action_hash,
         approve=approve,
         comment=comment,
+        claims={"changes": changes} if changes else {},
     )
 
 
 def update_id(envelope: Envelope) -> str:
     # One decision per approver and request: a double click or a retried delivery is the same
     # Update, which Temporal accepts once.
+    # A decision with changes is its own Update: a refused change, corrected, is sent anew.
     s = envelope.statement
-    return f"{s.request_id}:{s.identity}:{'approve' if s.approve else 'reject'}"
+    verb = "approve" if s.approve else "reject"
+    changes = s.claims.get("changes")
+    suffix = f":changes-{sha256_hex(changes)[:12]}" if changes else ""
+    return f"{s.request_id}:{s.identity}:{verb}{suffix}"
 
 
 async def send_decision(client: Client, workflow_id: str, envelope: Envelope) -> DecisionReceipt:
@@ -103,6 +111,7 @@ async def decide_as(
     *,
     approve: bool = True,
     comment: str = "",
+    changes: dict[str, Any] | None = None,
 ) -> DecisionReceipt:
     """Decide as `identity`, signing with its key in this keyring (the CLI's path)."""
     envelope = sign_decision(
@@ -112,6 +121,7 @@ async def decide_as(
         request.action_hash,
         approve=approve,
         comment=comment,
+        changes=changes,
     )
     return await send_decision(client, workflow_id, envelope)
 

@@ -127,6 +127,8 @@ class WebhookDecision(BaseModel):
     approve: bool | None = None
     comment: str = Field(default="", max_length=1000)
     envelope: Envelope | None = None
+    # Approve with changes, e.g. {"amount_cents": 12000}; the run checks what may change.
+    changes: dict[str, int] = Field(default={}, max_length=20)
 
 
 @dataclass
@@ -190,7 +192,14 @@ class Gateway:
         )
 
     async def decide(
-        self, ref: RequestRef, *, identity: str, approve: bool, channel: Channel, comment: str = ""
+        self,
+        ref: RequestRef,
+        *,
+        identity: str,
+        approve: bool,
+        channel: Channel,
+        comment: str = "",
+        changes: dict[str, Any] | None = None,
     ) -> DecisionReceipt:
         """Attest a decision by `identity`, whom this gateway verified on `channel`, and send
         it: the run checks the attestation and whether `identity` may decide."""
@@ -203,6 +212,7 @@ class Gateway:
             comment=comment,
             channel=channel,
             identity=identity,
+            changes=changes,
         )
         return await send_decision(self.client, ref.workflow_id, envelope)
 
@@ -404,6 +414,12 @@ async def email_decide(request: Request) -> Response:
     token = form.get("token", [""])[0]
     csrf = form.get("csrf", [""])[0]
     comment = form.get("comment", [""])[0][:1000]
+    try:
+        changes = pages.form_changes(form)
+    except ValueError as e:
+        # Nothing is used up: the approver goes back and types it again.
+        page = pages.outcome("Please check your change", f"{e}. Go back and correct it.")
+        return _html(page, 400)
     if not gw.csrf_ok(token, csrf):
         await gw.refused(channel="email", actor="?", reason="missing or invalid CSRF token")
         return _html(
@@ -418,10 +434,12 @@ async def email_decide(request: Request) -> Response:
         link = await asyncio.to_thread(gw.tokens.claim, token)
     except TokenRefusedError as e:
         return await _token_refused(gw, e, "decide")
-    return await _email_send(gw, link, token, comment)
+    return await _email_send(gw, link, token, comment, changes if link.approve else {})
 
 
-async def _email_send(gw: Gateway, link: DecisionLink, token: str, comment: str) -> Response:
+async def _email_send(
+    gw: Gateway, link: DecisionLink, token: str, comment: str, changes: dict[str, int]
+) -> Response:
     details = link.request.details
     try:
         # The single-use token, sent only to this approver's address, is the proof.
@@ -431,6 +449,7 @@ async def _email_send(gw: Gateway, link: DecisionLink, token: str, comment: str)
             approve=link.approve,
             channel="email",
             comment=comment,
+            changes=changes,
         )
     except DecisionRefusedError as e:
         return _html(pages.outcome("Your decision was not accepted", str(e), details=details), 409)
@@ -446,10 +465,14 @@ async def _email_send(gw: Gateway, link: DecisionLink, token: str, comment: str)
             503,
         )
     verb = "Approved" if receipt.approve else "Rejected"
+    if receipt.changes:
+        verb = "Approved with changes"
     message = (
         f"Recorded: {receipt.approvals} of {receipt.quorum} approvals; the request waits for "
         "the others."
         if receipt.status == "pending"
+        else "The changed action is checked again by the policy; it may need another approval."
+        if receipt.status == "changed"
         else f"The request is {receipt.status}; the run continues."
     )
     return _html(pages.outcome(f"{verb} by {link.approver}", message, details=details))
@@ -511,6 +534,7 @@ async def webhook_decision(request: Request) -> Response:
                 approve=callback.approve,
                 channel="webhook",
                 comment=callback.comment,
+                changes=callback.changes,
             )
     except DecisionRefusedError as e:
         return JSONResponse({"error": "refused", "reason": str(e)}, status_code=409)

@@ -8,9 +8,14 @@ come from the model.
 from __future__ import annotations
 
 import html
+from datetime import UTC, datetime
 from typing import Any
 
-from guardrails.money import argument_pairs
+from pydantic import ValidationError
+
+from guardrails.approvals import ApprovalRequest
+from guardrails.money import argument_pairs, format_value
+from guardrails.rendering import as_html, request_view
 from guardrails.tokens import DecisionLink
 
 _STYLE = """
@@ -37,6 +42,69 @@ def _e(value: Any) -> str:
 
 
 def facts_table(details: dict[str, Any]) -> str:
+    """The request and its evidence, laid out as every channel shows it."""
+    try:
+        request = ApprovalRequest.model_validate(details)
+    except ValidationError:  # a link issued before evidence packs: the action alone
+        return _action_table(details)
+    view = request_view(
+        request,
+        workflow_id=str(details.get("workflow_id", "")),
+        agent=request.agent,
+        task=str(details.get("task", "")),
+        now=datetime.now(UTC),
+    )
+    return f"<div id='facts'>{as_html(view)}</div>"
+
+
+def change_fields(details: dict[str, Any], *, key: str = "") -> str:
+    """Inputs for approving with changes: one per argument the tool lets an approver change.
+    Left empty, the action is approved as proposed. `key` keeps ids unique on a page that
+    shows several requests (the inbox)."""
+    may_change = details.get("may_change") or {}
+    arguments = details.get("arguments") or {}
+    if not may_change:
+        return ""
+    inputs = []
+    for name in may_change:
+        now = format_value(name, arguments.get(name))
+        unit = " (e.g. 120.00)" if name.endswith("_cents") else ""
+        field = f"change{_e(key)}-{_e(name)}"
+        inputs.append(
+            f"<p><label for='{field}'>New {_e(name.removesuffix('_cents'))}{unit}, "
+            f"lower than {_e(now)}</label><br>"
+            f"<input id='{field}' name='change:{_e(name)}' inputmode='decimal' "
+            f"autocomplete='off'></p>"
+        )
+    return (
+        "<fieldset class='box'><legend>Approve with changes (optional)</legend>"
+        + "".join(inputs)
+        + "<p class='muted'>The changed action is checked again by the policy before it runs;"
+        " say why in the comment.</p></fieldset>"
+    )
+
+
+def form_changes(form: dict[str, list[str]]) -> dict[str, int]:
+    """The changes typed on the confirmation page: `change:amount_cents` = "120.00" → 12000
+    (money in major units, as people type it). ValueError says what was not understood."""
+    changes = {}
+    for key, values in form.items():
+        if not key.startswith("change:") or not values or not values[0].strip():
+            continue
+        name, text = key.removeprefix("change:"), values[0].strip()
+        if name.endswith("_cents"):
+            whole, _, cents = text.replace(",", "").partition(".")
+            if not whole.isdigit() or not (cents == "" or (cents.isdigit() and len(cents) <= 2)):
+                raise ValueError(f"new {name.removesuffix('_cents')}: {text!r} is not an amount")
+            changes[name] = int(whole) * 100 + int(cents.ljust(2, "0") or 0)
+        elif text.lstrip("-").isdigit():
+            changes[name] = int(text)
+        else:
+            raise ValueError(f"new {name}: {text!r} is not a whole number")
+    return changes
+
+
+def _action_table(details: dict[str, Any]) -> str:
     arguments = details.get("arguments") or {}
     need = details.get("need") or {}
     rows = [
@@ -64,6 +132,7 @@ def confirmation(link: DecisionLink, token: str, csrf: str) -> str:
         f"<form method='post' action='/email/decide'>"
         f"<input type='hidden' name='token' value='{_e(token)}'>"
         f"<input type='hidden' name='csrf' value='{_e(csrf)}'>"
+        f"{change_fields(details) if link.approve else ''}"
         f"<p><label for='comment'>Comment (optional)</label><br>"
         f"<textarea id='comment' name='comment' maxlength='1000'></textarea></p>"
         f"<button type='submit' id='decide' class='{verb}'>{verb.capitalize()}</button>"

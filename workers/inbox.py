@@ -311,6 +311,7 @@ async def decide(request: Request) -> Response:
     comment = form.get("comment", "").strip()[:1000]
     ref = await asyncio.to_thread(gw.tokens.resolve, form.get("reference", ""))
     problem = None
+    changes: dict[str, int] = {}
     if verb not in ("approve", "reject"):
         problem = "choose approve or reject"
     elif ref is None:
@@ -319,6 +320,11 @@ async def decide(request: Request) -> Response:
         problem = f"{who} may not decide request {ref.request_id}"
     elif verb == "reject" and not comment:
         problem = "a rejection needs a reason (the agent hears it)"
+    else:
+        try:  # approve with changes: the amounts typed under the request
+            changes = pages.form_changes({k: [v] for k, v in form.items()})
+        except ValueError as e:
+            problem = str(e)
     if problem is not None or ref is None:
         await gw.refused(
             channel="email",
@@ -330,7 +336,12 @@ async def decide(request: Request) -> Response:
         return await _inbox_page(gw, session, ("refused", f"Not decided: {problem}."), 403)
     try:
         receipt = await gw.decide(
-            ref, identity=who, approve=verb == "approve", channel="email", comment=comment
+            ref,
+            identity=who,
+            approve=verb == "approve",
+            channel="email",
+            comment=comment,
+            changes=changes if verb == "approve" and changes else None,
         )
     except DecisionRefusedError as e:
         # send_decision audited it; the sender sees why.

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from guardrails.money import describe_call
 from guardrails.tokens import RequestRef
-from workers.gateway_pages import _e, facts_table, page
+from workers.gateway_pages import _e, change_fields, facts_table, page
 
 
 def in_words(delta: timedelta) -> str:
@@ -61,6 +61,7 @@ def decision_form(ref: RequestRef, csrf: str) -> str:
         f"<input type='hidden' name='reference' value='{_e(ref.ref)}'>"
         f"<p><label for='comment-{rid}'>Reason (required to reject; the agent hears it)</label>"
         f"<br><textarea id='comment-{rid}' name='comment' maxlength='1000'></textarea></p>"
+        f"{change_fields(ref.details, key='-' + ref.request_id)}"
         f"<button type='submit' name='verb' value='approve' class='approve'>Approve</button> "
         f"<button type='submit' name='verb' value='reject' class='reject'>Reject</button>"
         f"</form>"

@@ -39,7 +39,8 @@ class Stats(BaseModel):
     approvals_pending: int
     decisions: int
     rejections: int
-    # How often humans reject what the agent proposed: rejections / decisions.
+    # How often humans override what the agent proposed: rejections (and approvals with
+    # changes) / decisions.
     human_override_rate: float | None
     # The same by the mode the run was in when it asked (automate / augment, after rollout):
     # {"augment": {"decisions": 9, "rejections": 3, "rate": 0.33}}.
@@ -85,6 +86,10 @@ def compute_stats(
         if not r.data.get("approve"):
             rejections += 1
             settled[request_id] = "rejected"
+        elif r.data.get("changes"):
+            # Approved with changes: a human overrode the agent's proposal.
+            rejections += 1
+            settled[request_id] = "changed"
         decided_at = r.data.get("decided_at")
         if request_id in requested_at and decided_at:
             waits.append(

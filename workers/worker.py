@@ -26,6 +26,7 @@ from temporalio.worker import (
 )
 
 from activities.audit import AuditActivities
+from activities.evidence import EvidenceActivities
 from activities.guard import GuardActivities
 from activities.identity import IdentityActivities
 from activities.knowledge import knowledge_index
@@ -271,6 +272,7 @@ def build_worker(
         AuditActivities(runtime).record,
         IdentityActivities(runtime).verify,
         NotifyActivities(runtime).notify,
+        EvidenceActivities(runtime).gather,
         *tool_activities(runtime),
         reconcile_activity(runtime),
     ]

@@ -1,19 +1,26 @@
 """Notification channels: how an approval request reaches people (Slack, email, webhook).
 
 Each channel turns an ApprovalNotice into one transport's message. What every channel shows
-is decided here once, so an approver sees the same facts wherever they look: the tool, its
-arguments, the model's stated reason, the rules that asked for approval, who may decide and
-until when.
+is decided once (guardrails/rendering.py), so an approver sees the same facts wherever they
+look: the action, its evidence pack, the rule, who may decide and until when.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from activities.contracts import ApprovalNotice
 from guardrails.approvals import ApprovalRequest
 from guardrails.money import argument_pairs, describe_call
+from guardrails.rendering import (
+    RequestView,
+    deciders,
+    outcome_line,
+    request_view,
+    when,
+    who_may_decide,
+)
 from guardrails.tokens import RequestRef
 
 
@@ -46,34 +53,25 @@ def action_text(request: ApprovalRequest) -> str:
     return describe_call(request.tool, request.arguments)
 
 
-def deciders(request: ApprovalRequest) -> list[str]:
-    """Who may decide: eligible people, never the requester or the agent."""
-    return [p for p in request.need.eligible if p not in (request.requested_by, request.agent)]
+def view_of(notice: ApprovalNotice) -> RequestView:
+    """The one view of the notice's request that every channel lays out (guardrails/rendering)."""
+    return request_view(
+        notice.request,
+        workflow_id=notice.workflow_id,
+        agent=notice.agent,
+        task=notice.task,
+        now=datetime.now(UTC),
+    )
 
 
-def who_may_decide(request: ApprovalRequest) -> str:
-    need = request.need
-    text = f"{need.quorum} of {', '.join(deciders(request))} ({', '.join(need.groups)})"
-    if need.required_group:
-        text += f", at least one from {need.required_group}"
-    return text
-
-
-def when(at: datetime) -> str:
-    return at.strftime("%Y-%m-%d %H:%M UTC")
-
-
-def outcome_line(request: ApprovalRequest) -> str:
-    """The settled state of a request, in one line."""
-    if request.status == "approved":
-        return f"Approved by {', '.join(request.approvers)}"
-    if request.status == "rejected":
-        no = [d for d in request.decisions if not d.approve]
-        if no:
-            return f"Rejected by {no[-1].approver}" + (
-                f": {no[-1].comment}" if no[-1].comment else ""
-            )
-        return "Rejected"
-    if request.status == "expired":
-        return f"Expired at {when(request.expires_at)} without a decision: rejected"
-    return f"Waiting: {len(request.approvers)} of {request.need.quorum} approvals"
+__all__ = [
+    "Channel",
+    "ChannelError",
+    "action_text",
+    "argument_lines",
+    "deciders",
+    "outcome_line",
+    "view_of",
+    "when",
+    "who_may_decide",
+]

@@ -16,16 +16,10 @@ from typing import Any
 
 import aiosmtplib
 
-from activities.channels import (
-    ChannelError,
-    action_text,
-    argument_lines,
-    deciders,
-    when,
-    who_may_decide,
-)
+from activities.channels import ChannelError, deciders, view_of
 from activities.contracts import ApprovalNotice
 from guardrails.identity import Directory
+from guardrails.rendering import as_html, as_text
 from guardrails.tokens import RequestRef, TokenStore, link_id
 from workers.settings import EmailSettings, Settings
 
@@ -35,50 +29,35 @@ DECIDE_PATH = "/email/decide"
 def build_message(
     notice: ApprovalNotice, conf: EmailSettings, to: str, links: dict[str, str]
 ) -> EmailMessage:
-    """The approval email for one approver; `links` maps "approve"/"reject" to URLs."""
-    request = notice.request
-    facts = [
-        ("Tool", request.tool),
-        *argument_lines(request),
-        ("Why (the model)", request.reason or "(none given)"),
-        ("Rules", ", ".join(request.rule_ids)),
-        ("Who may decide", who_may_decide(request)),
-        ("Expires", when(request.expires_at)),
-        ("Run", notice.workflow_id),
-    ]
+    """The approval email for one approver; `links` maps "approve"/"reject" to URLs. Its
+    subject, text and HTML are laid out from the one view every channel shows."""
+    view = view_of(notice)
     msg = EmailMessage()
-    prefix = "Reminder: approval" if notice.event == "reminder" else "Approval"
-    msg["Subject"] = f"{prefix} needed: {action_text(request)}"[:200]
+    prefix = "Reminder: " if notice.event == "reminder" else ""
+    msg["Subject"] = f"{prefix}{view.title}"[:200]
     msg["From"] = conf.sender
     msg["To"] = to
     msg["Message-ID"] = make_msgid(domain="countersign.local")
+    changeable = bool(notice.request.may_change)
     text = "\n".join(
         [
-            f"{request.requested_by} asked agent {notice.agent}: {notice.task}",
-            "",
-            *(f"{label}: {value}" for label, value in facts),
+            as_text(view),
             "",
             f"Approve: {links['approve']}",
             f"Reject:  {links['reject']}",
+            *(["(The approve page lets you approve with changes.)"] if changeable else []),
             "",
             "Each link opens a confirmation page; nothing is decided until you confirm there.",
             "The links are yours alone and work once. Do not forward this email.",
         ]
     )
     msg.set_content(text)
-    rows = "".join(
-        f"<tr><th align='left' style='padding:2px 12px 2px 0'>{html.escape(label)}</th>"
-        f"<td>{html.escape(str(value))}</td></tr>"
-        for label, value in facts
-    )
     msg.add_alternative(
         f"""<!doctype html><html><body style="font-family:sans-serif">
-<h2>Approval needed: {html.escape(request.tool)}</h2>
-<p><b>{html.escape(request.requested_by)}</b> asked agent <b>{html.escape(notice.agent)}</b>:
-<i>{html.escape(notice.task)}</i></p>
-<table>{rows}</table>
+<h2>{html.escape(view.title)}</h2>
+{as_html(view)}
 <p><a href="{html.escape(links["approve"])}" style="padding:8px 16px;background:#1a7f37;color:#fff;
-text-decoration:none">Approve…</a>
+text-decoration:none">Approve{" (or with changes)" if changeable else ""}…</a>
 &nbsp; <a href="{html.escape(links["reject"])}" style="padding:8px 16px;background:#cf222e;
 color:#fff;text-decoration:none">Reject…</a></p>
 <p style="color:#555">Each link opens a confirmation page; nothing is decided until you confirm

@@ -14,14 +14,14 @@ import httpx
 from activities.channels import (
     ChannelError,
     action_text,
-    argument_lines,
     deciders,
     outcome_line,
+    view_of,
     when,
-    who_may_decide,
 )
 from activities.contracts import ApprovalNotice
 from guardrails.identity import Directory
+from guardrails.rendering import as_slack_blocks
 from guardrails.tokens import RequestRef
 from workers.settings import Settings, SlackSettings
 
@@ -71,42 +71,15 @@ class SlackApi:
 def request_blocks(
     notice: ApprovalNotice, ref: RequestRef, settings: Settings, directory: Directory
 ) -> list[dict[str, Any]]:
-    """What the agent wants to do and why; buttons while the request is open."""
+    """What the agent wants to do and why, with its evidence (the one view every channel
+    shows); buttons while the request is open."""
     request = notice.request
     mentions = [_mention(p, directory) for p in deciders(request)]
-    fields = [
-        f"*{label}*\n{value}" for label, value in [("Tool", request.tool), *argument_lines(request)]
-    ]
-    blocks: list[dict[str, Any]] = [
-        {
-            "type": "header",
-            "text": {"type": "plain_text", "text": f"Approval needed: {request.tool}"},
-        },
-        {
-            "type": "section",
-            "text": {
-                "type": "mrkdwn",
-                "text": f"*{request.requested_by}* asked agent *{notice.agent}*: "
-                f"{_quote(notice.task)}",
-            },
-        },
-        {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields[:10]]},
-        {
-            "type": "section",
-            "text": {"type": "mrkdwn", "text": f"*Why (the model):* {_quote(request.reason)}"},
-        },
-        {
-            "type": "context",
-            "elements": [
-                {
-                    "type": "mrkdwn",
-                    "text": f"Rules: {', '.join(request.rule_ids)} · Who may decide: "
-                    f"{who_may_decide(request)} {' '.join(mentions)} · "
-                    f"Expires {when(request.expires_at)} · Run {notice.workflow_id}",
-                }
-            ],
-        },
-    ]
+    blocks = as_slack_blocks(view_of(notice))
+    if any(mentions):
+        blocks.append(
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": " ".join(mentions)}]}
+        )
     if request.status == "pending":
         blocks.append(
             {
@@ -124,7 +97,12 @@ def request_blocks(
 
 
 def outcome_block(text: str, status: str) -> dict[str, Any]:
-    icon = {"approved": ":white_check_mark:", "rejected": ":x:", "expired": ":hourglass:"}
+    icon = {
+        "approved": ":white_check_mark:",
+        "changed": ":pencil2:",
+        "rejected": ":x:",
+        "expired": ":hourglass:",
+    }
     return {
         "type": "section",
         "block_id": "countersign.outcome",
@@ -156,12 +134,6 @@ def _button(text: str, action_id: str, value: str, style: str) -> dict[str, Any]
 def _mention(identity: str, directory: Directory) -> str:
     contact = directory.get(identity)
     return f"<@{contact.slack_user}>" if contact and contact.slack_user else ""
-
-
-def _quote(text: str) -> str:
-    # Model and requester text is data, not markup: no mentions or links sneak in.
-    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return f"_{escaped}_" if escaped else "_(none given)_"
 
 
 class SlackChannel:

@@ -16,9 +16,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from activities.channels import ChannelError, deciders, outcome_line
+from activities.channels import ChannelError, deciders, outcome_line, view_of
 from activities.contracts import ApprovalNotice
 from guardrails.redaction import redact
+from guardrails.rendering import as_json
 from guardrails.tokens import RequestRef
 from workers.settings import Settings
 
@@ -68,11 +69,15 @@ def notice_payload(notice: ApprovalNotice, ref: RequestRef, settings: Settings) 
         "agent": notice.agent,
         "task": notice.task,
         "request": redact(request.model_dump(mode="json")),  # [secret] / [personal]
+        # What every channel shows, laid out once (guardrails/rendering.py).
+        "view": as_json(view_of(notice)),
         "deciders": deciders(request),
         "outcome": outcome_line(request),
         "decide": {
             "url": f"{settings.gateway_url.rstrip('/')}/webhook/decision",
             "body": {"reference": ref.ref, "approver": "IDENTITY", "approve": True},
+            # Approve with changes: add e.g. "changes": {"amount_cents": 12000}.
+            "may_change": request.may_change,
         },
     }
 

@@ -5,6 +5,7 @@ dev server, worker, scripted model over HTTP, demo shop."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -13,6 +14,7 @@ from activities.runtime import Runtime
 from agents.run import AgentRun
 from guardrails.audit import AuditRecord
 from guardrails.knowledge import DEFAULT_KNOWLEDGE_PATH, citations_in, open_index
+from guardrails.rendering import as_text, request_view
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, signed, start_run
 from workers.cli import story_line
@@ -84,6 +86,15 @@ async def test_a_fabricated_citation_is_flagged_on_the_approval(
     assert by_ref[made_up]["status"] == "unresolved" and by_ref[made_up]["passage"] is None
     [real] = [c for ref, c in by_ref.items() if ref != made_up]
     assert real["status"] == "resolved" and real["passage"]["document"] == "refund-policy.md"
+    # What the approver reads, on every channel: the made-up passage flagged, the real quoted.
+    assert request.evidence is not None
+    text = as_text(
+        request_view(
+            request, workflow_id=handle.id, agent=request.agent, task="", now=datetime.now(UTC)
+        )
+    )
+    assert f"Cites {made_up}: NOT FOUND" in text
+    assert real["passage"]["text"][:40] in text
 
     await handle.execute_update(
         AgentRun.decide,

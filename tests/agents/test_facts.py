@@ -21,6 +21,8 @@ async def test_a_side_effects_facts_are_fetched_from_the_system_of_record(
     facts = await resolve_facts(
         runtime, "wf-facts", {"order_id": "A-1002", "amount_cents": 100, "reason": "r"}
     )
+    with shop.client() as c:
+        placed = c.get("/orders/A-1002").json()["created_at"]
     assert facts == {
         "order": {
             "order_id": "A-1002",
@@ -29,6 +31,7 @@ async def test_a_side_effects_facts_are_fetched_from_the_system_of_record(
             "total_cents": 18900,
             "captured_cents": 18900,
             "refunded_cents": 0,
+            "created_at": placed,
         }
     }
     with shop.client() as c:

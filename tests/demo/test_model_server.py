@@ -91,7 +91,11 @@ async def test_refund_script_plays_lookup_then_refund_and_note_then_final(
     lookup, search = choice.message.tool_calls
     assert lookup.type == "function"
     assert lookup.function.name == "orders.lookup"
-    assert json.loads(lookup.function.arguments) == {"order_id": "A-1001"}
+    # Each call's reason comes as its own `call_reason` argument, and as a content line.
+    assert json.loads(lookup.function.arguments) == {
+        "order_id": "A-1001",
+        "call_reason": "I need the captured amount",
+    }
     assert lookup.id.startswith("call_") and len(lookup.id) == len("call_") + 8
     assert search.function.name == "knowledge.search"
     assert json.loads(search.function.arguments) == {
@@ -116,11 +120,14 @@ async def test_refund_script_plays_lookup_then_refund_and_note_then_final(
         "order_id": "A-1001",
         "amount_cents": 4200,
         "reason": "Customer reports: the teapot arrived broken",
+        "call_reason": "The customer reports: the teapot arrived broken; "
+        "refunding the full captured amount.",
     }
     assert note.function.name == "crm.add_note"
     assert json.loads(note.function.arguments) == {
         "customer_id": "C-100",
         "text": "Refunded order A-1001 in full. Customer reports: the teapot arrived broken.",
+        "call_reason": "Keep the customer record up to date",
     }
     assert refund.id != note.id
     assert second.message.content.splitlines() == [
@@ -151,6 +158,7 @@ async def test_update_contact_script_changes_the_phone(client: openai.AsyncOpenA
     assert json.loads(update.function.arguments) == {
         "customer_id": "C-100",
         "fields": {"phone": "+44 20 7946 0000"},
+        "call_reason": "The customer asked for their phone number to be updated.",
     }
 
 

@@ -158,7 +158,10 @@ async def test_ops_start_a_run_in_the_ui_find_it_waiting_and_approve_it_there(
     (request,) = (await handle.query(AgentRun.status)).pending_approvals
     await expect(frame.get_by_text(request.request_id).first).to_be_visible()
     await expect(frame.get_by_text("amount=129.00 USD").first).to_be_visible()
-    await expect(frame.get_by_text("needs 1 of: alice, bob")).to_be_visible()
+    await expect(frame.get_by_text("1 of alice, bob (support-leads)").first).to_be_visible()
+    # The evidence the guard fetched itself, with its source, and the agent's claim apart.
+    await expect(frame.get_by_text("captured=129.00 USD").first).to_be_visible()
+    await expect(frame.get_by_text("claim (not verified)").first).to_be_visible()
     await shot(page, "2-waiting-current-details")
 
     # The `status` query shows the pending request and the actions so far.

@@ -136,6 +136,37 @@ async def test_inbox_lists_two_runs_and_approves_one_and_rejects_the_other(
     assert yes.actor == no.actor == "email:alice"
     assert no.data["comment"] == "Warped by the customer" and not no.data["approve"]
 
+    # Approve with changes: a lower amount typed under the request, decided again, refunded.
+    scale_before = len(shop.refunds("A-1053"))
+    scale = await start_run(
+        temporal.client, worker.task_queue, task="Refund order A-1053: the scale reads wrong."
+    )
+    (to_change,) = await wait_for_pending(scale)
+    await wait_until(
+        lambda: gateway.tokens.find_reference(scale.id, to_change.request_id),
+        "the request in the link store",
+    )
+    await page.goto(f"{gateway.settings.gateway_url}/inbox")
+    change_box = page.locator(f"section#{to_change.request_id}")
+    assert "99.00 USD" in await change_box.inner_text()
+    await change_box.locator("input[name='change:amount_cents']").fill("120.00")
+    async with page.expect_navigation():
+        await change_box.locator("button.approve").click()
+    assert "not accepted" in await page.inner_text("#notice")  # never up
+    change_box = page.locator(f"section#{to_change.request_id}")
+    await change_box.locator("input[name='change:amount_cents']").fill("60.00")
+    await change_box.locator("textarea").fill("Half: the scale still works")
+    async with page.expect_navigation():
+        await change_box.locator("button.approve").click()
+    assert "the request is changed" in await page.inner_text("#notice")
+    changed = await scale.result()
+    (refund,) = [a for a in changed.actions if a.tool == "payments.refund"]
+    assert refund.status == "executed" and refund.arguments is not None
+    assert refund.arguments["amount_cents"] == 6000
+    assert [r["amount_cents"] for r in shop.refunds("A-1053")[scale_before:]] == [6000]
+    (change,) = channel_runtime.audit.find(scale.id, "approval.changed")
+    assert change.actor == "email:alice"
+
     # Settled elsewhere (here: by alice) means gone from everyone's inbox.
     await page.goto(f"{gateway.settings.gateway_url}/inbox")
     html = await page.content()

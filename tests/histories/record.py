@@ -174,6 +174,25 @@ async def compensated(client: Client) -> WorkflowHandle[Any, Any]:
     return handle
 
 
+async def approved_with_changes(client: Client) -> WorkflowHandle[Any, Any]:
+    """899.00 needs a support lead and finance; alice approves 600.00 instead (still the
+    finance tier: her signature counts once), and carol approves the changed action."""
+    handle = await _start(client, "approved-with-changes", "Refund order A-1003: the desk wobbles.")
+    (request,) = await wait_for_requests(handle)
+    await decide_as(
+        client, handle.id, request, "alice", comment="one leg only", changes={"amount_cents": 60000}
+    )
+    for _ in range(400):
+        pending = await wait_for_requests(handle)
+        follow = [r for r in pending if r.request_id != request.request_id]
+        if follow:
+            break
+        await asyncio.sleep(0.05)
+    await decide_as(client, handle.id, follow[0], "carol")
+    await handle.result()
+    return handle
+
+
 Scenario = Callable[[Client], Awaitable[WorkflowHandle[Any, Any]]]
 # name → (scenario, needs the time-skipping server)
 SCENARIOS: dict[str, tuple[Scenario, bool]] = {
@@ -183,8 +202,14 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {
     "timed-out": (timed_out, True),
     "compensated": (compensated, False),
     "reminded": (reminded, True),
+    "approved-with-changes": (approved_with_changes, False),
 }
 PENDING_SCENARIOS: dict[str, str] = {}
+# Behaviour runs recorded before a patch cannot have: not in the before-* folders.
+LATER_SCENARIOS: dict[str, str] = {
+    "reminded": "reminders came with patch approval-reminders",
+    "approved-with-changes": "approving with changes came with patch approval-evidence-and-changes",
+}
 
 
 def check_no_secrets(name: str, text: str, secrets: list[str]) -> None:

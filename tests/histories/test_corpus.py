@@ -14,7 +14,7 @@ from temporalio.worker import Worker
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import SHOP_TOKEN, signed, start_run
 from tests.e2e.test_cli import countersign
-from tests.histories.record import PENDING_SCENARIOS, SCENARIOS
+from tests.histories.record import LATER_SCENARIOS, PENDING_SCENARIOS, SCENARIOS
 from tests.histories.variants import AgentRunThatChecksFirst, graph_without_approvals
 from workers.replay import load_histories, readable_text, replay
 from workers.settings import Settings
@@ -29,14 +29,10 @@ CORPUS = sorted(HERE.glob("*.json"))
 ALL_HISTORIES = CORPUS + sorted(BEFORE_SIGNED.glob("*.json")) + sorted(BEFORE_PATCH.glob("*.json"))
 
 
-# Scenarios of behaviour that older corpora cannot have (recorded only in the current one).
-NEWER_THAN_FROZEN = {"reminded"}
-
-
 def test_every_scenario_is_recorded() -> None:
     assert {p.stem for p in CORPUS} == set(SCENARIOS)
     for folder in (BEFORE_SIGNED, BEFORE_PATCH):
-        assert {p.stem for p in folder.glob("*.json")} == set(SCENARIOS) - NEWER_THAN_FROZEN
+        assert {p.stem for p in folder.glob("*.json")} == set(SCENARIOS) - set(LATER_SCENARIOS)
     assert not set(PENDING_SCENARIOS) & set(SCENARIOS)
 
 
@@ -48,9 +44,11 @@ async def test_recorded_history_replays_to_the_same_result(path: Path) -> None:
     assert report.deterministic, report.divergence
     # Every model output, verdict and tool result came from history, and the run's result
     # computed from them now is the one the original run returned.
-    # Three planning steps; a verdict per proposal, and one per compensation when rolled back.
+    # Three planning steps; a verdict per proposal, one per compensation when rolled back,
+    # and one for an action approved with changes.
     assert report.model_steps == 3
-    assert report.verdicts == (5 if path.stem == "compensated" else 3)
+    extra = {"compensated": 2, "approved-with-changes": 1}
+    assert report.verdicts == 3 + extra.get(path.stem, 0)
     assert report.result_matches is True
     assert report.result is not None
 
@@ -78,6 +76,11 @@ async def test_replay_reconstructs_each_scenarios_decisions(folder: Path) -> Non
         assert refund("reminded")["status"] == "expired"
     assert refund("compensated")["status"] == "compensated"
     assert reports["compensated"].result["status"] == "rolled_back"
+    if folder == HERE:
+        changed = refund("approved-with-changes")
+        assert changed["arguments"]["amount_cents"] == 60000
+        assert changed["changed_from"]["amount_cents"] == 89900
+        assert sorted(changed["approved_by"]) == ["alice", "carol"]
 
 
 def test_histories_hold_no_secrets() -> None:
