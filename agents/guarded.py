@@ -50,6 +50,8 @@ from guardrails.policy import Proposal
 TRANSCRIPT_SEQ = "countersign_transcript_seq"
 # The order the model gave its calls in (valid and malformed ones are two lists in LangChain).
 CALL_ORDER = "countersign_call_order"
+# Each call's own reason, as the model activity read it (else the reply's text stands for all).
+CALL_REASONS = "countersign_call_reasons"
 
 
 class GuardedState(TypedDict, total=False):
@@ -101,6 +103,7 @@ async def call_model(state: GuardedState, runtime: Runtime[RunState]) -> dict[st
         response_metadata={
             TRANSCRIPT_SEQ: out["seq"],
             CALL_ORDER: [p.call_id for p in proposals],
+            CALL_REASONS: {p.call_id: p.reason for p in proposals},
         },
     )
     update: dict[str, Any] = {"messages": [reply], "seq": out["seq"], "final": reply.content}
@@ -149,9 +152,15 @@ async def guarded_tools(state: GuardedState, runtime: Runtime[RunState]) -> dict
 
 def proposals_of(reply: AIMessage) -> list[Proposal]:
     """The reply's tool calls as proposals for the guard, in the order the model made them."""
-    reason = _text(reply).strip()
+    text = _text(reply).strip()
+    reasons = reply.response_metadata.get(CALL_REASONS) or {}
     proposals = [
-        Proposal(call_id=c["id"] or "", tool=c["name"], arguments=c["args"], reason=reason)
+        Proposal(
+            call_id=c["id"] or "",
+            tool=c["name"],
+            arguments=c["args"],
+            reason=reasons.get(c["id"], text),
+        )
         for c in reply.tool_calls
     ] + [
         Proposal(
@@ -159,7 +168,7 @@ def proposals_of(reply: AIMessage) -> list[Proposal]:
             tool=c["name"] or "",
             arguments=None,
             arguments_error=c["error"] or "the arguments could not be parsed",
-            reason=reason,
+            reason=reasons.get(c["id"], text),
         )
         for c in reply.invalid_tool_calls
     ]
