@@ -40,6 +40,7 @@ from activities.contracts import (
 )
 from agents.changes import decide_changed, gather_evidence, note_change
 from agents.failures import cause_of
+from agents.segments import segment_ends
 from agents.state import ATOMIC_TURNS, ActionRecord, RunState, model_bounds, run_bookkeeping
 from guardrails.approvals import ApprovalRequest, new_request
 from guardrails.policy import Proposal
@@ -586,7 +587,7 @@ async def after_act(state: LoopState, runtime: Runtime[RunState]) -> str:
     run = runtime.context
     if run.step >= run.max_steps or run.tokens >= run.agent.max_tokens:
         return "stop"
-    return "plan"
+    return END if segment_ends(run) else "plan"
 
 
 async def stop(state: LoopState, runtime: Runtime[RunState]) -> LoopState:

@@ -64,6 +64,9 @@ class GuardedState(TypedDict, total=False):
     final: str
     # Why the run stopped early (max_steps, max_tokens, model_reply_refused); None: it finished.
     stop_reason: str | None
+    # The latest tool results in the transcript's format, until the model is sent them: what a
+    # long run's next segment carries (agents/segments.py) with `seq`.
+    observations: list[dict[str, Any]]
 
 
 def in_workflow() -> dict[str, Any]:
@@ -76,6 +79,9 @@ async def call_model(state: GuardedState, runtime: Runtime[RunState]) -> dict[st
     messages = list(state.get("messages", []))
     last, since = _last_reply(messages)
     new = [_openai_message(m) for m in since]
+    if last is None:
+        # A long run's new segment starts with the results its previous segment carried.
+        new = [*state.get("observations", []), *new]
     # A state without `seq` (a plain MessagesState) still appends after the last reply,
     # never over it.
     seq = max(state.get("seq", 0), last.response_metadata[TRANSCRIPT_SEQ] if last else 0)
@@ -106,7 +112,12 @@ async def call_model(state: GuardedState, runtime: Runtime[RunState]) -> dict[st
             CALL_REASONS: {p.call_id: p.reason for p in proposals},
         },
     )
-    update: dict[str, Any] = {"messages": [reply], "seq": out["seq"], "final": reply.content}
+    update: dict[str, Any] = {
+        "messages": [reply],
+        "seq": out["seq"],
+        "final": reply.content,
+        "observations": [],
+    }
     if out.get("stop_reason"):
         update["stop_reason"] = out["stop_reason"]
     return update
@@ -135,6 +146,7 @@ async def guarded_tools(state: GuardedState, runtime: Runtime[RunState]) -> dict
     names = {p.call_id: p.tool for p in proposals}
     seq = last.response_metadata.get(TRANSCRIPT_SEQ)
     return {
+        "observations": acted["observations"],
         "messages": [
             ToolMessage(
                 content=o["content"],
@@ -146,7 +158,7 @@ async def guarded_tools(state: GuardedState, runtime: Runtime[RunState]) -> dict
                 id=f"tool-{seq}-{i}" if seq is not None else None,
             )
             for i, o in enumerate(acted["observations"])
-        ]
+        ],
     }
 
 
@@ -188,9 +200,10 @@ async def tools_condition(state: GuardedState, runtime: Runtime[RunState]) -> st
 
 
 async def within_limits(state: GuardedState, runtime: Runtime[RunState]) -> str:
-    """After the tools: back to "model", or to "stop" when the agent's step or token limit
-    is reached."""
-    return "stop" if await loop.after_act({}, runtime) == "stop" else "model"
+    """After the tools: back to "model"; to "stop" when the agent's step or token limit is
+    reached; to the end when a long run's segment ends (it continues as new)."""
+    after = await loop.after_act({}, runtime)
+    return after if after in ("stop", END) else "model"
 
 
 async def stop(state: GuardedState, runtime: Runtime[RunState]) -> dict[str, Any]:
@@ -211,7 +224,7 @@ def create_guarded_agent(
     g.add_node("stop", stop, metadata=in_workflow())
     g.add_edge(START, "model")
     g.add_conditional_edges("model", tools_condition, ["tools", END])
-    g.add_conditional_edges("tools", within_limits, ["model", "stop"])
+    g.add_conditional_edges("tools", within_limits, ["model", "stop", END])
     g.add_edge("stop", END)
     return g
 

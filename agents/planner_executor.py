@@ -57,7 +57,8 @@ async def after_planner(state: PlannerState, runtime: Runtime[RunState]) -> str:
 
 
 async def after_tools(state: PlannerState, runtime: Runtime[RunState]) -> str:
-    return "stop" if await within_limits(state, runtime) == "stop" else "executor"
+    after = await within_limits(state, runtime)
+    return "executor" if after == "model" else after
 
 
 @guarded_graph(GRAPH)
@@ -79,6 +80,6 @@ def build() -> StateGraph[PlannerState, RunState, Any, Any]:
     g.add_conditional_edges("planner", after_planner, ["tools", "keep_plan", END])
     g.add_edge("keep_plan", "executor")
     g.add_conditional_edges("executor", tools_condition, ["tools", END])
-    g.add_conditional_edges("tools", after_tools, ["executor", "stop"])
+    g.add_conditional_edges("tools", after_tools, ["executor", "stop", END])
     g.add_edge("stop", END)
     return g

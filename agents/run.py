@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
 
     from agents.failures import cause_of
     from agents.rollback import compensate
+    from agents.segments import carried_in, continue_as_new, kept_actions, restore
     from agents.state import (
         AGENT_RUN,
         RUN_REFUSALS,
@@ -66,27 +67,19 @@ class AgentRun:
     async def run(self, input: Any) -> RunResult:
         """Typed `Any` on purpose: a payload that failed to decode would fail the workflow task
         in a retry loop; validating here fails the run at once, naming the bad field."""
-        run_input = parse_run_input(input)
+        carried = carried_in(input)  # a long run's next segment (agents/segments.py)
+        run_input = carried.input if carried else parse_run_input(input)
         run = self._run = RunState(run_input)
         self._signed = run.signed  # every patch is decided as the run state is made
-        if not self._signed:
-            run.requester = run_input.requested_by  # as runs recorded before took it
-        elif run_input.requester_proof is not None:
-            run.requester = await self._verify_requester(run_input)
-        proven = run.requester is not None and self._signed
-        await run.record(
-            "run.started",
-            {
-                **run_input.model_dump(mode="json", exclude={"requester_proof"}),
-                **({"requester": {"verified": proven}} if self._signed else {}),
-            },
-            actor=f"requester:{run_input.requested_by}"
-            + ("" if proven or not self._signed else " (claimed)"),
-        )
+        start: dict[str, Any] = {"seq": 0, "observations": []}
+        if carried:
+            start = restore(run, carried)
+        else:
+            await self._start(run)
         app = graph(run.agent.graph).compile()
         try:
             final = await app.ainvoke(
-                {"seq": 0, "observations": []},
+                start,
                 context=run,
                 # Each step is at most four super-steps (plan, guard, approvals, act).
                 config={"recursion_limit": 4 * run.max_steps + 10},
@@ -102,23 +95,47 @@ class AgentRun:
                 {"reason": reason, "irreversible": irreversible, "cause": cause.model_dump()},
             )
             raise
+        if run.continue_due:
+            await continue_as_new(run, final)
         result = RunResult(
             agent=run.agent.name,
             # Runs recorded before refusals were reported replay to the result they returned.
             status=finished_status(
-                run.actions, final.get("stop_reason"), workflow.patched(RUN_REFUSALS)
+                run.actions,
+                final.get("stop_reason"),
+                workflow.patched(RUN_REFUSALS),
+                run.refused_before,
             ),
             stop_reason=final.get("stop_reason"),
             final_message=final.get("final", ""),
             steps=run.step,
             tokens=run.tokens,
-            actions=run.actions,
+            actions=kept_actions(run),
         )
         if run_input.undo_window_seconds:
             result = await self._undo_window(run, result)
         run.show(result.status)
         await run.record("run.finished", result.model_dump(mode="json"))
         return result
+
+    async def _start(self, run: RunState) -> None:
+        """The requester (proven by a signed start statement, or only claimed) and the audit
+        record of the start."""
+        run_input = run.input
+        if not self._signed:
+            run.requester = run_input.requested_by  # as runs recorded before took it
+        elif run_input.requester_proof is not None:
+            run.requester = await self._verify_requester(run_input)
+        proven = run.requester is not None and self._signed
+        await run.record(
+            "run.started",
+            {
+                **run_input.model_dump(mode="json", exclude={"requester_proof"}),
+                **({"requester": {"verified": proven}} if self._signed else {}),
+            },
+            actor=f"requester:{run_input.requested_by}"
+            + ("" if proven or not self._signed else " (claimed)"),
+        )
 
     async def _undo_window(self, run: RunState, result: RunResult) -> RunResult:
         """Stay open for the undo window; a rollback Update inside it undoes the run."""
@@ -141,7 +158,11 @@ class AgentRun:
         irreversible = await compensate(run, reason)
         self._rolled_back = True
         return result.model_copy(
-            update={"status": "rolled_back", "actions": run.actions, "irreversible": irreversible}
+            update={
+                "status": "rolled_back",
+                "actions": kept_actions(run),
+                "irreversible": irreversible,
+            }
         )
 
     def _state(self) -> RunState:

@@ -55,6 +55,10 @@ class AgentSpec(BaseModel):
     turn: Literal["atomic", "independent"] = "atomic"
     # None: the model is sent the whole conversation on every step.
     context: ContextWindow | None = None
+    # Long runs: continue as new every this many steps (agents/segments.py), so each history
+    # segment stays bounded and a run may take up to MAX_LONG_RUN_STEPS steps. None: one
+    # history, and a run's `max_steps` is at most MAX_RUN_STEPS.
+    segment_steps: int | None = Field(default=None, ge=1)
 
     @field_validator("subject")
     @classmethod
@@ -66,6 +70,12 @@ class AgentSpec(BaseModel):
             except re.error as e:
                 raise ValueError(f"{name}: {pattern!r} is not a regular expression: {e}") from None
         return subject
+
+
+# A run's `max_steps` (RunInput): at most this many for an agent that keeps one history…
+MAX_RUN_STEPS = 200
+# … and this many for one that continues as new (AgentSpec.segment_steps).
+MAX_LONG_RUN_STEPS = 1_000_000
 
 
 # Every declared agent, by name: filled at start-up from the installed plugins

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from itertools import islice
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -25,7 +27,7 @@ from activities.contracts import (
 )
 from agents import search_attributes as sa
 from agents.failures import FailureCause
-from agents.specs import AGENTS, AgentSpec
+from agents.specs import AGENTS, MAX_LONG_RUN_STEPS, MAX_RUN_STEPS, AgentSpec
 from guardrails.approvals import ApprovalRequest, RecordedDecision
 from guardrails.errors import describe
 from guardrails.identity import Envelope, Verified
@@ -56,6 +58,9 @@ APPROVAL_REMINDERS = "approval-reminders"
 # Since this patch, every approval request carries an evidence pack (an activity gathers it)
 # and an approver may approve with changes (the changed action is decided again).
 APPROVAL_EVIDENCE = "approval-evidence-and-changes"
+# Since this patch, a run of an agent with `segment_steps` continues as new at step boundaries
+# (agents/segments.py).
+CONTINUE_AS_NEW = "continue-as-new"
 
 
 class StatementRefusedError(Exception):
@@ -139,7 +144,12 @@ class RunInput(BaseModel):
         "start signs it); a proven requester can never approve this run",
     )
     mode: Mode | None = Field(default=None, description="shadow | augment | automate")
-    max_steps: int | None = Field(default=None, ge=1, le=200)
+    max_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_LONG_RUN_STEPS,
+        description=f"At most {MAX_RUN_STEPS}, unless the agent continues as new (long runs)",
+    )
     undo_window_seconds: int = Field(
         default=0,
         ge=0,
@@ -159,6 +169,12 @@ class RunInput(BaseModel):
         spec = AGENTS.get(self.agent)
         if spec is None:
             return self
+        if self.max_steps and self.max_steps > MAX_RUN_STEPS and spec.segment_steps is None:
+            raise PydanticCustomError(
+                "invalid_max_steps",
+                f"max_steps: at most {MAX_RUN_STEPS} for agent {self.agent!r}, which keeps one "
+                "history (an agent with segment_steps continues as new and may run longer)",
+            )
         fields = spec.subject
         for name, value in self.context.items():
             if name not in fields or not isinstance(value, str):
@@ -267,12 +283,15 @@ RunOutcome = Literal["completed", "completed_with_refusals", "stopped", "rolled_
 
 
 def finished_status(
-    actions: list[ActionRecord], stop_reason: str | None, report_refusals: bool = True
+    actions: list[ActionRecord],
+    stop_reason: str | None,
+    report_refusals: bool = True,
+    refused_before: bool = False,
 ) -> RunOutcome:
-    """How a run that was not rolled back ended."""
+    """How a run that was not rolled back ended (`refused_before`: in an earlier segment)."""
     if stop_reason:
         return "stopped"
-    refused = report_refusals and any(a.status in REFUSED for a in actions)
+    refused = report_refusals and (refused_before or any(a.status in REFUSED for a in actions))
     return "completed_with_refusals" if refused else "completed"
 
 
@@ -338,6 +357,20 @@ class RunState:
     gathers_evidence: bool = False
     # Actions approved with changes, by call id.
     changed: dict[str, ChangedAction] = field(default_factory=dict)
+    # Long runs (agents/segments.py): whether this run may continue as new, its segment (1:
+    # the first) and the step that segment started after, whether the graph stopped to
+    # continue as new, and whether an earlier segment refused an action (the run then ends
+    # completed_with_refusals).
+    segmented: bool = False
+    segment: int = 1
+    segment_start: int = 0
+    continue_due: bool = False
+    refused_before: bool = False
+    # The customer ref found so far in the requests' and the actions' arguments, and how many
+    # of each were looked at: both lists only grow, so `show` never walks them again.
+    _refs: dict[str, tuple[int, str | None]] = field(
+        default_factory=lambda: {"requests": (0, None), "actions": (0, None)}, repr=False
+    )
 
     def __post_init__(self) -> None:
         # Every patch is decided here, when the run starts, before its first command: a patch
@@ -348,6 +381,7 @@ class RunState:
         self.signed = workflow.patched(SIGNED_IDENTITIES)
         self.reminds = workflow.patched(APPROVAL_REMINDERS)
         self.gathers_evidence = workflow.patched(APPROVAL_EVIDENCE)
+        self.segmented = workflow.patched(CONTINUE_AS_NEW)
         for later in (LOCAL_BOOKKEEPING, MODEL_BOUNDS_FROM_SETTINGS, ATOMIC_TURNS, RUN_REFUSALS):
             workflow.patched(later)
 
@@ -358,6 +392,25 @@ class RunState:
     @property
     def max_steps(self) -> int:
         return self.input.max_steps or self.agent.max_steps
+
+    def _customer_ref(self) -> str | None:
+        """The subject's order or customer id, else the first one in the requests' arguments,
+        else in the actions' (the same answer as sa.customer_ref over all of them in that
+        order, so runs recorded before replay the same upserts)."""
+        return (
+            sa.customer_ref(self.input.subject)
+            or self._first_ref("requests", self.requests.values(), len(self.requests))
+            or self._first_ref("actions", self.actions, len(self.actions))
+        )
+
+    def _first_ref(self, kind: str, items: Iterable[Any], count: int) -> str | None:
+        seen, ref = self._refs[kind]
+        if ref is None and count > seen:
+            for item in islice(items, seen, None):
+                if ref := sa.customer_ref(item.arguments):
+                    break
+            self._refs[kind] = (count, ref)
+        return ref
 
     def pending(self) -> list[ApprovalRequest]:
         return [r for r in self.requests.values() if r.status == "pending"]
@@ -385,18 +438,15 @@ class RunState:
         sa.upsert(
             {
                 sa.AGENT: self.agent.name,
-                sa.STAGE: stage,
+                sa.STAGE: sa.stage_value(stage, long_run=self.agent.segment_steps is not None),
                 sa.WAITING: bool(pending),
                 sa.TOOL: last_tool,
-                sa.CUSTOMER_REF: sa.customer_ref(
-                    self.input.subject,
-                    *(r.arguments for r in self.requests.values()),
-                    *(a.arguments for a in self.actions),
-                ),
+                sa.CUSTOMER_REF: self._customer_ref(),
             }
         )
         lines = [
-            f"**{self.agent.name}** · step {self.step}/{self.max_steps} · stage **{stage}**",
+            f"**{self.agent.name}** · step {self.step}/{self.max_steps} · stage **{stage}**"
+            + (f" · segment {self.segment}" if self.segment > 1 else ""),
             "",
             f"Task: {self.input.task}",
         ]

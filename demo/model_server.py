@@ -404,6 +404,8 @@ def create_app(scripts_dir: str | Path, latency_ms: int = 0) -> Starlette:
     library = ScriptLibrary(Path(scripts_dir))
     library.scripts()
     requests: deque[dict[str, Any]] = deque(maxlen=2000)
+    # The server's own time handling chat completions (benchmarks subtract it: /_stats).
+    handled = {"requests": 0, "seconds": 0.0}
 
     def scripts_or_error() -> tuple[Script, ...] | JSONResponse:
         try:
@@ -412,6 +414,14 @@ def create_app(scripts_dir: str | Path, latency_ms: int = 0) -> Starlette:
             return _error(500, str(e), type="server_error", code="invalid_script")
 
     async def chat_completions(request: Request) -> JSONResponse:
+        began = time.perf_counter()
+        try:
+            return await _chat_completions(request)
+        finally:
+            handled["requests"] += 1
+            handled["seconds"] += time.perf_counter() - began
+
+    async def _chat_completions(request: Request) -> JSONResponse:
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -486,6 +496,9 @@ def create_app(scripts_dir: str | Path, latency_ms: int = 0) -> Starlette:
     async def recent_requests(request: Request) -> JSONResponse:
         return JSONResponse({"requests": list(requests)})
 
+    async def stats(request: Request) -> JSONResponse:
+        return JSONResponse(handled)
+
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "scripted": True})
 
@@ -494,6 +507,7 @@ def create_app(scripts_dir: str | Path, latency_ms: int = 0) -> Starlette:
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/_requests", recent_requests, methods=["GET"]),
+            Route("/_stats", stats, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
         ]
     )

@@ -511,7 +511,7 @@ def print_verification(report: VerifyReport, location: str) -> None:
 
 async def cmd_replay(args: argparse.Namespace, settings: Settings) -> None:
     from workers.plugins import apply_plugins
-    from workers.replay import load_histories, replay, save_history
+    from workers.replay import fetch_segments, load_histories, replay, save_history
 
     apply_plugins(settings)  # the agents the recorded runs name
     if not args.runs and not args.file:
@@ -527,8 +527,9 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> None:
 
         client = await connect(settings)
         for run in args.runs:
-            history = await client.get_workflow_handle(run).fetch_history()
-            histories.append((f"temporal {settings.temporal_address}", history))
+            # A long run: every segment (each replays on its own); --save keeps the latest.
+            for history in await fetch_segments(client, run):
+                histories.append((f"temporal {settings.temporal_address}", history))
             if args.save:
                 save_history(args.save, history)
     from workers.codec import data_converter

@@ -24,7 +24,8 @@ from typing import Any
 from langgraph.graph import StateGraph
 from pydantic import BaseModel
 from temporalio import workflow
-from temporalio.client import WorkflowHistory
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 from temporalio.worker import (
@@ -117,6 +118,24 @@ def load_histories(paths: Sequence[str | Path]) -> list[tuple[str, WorkflowHisto
             raise ValueError(f"{given}: no history JSON file there")
         found += [(str(f), load_history(f)) for f in files]
     return found
+
+
+async def fetch_segments(client: Client, workflow_id: str) -> list[WorkflowHistory]:
+    """The histories of a run, first to last: one, or one per segment of a long run that
+    continued as new (agents/segments.py)."""
+    info = (await client.get_workflow_handle(workflow_id).describe()).raw_description
+    run_id: str | None = info.workflow_execution_info.first_run_id or None
+    if run_id is None:  # a server that does not say: the latest segment only
+        return [await client.get_workflow_handle(workflow_id).fetch_history()]
+    histories = []
+    while run_id:
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        histories.append(history)
+        last = history.events[-1]
+        run_id = None
+        if last.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
+            run_id = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+    return histories
 
 
 def save_history(path: str | Path, history: WorkflowHistory) -> None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
+import shutil
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,16 +32,20 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.runtime import Runtime
 from agents.run import AgentRun
+from agents.specs import AGENTS, AgentSpec
 from agents.state import RunInput, RunResult
 from workers.credentials import get_secret
 from workers.decisions import decide_as, rollback_request, sign_decision, wait_for_requests
 from workers.devstack import free_port, start_dev_stack
 from workers.identities import signer_for
-from workers.replay import readable_text, save_history
+from workers.replay import fetch_segments, readable_text, save_history
 from workers.settings import Settings, SystemSettings
 from workers.worker import build_worker, check_startup, connect, ensure_search_attributes
 
 HERE = Path(__file__).parent
+# Runs that continue as new: one file per segment, `segments/<scenario>.<n>.json`.
+SEGMENTS = HERE / "segments"
+DEMO_SCRIPTS = HERE.parent.parent / "demo" / "scripts"
 TASK_QUEUE = "corpus"
 
 
@@ -94,7 +100,8 @@ async def _start(
     # The run is about the order its task names.
     order = re.search(r"\b[A-Z]-\d{4}\b", task)
     options.setdefault("subject", {"order_id": order[0]} if order else {})
-    run_input = RunInput(agent="support-refunds", task=task, requested_by="ops-dana", **options)
+    options.setdefault("agent", "support-refunds")
+    run_input = RunInput(task=task, requested_by="ops-dana", **options)
     return await client.start_workflow(
         AgentRun.run,
         run_input.model_dump(mode="json"),
@@ -193,6 +200,66 @@ async def approved_with_changes(client: Client) -> WorkflowHandle[Any, Any]:
     return handle
 
 
+# A long run in three segments (agents/segments.py): this agent continues as new every two
+# steps. Steps 1-2 look A-1054 up and refund 30.00 automatically; steps 3-4 refund 25.00 more,
+# which the first refund brings over 50.00 for the customer's week, so it waits for a support
+# lead (alice approves); step 5 reaches max_steps. Inside the undo window bob rolls the run
+# back: both refunds are reversed, newest first, across the segments.
+SEGMENTED = "support-refunds-segmented"
+
+
+def segmented_agent() -> AgentSpec:
+    """Made when needed, from the registered support-refunds agent."""
+    return AGENTS["support-refunds"].model_copy(
+        update={"name": SEGMENTED, "segment_steps": 2, "max_steps": 5}
+    )
+
+
+_LOOKUP = {"name": "orders.lookup", "arguments": {"order_id": "{order_id}"}}
+
+
+def _refund(amount_cents: int) -> dict[str, Any]:
+    args = {"order_id": "{order_id}", "amount_cents": amount_cents, "reason": "in two parts"}
+    return {"name": "payments.refund", "arguments": args}
+
+
+TWO_PART_REFUND = {
+    "name": "two-part-refund",
+    "match": r"(?i)pay back (?P<order_id>A-\d{4}) in two parts",
+    "turns": [
+        {"tool_calls": [_LOOKUP]},
+        {"tool_calls": [_refund(3000)]},
+        {"tool_calls": [_LOOKUP]},
+        {"tool_calls": [_refund(2500)]},
+        {"tool_calls": [_LOOKUP]},
+        {"say": "done"},
+    ],
+}
+
+
+async def long_run(client: Client) -> WorkflowHandle[Any, Any]:
+    AGENTS[SEGMENTED] = segmented_agent()
+    first = await _start(
+        client,
+        "long-run",
+        "Pay back A-1054 in two parts.",
+        agent=SEGMENTED,
+        undo_window_seconds=600,
+    )
+    latest = client.get_workflow_handle(first.id)  # decisions go to the latest segment
+    (request,) = await wait_for_requests(latest)
+    await decide_as(client, first.id, request, "alice", comment="second part checked")
+    for _ in range(400):
+        if (await latest.query(AgentRun.status)).stage.startswith("completed"):
+            break
+        await asyncio.sleep(0.05)
+    await latest.execute_update(
+        "rollback", rollback_request(signer_for("bob"), first.id, "paid twice")
+    )
+    await first.result()
+    return first
+
+
 Scenario = Callable[[Client], Awaitable[WorkflowHandle[Any, Any]]]
 # name → (scenario, needs the time-skipping server)
 SCENARIOS: dict[str, tuple[Scenario, bool]] = {
@@ -210,6 +277,8 @@ LATER_SCENARIOS: dict[str, str] = {
     "reminded": "reminders came with patch approval-reminders",
     "approved-with-changes": "approving with changes came with patch approval-evidence-and-changes",
 }
+# Runs that continue as new (one history per segment, in SEGMENTS).
+SEGMENTED_SCENARIOS: dict[str, Scenario] = {"long-run": long_run}
 
 
 def check_no_secrets(name: str, text: str, secrets: list[str]) -> None:
@@ -230,13 +299,23 @@ async def _save(stack: Stack, name: str, history: WorkflowHistory, out: Path) ->
 
 async def record(names: list[str], out: Path = HERE) -> list[Path]:
     written = []
-    async with fresh_stack() as stack:
-        live = [n for n in names if not SCENARIOS[n][1]]
-        skipping = [n for n in names if SCENARIOS[n][1]]
+    scripts = Path(tempfile.mkdtemp(prefix="countersign-record-scripts-"))
+    for script in DEMO_SCRIPTS.glob("*.json"):
+        shutil.copy(script, scripts)
+    (scripts / "two-part-refund.json").write_text(json.dumps(TWO_PART_REFUND))
+    async with fresh_stack(scripts) as stack:
+        live = [n for n in names if n in SCENARIOS and not SCENARIOS[n][1]]
+        skipping = [n for n in names if n in SCENARIOS and SCENARIOS[n][1]]
         async with build_worker(stack.client, stack.settings, stack.runtime, task_queue=TASK_QUEUE):
             for name in live:
                 handle = await SCENARIOS[name][0](stack.client)
                 written.append(await _save(stack, name, await handle.fetch_history(), out))
+            for name in [n for n in names if n in SEGMENTED_SCENARIOS]:
+                handle = await SEGMENTED_SCENARIOS[name](stack.client)
+                folder = out / SEGMENTS.name
+                folder.mkdir(exist_ok=True)
+                for n, history in enumerate(await fetch_segments(stack.client, handle.id), start=1):
+                    written.append(await _save(stack, f"{name}.{n}", history, folder))
         if skipping:
             env = await WorkflowEnvironment.start_time_skipping(
                 test_server_existing_path=str(Path(sys.executable).parent / "temporal-test-server"),
@@ -256,15 +335,17 @@ async def record(names: list[str], out: Path = HERE) -> list[Path]:
                         written.append(await _save(stack, name, await handle.fetch_history(), out))
             finally:
                 await env.shutdown()
+    shutil.rmtree(scripts, ignore_errors=True)
     return written
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.histories.record", description=__doc__)
-    parser.add_argument("names", nargs="*", choices=[[], *SCENARIOS], metavar="SCENARIO")
+    every = [*SCENARIOS, *SEGMENTED_SCENARIOS]
+    parser.add_argument("names", nargs="*", choices=[[], *every], metavar="SCENARIO")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args(argv)
-    for path in asyncio.run(record(args.names or list(SCENARIOS), args.out)):
+    for path in asyncio.run(record(args.names or every, args.out)):
         print(f"recorded {path} ({path.stat().st_size} bytes)")
     for name, why in PENDING_SCENARIOS.items():
         print(f"not recorded: {name} ({why})")

@@ -11,10 +11,19 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from agents.specs import AGENTS
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import SHOP_TOKEN, signed, start_run
 from tests.e2e.test_cli import countersign
-from tests.histories.record import LATER_SCENARIOS, PENDING_SCENARIOS, SCENARIOS
+from tests.histories.record import (
+    LATER_SCENARIOS,
+    PENDING_SCENARIOS,
+    SCENARIOS,
+    SEGMENTED,
+    SEGMENTED_SCENARIOS,
+    SEGMENTS,
+    segmented_agent,
+)
 from tests.histories.variants import AgentRunThatChecksFirst, graph_without_approvals
 from workers.replay import load_histories, readable_text, replay
 from workers.settings import Settings
@@ -171,3 +180,29 @@ async def test_cli_replays_a_live_run_by_workflow_id(
     # The saved file replays too, and is what `--file` and the corpus take.
     again = countersign(env, "replay", "--file", str(saved))
     assert again.returncode == 0 and "result identical" in again.stdout
+
+
+def test_every_segmented_scenario_is_recorded() -> None:
+    stems = {p.stem.rsplit(".", 1)[0] for p in SEGMENTS.glob("*.json")}
+    assert stems == set(SEGMENTED_SCENARIOS)
+
+
+async def test_a_run_continued_as_new_replays_segment_by_segment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """long-run: three segments; each replays on its own from its carried input, and the last
+    computes the recorded result (approved across a boundary, rolled back across two)."""
+    monkeypatch.setitem(AGENTS, SEGMENTED, segmented_agent())
+    paths = sorted(SEGMENTS.glob("long-run.*.json"))
+    reports = await replay(load_histories(paths))
+    assert [r.deterministic for r in reports] == [True] * 3, [r.divergence for r in reports]
+    assert [r.result_matches for r in reports] == [None, None, True]
+    assert [r.model_steps for r in reports] == [2, 2, 1]
+    result = reports[-1].result
+    assert result is not None and (result["status"], result["steps"]) == ("rolled_back", 5)
+    refunds = [a for a in result["actions"] if a["tool"] == "payments.refund"]
+    assert [a["status"] for a in refunds] == ["compensated", "compensated"]
+    assert refunds[1]["approved_by"] == ["alice"]
+    for path in paths:
+        text = readable_text(json.loads(path.read_text()))
+        assert "Bearer " not in text and SHOP_TOKEN not in text, path

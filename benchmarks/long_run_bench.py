@@ -1,0 +1,206 @@
+"""Long-run benchmark: Countersign's own cost per step as a run grows, each history segment's
+size, and replay time per step. Prints figures, asserts nothing about time.
+
+    python -m benchmarks.long_run_bench                        # 10 100 500 2000 steps
+    python -m benchmarks.long_run_bench --steps 10000 --segment 500
+
+Each run is the replay benchmark's looping script (a read-only lookup per step, then an
+answer) on a fresh dev stack, for an agent with a context window (keep 8 turns, fold 8, so the
+prompt is bounded) that continues as new every `--segment` steps (agents/segments.py).
+
+Countersign's own cost per step is the run's wall time minus the scripted model server's own
+time handling the requests (its `/_stats` endpoint: the time inside its handler, summed),
+divided by the steps. It holds the workflow tasks, the guard, the audit, the transcript store,
+the openai client and the lookup. "Last 10%" is the same figure from the history's event times
+over the last tenth of the run, with the model server's mean time per request subtracted:
+flat cost means it matches the whole run's. Replay: every segment's history replayed once
+(the workflow code and the SDK, no activities), summed, per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHistory
+
+from agents.run import AgentRun
+from agents.specs import AGENTS, ContextWindow
+from agents.state import RunInput
+from benchmarks.replay_bench import BENCH_AGENT, loop_script
+from tests.histories.record import fresh_stack
+from workers.logging import configure_logging
+from workers.replay import fetch_segments, replay
+from workers.worker import build_worker
+
+
+def step_times(histories: list[WorkflowHistory]) -> list[float]:
+    """The time each `model.plan` activity was scheduled: one per step, in order."""
+    return [
+        e.event_time.ToNanoseconds() / 1e9
+        for h in histories
+        for e in h.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "model.plan"
+    ]
+
+
+def breakdown(histories: list[WorkflowHistory], first: bool) -> tuple[float, float]:
+    """Over the first (or last) tenth of the steps: the workflow tasks' time (started to
+    completed, summed) and the activities' (the model call: started to completed), in ms per
+    step. Event ids restart in each segment, so events are keyed by (segment, event id)."""
+    events = [(n, e) for n, h in enumerate(histories) for e in h.events]
+    plans = [
+        i
+        for i, (_, e) in enumerate(events)
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "model.plan"
+    ]
+    tenth = max(2, len(plans) // 10)
+    window = plans[:tenth] if first else plans[-tenth:]
+    started: dict[tuple[int, int], float] = {}
+    wft = activity = 0.0
+    for n, e in events[window[0] : window[-1]]:
+        t = e.event_time.ToNanoseconds() / 1e9
+        kind = e.event_type
+        if kind in (
+            EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,
+            EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED,
+        ):
+            started[(n, e.event_id)] = t
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            wft += t - started.get(
+                (n, e.workflow_task_completed_event_attributes.started_event_id), t
+            )
+        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            activity += t - started.get(
+                (n, e.activity_task_completed_event_attributes.started_event_id), t
+            )
+    steps = len(window) - 1
+    return 1000 * wft / steps, 1000 * activity / steps
+
+
+async def model_stats(base_url: str) -> tuple[int, float]:
+    async with httpx.AsyncClient() as http:
+        stats = (await http.get(base_url.removesuffix("/v1") + "/_stats")).json()
+    return stats["requests"], stats["seconds"]
+
+
+async def bench(step_counts: list[int], segment: int) -> list[dict[str, Any]]:
+    agent = BENCH_AGENT.model_copy(
+        update={
+            "name": "bench-long",
+            "max_steps": max(step_counts) + 10,
+            "context": ContextWindow(keep_last_turns=8, fold_every=8),
+            "segment_steps": segment,
+        }
+    )
+    AGENTS[agent.name] = agent
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-scripts-") as scripts:
+        for n in step_counts:
+            (Path(scripts) / f"loop-{n}.json").write_text(json.dumps(loop_script(n)))
+        async with (
+            fresh_stack(scripts=Path(scripts)) as stack,
+            build_worker(stack.client, stack.settings, stack.runtime, task_queue="bench"),
+        ):
+            base_url = stack.settings.openai_base_url
+            for n in step_counts:
+                run_input = RunInput(agent=agent.name, task=f"Benchmark loop {n}", requested_by="b")
+                requests0, model0 = await model_stats(base_url)
+                began, cpu = time.perf_counter(), time.process_time()
+                handle = await stack.client.start_workflow(
+                    AgentRun.run,
+                    run_input.model_dump(mode="json"),
+                    id=f"bench-long-{n}",
+                    task_queue="bench",
+                    execution_timeout=timedelta(hours=3),
+                )
+                result = await handle.result()
+                wall = time.perf_counter() - began
+                cpu = time.process_time() - cpu
+                requests1, model1 = await model_stats(base_url)
+                assert result.steps == n + 1, result
+                steps = result.steps
+                histories = await fetch_segments(stack.client, handle.id)
+                per_request = (model1 - model0) / max(1, requests1 - requests0)
+                times = step_times(histories)
+                tenth = max(1, len(times) // 10)
+                tail = times[-tenth - 1 :]
+                tail_ms = 1000 * ((tail[-1] - tail[0]) / (len(tail) - 1) - per_request)
+                replayed = replayed_cpu = 0.0
+                for history in histories:
+                    t, c = time.perf_counter(), time.process_time()
+                    (report,) = await replay([("bench", history)])
+                    replayed += time.perf_counter() - t
+                    replayed_cpu += time.process_time() - c
+                    assert report.deterministic, report.divergence
+                rows.append(
+                    {
+                        "steps": steps,
+                        "wall_s": wall,
+                        "model_ms": 1000 * (model1 - model0) / steps,
+                        "own_ms": 1000 * (wall - (model1 - model0)) / steps,
+                        "cpu_ms": 1000 * cpu / steps,
+                        "tail_ms": tail_ms if len(tail) > 2 else float("nan"),
+                        "segments": len(histories),
+                        "max_events": max(len(h.events) for h in histories),
+                        "max_kb": max(sum(e.ByteSize() for e in h.events) for h in histories)
+                        / 1024,
+                        "replay_ms": 1000 * replayed / steps,
+                        "replay_cpu_ms": 1000 * replayed_cpu / steps,
+                        "wft": (breakdown(histories, True)[0], breakdown(histories, False)[0]),
+                        "activities": (
+                            breakdown(histories, True)[1],
+                            breakdown(histories, False)[1],
+                        ),
+                    }
+                )
+                print(f"  … {steps} steps in {wall:.1f}s", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.long_run_bench")
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 100, 500, 2000])
+    parser.add_argument("--segment", type=int, default=500, help="continue as new every N steps")
+    args = parser.parse_args(argv)
+    configure_logging(level="WARNING", json=False)
+    print(
+        f"Long runs: {', '.join(map(str, args.steps))} steps, window 8+8, continue as new "
+        f"every {args.segment} steps (fresh dev stack, scripted model, zero latency)"
+    )
+    rows = asyncio.run(bench(args.steps, args.segment))
+    print(
+        f"\n{'steps':>6} {'run':>8} {'model srv':>10} {'own/step':>9} {'last 10%':>9} {'cpu':>7} "
+        f"{'segments':>9} {'events/seg':>11} {'KB/seg':>8} {'replay/step':>12} {'(cpu)':>7}"
+    )
+    for r in rows:
+        print(
+            f"{r['steps']:>6} {r['wall_s']:>7.1f}s {r['model_ms']:>8.1f}ms {r['own_ms']:>7.1f}ms "
+            f"{r['tail_ms']:>7.1f}ms {r['cpu_ms']:>5.1f}ms {r['segments']:>9} "
+            f"{r['max_events']:>11} {r['max_kb']:>8.0f} {r['replay_ms']:>10.2f}ms "
+            f"{r['replay_cpu_ms']:>5.2f}ms"
+        )
+    print(f"\n{'steps':>6} {'workflow tasks/step':>22} {'activities/step':>18}  (first → last 10%)")
+    for r in rows:
+        wft, plan = r["wft"], r["activities"]
+        print(f"{r['steps']:>6} {wft[0]:>9.1f} → {wft[1]:>5.1f} ms", end="")
+        print(f" {plan[0]:>8.1f} → {plan[1]:>5.1f} ms")
+    print("(own/step: wall time minus the model server's own time, per step; cpu: the worker")
+    print(" process's CPU time per step (the workflow, the guard, the audit, the transcript, the")
+    print(" openai client; not the Temporal server's); events/seg and")
+    print(" KB/seg: the largest segment's history; replay/step: all segments replayed, per step,")
+    print(" wall and CPU time: on a shared machine CPU time is the steadier figure)")
+
+
+if __name__ == "__main__":
+    main()
