@@ -1,4 +1,5 @@
-"""The guarded loop: plan → guard → (approvals) → act → plan …, as a LangGraph graph.
+"""The guarded loop: plan → guard → (approvals) → act → plan …, the steps of every guarded
+graph (agents/guarded.py adapts these nodes to messages; the built-in graph is built there).
 
 The graph runs inside the AgentRun workflow through Temporal's LangGraph plugin, with every
 node marked `execute_in="workflow"`: the nodes are deterministic workflow code and each I/O is
@@ -15,7 +16,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import END, StateGraph
 from langgraph.runtime import Runtime
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -595,24 +596,9 @@ async def stop(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
     return {"stop_reason": limit}
 
 
-def build_graph() -> StateGraph[LoopState, RunState, LoopState, LoopState]:
-    """A fresh graph (the plugin mutates the graph it is given: one per worker)."""
-    g: StateGraph[LoopState, RunState, LoopState, LoopState] = StateGraph(
-        LoopState, context_schema=RunState
-    )
-    here = {"execute_in": "workflow"}
-    for name, node in [
-        ("plan", plan),
-        ("guard", guard),
-        ("approvals", approvals),
-        ("act", act),
-        ("stop", stop),
-    ]:
-        g.add_node(name, node, metadata=dict(here))
-    g.add_edge(START, "plan")
-    g.add_conditional_edges("plan", after_plan, ["guard", END])
-    g.add_conditional_edges("guard", after_guard, ["approvals", "act"])
-    g.add_edge("approvals", "act")
-    g.add_conditional_edges("act", after_act, ["plan", "stop", END])
-    g.add_edge("stop", END)
-    return g
+def build_graph() -> StateGraph[Any, RunState, Any, Any]:
+    """The built-in guarded loop: the guarded agent of agents/guarded.py, whose nodes adapt
+    this module's (a fresh graph: the plugin mutates the graph it is given, one per worker)."""
+    from agents.guarded import create_guarded_agent  # it builds on this module's nodes
+
+    return create_guarded_agent()

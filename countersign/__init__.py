@@ -25,7 +25,18 @@ _EXPORTS: dict[str, str] = {
     "ContextWindow": "agents.specs",
     # systems of record
     "SystemSettings": "workers.settings",
-    # guarded graph parts (graph engineer): names added here at merge.
+    # guarded graph parts: your own LangGraph graphs, every tool call guarded
+    "GuardedState": "agents.guarded",
+    "call_model": "agents.guarded",
+    "create_guarded_agent": "agents.guarded",
+    "guarded_tools": "agents.guarded",
+    "in_workflow": "agents.guarded",
+    "stop": "agents.guarded",
+    "tools_condition": "agents.guarded",
+    "within_limits": "agents.guarded",
+    "GraphRegistryError": "agents.graph_registry",
+    "guarded_graph": "agents.graph_registry",
+    "register_graph": "agents.graph_registry",
     # errors a developer meets, each with a one-line message saying what to fix
     "ToolDeclarationError": "activities.tools",
     "AgentSpecError": "agents.specs",
@@ -41,6 +52,8 @@ __all__ = [
     "AgentSpecError",
     "ContextWindow",
     "CredentialError",
+    "GraphRegistryError",
+    "GuardedState",
     "Personal",
     "PluginError",
     "PolicyError",
@@ -50,9 +63,17 @@ __all__ = [
     "ToolContext",
     "ToolDeclarationError",
     "Undo",
+    "call_model",
+    "create_guarded_agent",
+    "guarded_graph",
     "guarded_tool",
+    "guarded_tools",
+    "in_workflow",
+    "register_graph",
+    "stop",
     "testing",
-    # guarded graph parts (graph engineer): added at merge
+    "tools_condition",
+    "within_limits",
 ]
 
 if TYPE_CHECKING:
@@ -64,6 +85,17 @@ if TYPE_CHECKING:
         ToolDeclarationError,
         Undo,
         guarded_tool,
+    )
+    from agents.graph_registry import GraphRegistryError, guarded_graph, register_graph
+    from agents.guarded import (
+        GuardedState,
+        call_model,
+        create_guarded_agent,
+        guarded_tools,
+        in_workflow,
+        stop,
+        tools_condition,
+        within_limits,
     )
     from agents.specs import AgentSpec, AgentSpecError, ContextWindow
     from guardrails.policy import PolicyError

@@ -8,6 +8,9 @@ from __future__ import annotations
 import activities.crm
 import activities.knowledge
 import activities.shop  # noqa: F401
+
+# Importing the example graph registers it (agent support-planner runs it).
+import agents.planner_executor  # noqa: F401
 from agents.specs import AgentSpec
 
 # Subject fields and the values each accepts (the run's subject is validated at start).
@@ -36,6 +39,15 @@ AGENTS = [
         description="Answers questions about orders and customers; can change nothing.",
         system_prompt=SUPPORT_PROMPT,
         scopes=["orders:read", "crm:read", "knowledge:read"],
+        subject={"customer_id": CUSTOMER_ID, "order_id": ORDER_ID},
+    ),
+    AgentSpec(
+        name="support-planner",
+        description="Refunds like support-refunds, planning first: the example of "
+        "bringing your own graph (agents/planner_executor.py).",
+        graph="planner-executor",
+        system_prompt=SUPPORT_PROMPT,
+        scopes=["orders:read", "crm:read", "knowledge:read", "payments:refund", "crm:write"],
         subject={"customer_id": CUSTOMER_ID, "order_id": ORDER_ID},
     ),
     AgentSpec(

@@ -12,10 +12,13 @@ this for you; Countersign's own demo is the plugin `demo`):
     acme = "acme.plugin:POLICY"      # the Path of a policy folder
     [project.entry-points."countersign.systems"]
     acme = "acme.plugin:SYSTEMS"     # {"tickets": {"url": "http://...", "credential": "..."}}
+    [project.entry-points."countersign.graphs"]
+    acme = "acme.graphs"             # a module: importing it registers its @guarded_graphs
 
-A module named in COUNTERSIGN_PLUGINS is a plugin too: importing it registers its tools, and
-it may define AGENTS, POLICY and SYSTEMS as above. COUNTERSIGN_PLUGINS="demo,acme" loads only
-those; unset, every installed plugin is loaded. COUNTERSIGN_AGENTS_FILE names an agents file
+A module named in COUNTERSIGN_PLUGINS is a plugin too: importing it registers its tools (and
+graphs), and it may define AGENTS, POLICY, SYSTEMS and GRAPHS ({name: build function}) as
+above. COUNTERSIGN_PLUGINS="demo,acme" loads only those; unset, every installed plugin is
+loaded. COUNTERSIGN_AGENTS_FILE names an agents file
 of your project. An agents file holds `[[agent]]` tables with AgentSpec's fields.
 
 A plugin's policy folder is the policy unless COUNTERSIGN_POLICY_PATH says otherwise (two
@@ -37,12 +40,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from agents.graph_registry import GraphRegistryError, register_graph
 from agents.specs import AgentSpec, AgentSpecError, register_agents
 from guardrails.errors import describe
 from guardrails.policy import DEFAULT_POLICY_PATH
 from workers.settings import Settings, SystemSettings
 
-KINDS = ("tools", "agents", "policies", "systems")
+KINDS = ("tools", "agents", "policies", "systems", "graphs")
 
 
 class PluginError(Exception):
@@ -118,7 +122,7 @@ def _load_one(plugin: Plugin, loaded: Loaded) -> None:
             value = resolve(target)
         except ModuleNotFoundError as e:
             raise fail(f"cannot import {target}{where}: {e}") from None
-        except (ToolDeclarationError, AgentSpecError) as e:
+        except (ToolDeclarationError, AgentSpecError, GraphRegistryError) as e:
             raise fail(str(e)) from None
         except ValidationError as e:  # e.g. an AgentSpec declared wrongly in the module
             raise fail(f"importing {target}{where} failed: {e.title}: {describe(e)}") from None
@@ -134,7 +138,9 @@ def _load_one(plugin: Plugin, loaded: Loaded) -> None:
                 loaded.policies[plugin.name] = _folder(value, target)
             elif kind == "systems":
                 _add_systems(plugin.name, value, target, loaded)
-        except (AgentSpecError, PluginError) as e:
+            elif kind == "graphs" and isinstance(value, dict):
+                _register_graphs(value)
+        except (AgentSpecError, PluginError, GraphRegistryError) as e:
             raise fail(str(e)) from None
 
 
@@ -146,6 +152,14 @@ def _declarations(name: str, module: Any, loaded: Loaded) -> None:
         loaded.policies[name] = _folder(module.POLICY, f"{module.__name__}.POLICY")
     if hasattr(module, "SYSTEMS"):
         _add_systems(name, module.SYSTEMS, f"{module.__name__}.SYSTEMS", loaded)
+    if hasattr(module, "GRAPHS"):
+        _register_graphs(module.GRAPHS)
+
+
+def _register_graphs(graphs: dict[str, Any]) -> None:
+    """A plugin's {name: build function} (a graphs module registers its own as it loads)."""
+    for graph_name, builder in graphs.items():
+        register_graph(graph_name, builder)
 
 
 def resolve(target: str) -> Any:

@@ -42,7 +42,8 @@ from activities.tools import (
     validate_registry,
 )
 from agents import search_attributes
-from agents.graph import GRAPH_NAME, build_graph
+from agents.graph import GRAPH_NAME
+from agents.graph_registry import build_graphs
 from agents.run import AgentRun
 from agents.specs import AGENTS, check_agent_graphs, check_agent_scopes
 from guardrails.identity import Directory, IdentityError
@@ -65,7 +66,10 @@ def plugins(graph: StateGraph[Any, Any, Any, Any] | None = None) -> list[LangGra
     """The LangGraph plugin with a fresh graph (the plugin mutates the graph it is given).
 
     `graph` replaces the guarded loop, for tests that replay against a changed graph."""
-    return [LangGraphPlugin(graphs={GRAPH_NAME: graph or build_graph()})]
+    graphs = build_graphs()
+    if graph is not None:
+        graphs[GRAPH_NAME] = graph
+    return [LangGraphPlugin(graphs=graphs)]
 
 
 class TemporalUnreachable(Exception):
@@ -177,7 +181,8 @@ def check_startup(settings: Settings) -> Runtime:
     set_currency(settings.currency)
     validate_registry()
     check_agent_scopes(AGENTS, {spec.scope for spec in REGISTRY.values()})
-    check_agent_graphs(AGENTS, {GRAPH_NAME})
+    # Built once here too, so a graph declared wrongly stops the start before Temporal.
+    check_agent_graphs(AGENTS, set(build_graphs()))
     configure_keyring(settings)
     check_systems(settings)
     # A configured notification channel without its secret would fail every notice.

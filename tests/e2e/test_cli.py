@@ -231,7 +231,7 @@ def test_start_refuses_what_the_run_would_refuse_before_saying_started(
     assert nope.returncode == 2 and nope.stdout == ""
     assert nope.stderr == (
         "countersign: invalid run input: agent: unknown agent 'nope' "
-        "(known: crm-updates, support-readonly, support-refunds)\n"
+        "(known: crm-updates, support-planner, support-readonly, support-refunds)\n"
     )
     short = countersign(dev_stack, "start", "--task", "hi", "--as", "dana")
     assert short.returncode == 2 and short.stdout == ""

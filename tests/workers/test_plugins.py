@@ -171,7 +171,7 @@ def test_an_agent_whose_graph_is_not_hosted_stops_the_worker(
     done = worker(settings, tmp_path, COUNTERSIGN_AGENTS_FILE=str(path))
     assert one_line(done) == (
         "agent planner: graph 'plan-and-execute' is not hosted by this worker "
-        "(graphs: guarded-loop)"
+        "(graphs: guarded-loop, planner-executor)"
     )
 
 
@@ -214,3 +214,26 @@ def test_two_plugins_with_a_policy_folder_must_be_told_apart(
     )
     chosen = apply_plugins(Settings(plugins=["demo", "acme_one"]))
     assert chosen.policy_path == tmp_path
+
+
+def test_a_plugin_graph_with_a_node_run_as_an_activity_stops_the_worker(
+    settings: Settings, tmp_path: Path
+) -> None:
+    module(
+        tmp_path,
+        "acme_graphs",
+        """
+        from countersign import create_guarded_agent
+
+        def build():
+            g = create_guarded_agent()
+            g.nodes["tools"].metadata = {"execute_in": "activity"}
+            return g
+
+        GRAPHS = {"leaky": build}
+        """,
+    )
+    done = worker(settings, tmp_path, COUNTERSIGN_PLUGINS="demo,acme_graphs")
+    assert one_line(done).startswith(
+        "graph 'leaky': node 'tools' has execute_in='activity'; every node must run in the workflow"
+    )
