@@ -9,6 +9,9 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# tests/test_packaging.py installs the wheel beside openai-agents (which claims `agents`)
+	# from here, with no network
+	$(BIN)/pip download --quiet --dest $(VENV)/wheelhouse openai-agents
 	touch $@
 
 demo: $(BIN)/.installed  ## offline demo on the embedded stack
