@@ -102,7 +102,7 @@ MEMORY_QUEUE = "bench-memory"
 # worker: `countersign worker` itself. `python -m` from this checkout, not the console script:
 # an editable install's script may import another checkout's modules.
 BENCH_WORKER = ["benchmarks.worker"]
-PLAIN_WORKER = ["workers", "worker"]
+PLAIN_WORKER = ["countersign.workers", "worker"]
 # Requests in flight at once from this client, so that 1,000 runs started "at once" are not
 # 1,000 simultaneous RPCs (starts, result long-polls, status queries, terminations).
 STARTS_IN_FLIGHT = 100
