@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import itertools
 import os
 import shutil
 import subprocess
@@ -48,7 +49,7 @@ def _bare_references(path: Path) -> list[str]:
             found.append(f"from {node.module} import ...")
         elif isinstance(node, ast.List | ast.Tuple):
             items = node.elts
-            for flag, value in zip(items, items[1:], strict=False):
+            for flag, value in itertools.pairwise(items):
                 is_m = isinstance(flag, ast.Constant) and flag.value == "-m"
                 if is_m and isinstance(value, ast.Constant) and _bare(str(value.value)):
                     found.append(f"-m {value.value}")
