@@ -35,13 +35,12 @@ after the other to compare them: each run starts its own stack.
    worker runs in this process.
 4. memory: the resident memory (VmRSS from /proc, plus any child processes) of one
    `python -m workers worker` process (the real `countersign worker`, nothing
-   registered) on its own task queue: just started, idle after one warm-up run (a refund
-   parked on an approval, then terminated: imports, the workflow sandbox and the clients are
-   loaded), and
-   with `--parked N` refunds of A-1002 parked on an approval (confirmed through the status
-   query). The delta over idle, per parked run, is the figure that scales; the worker's
-   workflow cache (the SDK's default, 1,000 runs) keeps every parked run in memory up to
-   that number. The parked runs are terminated afterwards.
+   registered) on its own task queue: just started, idle after one warm-up run (a
+   refund parked on an approval, then terminated: imports, the workflow sandbox and the
+   clients are loaded), and with `--parked N` refunds of A-1002 parked on an approval
+   (confirmed through the status query). The delta over idle, per parked run, is the
+   figure that scales; the worker's workflow cache (the SDK's default, 1,000 runs) keeps
+   every parked run in memory up to that number. The parked runs are terminated afterwards.
 
 Medians over repeats, with min..max. Ratios are measured in the same run on the same stack.
 """
