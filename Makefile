@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 
 .PHONY: demo dev test system-deps lint fmt bench histories clean
 
+# The wheelhouse: tests/test_packaging.py installs the wheel beside openai-agents (which
+# claims `agents`) from it, with no network.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
-	# tests/test_packaging.py installs the wheel beside openai-agents (which claims `agents`)
-	# from here, with no network
 	$(BIN)/pip download --quiet --dest $(VENV)/wheelhouse openai-agents
 	touch $@
 
