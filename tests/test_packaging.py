@@ -37,6 +37,13 @@ def _bare(module: str | None) -> bool:
     return module is not None and module.split(".")[0] in FOLDERS
 
 
+def _names_a_module(dotted: str) -> bool:
+    """`workers.cli`, not `agents.toml` (a file name)."""
+    folder, first = dotted.split(".")[:2]
+    moved = folder == "workers" and first in ("settings", "credentials")
+    return moved or (ROOT / folder / f"{first}.py").is_file() or (ROOT / folder / first).is_dir()
+
+
 def _bare_references(path: Path) -> list[str]:
     """Imports of a bare name, and strings that name a module by one (`python -m`, dotted
     paths for monkeypatch, importlib, entry points, keyring backends)."""
@@ -56,7 +63,7 @@ def _bare_references(path: Path) -> list[str]:
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             text = node.value.split(":")[0]
             dotted = "." in text and all(part.isidentifier() for part in text.split("."))
-            if dotted and _bare(text):
+            if dotted and _bare(text) and _names_a_module(text):
                 found.append(repr(node.value))
     return [f"{path.relative_to(ROOT)}:{ref}" for ref in found]
 
