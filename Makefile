@@ -35,8 +35,9 @@ fmt: $(BIN)/.installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(BIN)/.installed  ## guard latency; replay, history size, audit; context window; durability overhead, throughput (~40 min)
+bench: $(BIN)/.installed  ## guard latency; knowledge search; replay, history size, audit; context window; durability overhead, throughput (~40 min)
 	$(BIN)/python -m benchmarks.policy_bench
+	$(BIN)/python -m benchmarks.knowledge_bench
 	$(BIN)/python -m benchmarks.replay_bench
 	$(BIN)/python -m benchmarks.context_bench
 	$(BIN)/python -m benchmarks.durability_bench

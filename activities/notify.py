@@ -21,7 +21,9 @@ from activities.channels.mail import EmailChannel
 from activities.channels.slack import SlackApi, SlackChannel
 from activities.channels.webhook import WebhookChannel
 from activities.contracts import NOTIFY, ApprovalNotice
+from activities.knowledge import check_citations
 from activities.runtime import Runtime, activity_record_id, audit_from_activity
+from guardrails.knowledge import Citation, KnowledgeError
 from guardrails.redaction import redact
 from workers.credentials import CredentialError, get_secret
 from workers.state import open_tokens
@@ -57,6 +59,10 @@ class NotifyActivities:
             # The link store shows approvers the action: redacted, like every summary.
             redact({"agent": notice.agent, "task": notice.task, **request.model_dump(mode="json")}),
         )
+        if notice.event == "requested":
+            # The passages the agent cited, resolved or flagged: audited as
+            # `approval.citations` (the evidence pack can render the returned list).
+            await self._check_citations(notice)
         used = ["log"]
         retry: list[str] = []
         for n, name in enumerate(CHANNELS):
@@ -91,6 +97,41 @@ class NotifyActivities:
                 type="NotifyTransportError",
             )
         return used
+
+    async def _check_citations(self, notice: ApprovalNotice) -> list[Citation]:
+        """The knowledge-base passages the agent cited for this action, resolved (or flagged
+        as resolving to none), recorded once per request with their text and index version:
+        what the approver is shown, and what an auditor reads later even if the documents
+        change."""
+        request = notice.request
+        argument_reason = request.arguments.get("reason")
+        texts = [request.reason] + ([argument_reason] if isinstance(argument_reason, str) else [])
+        try:
+            citations = await check_citations(self.runtime.settings, *texts)
+        except KnowledgeError as e:  # the notice matters more: send it without the passages
+            log.warning("approval.citations_unchecked", request_id=request.request_id, error=str(e))
+            return []
+        if not citations:
+            return []
+        flagged = [c.ref for c in citations if c.flagged]
+        await audit_from_activity(
+            self.runtime,
+            "approval.citations",
+            {
+                "request_id": request.request_id,
+                "call_id": request.call_id,
+                "action_hash": request.action_hash,
+                "citations": [c.model_dump(mode="json") for c in citations],
+                "flagged": flagged,
+            },
+        )
+        log.info(
+            "approval.citations",
+            request_id=request.request_id,
+            cited=[c.line() for c in citations],
+            flagged=flagged,
+        )
+        return citations
 
     async def _channel(self, name: str, notice: ApprovalNotice) -> Channel | None:
         try:

@@ -62,6 +62,8 @@ You are a customer-support operations agent for an online shop.
 You act only through the tools you are given; every side effect is checked by a guard and
 may wait for a human to countersign it. Look things up before you act, never guess amounts,
 and state your reason for every action in one sentence. Money is in integer cents.
+Search the knowledge base for the policy that applies and cite each passage your reason relies
+on by writing its ref in square brackets, e.g. [refund-policy.md#limits:1].
 When the task is done, reply with a short summary and no tool calls."""
 
 AGENTS: dict[str, AgentSpec] = {
@@ -71,21 +73,21 @@ AGENTS: dict[str, AgentSpec] = {
             name="support-refunds",
             description="Handles refund requests: looks up orders, refunds, notes the CRM.",
             system_prompt=SUPPORT_PROMPT,
-            scopes=["orders:read", "crm:read", "payments:refund", "crm:write"],
+            scopes=["orders:read", "crm:read", "knowledge:read", "payments:refund", "crm:write"],
             subject={"customer_id": CUSTOMER_ID, "order_id": ORDER_ID},
         ),
         AgentSpec(
             name="support-readonly",
             description="Answers questions about orders and customers; can change nothing.",
             system_prompt=SUPPORT_PROMPT,
-            scopes=["orders:read", "crm:read"],
+            scopes=["orders:read", "crm:read", "knowledge:read"],
             subject={"customer_id": CUSTOMER_ID, "order_id": ORDER_ID},
         ),
         AgentSpec(
             name="crm-updates",
             description="Updates customer contact details and notes.",
             system_prompt=SUPPORT_PROMPT,
-            scopes=["crm:read", "crm:write"],
+            scopes=["crm:read", "knowledge:read", "crm:write"],
             subject={"customer_id": CUSTOMER_ID},
         ),
     ]

@@ -19,6 +19,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from guardrails.knowledge import DEFAULT_KNOWLEDGE_PATH
 from guardrails.policy import DEFAULT_POLICY_PATH
 
 
@@ -120,6 +121,8 @@ class Settings(BaseSettings):
     policy_path: Path = DEFAULT_POLICY_PATH
     # A candidate policy evaluated beside the active one; its flips are recorded, never enforced.
     candidate_policy_path: Path | None = None
+    # The business's own documents (Markdown) the agents search and cite (guardrails/knowledge.py).
+    knowledge_path: Path = DEFAULT_KNOWLEDGE_PATH
     # A policy version is enforced only once a verified person activated it (workers/policies.py).
     require_policy_activation: bool = True
     # Who can prove who they are (see guardrails/identity.py): default STATE/directory.toml.

@@ -145,6 +145,7 @@ def test_the_wheel_claims_one_import_name(wheel: Path) -> None:
     assert "countersign/guardrails/policies/default/policy.toml" in names
     assert "countersign/guardrails/policies/default/refunds.cedar" in names
     assert "countersign/demo/scripts/refund.json" in names
+    assert any(n.startswith("countersign/demo/knowledge/") and n.endswith(".md") for n in names)
 
 
 def test_the_wheel_installs_beside_openai_agents(wheel: Path, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from guardrails.audit import AuditRecord, VerifyReport
+from guardrails.knowledge import Citation
 from guardrails.money import describe_call
 from workers.settings import Settings, SettingsError, load_settings
 
@@ -61,6 +62,10 @@ def story_line(r: AuditRecord) -> str:
             f"{'APPROVED' if d.get('approve') else 'REJECTED'} by "
             f"{d.get('approver')} via {d.get('channel')} ({d.get('request_id')})"
             + (f": {d['comment']}" if d.get("comment") else "")
+        ),
+        "approval.citations": lambda: (
+            f"cited for {d.get('request_id')}: "
+            + "; ".join(Citation.model_validate(c).line() for c in d.get("citations", []))
         ),
         "approval.granted": lambda: (
             f"approval granted {d.get('request_id')} by {', '.join(d.get('approvers', []))}"

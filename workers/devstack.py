@@ -329,6 +329,7 @@ def with_dev_email(settings: Settings) -> Settings:
 def ensure_dev_policy_activation(settings: Settings) -> None:
     """The dev stack's policy, activated by the demo duty manager (erin, a development key)."""
     import activities.crm
+    import activities.knowledge
     import activities.shop  # noqa: F401  (register the tools the policy is checked against)
     from activities.tools import tool_schemas
     from guardrails.identity import load_directory

@@ -27,10 +27,12 @@ from temporalio.worker import (
 
 # Importing the tool modules registers their tools.
 import activities.crm
+import activities.knowledge
 import activities.shop  # noqa: F401
 from activities.audit import AuditActivities
 from activities.guard import GuardActivities
 from activities.identity import IdentityActivities
+from activities.knowledge import knowledge_index
 from activities.model import ModelActivities
 from activities.notify import NotifyActivities
 from activities.runtime import Runtime
@@ -47,6 +49,7 @@ from agents.graph import GRAPH_NAME, build_graph
 from agents.run import AgentRun
 from agents.specs import AGENTS, check_agent_scopes
 from guardrails.identity import Directory, IdentityError
+from guardrails.knowledge import KnowledgeError
 from guardrails.money import set_currency
 from guardrails.policy import PolicyBundle, PolicyError
 from workers.codec import data_converter
@@ -182,6 +185,11 @@ def check_startup(settings: Settings) -> Runtime:
     # Secret and personal values are sealed with the key ring (even with payload encryption
     # off): without it every model and tool activity would fail.
     sealer_for(settings)
+    # The knowledge base is indexed now: a missing or unreadable folder fails here, not mid-run.
+    try:
+        knowledge_index(settings)
+    except KnowledgeError as e:
+        raise SettingsError(str(e)) from None
     runtime = Runtime.from_settings(settings, tool_schemas())
     policy = runtime.policy.current()
     check_policy_references(policy)

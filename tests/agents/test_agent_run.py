@@ -29,7 +29,7 @@ async def test_small_refund_is_automatic(
     result = await handle.result()
     assert result.status == "completed"
     executed = {a.tool: a for a in result.actions if a.status == "executed"}
-    assert set(executed) == {"orders.lookup", "payments.refund", "crm.add_note"}
+    assert set(executed) == {"orders.lookup", "knowledge.search", "payments.refund", "crm.add_note"}
     assert executed["payments.refund"].arguments["amount_cents"] == 2500
     refunds = shop.refunds("A-1004")
     assert [r["amount_cents"] for r in refunds] == [2500]

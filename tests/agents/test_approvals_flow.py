@@ -94,7 +94,13 @@ async def test_audit_tells_the_run_in_order_and_no_secret_reaches_history(
     await handle.result()
     kinds = [r.kind for r in runtime.audit.for_run(handle.id)]
     assert kinds[0] == "run.started" and kinds[-1] == "run.finished"
-    assert kinds[1:5] == ["model.call", "proposal", "verdict", "action.read"]
+    # The first turn looks the order up and searches the knowledge base: each call is
+    # proposed and decided, then both are read.
+    assert kinds[1:8] == [
+        "model.call",
+        *["proposal", "verdict"] * 2,
+        *["action.read"] * 2,
+    ]
     verdicts = runtime.audit.find(handle.id, "verdict")
     assert all(v.data["policy_version"].startswith("pol_") for v in verdicts)
     history = json.dumps((await handle.fetch_history()).to_json_dict())

@@ -218,6 +218,7 @@ async def test_a_rejected_refund_skips_the_note_proposed_beside_it(
     status = {a.tool: a.status for a in result.actions}
     assert status == {
         "orders.lookup": "executed",
+        "knowledge.search": "executed",
         "payments.refund": "rejected",
         "crm.add_note": "skipped",
     }
@@ -291,6 +292,7 @@ async def test_a_failed_refund_skips_the_note_proposed_after_it(
     status = {a.tool: a.status for a in result.actions}
     assert status == {
         "orders.lookup": "executed",
+        "knowledge.search": "executed",
         "payments.refund": "failed",
         "crm.add_note": "skipped",
     }

@@ -109,6 +109,7 @@ async def test_shadow_mode_executes_nothing_and_records_every_would_be_action(
     outcomes = {v.data["tool"]: v.data["outcome"] for v in runtime.audit.find(handle.id, "verdict")}
     assert outcomes == {
         "orders.lookup": "allow",
+        "knowledge.search": "allow",
         "payments.refund": "shadow",
         "crm.add_note": "shadow",
     }
@@ -156,7 +157,7 @@ async def test_candidate_runs_in_shadow_and_backtest_reports_its_flips(
     replayed, flips = backtest(
         runtime.audit.find(handle.id, "verdict"), load_policy(candidate, tool_schemas())
     )
-    assert replayed == 3
+    assert replayed == 4
     assert [(f.tool, f.recorded, f.candidate, f.candidate_rules) for f in flips] == [
         ("payments.refund", "allow", "needs_approval", ["refund.over_50"])
     ]

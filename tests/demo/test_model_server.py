@@ -22,6 +22,8 @@ from demo.model_server import DEFAULT_SCRIPTS_DIR, NO_MATCH_REPLY, create_app
 
 REFUND_TASK = "Refund order A-1001: the teapot arrived broken."
 LOOKUP_RESULT = {"order_id": "A-1001", "customer_id": "C-100", "captured_cents": 4200}
+CITED = "refund-policy.md#damaged-or-defective-items:1"
+SEARCH_RESULT = {"passages": [{"ref": CITED, "text": "An item that arrived broken ..."}]}
 
 
 @pytest.fixture(scope="module")
@@ -86,16 +88,26 @@ async def test_refund_script_plays_lookup_then_refund_and_note_then_final(
     assert first.system_fingerprint == "countersign-scripted"
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls"
-    [lookup] = choice.message.tool_calls
+    lookup, search = choice.message.tool_calls
     assert lookup.type == "function"
     assert lookup.function.name == "orders.lookup"
     assert json.loads(lookup.function.arguments) == {"order_id": "A-1001"}
     assert lookup.id.startswith("call_") and len(lookup.id) == len("call_") + 8
+    assert search.function.name == "knowledge.search"
+    assert json.loads(search.function.arguments) == {
+        "query": "refund the teapot arrived broken",
+        "limit": 3,
+    }
     assert choice.message.content == (
-        "Let me look up order A-1001.\norders.lookup: I need the captured amount"
+        "Let me look up order A-1001.\norders.lookup: I need the captured amount\n"
+        "knowledge.search: I need the refund policy that applies"
     )
 
-    messages += [assistant(choice.message), tool_result(lookup.id, LOOKUP_RESULT)]
+    messages += [
+        assistant(choice.message),
+        tool_result(lookup.id, LOOKUP_RESULT),
+        tool_result(search.id, SEARCH_RESULT),
+    ]
     second = (await complete(client, messages)).choices[0]
     assert second.finish_reason == "tool_calls"
     refund, note = second.message.tool_calls
@@ -113,7 +125,7 @@ async def test_refund_script_plays_lookup_then_refund_and_note_then_final(
     assert refund.id != note.id
     assert second.message.content.splitlines() == [
         "payments.refund: The customer reports: the teapot arrived broken; "
-        "refunding the full captured amount.",
+        f"refunding the full captured amount, as the refund policy says [{CITED}].",
         "crm.add_note: Keep the customer record up to date",
     ]
 
@@ -157,6 +169,7 @@ async def test_a_missing_result_is_reported_in_the_reply_not_a_crash(
     messages += [
         assistant(first),
         {"role": "tool", "tool_call_id": first.tool_calls[0].id, "content": json.dumps(denied)},
+        tool_result(first.tool_calls[1].id, SEARCH_RESULT),
     ]
     choice = (await complete(client, messages)).choices[0]
     assert choice.finish_reason == "stop"
@@ -251,7 +264,12 @@ async def test_a_request_without_messages_is_refused_naming_the_field(base_url: 
 
 async def test_models_lists_the_scripts(client: openai.AsyncOpenAI) -> None:
     ids = [m.id async for m in client.models.list()]
-    shipped = ["scripted:hallucinate", "scripted:refund", "scripted:update-contact"]
+    shipped = [
+        "scripted:fabricated-citation",
+        "scripted:hallucinate",
+        "scripted:refund",
+        "scripted:update-contact",
+    ]
     assert [i for i in ids if i in shipped] == shipped  # file-name order, the order tried
 
 

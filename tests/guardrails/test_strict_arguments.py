@@ -23,6 +23,7 @@ VALID: dict[str, dict[str, Any]] = {
     "crm.add_note": {"customer_id": "C-100", "text": "hello"},
     "crm.delete_note": {"note_id": "note_0a1b2c"},
     "crm.update_contact": {"customer_id": "C-100", "fields": {"phone": "+44 1"}},
+    "knowledge.search": {"query": "refund a broken item", "limit": 3},
 }
 names = st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyz_0123456789"), min_size=1, max_size=12)
 json_values = st.recursive(
