@@ -7,9 +7,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Bottom to top. Configuration and credentials (countersign/settings.py, credentials.py) sit on
-# guardrails (the policy's default folder, the redaction of secrets) and under everything else.
-LAYERS = ["guardrails", "config", "activities", "agents", "workers", "demo"]
+# guardrails (the policy's default folder, the redaction of secrets) and under everything else;
+# the command line runs everything, the demo scenario included.
+LAYERS = ["guardrails", "config", "activities", "agents", "workers", "demo", "cli"]
 CONFIG = {"settings", "credentials"}
+CLI = {"workers/cli.py", "workers/__main__.py"}
 # Imports still against the order: (importing file, layer it reaches up to). Shrink it; a new
 # one fails the test.
 KNOWN = {
@@ -22,9 +24,9 @@ KNOWN = {
     ("activities/notify.py", "workers"),
     ("activities/runtime.py", "workers"),
     ("activities/sealing.py", "workers"),
-    # `countersign demo` runs the demo scenario, which narrates with the CLI's story line (a
-    # cycle: story_line and ui_link belong below the CLI)
-    ("workers/cli.py", "demo"),
+    # the demo scenario narrates with the CLI's story line and UI link, and the CLI runs the
+    # scenario: a cycle (story_line and ui_link belong below the CLI)
+    ("demo/scenario.py", "cli"),
 }
 
 
@@ -33,11 +35,15 @@ def _layer(module: str) -> str | None:
     parts = module.removeprefix("countersign.").split(".")
     if parts[0] in CONFIG:
         return "config"
+    if "/".join(parts[:2]) + ".py" in CLI:
+        return "cli"
     return parts[0] if parts[0] in LAYERS else None
 
 
 def _own_layer(path: Path) -> str:
     rel = path.relative_to(ROOT)
+    if rel.as_posix() in CLI:
+        return "cli"
     return "config" if rel.parts[0] == "countersign" else rel.parts[0]
 
 
@@ -53,7 +59,9 @@ def _imports(path: Path) -> set[str]:
 
 def _upward_imports() -> set[tuple[str, str]]:
     files = [ROOT / "countersign" / f"{name}.py" for name in sorted(CONFIG)]
-    files += [p for top in LAYERS if top != "config" for p in sorted((ROOT / top).rglob("*.py"))]
+    files += [
+        p for top in LAYERS if (ROOT / top).is_dir() for p in sorted((ROOT / top).rglob("*.py"))
+    ]
     found = set()
     for path in files:
         own = LAYERS.index(_own_layer(path))
