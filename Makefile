@@ -5,10 +5,13 @@ BIN := $(VENV)/bin
 
 .PHONY: demo dev test system-deps lint fmt bench histories clean
 
+# The wheelhouse: tests/test_packaging.py installs the wheel beside openai-agents (which
+# claims `agents`) from it, with no network.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip download --quiet --dest $(VENV)/wheelhouse openai-agents
 	touch $@
 
 demo: $(BIN)/.installed  ## offline demo on the embedded stack

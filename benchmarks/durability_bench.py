@@ -34,13 +34,13 @@ after the other to compare them: each run starts its own stack.
    The shop is reset (`POST /_reset`) before each run so the order is refundable again. The
    worker runs in this process.
 4. memory: the resident memory (VmRSS from /proc, plus any child processes) of one
-   `python -m workers worker` process (the real `countersign worker`, nothing registered)
-   on its own task queue: just started, idle after one warm-up run (a refund parked on an
-   approval, then terminated: imports, the workflow sandbox and the clients are loaded), and
-   with `--parked N` refunds of A-1002 parked on an approval (confirmed through the status
-   query). The delta over idle, per parked run, is the figure that scales; the worker's
-   workflow cache (the SDK's default, 1,000 runs) keeps every parked run in memory up to
-   that number. The parked runs are terminated afterwards.
+   `python -m workers worker` process (the real `countersign worker`, nothing
+   registered) on its own task queue: just started, idle after one warm-up run (a
+   refund parked on an approval, then terminated: imports, the workflow sandbox and the
+   clients are loaded), and with `--parked N` refunds of A-1002 parked on an approval
+   (confirmed through the status query). The delta over idle, per parked run, is the
+   figure that scales; the worker's workflow cache (the SDK's default, 1,000 runs) keeps
+   every parked run in memory up to that number. The parked runs are terminated afterwards.
 
 Medians over repeats, with min..max. Ratios are measured in the same run on the same stack.
 """
@@ -102,7 +102,7 @@ MEMORY_QUEUE = "bench-memory"
 # worker: `countersign worker` itself. `python -m` from this checkout, not the console script:
 # an editable install's script may import another checkout's modules.
 BENCH_WORKER = ["benchmarks.worker"]
-PLAIN_WORKER = ["workers", "worker"]
+PLAIN_WORKER = ["countersign.workers", "worker"]
 # Requests in flight at once from this client, so that 1,000 runs started "at once" are not
 # 1,000 simultaneous RPCs (starts, result long-polls, status queries, terminations).
 STARTS_IN_FLIGHT = 100

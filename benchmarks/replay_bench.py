@@ -38,8 +38,9 @@ from agents.run import AgentRun
 from agents.specs import AGENTS, AgentSpec
 from agents.state import RunInput
 from demo.plugin import SUPPORT_PROMPT
-from guardrails.audit import AuditStore, open_store
+from guardrails.audit import AuditStore
 from guardrails.audit_signing import CheckpointSigner, generate_signing_key
+from guardrails.audit_stores import open_store
 from tests.histories.record import fresh_stack
 from workers.devstack import free_port, postgres_bin_dir, start_postgres
 from workers.logging import configure_logging

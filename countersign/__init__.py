@@ -5,6 +5,11 @@
 Every name is imported on first use (PEP 562), so `import countersign` costs nothing and
 pulls nothing into a Temporal workflow sandbox. `countersign.testing` holds the helpers a
 project's tests need (a real dev server, the scripted model, a worker with your plugins).
+
+`countersign` is the one import name Countersign claims. The repository keeps the card's
+folders (`agents/`, `activities/`, `guardrails/`, `workers/`, `demo/`) at its root; they are
+this package's subpackages (`countersign.agents`, ...), linked here, so nothing installs under
+their bare names.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ and CRM notes. It behaves like a real downstream API: bearer-token auth, idempot
 every side effect, JSON validation errors, and fault injection (`POST /_faults`) so tests can
 exercise retries, timeouts and a worker dying after the side effect but before the answer.
 
-    SHOP_API_TOKEN=dev-token python -m demo.shop --port 8101 --db .countersign/shop.sqlite3
+    export SHOP_API_TOKEN=dev-token
+    python -m demo.shop --port 8101 --db .countersign/shop.sqlite3
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ the head is O(1) to produce on every append and the verifier walks the whole tra
 Merkle root would only add inclusion proofs for parties that never see the trail.
 
 Storage is one small interface, `AuditStore`, with a SQLite backend (default, one machine) and
-a PostgreSQL backend (`postgresql://…`); `open_store` picks one. Both serialize appends (SQLite:
-`BEGIN IMMEDIATE`; PostgreSQL: a transaction-scoped advisory lock), so concurrent workers on
-many machines extend one chain.
+a PostgreSQL backend (`postgresql://…`); `guardrails.audit_stores.open_store` picks one. Both
+serialize appends (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: a transaction-scoped advisory lock),
+so concurrent workers on many machines extend one chain.
 """
 
 from __future__ import annotations
@@ -32,14 +32,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel
 
 from guardrails.audit_signing import Checkpoint, CheckpointSigner, key_id, signature_valid
-from guardrails.database import Row, Tx, is_postgres
+from guardrails.database import Row, Tx
 from guardrails.policy import canonical_json
 from guardrails.redaction import redact
 
@@ -396,23 +395,3 @@ def _to_checkpoint(row: Row) -> Checkpoint:
     return Checkpoint(
         size=int(size), head=head, at=datetime.fromisoformat(at), key_id=kid, signature=signature
     )
-
-
-def open_store(
-    location: str | Path,
-    *,
-    signer: CheckpointSigner | None = None,
-    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
-    password: str | None = None,
-) -> AuditStore:
-    """The store at `location`: a `postgresql://` DSN, or a SQLite file path."""
-    if is_postgres(location):
-        from guardrails.audit_postgres import PostgresAuditStore
-
-        return PostgresAuditStore(
-            str(location), signer=signer, checkpoint_every=checkpoint_every, password=password
-        )
-    from guardrails.audit_sqlite import SqliteAuditStore
-
-    path = Path(str(location).removeprefix("sqlite:///"))
-    return SqliteAuditStore(path, signer=signer, checkpoint_every=checkpoint_every)

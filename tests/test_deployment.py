@@ -1,6 +1,6 @@
 """The deployment files: docker-compose.yml is valid Compose and scales the worker with no
-shared volume (state in PostgreSQL, secrets provisioned per service); the image keeps the repo
-root first on the path."""
+shared volume (state in PostgreSQL, secrets provisioned per service); the image installs the
+wheel."""
 
 from __future__ import annotations
 
@@ -88,11 +88,13 @@ def test_ui_uses_the_codec_server_and_the_codec_server_only_its_origin(compose: 
     assert codec["COUNTERSIGN_TEMPORAL_UI_URL"] == ui["TEMPORAL_CORS_ORIGINS"]
 
 
-def test_image_puts_the_repo_root_first_on_the_path() -> None:
+def test_image_installs_the_wheel_and_keeps_no_source_on_the_path() -> None:
+    # As users install it: one package, `countersign`; the bare folder names stay unclaimed.
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "PYTHONPATH=/app" in dockerfile and "WORKDIR /app" in dockerfile
-    for package in ("workers", "agents", "activities", "guardrails"):
-        assert f"COPY {package} ./{package}" in dockerfile
+    assert "PYTHONPATH" not in dockerfile and "--editable" not in dockerfile
+    assert "RUN pip install /src" in dockerfile and "rm -rf /src" in dockerfile
+    for folder in ("countersign", "workers", "agents", "activities", "guardrails", "demo"):
+        assert f"COPY {folder} /src/{folder}" in dockerfile
 
 
 COUNTERSIGN_SERVICES = ("worker", "gateway", "codec")

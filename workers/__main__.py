@@ -1,4 +1,4 @@
-"""`python -m workers …` is `countersign …` (keeps the repo root first on the path)."""
+"""`python -m workers …` is `countersign …`."""
 
 from workers.cli import main
 

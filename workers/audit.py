@@ -6,8 +6,9 @@ from __future__ import annotations
 import keyring
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from guardrails.audit import AuditStore, open_store
+from guardrails.audit import AuditStore
 from guardrails.audit_signing import CheckpointSigner, generate_signing_key, load_public_key
+from guardrails.audit_stores import open_store
 from guardrails.database import is_postgres
 from guardrails.redaction import set_pii_fields
 from workers.credentials import (

@@ -11,7 +11,7 @@ from temporalio.worker import Worker
 
 from activities.runtime import Runtime
 from agents.run import AgentRun
-from guardrails.audit import open_store
+from guardrails.audit_stores import open_store
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, signed, start_run
 from workers.replay import activities_in

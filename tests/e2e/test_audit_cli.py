@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from guardrails.audit import open_store
 from guardrails.audit_signing import CheckpointSigner, generate_signing_key, public_key_text
+from guardrails.audit_stores import open_store
 from tests.e2e.test_cli import countersign
 
 

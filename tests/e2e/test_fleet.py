@@ -26,7 +26,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.runtime import Runtime
-from guardrails.audit import open_store
+from guardrails.audit_stores import open_store
 from guardrails.policy import DEFAULT_POLICY_PATH
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import TEST_PAYLOAD_KEYS, Shop, count_tiers_per_run, start_run

@@ -19,9 +19,9 @@ from guardrails.audit import (
     AuditError,
     AuditStore,
     chain_hash,
-    open_store,
 )
 from guardrails.audit_signing import CheckpointSigner, generate_signing_key
+from guardrails.audit_stores import open_store
 from guardrails.redaction import REDACTED, register_secret, set_pii_fields
 from workers.settings import SettingsError, load_settings
 

@@ -18,7 +18,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.runtime import Runtime
 from agents.run import AgentRun
-from guardrails.audit import AuditStore, open_store
+from guardrails.audit import AuditStore
+from guardrails.audit_stores import open_store
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import signed, start_run
 from workers.devstack import free_port

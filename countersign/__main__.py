@@ -1,0 +1,5 @@
+"""`python -m countersign …` is `countersign …`."""
+
+from countersign.workers.cli import main
+
+main()
