@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from activities.contracts import RECORD, RecordInput
-from activities.runtime import Runtime, audit_from_activity
+from countersign.activities.contracts import RECORD, RecordInput
+from countersign.activities.runtime import Runtime, audit_from_activity
 
 
 class AuditActivities:

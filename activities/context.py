@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from activities.transcript import Fold
-from agents.specs import ContextWindow
+from countersign.activities.transcript import Fold
+from countersign.agents.specs import ContextWindow
 
 __all__ = ["SUMMARIZE_MARKER", "fold_note", "fold_point", "summary_request"]
 

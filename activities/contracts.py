@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from guardrails.approvals import ApprovalRequest, ChangeBound
-from guardrails.identity import Envelope, Verified
-from guardrails.policy import Authority, Mode, Proposal, Verdict
+from countersign.guardrails.approvals import ApprovalRequest, ChangeBound
+from countersign.guardrails.identity import Envelope, Verified
+from countersign.guardrails.policy import Authority, Mode, Proposal, Verdict
 
 # Activity names, the one place they are spelled.
 PLAN = "model.plan"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from activities.facts import FactContext, fact
-from activities.tools import Personal, ToolContext, Undo, guarded_tool
+from countersign.activities.facts import FactContext, fact
+from countersign.activities.tools import Personal, ToolContext, Undo, guarded_tool
 
 _CUSTOMER_ID = r"^C-\d{3}$"
 

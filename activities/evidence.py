@@ -15,12 +15,12 @@ from typing import Any
 import structlog
 from temporalio import activity
 
-from activities.contracts import EVIDENCE, EvidenceInput
-from activities.facts import FACTS
-from activities.knowledge import check_citations
-from activities.runtime import Runtime, current_workflow_id
-from guardrails.audit import AuditRecord
-from guardrails.evidence import (
+from countersign.activities.contracts import EVIDENCE, EvidenceInput
+from countersign.activities.facts import FACTS
+from countersign.activities.knowledge import check_citations
+from countersign.activities.runtime import Runtime, current_workflow_id
+from countersign.guardrails.audit import AuditRecord
+from countersign.guardrails.evidence import (
     CountedHistory,
     DoneAction,
     EvidencePack,
@@ -28,10 +28,10 @@ from guardrails.evidence import (
     RuleInWords,
     SourcedFact,
 )
-from guardrails.knowledge import KnowledgeError
-from guardrails.ledger import key_of, window_of
-from guardrails.policy import Counter, DecisionInput, PolicyBundle
-from guardrails.rendering import run_url
+from countersign.guardrails.knowledge import KnowledgeError
+from countersign.guardrails.ledger import key_of, window_of
+from countersign.guardrails.policy import Counter, DecisionInput, PolicyBundle
+from countersign.guardrails.rendering import run_url
 
 log = structlog.get_logger(__name__)
 

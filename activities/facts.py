@@ -37,9 +37,9 @@ from typing import Any, get_type_hints
 import httpx
 from pydantic import BaseModel
 
-from activities.runtime import Runtime
-from activities.tools import ToolDeclarationError, system_http
-from guardrails.cedar_schema import FactSchema
+from countersign.activities.runtime import Runtime
+from countersign.activities.tools import ToolDeclarationError, system_http
+from countersign.guardrails.cedar_schema import FactSchema
 
 __all__ = ["FACTS", "FactContext", "FactUnavailable", "fact", "resolve_facts"]
 

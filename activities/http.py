@@ -15,7 +15,7 @@ from typing import Protocol, TypeVar
 
 import httpx
 
-from workers.credentials import get_secret
+from countersign.credentials import get_secret
 
 
 class BearerFromKeyring(httpx.Auth):

@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 
 from temporalio import activity
 
-from activities.contracts import VERIFY, VerifyInput, VerifyResult
-from activities.runtime import Runtime
-from guardrails.identity import IdentityError, StatementRefused, verify
+from countersign.activities.contracts import VERIFY, VerifyInput, VerifyResult
+from countersign.activities.runtime import Runtime
+from countersign.guardrails.identity import IdentityError, StatementRefused, verify
 
 
 class IdentityActivities:

@@ -10,9 +10,9 @@ import asyncio
 
 from pydantic import BaseModel, Field
 
-from activities.tools import ToolContext, guarded_tool
-from guardrails.knowledge import Citation, KnowledgeIndex, open_index
-from workers.settings import Settings
+from countersign.activities.tools import ToolContext, guarded_tool
+from countersign.guardrails.knowledge import Citation, KnowledgeIndex, open_index
+from countersign.settings import Settings
 
 
 class KnowledgeSearchArgs(BaseModel):

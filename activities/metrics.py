@@ -21,7 +21,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.common import MetricMeter
 
-from guardrails.audit import AuditRecord
+from countersign.guardrails.audit import AuditRecord
 
 
 def model_cost_usd(

@@ -16,16 +16,28 @@ import openai
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.context import fold_note, fold_point, summary_request
-from activities.contracts import MODEL_BOUNDS, PLAN, ModelBounds, PlanInput, PlanOutput, Usage
-from activities.runtime import Runtime, audit_from_activity, current_workflow_id, heartbeating
-from activities.sealing import Sealer, seal_fields, sealer_for
-from activities.tools import CALL_REASON, REGISTRY, lookup_tool
-from activities.transcript import Fold
-from agents.specs import AGENTS, AgentSpec, ContextWindow
-from guardrails.policy import Proposal, sha256_hex
-from guardrails.redaction import Kind
-from workers.credentials import openai_api_key
+from countersign.activities.context import fold_note, fold_point, summary_request
+from countersign.activities.contracts import (
+    MODEL_BOUNDS,
+    PLAN,
+    ModelBounds,
+    PlanInput,
+    PlanOutput,
+    Usage,
+)
+from countersign.activities.runtime import (
+    Runtime,
+    audit_from_activity,
+    current_workflow_id,
+    heartbeating,
+)
+from countersign.activities.sealing import Sealer, seal_fields, sealer_for
+from countersign.activities.tools import CALL_REASON, REGISTRY, lookup_tool
+from countersign.activities.transcript import Fold
+from countersign.agents.specs import AGENTS, AgentSpec, ContextWindow
+from countersign.credentials import openai_api_key
+from countersign.guardrails.policy import Proposal, sha256_hex
+from countersign.guardrails.redaction import Kind
 
 
 def tools_for(agent: AgentSpec) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """Notifications to approvers: where a request is announced, recalled and its outcome shown.
 
-Every configured channel (Slack, email, webhook; see workers/settings.py) gets the notice; a
+Every configured channel (Slack, email, webhook; see countersign/settings.py) gets the notice; a
 channel that is not configured is skipped. A failed notification never fails a run: the
 request stays answerable from the CLI and the Temporal UI. A transport error (timeout, 5xx,
 rate limit) raises so Temporal retries the activity; channels that already delivered are not
@@ -16,17 +16,17 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.channels import Channel, ChannelError, action_text
-from activities.channels.mail import EmailChannel
-from activities.channels.slack import SlackApi, SlackChannel
-from activities.channels.webhook import WebhookChannel
-from activities.contracts import NOTIFY, ApprovalNotice
-from activities.knowledge import check_citations
-from activities.runtime import Runtime, activity_record_id, audit_from_activity
-from guardrails.knowledge import Citation, KnowledgeError
-from guardrails.redaction import redact
-from workers.credentials import CredentialError, get_secret
-from workers.state import open_tokens
+from countersign.activities.channels import Channel, ChannelError, action_text
+from countersign.activities.channels.mail import EmailChannel
+from countersign.activities.channels.slack import SlackApi, SlackChannel
+from countersign.activities.channels.webhook import WebhookChannel
+from countersign.activities.contracts import NOTIFY, ApprovalNotice
+from countersign.activities.knowledge import check_citations
+from countersign.activities.runtime import Runtime, activity_record_id, audit_from_activity
+from countersign.credentials import CredentialError, get_secret
+from countersign.guardrails.knowledge import Citation, KnowledgeError
+from countersign.guardrails.redaction import redact
+from countersign.workers.state import open_tokens
 
 log = structlog.get_logger(__name__)
 

@@ -13,19 +13,19 @@ from typing import Any
 import structlog
 from temporalio import activity
 
-from activities import metrics
-from activities.http import HttpClients
-from activities.transcript import TranscriptStore
-from guardrails.audit import AuditRecord, AuditStore
-from guardrails.cedar_schema import PolicySurface
-from guardrails.controls import KillSwitch, KillSwitchStore
-from guardrails.identity import DirectorySource
-from guardrails.ledger import Ledger
-from guardrails.policy import PolicySource
-from workers.audit import open_audit_store
-from workers.policies import activation_gate
-from workers.settings import Settings
-from workers.state import open_kill_switch, open_ledger, open_transcripts
+from countersign.activities import metrics
+from countersign.activities.http import HttpClients
+from countersign.activities.transcript import TranscriptStore
+from countersign.guardrails.audit import AuditRecord, AuditStore
+from countersign.guardrails.cedar_schema import PolicySurface
+from countersign.guardrails.controls import KillSwitch, KillSwitchStore
+from countersign.guardrails.identity import DirectorySource
+from countersign.guardrails.ledger import Ledger
+from countersign.guardrails.policy import PolicySource
+from countersign.settings import Settings
+from countersign.workers.audit import open_audit_store
+from countersign.workers.policies import activation_gate
+from countersign.workers.state import open_kill_switch, open_ledger, open_transcripts
 
 log = structlog.get_logger(__name__)
 

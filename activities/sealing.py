@@ -29,9 +29,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel, SecretBytes, SecretStr
 
-from guardrails.redaction import SEALED, Kind, Path, sensitive_fields
-from workers.codec import PayloadKeys, load_payload_keys
-from workers.settings import Settings
+from countersign.guardrails.redaction import SEALED, Kind, Path, sensitive_fields
+from countersign.settings import Settings
+from countersign.workers.codec import PayloadKeys, load_payload_keys
 
 _NONCE = 12
 # Shorter values are not searched for in free text (they would match by accident).

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, PositiveInt
 
-from activities.facts import FactContext, fact
-from activities.tools import ToolContext, Undo, guarded_tool
+from countersign.activities.facts import FactContext, fact
+from countersign.activities.tools import ToolContext, Undo, guarded_tool
 
 
 class OrderLookupArgs(BaseModel):

@@ -36,19 +36,32 @@ from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.contracts import RECONCILE, Compensation, Reconciliation, ToolCall, ToolOutcome
-from activities.http import BearerFromKeyring
-from activities.runtime import Runtime, audit_from_activity, current_workflow_id, heartbeating
-from activities.sealing import Sealer, SealError, scrub, seal_fields, sealer_for
-from agents.failures import cause_of
-from agents.specs import subject_fields
-from guardrails.approvals import ChangeBound
-from guardrails.cedar_schema import PolicySurface, ToolSchema
-from guardrails.errors import describe
-from guardrails.policy import ToolFacts, sha256_hex
-from guardrails.redaction import Kind
-from guardrails.redaction import Personal as Personal  # for tool authors: mark fields by type
-from guardrails.redaction import Secret as Secret
+from countersign.activities.contracts import (
+    RECONCILE,
+    Compensation,
+    Reconciliation,
+    ToolCall,
+    ToolOutcome,
+)
+from countersign.activities.http import BearerFromKeyring
+from countersign.activities.runtime import (
+    Runtime,
+    audit_from_activity,
+    current_workflow_id,
+    heartbeating,
+)
+from countersign.activities.sealing import Sealer, SealError, scrub, seal_fields, sealer_for
+from countersign.agents.failures import cause_of
+from countersign.agents.specs import subject_fields
+from countersign.guardrails.approvals import ChangeBound
+from countersign.guardrails.cedar_schema import PolicySurface, ToolSchema
+from countersign.guardrails.errors import describe
+from countersign.guardrails.policy import ToolFacts, sha256_hex
+from countersign.guardrails.redaction import Kind
+from countersign.guardrails.redaction import (
+    Personal as Personal,  # for tool authors: mark fields by type
+)
+from countersign.guardrails.redaction import Secret as Secret
 
 Risk = Literal["low", "medium", "high"]
 _NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
@@ -422,7 +435,7 @@ def validate_arguments(spec: ToolSpec, arguments: dict[str, Any]) -> BaseModel:
 def tool_schemas() -> PolicySurface:
     """What policies are type-checked against: the registered tools, the facts the guard
     fetches, and the subject fields agents declare."""
-    from activities.facts import FACTS  # the fact module imports this one
+    from countersign.activities.facts import FACTS  # the fact module imports this one
 
     return PolicySurface(
         tools=[spec.schema for spec in REGISTRY.values()],

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from guardrails.database import Database, open_database
+from countersign.guardrails.database import Database, open_database
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS transcript_messages (

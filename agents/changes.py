@@ -16,9 +16,16 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, CancelledError
 
-from activities.contracts import DECIDE, EVIDENCE, RELEASE, EvidenceInput, GuardInput, GuardResult
-from agents.state import ActionRecord, ChangedAction, RunState, run_bookkeeping
-from guardrails.approvals import (
+from countersign.activities.contracts import (
+    DECIDE,
+    EVIDENCE,
+    RELEASE,
+    EvidenceInput,
+    GuardInput,
+    GuardResult,
+)
+from countersign.agents.state import ActionRecord, ChangedAction, RunState, run_bookkeeping
+from countersign.guardrails.approvals import (
     ApprovalRequest,
     Decision,
     DecisionRefused,
@@ -27,9 +34,9 @@ from guardrails.approvals import (
     new_request,
     request_id_for,
 )
-from guardrails.evidence import EvidencePack
-from guardrails.policy import Proposal
-from guardrails.rendering import change_words
+from countersign.guardrails.evidence import EvidencePack
+from countersign.guardrails.policy import Proposal
+from countersign.guardrails.rendering import change_words
 
 
 async def gather_evidence(run: RunState, request: ApprovalRequest) -> EvidencePack | None:

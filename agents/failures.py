@@ -20,7 +20,7 @@ from temporalio.exceptions import (
     TimeoutError,
 )
 
-from activities.contracts import PLAN
+from countersign.activities.contracts import PLAN
 
 FailureKind = Literal[
     "system_unavailable",  # the system of record answered 5xx/429 or could not be reached

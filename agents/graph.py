@@ -22,7 +22,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, RetryState
 
-from activities.contracts import (
+from countersign.activities.contracts import (
     DECIDE,
     NOTIFY,
     PLAN,
@@ -38,12 +38,18 @@ from activities.contracts import (
     ToolCall,
     ToolOutcome,
 )
-from agents.changes import decide_changed, gather_evidence, note_change
-from agents.failures import cause_of
-from agents.segments import segment_ends
-from agents.state import ATOMIC_TURNS, ActionRecord, RunState, model_bounds, run_bookkeeping
-from guardrails.approvals import ApprovalRequest, new_request
-from guardrails.policy import Proposal
+from countersign.agents.changes import decide_changed, gather_evidence, note_change
+from countersign.agents.failures import cause_of
+from countersign.agents.segments import segment_ends
+from countersign.agents.state import (
+    ATOMIC_TURNS,
+    ActionRecord,
+    RunState,
+    model_bounds,
+    run_bookkeeping,
+)
+from countersign.guardrails.approvals import ApprovalRequest, new_request
+from countersign.guardrails.policy import Proposal
 
 GRAPH_NAME = "guarded-loop"
 
@@ -599,6 +605,6 @@ async def stop(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
 def build_graph() -> StateGraph[Any, RunState, Any, Any]:
     """The built-in guarded loop: the guarded agent of agents/guarded.py, whose nodes adapt
     this module's (a fresh graph: the plugin mutates the graph it is given, one per worker)."""
-    from agents.guarded import create_guarded_agent  # it builds on this module's nodes
+    from countersign.agents.guarded import create_guarded_agent  # it builds on this module's nodes
 
     return create_guarded_agent()

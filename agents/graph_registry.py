@@ -22,8 +22,8 @@ from typing import Any
 
 from langgraph.graph import StateGraph
 
-from agents.graph import GRAPH_NAME, build_graph
-from agents.specs import AgentSpecError
+from countersign.agents.graph import GRAPH_NAME, build_graph
+from countersign.agents.specs import AgentSpecError
 
 GraphBuilder = Callable[[], StateGraph[Any, Any, Any, Any]]
 

@@ -41,9 +41,9 @@ from langgraph.graph.message import add_messages
 from langgraph.runtime import Runtime
 from temporalio.exceptions import ApplicationError
 
-from agents import graph as loop
-from agents.state import RunState
-from guardrails.policy import Proposal
+from countersign.agents import graph as loop
+from countersign.agents.state import RunState
+from countersign.guardrails.policy import Proposal
 
 # Where a model reply came from: its transcript sequence number after the reply, kept on the
 # AIMessage (`response_metadata`) so the next call knows which messages are new.

@@ -18,8 +18,8 @@ from langchain_core.messages import HumanMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
-from agents.graph_registry import guarded_graph
-from agents.guarded import (
+from countersign.agents.graph_registry import guarded_graph
+from countersign.agents.guarded import (
     GuardedState,
     call_model,
     guarded_tools,
@@ -28,7 +28,7 @@ from agents.guarded import (
     tools_condition,
     within_limits,
 )
-from agents.state import RunState
+from countersign.agents.state import RunState
 
 GRAPH = "planner-executor"
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from temporalio.exceptions import ActivityError
 
-from agents.graph import decide_proposal, execute_action, release_limits
-from agents.state import ActionRecord, RunState
-from guardrails.policy import Proposal
+from countersign.agents.graph import decide_proposal, execute_action, release_limits
+from countersign.agents.state import ActionRecord, RunState
+from countersign.guardrails.policy import Proposal
 
 
 async def compensate(run: RunState, reason: str) -> list[str]:

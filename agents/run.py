@@ -24,10 +24,10 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from temporalio.langgraph import graph
 
-    from agents.failures import cause_of
-    from agents.rollback import compensate
-    from agents.segments import carried_in, continue_as_new, kept_actions, restore
-    from agents.state import (
+    from countersign.agents.failures import cause_of
+    from countersign.agents.rollback import compensate
+    from countersign.agents.segments import carried_in, continue_as_new, kept_actions, restore
+    from countersign.agents.state import (
         AGENT_RUN,
         RUN_REFUSALS,
         RollbackRequest,
@@ -39,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
         parse_run_input,
         verify_statement,
     )
-    from guardrails.approvals import (
+    from countersign.guardrails.approvals import (
         ApprovalRequest,
         Decision,
         DecisionReceipt,
@@ -49,9 +49,9 @@ with workflow.unsafe.imports_passed_through():
         check_statement,
         decision_from,
     )
-    from guardrails.errors import describe
-    from guardrails.identity import Envelope
-    from guardrails.policy import canonical_json
+    from countersign.guardrails.errors import describe
+    from countersign.guardrails.identity import Envelope
+    from countersign.guardrails.policy import canonical_json
 
 
 @workflow.defn(name=AGENT_RUN)

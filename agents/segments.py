@@ -21,8 +21,8 @@ from pydantic import BaseModel, ValidationError
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
-from agents.state import REFUSED, ActionRecord, RunInput, RunState
-from guardrails.errors import describe
+from countersign.agents.state import REFUSED, ActionRecord, RunInput, RunState
+from countersign.guardrails.errors import describe
 
 
 class Carried(BaseModel):

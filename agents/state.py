@@ -15,7 +15,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
-from activities.contracts import (
+from countersign.activities.contracts import (
     MODEL_BOUNDS,
     RECORD,
     VERIFY,
@@ -25,15 +25,15 @@ from activities.contracts import (
     VerifyInput,
     VerifyResult,
 )
-from agents import search_attributes as sa
-from agents.failures import FailureCause
-from agents.specs import AGENTS, MAX_LONG_RUN_STEPS, MAX_RUN_STEPS, AgentSpec
-from guardrails.approvals import ApprovalRequest, RecordedDecision
-from guardrails.errors import describe
-from guardrails.identity import Envelope, Verified
-from guardrails.money import describe_call
-from guardrails.policy import Authority, Mode, sha256_hex
-from guardrails.rendering import as_markdown, request_view
+from countersign.agents import search_attributes as sa
+from countersign.agents.failures import FailureCause
+from countersign.agents.specs import AGENTS, MAX_LONG_RUN_STEPS, MAX_RUN_STEPS, AgentSpec
+from countersign.guardrails.approvals import ApprovalRequest, RecordedDecision
+from countersign.guardrails.errors import describe
+from countersign.guardrails.identity import Envelope, Verified
+from countersign.guardrails.money import describe_call
+from countersign.guardrails.policy import Authority, Mode, sha256_hex
+from countersign.guardrails.rendering import as_markdown, request_view
 
 AGENT_RUN = "AgentRun"
 DEFAULT_TASK_QUEUE = "countersign"

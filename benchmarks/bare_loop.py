@@ -26,7 +26,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from temporalio.langgraph import graph
 
-    from activities.http import HttpClients
+    from countersign.activities.http import HttpClients
 
 BARE_GRAPH = "bare-loop"
 

@@ -26,14 +26,14 @@ from pathlib import Path
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
 
-from activities.contracts import PLAN
-from agents.run import AgentRun
-from agents.specs import AGENTS, ContextWindow
-from agents.state import RunInput
 from benchmarks.replay_bench import BENCH_AGENT, loop_script
+from countersign.activities.contracts import PLAN
+from countersign.agents.run import AgentRun
+from countersign.agents.specs import AGENTS, ContextWindow
+from countersign.agents.state import RunInput
+from countersign.workers.logging import configure_logging
+from countersign.workers.worker import build_worker
 from tests.histories.record import fresh_stack
-from workers.logging import configure_logging
-from workers.worker import build_worker
 
 AVERAGED_STEPS = 10
 

@@ -34,7 +34,7 @@ after the other to compare them: each run starts its own stack.
    The shop is reset (`POST /_reset`) before each run so the order is refundable again. The
    worker runs in this process.
 4. memory: the resident memory (VmRSS from /proc, plus any child processes) of one
-   `python -m workers worker` process (the real `countersign worker`, nothing
+   `python -m countersign.workers worker` process (the real `countersign worker`, nothing
    registered) on its own task queue: just started, idle after one warm-up run (a
    refund parked on an approval, then terminated: imports, the workflow sandbox and the
    clients are loaded), and with `--parked N` refunds of A-1002 parked on an approval
@@ -71,26 +71,26 @@ from temporalio.langgraph import LangGraphPlugin
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
-from activities.model import tools_for
-from agents.run import AgentRun
-from agents.specs import AGENTS
-from agents.state import RunInput
 from benchmarks import bare_loop
 from benchmarks.replay_bench import BENCH_AGENT, loop_script
-from guardrails.policy import DEFAULT_POLICY_PATH
-from tests.histories.record import Stack, fresh_stack
-from workers.credentials import get_secret, openai_api_key
-from workers.decisions import send_decision, sign_decision, wait_for_requests
-from workers.devstack import (
+from countersign.activities.model import tools_for
+from countersign.agents.run import AgentRun
+from countersign.agents.specs import AGENTS
+from countersign.agents.state import RunInput
+from countersign.credentials import get_secret, openai_api_key
+from countersign.guardrails.policy import DEFAULT_POLICY_PATH
+from countersign.workers.decisions import send_decision, sign_decision, wait_for_requests
+from countersign.workers.devstack import (
     DEV_SERVER_TUNING,
     DevStackError,
     Service,
     settings_env,
     start_service,
 )
-from workers.identities import signer_for
-from workers.logging import configure_logging
-from workers.worker import build_worker, check_startup
+from countersign.workers.identities import signer_for
+from countersign.workers.logging import configure_logging
+from countersign.workers.worker import build_worker, check_startup
+from tests.histories.record import Stack, fresh_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_SCRIPTS = ROOT / "demo" / "scripts"

@@ -35,21 +35,21 @@ from pathlib import Path
 
 import psycopg
 
-from activities.runtime import Runtime
-from activities.tools import tool_schemas
-from agents.specs import AGENTS
 from benchmarks.durability_bench import _agent_run, bench_policy, spread
 from benchmarks.policy_bench import request
 from benchmarks.replay_bench import BENCH_AGENT, loop_script
-from guardrails.database import open_database
-from guardrails.ledger import Ledger
-from guardrails.policy import decide, load_policy
+from countersign.activities.runtime import Runtime
+from countersign.activities.tools import tool_schemas
+from countersign.agents.specs import AGENTS
+from countersign.guardrails.database import open_database
+from countersign.guardrails.ledger import Ledger
+from countersign.guardrails.policy import decide, load_policy
+from countersign.workers.devstack import Postgres, free_port, start_postgres
+from countersign.workers.logging import configure_logging
+from countersign.workers.plugins import load
+from countersign.workers.state import close_shared_databases
+from countersign.workers.worker import build_worker, check_startup
 from tests.histories.record import fresh_stack
-from workers.devstack import Postgres, free_port, start_postgres
-from workers.logging import configure_logging
-from workers.plugins import load
-from workers.state import close_shared_databases
-from workers.worker import build_worker, check_startup
 
 # The demo's tools and agents, as a worker finds them.
 load(["demo"])

@@ -17,7 +17,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from guardrails.knowledge import DEFAULT_KNOWLEDGE_PATH, KnowledgeIndex, open_index, read_folder
+from countersign.guardrails.knowledge import (
+    DEFAULT_KNOWLEDGE_PATH,
+    KnowledgeIndex,
+    open_index,
+    read_folder,
+)
 
 QUERIES = [
     "the teapot arrived broken",

@@ -32,14 +32,14 @@ import httpx
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
 
-from agents.run import AgentRun
-from agents.specs import AGENTS, ContextWindow
-from agents.state import RunInput
 from benchmarks.replay_bench import BENCH_AGENT, loop_script
+from countersign.agents.run import AgentRun
+from countersign.agents.specs import AGENTS, ContextWindow
+from countersign.agents.state import RunInput
+from countersign.workers.logging import configure_logging
+from countersign.workers.replay import fetch_segments, replay
+from countersign.workers.worker import build_worker
 from tests.histories.record import fresh_stack
-from workers.logging import configure_logging
-from workers.replay import fetch_segments, replay
-from workers.worker import build_worker
 
 
 def step_times(histories: list[WorkflowHistory]) -> list[float]:

@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from activities.tools import REGISTRY, tool_schemas
-from guardrails.ledger import Ledger
-from guardrails.policy import DecisionInput, Proposal, decide, load_policy
-from workers.plugins import load
+from countersign.activities.tools import REGISTRY, tool_schemas
+from countersign.guardrails.ledger import Ledger
+from countersign.guardrails.policy import DecisionInput, Proposal, decide, load_policy
+from countersign.workers.plugins import load
 
 # The demo's tools and agents, as a worker finds them.
 load(["demo"])

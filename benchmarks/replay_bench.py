@@ -34,18 +34,18 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from agents.run import AgentRun
-from agents.specs import AGENTS, AgentSpec
-from agents.state import RunInput
-from demo.plugin import SUPPORT_PROMPT
-from guardrails.audit import AuditStore
-from guardrails.audit_signing import CheckpointSigner, generate_signing_key
-from guardrails.audit_stores import open_store
+from countersign.agents.run import AgentRun
+from countersign.agents.specs import AGENTS, AgentSpec
+from countersign.agents.state import RunInput
+from countersign.demo.plugin import SUPPORT_PROMPT
+from countersign.guardrails.audit import AuditStore
+from countersign.guardrails.audit_signing import CheckpointSigner, generate_signing_key
+from countersign.guardrails.audit_stores import open_store
+from countersign.workers.devstack import free_port, postgres_bin_dir, start_postgres
+from countersign.workers.logging import configure_logging
+from countersign.workers.replay import replay, save_history
+from countersign.workers.worker import build_worker
 from tests.histories.record import fresh_stack
-from workers.devstack import free_port, postgres_bin_dir, start_postgres
-from workers.logging import configure_logging
-from workers.replay import replay, save_history
-from workers.worker import build_worker
 
 BENCH_AGENT = AgentSpec(
     name="bench-loop",

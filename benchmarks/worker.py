@@ -9,9 +9,9 @@ runs the real CLI command, so everything else (settings, logging, startup checks
 is what `countersign worker` does. Production agents are unchanged.
 """
 
-from agents.specs import AGENTS
 from benchmarks.replay_bench import BENCH_AGENT
-from workers.cli import main
+from countersign.agents.specs import AGENTS
+from countersign.workers.cli import main
 
 if __name__ == "__main__":
     AGENTS[BENCH_AGENT.name] = BENCH_AGENT

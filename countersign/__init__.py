@@ -20,35 +20,35 @@ from typing import TYPE_CHECKING, Any
 # name -> the module that defines it
 _EXPORTS: dict[str, str] = {
     # tools
-    "guarded_tool": "activities.tools",
-    "ToolContext": "activities.tools",
-    "Undo": "activities.tools",
-    "Personal": "activities.tools",
-    "Secret": "activities.tools",
+    "guarded_tool": "countersign.activities.tools",
+    "ToolContext": "countersign.activities.tools",
+    "Undo": "countersign.activities.tools",
+    "Personal": "countersign.activities.tools",
+    "Secret": "countersign.activities.tools",
     # agents
-    "AgentSpec": "agents.specs",
-    "ContextWindow": "agents.specs",
+    "AgentSpec": "countersign.agents.specs",
+    "ContextWindow": "countersign.agents.specs",
     # systems of record
-    "SystemSettings": "workers.settings",
+    "SystemSettings": "countersign.settings",
     # guarded graph parts: your own LangGraph graphs, every tool call guarded
-    "GuardedState": "agents.guarded",
-    "call_model": "agents.guarded",
-    "create_guarded_agent": "agents.guarded",
-    "guarded_tools": "agents.guarded",
-    "in_workflow": "agents.guarded",
-    "stop": "agents.guarded",
-    "tools_condition": "agents.guarded",
-    "within_limits": "agents.guarded",
-    "GraphRegistryError": "agents.graph_registry",
-    "guarded_graph": "agents.graph_registry",
-    "register_graph": "agents.graph_registry",
+    "GuardedState": "countersign.agents.guarded",
+    "call_model": "countersign.agents.guarded",
+    "create_guarded_agent": "countersign.agents.guarded",
+    "guarded_tools": "countersign.agents.guarded",
+    "in_workflow": "countersign.agents.guarded",
+    "stop": "countersign.agents.guarded",
+    "tools_condition": "countersign.agents.guarded",
+    "within_limits": "countersign.agents.guarded",
+    "GraphRegistryError": "countersign.agents.graph_registry",
+    "guarded_graph": "countersign.agents.graph_registry",
+    "register_graph": "countersign.agents.graph_registry",
     # errors a developer meets, each with a one-line message saying what to fix
-    "ToolDeclarationError": "activities.tools",
-    "AgentSpecError": "agents.specs",
-    "PolicyError": "guardrails.policy",
-    "PluginError": "workers.plugins",
-    "SettingsError": "workers.settings",
-    "CredentialError": "workers.credentials",
+    "ToolDeclarationError": "countersign.activities.tools",
+    "AgentSpecError": "countersign.agents.specs",
+    "PolicyError": "countersign.guardrails.policy",
+    "PluginError": "countersign.workers.plugins",
+    "SettingsError": "countersign.settings",
+    "CredentialError": "countersign.credentials",
 }
 _SUBMODULES = ("testing",)
 
@@ -83,7 +83,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     import countersign.testing as testing
-    from activities.tools import (
+    from countersign.activities.tools import (
         Personal,
         Secret,
         ToolContext,
@@ -91,8 +91,8 @@ if TYPE_CHECKING:
         Undo,
         guarded_tool,
     )
-    from agents.graph_registry import GraphRegistryError, guarded_graph, register_graph
-    from agents.guarded import (
+    from countersign.agents.graph_registry import GraphRegistryError, guarded_graph, register_graph
+    from countersign.agents.guarded import (
         GuardedState,
         call_model,
         create_guarded_agent,
@@ -102,11 +102,11 @@ if TYPE_CHECKING:
         tools_condition,
         within_limits,
     )
-    from agents.specs import AgentSpec, AgentSpecError, ContextWindow
-    from guardrails.policy import PolicyError
-    from workers.credentials import CredentialError
-    from workers.plugins import PluginError
-    from workers.settings import SettingsError, SystemSettings
+    from countersign.agents.specs import AgentSpec, AgentSpecError, ContextWindow
+    from countersign.credentials import CredentialError
+    from countersign.guardrails.policy import PolicyError
+    from countersign.settings import SettingsError, SystemSettings
+    from countersign.workers.plugins import PluginError
 
 
 def __getattr__(name: str) -> Any:

@@ -17,8 +17,8 @@ import keyring.backend
 import keyring.errors
 from keyring.core import load_keyring
 
-from guardrails.redaction import register_secret
-from workers.settings import Settings
+from countersign.guardrails.redaction import register_secret
+from countersign.settings import Settings
 
 SERVICE = "countersign"
 
@@ -34,7 +34,7 @@ class SecretFiles(keyring.backend.KeyringBackend):
     files; nothing is shared at run time. Writable folders take `countersign secrets set`,
     `keys init` and `audit init-key` (files mode 0600); mounted read-only, they only read.
 
-    Select it with COUNTERSIGN_KEYRING_BACKEND=workers.credentials.SecretFiles."""
+    Select it with COUNTERSIGN_KEYRING_BACKEND=countersign.credentials.SecretFiles."""
 
     priority = 0.1  # type: ignore[assignment]  # never preferred: we always set it explicitly
     directory = Path("/run/secrets")

@@ -19,8 +19,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from guardrails.knowledge import DEFAULT_KNOWLEDGE_PATH
-from guardrails.policy import DEFAULT_POLICY_PATH
+from countersign.guardrails.knowledge import DEFAULT_KNOWLEDGE_PATH
+from countersign.guardrails.policy import DEFAULT_POLICY_PATH
 
 
 class SettingsError(Exception):
@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     gateway_identity: str = "gateway"
     # keyring backend, set explicitly (never auto-detected): a class path.
     keyring_backend: str = "keyrings.alt.file.PlaintextKeyring"
-    # The folder of the `workers.credentials.SecretFiles` backend (one file per secret).
+    # The folder of the `countersign.credentials.SecretFiles` backend (one file per secret).
     secrets_dir: Path = Path("/run/secrets")
 
     openai_base_url: str = Field(

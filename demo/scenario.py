@@ -9,14 +9,14 @@ from datetime import timedelta
 
 from temporalio.client import Client
 
-from agents.run import AgentRun
-from agents.state import RunInput
-from workers.audit import open_audit_store, public_key
-from workers.cli import story_line, ui_link
-from workers.decisions import decide_as, wait_for_requests
-from workers.devstack import DevStack, port_of, port_open, start_dev_stack
-from workers.settings import Settings
-from workers.worker import connect
+from countersign.agents.run import AgentRun
+from countersign.agents.state import RunInput
+from countersign.settings import Settings
+from countersign.workers.audit import open_audit_store, public_key
+from countersign.workers.cli import story_line, ui_link
+from countersign.workers.decisions import decide_as, wait_for_requests
+from countersign.workers.devstack import DevStack, port_of, port_open, start_dev_stack
+from countersign.workers.worker import connect
 
 REFUNDS = [
     ("A-1001", "Refund order A-1001: the teapot arrived broken.", None),

@@ -6,7 +6,7 @@ every side effect, JSON validation errors, and fault injection (`POST /_faults`)
 exercise retries, timeouts and a worker dying after the side effect but before the answer.
 
     export SHOP_API_TOKEN=dev-token
-    python -m demo.shop --port 8101 --db .countersign/shop.sqlite3
+    python -m countersign.demo.shop --port 8101 --db .countersign/shop.sqlite3
 """
 
 from __future__ import annotations
@@ -658,7 +658,9 @@ class _AnnouncingServer(uvicorn.Server):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m demo.shop", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m countersign.demo.shop", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8101, help="0 picks a free port")
     parser.add_argument("--db", type=Path, default=Path(".countersign/shop.sqlite3"))

@@ -12,11 +12,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from guardrails.evidence import EvidencePack
-from guardrails.identity import Envelope, Statement, Verified
-from guardrails.money import format_value
-from guardrails.policy import ApprovalNeed, Verdict
-from guardrails.redaction import redact
+from countersign.guardrails.evidence import EvidencePack
+from countersign.guardrails.identity import Envelope, Statement, Verified
+from countersign.guardrails.money import format_value
+from countersign.guardrails.policy import ApprovalNeed, Verdict
+from countersign.guardrails.redaction import redact
 
 Channel = Literal["cli", "temporal-ui", "slack", "email", "webhook", "api"]
 # "changed": approved with changes; the changed action is decided again (agents/changes.py).

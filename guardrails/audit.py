@@ -37,10 +37,15 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel
 
-from guardrails.audit_signing import Checkpoint, CheckpointSigner, key_id, signature_valid
-from guardrails.database import Row, Tx
-from guardrails.policy import canonical_json
-from guardrails.redaction import redact
+from countersign.guardrails.audit_signing import (
+    Checkpoint,
+    CheckpointSigner,
+    key_id,
+    signature_valid,
+)
+from countersign.guardrails.database import Row, Tx
+from countersign.guardrails.policy import canonical_json
+from countersign.guardrails.redaction import redact
 
 GENESIS = "0" * 64
 DEFAULT_CHECKPOINT_EVERY = 100

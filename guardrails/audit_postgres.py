@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 
-from guardrails.audit import SCHEMA, AuditError, AuditStore
-from guardrails.audit_signing import CheckpointSigner
-from guardrails.database import DatabaseError, PostgresDatabase, Tx
+from countersign.guardrails.audit import SCHEMA, AuditError, AuditStore
+from countersign.guardrails.audit_signing import CheckpointSigner
+from countersign.guardrails.database import DatabaseError, PostgresDatabase, Tx
 
 # pg_advisory_xact_lock key for "the audit chain's head" (any fixed 64-bit number will do;
 # this one is the first 8 bytes of SHA-256("countersign.audit.head")).

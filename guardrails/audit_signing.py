@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from pydantic import BaseModel
 
-from guardrails.policy import canonical_json
+from countersign.guardrails.policy import canonical_json
 
 CHECKPOINT_DOMAIN = b"countersign audit checkpoint v1\n"
 

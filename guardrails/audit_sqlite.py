@@ -6,9 +6,9 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from guardrails.audit import SCHEMA, AuditError, AuditStore
-from guardrails.audit_signing import CheckpointSigner
-from guardrails.database import SqliteDatabase, Tx
+from countersign.guardrails.audit import SCHEMA, AuditError, AuditStore
+from countersign.guardrails.audit_signing import CheckpointSigner
+from countersign.guardrails.database import SqliteDatabase, Tx
 
 
 class SqliteAuditStore(AuditStore):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from guardrails.audit import DEFAULT_CHECKPOINT_EVERY, AuditStore
-from guardrails.audit_postgres import PostgresAuditStore
-from guardrails.audit_signing import CheckpointSigner
-from guardrails.audit_sqlite import SqliteAuditStore
-from guardrails.database import is_postgres
+from countersign.guardrails.audit import DEFAULT_CHECKPOINT_EVERY, AuditStore
+from countersign.guardrails.audit_postgres import PostgresAuditStore
+from countersign.guardrails.audit_signing import CheckpointSigner
+from countersign.guardrails.audit_sqlite import SqliteAuditStore
+from countersign.guardrails.database import is_postgres
 
 
 def open_store(

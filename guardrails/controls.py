@@ -21,8 +21,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
-from guardrails.database import Database
-from guardrails.identity import Directory, Envelope, StatementRefused, verify
+from countersign.guardrails.database import Database
+from countersign.guardrails.identity import Directory, Envelope, StatementRefused, verify
 
 KillTarget = Literal["tool", "agent", "all"]
 

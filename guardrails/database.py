@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from guardrails.sqlite import SqliteFile
+from countersign.guardrails.sqlite import SqliteFile
 
 Row = tuple[Any, ...]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from guardrails.knowledge import Citation
+from countersign.guardrails.knowledge import Citation
 
 __all__ = [
     "CountedHistory",

@@ -42,8 +42,8 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from guardrails.errors import describe
-from guardrails.policy import canonical_json, sha256_hex
+from countersign.guardrails.errors import describe
+from countersign.guardrails.policy import canonical_json, sha256_hex
 
 STATEMENT_DOMAIN = b"countersign signed statement v1\n"
 # Longest an envelope may live: a decision printed to paste into the Temporal UI, or carried

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from guardrails.database import Database, open_database
-from guardrails.policy import Counter, DecisionInput, Verdict, action_hash
+from countersign.guardrails.database import Database, open_database
+from countersign.guardrails.policy import Counter, DecisionInput, Verdict, action_hash
 
 # "window" is a keyword in PostgreSQL: always quoted.
 _SCHEMA = [

@@ -26,9 +26,9 @@ from typing import Any, Literal
 import cedarpy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from guardrails.cedar_schema import PolicySurface, cedar_schema
-from guardrails.errors import describe
-from guardrails.rollout import Mode, OverrideCount, Rollout, rollout_mode
+from countersign.guardrails.cedar_schema import PolicySurface, cedar_schema
+from countersign.guardrails.errors import describe
+from countersign.guardrails.rollout import Mode, OverrideCount, Rollout, rollout_mode
 
 Outcome = Literal["allow", "deny", "needs_approval", "shadow"]
 # Acts that need a verified identity in a group the policy names for them.

@@ -17,10 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from guardrails.approvals import ApprovalRequest
-from guardrails.evidence import EvidencePack
-from guardrails.money import argument_pairs, describe_call, format_value, money
-from guardrails.redaction import redact
+from countersign.guardrails.approvals import ApprovalRequest
+from countersign.guardrails.evidence import EvidencePack
+from countersign.guardrails.money import argument_pairs, describe_call, format_value, money
+from countersign.guardrails.redaction import redact
 
 __all__ = [
     "RequestView",

@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from guardrails.audit import AuditRecord
-from guardrails.policy import (
+from countersign.guardrails.audit import AuditRecord
+from countersign.guardrails.policy import (
     DecisionInput,
     Outcome,
     PolicyBundle,

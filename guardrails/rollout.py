@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from guardrails.audit import AuditRecord
+    from countersign.guardrails.audit import AuditRecord
 
 Mode = Literal["shadow", "augment", "automate"]
 

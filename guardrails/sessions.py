@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-from guardrails.database import Database, open_database
+from countersign.guardrails.database import Database, open_database
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS inbox_sign_ins (

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from guardrails.database import Database, Tx, open_database
+from countersign.guardrails.database import Database, Tx, open_database
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS refs (

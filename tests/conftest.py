@@ -20,15 +20,16 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.runtime import Runtime
-from agents.run import AgentRun
-from agents.state import RunResult
 from countersign import testing
-from guardrails.policy import DEFAULT_POLICY_PATH
-from workers.audit import ensure_signing_key
-from workers.codec import PayloadKeys
-from workers.credentials import configure_keyring, set_secret
-from workers.devstack import (
+from countersign.activities.runtime import Runtime
+from countersign.agents.run import AgentRun
+from countersign.agents.state import RunResult
+from countersign.credentials import configure_keyring, set_secret
+from countersign.guardrails.policy import DEFAULT_POLICY_PATH
+from countersign.settings import Settings, SystemSettings
+from countersign.workers.audit import ensure_signing_key
+from countersign.workers.codec import PayloadKeys
+from countersign.workers.devstack import (
     Postgres,
     free_port,
     postgres_bin_dir,
@@ -36,10 +37,9 @@ from workers.devstack import (
     start_postgres,
     start_shop,
 )
-from workers.identities import ensure_dev_directory
-from workers.plugins import load
-from workers.settings import Settings, SystemSettings
-from workers.worker import build_worker, check_startup
+from countersign.workers.identities import ensure_dev_directory
+from countersign.workers.plugins import load
+from countersign.workers.worker import build_worker, check_startup
 
 # The demo plugin's tools and agents, found through its entry points as a worker finds them,
 # before any test reads the registries. Only the demo: other installed plugins stay out.

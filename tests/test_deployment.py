@@ -126,7 +126,7 @@ def test_every_service_gets_the_secrets_it_needs_and_setup_provisions_them(
     declared = compose["secrets"]
     for name in COUNTERSIGN_SERVICES:
         env = services[name]["environment"]
-        assert env["COUNTERSIGN_KEYRING_BACKEND"] == "workers.credentials.SecretFiles"
+        assert env["COUNTERSIGN_KEYRING_BACKEND"] == "countersign.credentials.SecretFiles"
         assert env["COUNTERSIGN_SECRETS_DIR"] == "/run/secrets"
         assert _secret_names(services[name]) <= set(declared)
     # What each process reads from its keyring: payload keys (every Temporal client), the
@@ -151,7 +151,7 @@ def test_every_service_gets_the_secrets_it_needs_and_setup_provisions_them(
 def test_the_workers_environment_loads_as_valid_settings(
     compose: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from workers.settings import load_settings
+    from countersign.settings import load_settings
 
     for key, value in compose["services"]["worker"]["environment"].items():
         monkeypatch.setenv(key, str(value))

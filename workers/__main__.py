@@ -1,5 +1,5 @@
-"""`python -m workers …` is `countersign …`."""
+"""`python -m countersign.workers …` is `countersign …`."""
 
-from workers.cli import main
+from countersign.workers.cli import main
 
 main()

@@ -6,19 +6,23 @@ from __future__ import annotations
 import keyring
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from guardrails.audit import AuditStore
-from guardrails.audit_signing import CheckpointSigner, generate_signing_key, load_public_key
-from guardrails.audit_stores import open_store
-from guardrails.database import is_postgres
-from guardrails.redaction import set_pii_fields
-from workers.credentials import (
+from countersign.credentials import (
     SERVICE,
     CredentialError,
     configure_keyring,
     get_secret,
     set_secret,
 )
-from workers.settings import Settings
+from countersign.guardrails.audit import AuditStore
+from countersign.guardrails.audit_signing import (
+    CheckpointSigner,
+    generate_signing_key,
+    load_public_key,
+)
+from countersign.guardrails.audit_stores import open_store
+from countersign.guardrails.database import is_postgres
+from countersign.guardrails.redaction import set_pii_fields
+from countersign.settings import Settings
 
 
 def signer(settings: Settings) -> CheckpointSigner:

@@ -15,11 +15,11 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from guardrails.audit import AuditRecord, VerifyReport
-from guardrails.knowledge import Citation
-from guardrails.money import describe_call
-from workers.settings import Settings, SettingsError, load_settings
-from workers.show import ShowError, cmd_show
+from countersign.guardrails.audit import AuditRecord, VerifyReport
+from countersign.guardrails.knowledge import Citation
+from countersign.guardrails.money import describe_call
+from countersign.settings import Settings, SettingsError, load_settings
+from countersign.workers.show import ShowError, cmd_show
 
 
 class CliError(Exception):
@@ -118,13 +118,13 @@ def parse_context(pairs: list[str], flag: str = "--context") -> dict[str, str | 
 async def cmd_start(args: argparse.Namespace, settings: Settings) -> None:
     from temporalio.exceptions import ApplicationError
 
-    from agents.run import AgentRun
-    from agents.state import parse_run_input
-    from workers.credentials import configure_keyring
-    from workers.decisions import signed_start
-    from workers.identities import signer_for
-    from workers.plugins import apply_plugins
-    from workers.worker import connect
+    from countersign.agents.run import AgentRun
+    from countersign.agents.state import parse_run_input
+    from countersign.credentials import configure_keyring
+    from countersign.workers.decisions import signed_start
+    from countersign.workers.identities import signer_for
+    from countersign.workers.plugins import apply_plugins
+    from countersign.workers.worker import connect
 
     apply_plugins(settings)  # the agents a run can name, as the worker finds them
     raw = {
@@ -168,9 +168,9 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> None:
     )
     from temporalio.service import RPCError
 
-    from agents.run import AgentRun
-    from agents.state import RunStatus
-    from workers.worker import connect
+    from countersign.agents.run import AgentRun
+    from countersign.agents.state import RunStatus
+    from countersign.workers.worker import connect
 
     client = await connect(settings)
     handle = client.get_workflow_handle(args.run)
@@ -216,7 +216,7 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> None:
             f"check the system of record (countersign audit {args.run})"
         )
     if described.status == WorkflowExecutionStatus.FAILED:
-        from workers.audit import open_audit_store
+        from countersign.workers.audit import open_audit_store
 
         # The audit names the classified cause (system unavailable, timeout, ...), if any.
         ended = open_audit_store(settings).find(args.run, "run.compensated")
@@ -236,12 +236,12 @@ def failure_cause(e: BaseException) -> str:
 async def cmd_decide(args: argparse.Namespace, settings: Settings) -> None:
     """Sign the decision with the approver's own key (from this keyring) and send it; with
     --print, print the signed envelope to paste into the Temporal UI's `decision` signal."""
-    from agents.run import AgentRun
-    from workers.credentials import configure_keyring
-    from workers.decisions import DecisionRefusedError, send_decision, sign_decision
-    from workers.identities import signer_for
-    from workers.show import parse_changes
-    from workers.worker import connect
+    from countersign.agents.run import AgentRun
+    from countersign.credentials import configure_keyring
+    from countersign.workers.decisions import DecisionRefusedError, send_decision, sign_decision
+    from countersign.workers.identities import signer_for
+    from countersign.workers.show import parse_changes
+    from countersign.workers.worker import connect
 
     configure_keyring(settings)
     signer = signer_for(args.as_)
@@ -278,11 +278,11 @@ async def cmd_decide(args: argparse.Namespace, settings: Settings) -> None:
 async def cmd_rollback(args: argparse.Namespace, settings: Settings) -> None:
     from temporalio.client import WorkflowUpdateFailedError
 
-    from agents.run import AgentRun
-    from workers.credentials import configure_keyring
-    from workers.decisions import rollback_request
-    from workers.identities import signer_for
-    from workers.worker import connect
+    from countersign.agents.run import AgentRun
+    from countersign.credentials import configure_keyring
+    from countersign.workers.decisions import rollback_request
+    from countersign.workers.identities import signer_for
+    from countersign.workers.worker import connect
 
     configure_keyring(settings)
     request = rollback_request(signer_for(args.as_), args.run, args.reason)
@@ -304,13 +304,13 @@ async def cmd_rollback(args: argparse.Namespace, settings: Settings) -> None:
 async def cmd_identity(args: argparse.Namespace, settings: Settings) -> None:
     """`init`: this keyring's key for NAME (created if missing) and the directory entry to
     register; `show`: who the directory lists and with which keys."""
-    from guardrails.identity import load_directory
-    from workers.credentials import configure_keyring
-    from workers.identities import init_identity
+    from countersign.credentials import configure_keyring
+    from countersign.guardrails.identity import load_directory
+    from countersign.workers.identities import init_identity
 
     configure_keyring(settings)
     if args.action == "dev":
-        from workers.identities import ensure_dev_directory
+        from countersign.workers.identities import ensure_dev_directory
 
         path = ensure_dev_directory(settings)
         print(
@@ -345,14 +345,14 @@ AUDIT_ACTIONS = ("verify", "checkpoint", "init-key")
 
 
 async def cmd_audit(args: argparse.Namespace, settings: Settings) -> None:
-    from workers.audit import ensure_signing_key, open_audit_store, public_key
-    from workers.credentials import configure_keyring
+    from countersign.credentials import configure_keyring
+    from countersign.workers.audit import ensure_signing_key, open_audit_store, public_key
 
     if args.run in AUDIT_ACTIONS:
         configure_keyring(settings)
     if args.run == "init-key":
         signer = ensure_signing_key(settings)
-        from guardrails.audit_signing import public_key_text
+        from countersign.guardrails.audit_signing import public_key_text
 
         print(
             f"audit signing key {settings.audit_signing_credential!r}: {signer.key_id}\n"
@@ -379,9 +379,9 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _load(path: str | None, settings: Settings) -> Any:
-    from activities.tools import tool_schemas
-    from guardrails.policy import PolicyError, load_policy
-    from workers.plugins import apply_plugins
+    from countersign.activities.tools import tool_schemas
+    from countersign.guardrails.policy import PolicyError, load_policy
+    from countersign.workers.plugins import apply_plugins
 
     settings = apply_plugins(settings)  # the tools the schema is generated from
     try:
@@ -391,13 +391,13 @@ def _load(path: str | None, settings: Settings) -> Any:
 
 
 async def cmd_policy(args: argparse.Namespace, settings: Settings) -> None:
-    from guardrails.review import backtest, diff, run_cases
-    from workers.audit import open_audit_store
+    from countersign.guardrails.review import backtest, diff, run_cases
+    from countersign.workers.audit import open_audit_store
 
     if args.action == "activate":
-        from workers.credentials import configure_keyring
-        from workers.identities import signer_for
-        from workers.policies import activate
+        from countersign.credentials import configure_keyring
+        from countersign.workers.identities import signer_for
+        from countersign.workers.policies import activate
 
         if not args.as_:
             raise CliError("sign the activation: countersign policy activate [FOLDER] --as NAME")
@@ -443,12 +443,12 @@ async def cmd_policy(args: argparse.Namespace, settings: Settings) -> None:
 async def cmd_kill(args: argparse.Namespace, settings: Settings) -> None:
     """Flip the switch with a change signed by the operator's own key; workers count it only
     if the operator is in a group the policy's `[authority] kill_switch` names."""
-    from guardrails.controls import KillSwitch
-    from guardrails.identity import DirectorySource
-    from guardrails.policy import PolicySource
-    from workers.credentials import configure_keyring
-    from workers.identities import signer_for
-    from workers.state import open_kill_switch
+    from countersign.credentials import configure_keyring
+    from countersign.guardrails.controls import KillSwitch
+    from countersign.guardrails.identity import DirectorySource
+    from countersign.guardrails.policy import PolicySource
+    from countersign.workers.identities import signer_for
+    from countersign.workers.state import open_kill_switch
 
     store = open_kill_switch(settings)
     stored = store.read()
@@ -510,8 +510,8 @@ def print_verification(report: VerifyReport, location: str) -> None:
 
 
 async def cmd_replay(args: argparse.Namespace, settings: Settings) -> None:
-    from workers.plugins import apply_plugins
-    from workers.replay import fetch_segments, load_histories, replay, save_history
+    from countersign.workers.plugins import apply_plugins
+    from countersign.workers.replay import fetch_segments, load_histories, replay, save_history
 
     apply_plugins(settings)  # the agents the recorded runs name
     if not args.runs and not args.file:
@@ -523,7 +523,7 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> None:
     except ValueError as e:
         raise CliError(str(e)) from e
     if args.runs:
-        from workers.worker import connect
+        from countersign.workers.worker import connect
 
         client = await connect(settings)
         for run in args.runs:
@@ -532,7 +532,7 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> None:
                 histories.append((f"temporal {settings.temporal_address}", history))
             if args.save:
                 save_history(args.save, history)
-    from workers.codec import data_converter
+    from countersign.workers.codec import data_converter
 
     reports = await replay(histories, converter=data_converter(settings))
     if args.output == "json":
@@ -551,8 +551,8 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> None:
 async def cmd_stats(args: argparse.Namespace, settings: Settings) -> None:
     from datetime import UTC, datetime
 
-    from workers.audit import open_audit_store
-    from workers.stats import compute_stats, format_stats, parse_window
+    from countersign.workers.audit import open_audit_store
+    from countersign.workers.stats import compute_stats, format_stats, parse_window
 
     try:
         window = parse_window(args.since)
@@ -568,7 +568,7 @@ async def cmd_stats(args: argparse.Namespace, settings: Settings) -> None:
 async def cmd_init(args: argparse.Namespace, settings: Settings) -> None:
     from pathlib import Path
 
-    from workers.scaffold import ScaffoldError, init_project
+    from countersign.workers.scaffold import ScaffoldError, init_project
 
     try:
         root = init_project(args.name, Path(args.dir))
@@ -581,20 +581,20 @@ async def cmd_init(args: argparse.Namespace, settings: Settings) -> None:
 
 
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
-    from workers.worker import run_worker
+    from countersign.workers.worker import run_worker
 
     await run_worker(settings)
 
 
 async def cmd_gateway(args: argparse.Namespace, settings: Settings) -> None:
-    from workers.devstack import port_of
-    from workers.gateway import serve_gateway
+    from countersign.workers.devstack import port_of
+    from countersign.workers.gateway import serve_gateway
 
     await serve_gateway(settings, args.host, args.port or port_of(settings.gateway_url))
 
 
 async def cmd_secrets(args: argparse.Namespace, settings: Settings) -> None:
-    from workers.credentials import configure_keyring, set_secret
+    from countersign.credentials import configure_keyring, set_secret
 
     configure_keyring(settings)
     value = (
@@ -609,16 +609,16 @@ async def cmd_secrets(args: argparse.Namespace, settings: Settings) -> None:
 
 
 async def cmd_codec_server(args: argparse.Namespace, settings: Settings) -> None:
-    from workers.codec_server import serve_codec
-    from workers.credentials import configure_keyring
+    from countersign.credentials import configure_keyring
+    from countersign.workers.codec_server import serve_codec
 
     configure_keyring(settings)
     await serve_codec(settings, host=args.host)
 
 
 async def cmd_keys(args: argparse.Namespace, settings: Settings) -> None:
-    from workers.codec import ensure_payload_keys, rotate_payload_key
-    from workers.credentials import configure_keyring, ensure_secret
+    from countersign.credentials import configure_keyring, ensure_secret
+    from countersign.workers.codec import ensure_payload_keys, rotate_payload_key
 
     configure_keyring(settings)
     if args.action == "rotate":
@@ -637,13 +637,13 @@ async def cmd_keys(args: argparse.Namespace, settings: Settings) -> None:
 
 
 async def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
-    from demo.scenario import serve_dev_stack
+    from countersign.demo.scenario import serve_dev_stack
 
     await serve_dev_stack(settings)
 
 
 async def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
-    from demo.scenario import run_demo
+    from countersign.demo.scenario import run_demo
 
     await run_demo(settings, keep=args.keep)
 
@@ -830,22 +830,22 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> None:
     from temporalio.service import RPCError, RPCStatusCode
 
-    from activities.tools import ToolDeclarationError
-    from agents.search_attributes import SearchAttributesMissing
-    from agents.specs import AgentSpecError
-    from guardrails.audit import AuditError
-    from guardrails.audit_signing import SigningKeyError
-    from guardrails.database import DatabaseError
-    from guardrails.identity import IdentityError
-    from guardrails.money import set_currency
-    from guardrails.policy import PolicyError
-    from guardrails.redaction import set_pii_fields
-    from workers.codec import PayloadKeyError
-    from workers.credentials import CredentialError
-    from workers.devstack import DevStackError
-    from workers.logging import configure_logging
-    from workers.plugins import PluginError
-    from workers.worker import TemporalUnreachable
+    from countersign.activities.tools import ToolDeclarationError
+    from countersign.agents.search_attributes import SearchAttributesMissing
+    from countersign.agents.specs import AgentSpecError
+    from countersign.credentials import CredentialError
+    from countersign.guardrails.audit import AuditError
+    from countersign.guardrails.audit_signing import SigningKeyError
+    from countersign.guardrails.database import DatabaseError
+    from countersign.guardrails.identity import IdentityError
+    from countersign.guardrails.money import set_currency
+    from countersign.guardrails.policy import PolicyError
+    from countersign.guardrails.redaction import set_pii_fields
+    from countersign.workers.codec import PayloadKeyError
+    from countersign.workers.devstack import DevStackError
+    from countersign.workers.logging import configure_logging
+    from countersign.workers.plugins import PluginError
+    from countersign.workers.worker import TemporalUnreachable
 
     args = parser().parse_args(argv)
     for name, default in (("address", None), ("namespace", None), ("output", "text")):

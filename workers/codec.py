@@ -29,15 +29,15 @@ from temporalio.converter import (
     PayloadCodec,
 )
 
-from guardrails.redaction import register_secret
-from workers.credentials import (
+from countersign.credentials import (
     SERVICE,
     CredentialError,
     configure_keyring,
     get_secret,
     set_secret,
 )
-from workers.settings import Settings
+from countersign.guardrails.redaction import register_secret
+from countersign.settings import Settings
 
 ENCODING = b"binary/encrypted"
 KEY_ID = "encryption-key-id"

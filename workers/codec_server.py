@@ -32,8 +32,8 @@ from starlette.routing import Route
 from temporalio.api.common.v1 import Payloads
 from temporalio.converter import PayloadCodec
 
-from workers.oidc import OidcVerifier, TokenRefused
-from workers.settings import Settings, SettingsError
+from countersign.settings import Settings, SettingsError
+from countersign.workers.oidc import OidcVerifier, TokenRefused
 
 log = structlog.get_logger(__name__)
 
@@ -212,8 +212,8 @@ def oidc_verifier(settings: Settings) -> OidcVerifier | None:
 
 
 def build_codec_app(settings: Settings) -> Starlette:
-    from workers.codec import EncryptionCodec, load_payload_keys
-    from workers.credentials import get_secret
+    from countersign.credentials import get_secret
+    from countersign.workers.codec import EncryptionCodec, load_payload_keys
 
     keys = load_payload_keys(settings)
     token = get_secret(settings.codec_token_credential)

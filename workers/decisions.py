@@ -11,11 +11,11 @@ from typing import Any
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from agents.state import RollbackRequest, RunInput, RunStatus
-from guardrails.approvals import ApprovalRequest, DecisionReceipt
-from guardrails.identity import Channel, Envelope, Signer
-from guardrails.policy import sha256_hex
-from workers.identities import signer_for
+from countersign.agents.state import RollbackRequest, RunInput, RunStatus
+from countersign.guardrails.approvals import ApprovalRequest, DecisionReceipt
+from countersign.guardrails.identity import Channel, Envelope, Signer
+from countersign.guardrails.policy import sha256_hex
+from countersign.workers.identities import signer_for
 
 
 async def wait_for_requests(

@@ -20,14 +20,14 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from agents import search_attributes
-from workers.audit import ensure_signing_key, open_audit_store
-from workers.codec import ensure_payload_keys
-from workers.codec_server import capability_endpoint
-from workers.credentials import configure_keyring, ensure_secret, set_secret
-from workers.identities import ensure_dev_directory
-from workers.policies import ensure_activated
-from workers.settings import EmailSettings, Settings
+from countersign.agents import search_attributes
+from countersign.credentials import configure_keyring, ensure_secret, set_secret
+from countersign.settings import EmailSettings, Settings
+from countersign.workers.audit import ensure_signing_key, open_audit_store
+from countersign.workers.codec import ensure_payload_keys
+from countersign.workers.codec_server import capability_endpoint
+from countersign.workers.identities import ensure_dev_directory
+from countersign.workers.policies import ensure_activated
 
 # The stock dev server dispatches ~20 tasks/s; every step would wait on it.
 DEV_SERVER_TUNING = ["--dynamic-config-value", "history.transferProcessorMaxPollRPS=10000"]
@@ -181,7 +181,7 @@ def start_shop(state_dir: Path, port: int, token: str) -> Service:
         [
             sys.executable,
             "-m",
-            "demo.shop",
+            "countersign.demo.shop",
             "--port",
             str(port),
             "--db",
@@ -198,7 +198,7 @@ def start_codec_server(state_dir: Path, settings: Settings) -> Service:
     """The codec server as a child process; it reads its settings from the environment."""
     service = start_service(
         "codec-server",
-        [sys.executable, "-m", "workers", "codec-server"],
+        [sys.executable, "-m", "countersign.workers", "codec-server"],
         state_dir / "logs",
         env={**settings_env(settings), **codec_env(settings)},
     )
@@ -253,7 +253,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def start_model_server(state_dir: Path, port: int, scripts: Path | None = None) -> Service:
-    argv = [sys.executable, "-m", "demo.model_server", "--port", str(port)]
+    argv = [sys.executable, "-m", "countersign.demo.model_server", "--port", str(port)]
     if scripts is not None:
         argv += ["--scripts", str(scripts)]
     service = start_service("model-server", argv, state_dir / "logs")
@@ -303,7 +303,7 @@ def start_mail_catcher(state_dir: Path, port: int) -> Service:
         [
             sys.executable,
             "-m",
-            "workers.mailcatcher",
+            "countersign.workers.mailcatcher",
             "--port",
             str(port),
             "--dir",
@@ -318,7 +318,7 @@ def start_mail_catcher(state_dir: Path, port: int) -> Service:
 def start_gateway(state_dir: Path, port: int, env: dict[str, str]) -> Service:
     service = start_service(
         "gateway",
-        [sys.executable, "-m", "workers", "gateway", "--port", str(port)],
+        [sys.executable, "-m", "countersign.workers", "gateway", "--port", str(port)],
         state_dir / "logs",
         env=env,
     )
@@ -345,10 +345,10 @@ def with_dev_email(settings: Settings) -> Settings:
 
 def ensure_dev_policy_activation(settings: Settings) -> None:
     """The dev stack's policy, activated by the demo duty manager (erin, a development key)."""
-    from activities.tools import tool_schemas
-    from guardrails.identity import load_directory
-    from guardrails.policy import load_policy
-    from workers.plugins import apply_plugins
+    from countersign.activities.tools import tool_schemas
+    from countersign.guardrails.identity import load_directory
+    from countersign.guardrails.policy import load_policy
+    from countersign.workers.plugins import apply_plugins
 
     settings = apply_plugins(settings)  # the tools the policy is checked against
     policy = load_policy(settings.policy_path, tool_schemas())
@@ -629,7 +629,7 @@ def start_dev_stack(
             worker = stack.add(
                 start_service(
                     "worker",
-                    [sys.executable, "-m", "workers", "worker"],
+                    [sys.executable, "-m", "countersign.workers", "worker"],
                     state_dir / "logs",
                     env={**env, "COUNTERSIGN_METRICS_ADDRESS": metrics},
                 )

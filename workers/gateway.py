@@ -41,26 +41,32 @@ from temporalio import client as temporal_client
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from activities.channels import ChannelError
-from activities.channels.slack import (
+from countersign.activities.channels import ChannelError
+from countersign.activities.channels.slack import (
     ACTIONS_BLOCK,
     APPROVE,
     REJECT,
     SlackApi,
     outcome_block,
 )
-from activities.channels.webhook import verify as verify_webhook
-from guardrails.approvals import DecisionReceipt
-from guardrails.audit import AuditStore
-from guardrails.identity import Channel, DirectorySource, Envelope, Signer
-from guardrails.tokens import DecisionLink, RequestRef, TokenRefusedError, TokenStore, link_id
-from workers import gateway_pages as pages
-from workers.audit import open_audit_store
-from workers.credentials import CredentialError, configure_keyring, get_secret, set_secret
-from workers.decisions import DecisionRefusedError, send_decision, sign_decision
-from workers.identities import signer_for
-from workers.settings import Settings
-from workers.state import open_tokens
+from countersign.activities.channels.webhook import verify as verify_webhook
+from countersign.credentials import CredentialError, configure_keyring, get_secret, set_secret
+from countersign.guardrails.approvals import DecisionReceipt
+from countersign.guardrails.audit import AuditStore
+from countersign.guardrails.identity import Channel, DirectorySource, Envelope, Signer
+from countersign.guardrails.tokens import (
+    DecisionLink,
+    RequestRef,
+    TokenRefusedError,
+    TokenStore,
+    link_id,
+)
+from countersign.settings import Settings
+from countersign.workers import gateway_pages as pages
+from countersign.workers.audit import open_audit_store
+from countersign.workers.decisions import DecisionRefusedError, send_decision, sign_decision
+from countersign.workers.identities import signer_for
+from countersign.workers.state import open_tokens
 
 log = structlog.get_logger(__name__)
 
@@ -607,7 +613,7 @@ class SecurityHeaders:
 
 
 def create_app(gateway: Gateway) -> Starlette:
-    from workers import inbox  # the inbox's routes use this module's Gateway
+    from countersign.workers import inbox  # the inbox's routes use this module's Gateway
 
     app = Starlette(
         routes=[
@@ -625,7 +631,7 @@ def create_app(gateway: Gateway) -> Starlette:
 
 
 async def gateway_client(settings: Settings) -> Client:
-    from workers.worker import connect
+    from countersign.workers.worker import connect
 
     return await connect(settings, interceptors=[UpdatesOnly()])
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from guardrails.approvals import ApprovalRequest
-from guardrails.money import argument_pairs, format_value
-from guardrails.rendering import as_html, request_view
-from guardrails.tokens import DecisionLink
+from countersign.guardrails.approvals import ApprovalRequest
+from countersign.guardrails.money import argument_pairs, format_value
+from countersign.guardrails.rendering import as_html, request_view
+from countersign.guardrails.tokens import DecisionLink
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:42rem;margin:2rem auto;padding:0 1rem;color:#1f2328}

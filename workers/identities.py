@@ -14,9 +14,9 @@ from pathlib import Path
 
 import keyring
 
-from guardrails.identity import Kind, Signer, generate_private_key
-from workers.credentials import SERVICE, CredentialError, get_secret, set_secret
-from workers.settings import Settings
+from countersign.credentials import SERVICE, CredentialError, get_secret, set_secret
+from countersign.guardrails.identity import Kind, Signer, generate_private_key
+from countersign.settings import Settings
 
 # The demo policy's people (groups in guardrails/policies/default/policy.toml) and the demo
 # requester, reachable through the dev mail catcher.

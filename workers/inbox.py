@@ -30,18 +30,23 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 from temporalio.service import RPCError
 
-from activities.channels import ChannelError
-from activities.channels.mail import send_email
-from guardrails.sessions import SESSION_LIFETIME, Session, SessionStore, SignInRefusedError
-from guardrails.tokens import RequestRef
-from workers import gateway_pages as pages
-from workers import inbox_pages
-from workers.credentials import get_secret
-from workers.decisions import DecisionRefusedError
-from workers.state import open_sessions
+from countersign.activities.channels import ChannelError
+from countersign.activities.channels.mail import send_email
+from countersign.credentials import get_secret
+from countersign.guardrails.sessions import (
+    SESSION_LIFETIME,
+    Session,
+    SessionStore,
+    SignInRefusedError,
+)
+from countersign.guardrails.tokens import RequestRef
+from countersign.workers import gateway_pages as pages
+from countersign.workers import inbox_pages
+from countersign.workers.decisions import DecisionRefusedError
+from countersign.workers.state import open_sessions
 
 if TYPE_CHECKING:
-    from workers.gateway import Gateway
+    from countersign.workers.gateway import Gateway
 
 log = structlog.get_logger(__name__)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
-from guardrails.money import describe_call
-from guardrails.tokens import RequestRef
-from workers.gateway_pages import _e, change_fields, facts_table, page
+from countersign.guardrails.money import describe_call
+from countersign.guardrails.tokens import RequestRef
+from countersign.workers.gateway_pages import _e, change_fields, facts_table, page
 
 
 def in_words(delta: timedelta) -> str:

@@ -7,7 +7,7 @@ import sys
 
 import structlog
 
-from guardrails.redaction import redact_processor
+from countersign.guardrails.redaction import redact_processor
 
 
 def configure_logging(level: str = "INFO", json: bool = True) -> None:

@@ -4,7 +4,7 @@
 click its link without any mail account. Each message lands in STATE/mail/ as the raw `.eml`
 and, when it has one, its HTML part as `.html` (open it in a browser).
 
-    python -m workers.mailcatcher --port 8125 --dir .countersign/mail
+    python -m countersign.workers.mailcatcher --port 8125 --dir .countersign/mail
 """
 
 from __future__ import annotations

@@ -40,11 +40,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from agents.graph_registry import GraphRegistryError, register_graph
-from agents.specs import AgentSpec, AgentSpecError, register_agents
-from guardrails.errors import describe
-from guardrails.policy import DEFAULT_POLICY_PATH
-from workers.settings import Settings, SystemSettings
+from countersign.agents.graph_registry import GraphRegistryError, register_graph
+from countersign.agents.specs import AgentSpec, AgentSpecError, register_agents
+from countersign.guardrails.errors import describe
+from countersign.guardrails.policy import DEFAULT_POLICY_PATH
+from countersign.settings import Settings, SystemSettings
 
 KINDS = ("tools", "agents", "policies", "systems", "graphs")
 
@@ -111,7 +111,7 @@ def load(names: list[str] | None) -> Loaded:
 
 
 def _load_one(plugin: Plugin, loaded: Loaded) -> None:
-    from activities.tools import ToolDeclarationError
+    from countersign.activities.tools import ToolDeclarationError
 
     def fail(message: str) -> PluginError:
         return PluginError(f"plugin {plugin.name!r}: {message}")

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from guardrails.audit import AuditStore
-from guardrails.identity import Directory, Envelope, Signer, StatementRefused, verify
-from guardrails.policy import ActivationGate, PolicyBundle
+from countersign.guardrails.audit import AuditStore
+from countersign.guardrails.identity import Directory, Envelope, Signer, StatementRefused, verify
+from countersign.guardrails.policy import ActivationGate, PolicyBundle
 
 ACTIVATED = "policy.activated"
 # The audit trail's "run" for policy activations (they belong to no workflow).
@@ -73,7 +73,7 @@ def ensure_activated(
 ) -> None:
     """Development only (`countersign dev`, the demo): activate `policy` as `who` (with the
     development key in this keyring) unless a verified activation exists."""
-    from workers.identities import signer_for
+    from countersign.workers.identities import signer_for
 
     if activation_gate(audit, lambda: directory)(policy, None) is not None:
         activate(audit, policy, signer_for(who))

@@ -36,8 +36,8 @@ from temporalio.worker import (
     WorkflowInterceptorClassInput,
 )
 
-from activities.contracts import DECIDE, NOTIFY, PLAN, RECORD
-from workers.worker import WORKFLOWS, plugins
+from countersign.activities.contracts import DECIDE, NOTIFY, PLAN, RECORD
+from countersign.workers.worker import WORKFLOWS, plugins
 
 # The SDK core's marker for a completed local activity.
 LOCAL_ACTIVITY_MARKER = "core_local_activity"

@@ -9,7 +9,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from workers.settings import Settings
+from countersign.settings import Settings
 
 
 class ShowError(Exception):
@@ -32,8 +32,8 @@ def parse_changes(pairs: list[str]) -> dict[str, Any]:
 async def find_request(client: Any, run: str | None, request_id: str) -> tuple[str, Any, str]:
     """(workflow id, pending ApprovalRequest, the run's task); without RUN, among the runs
     waiting for approval."""
-    from agents import search_attributes as sa
-    from agents.run import AgentRun
+    from countersign.agents import search_attributes as sa
+    from countersign.agents.run import AgentRun
 
     if run is not None:
         candidates = [run]
@@ -51,8 +51,8 @@ async def find_request(client: Any, run: str | None, request_id: str) -> tuple[s
 
 
 async def cmd_show(args: argparse.Namespace, settings: Settings) -> None:
-    from guardrails.rendering import as_json, as_text, request_view
-    from workers.worker import connect
+    from countersign.guardrails.rendering import as_json, as_text, request_view
+    from countersign.workers.worker import connect
 
     if len(args.ids) not in (1, 2):
         raise ShowError("usage: countersign show [RUN] REQUEST")

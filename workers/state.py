@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import threading
 
-from activities.transcript import TranscriptStore
-from guardrails.controls import KillSwitchFile, KillSwitchStore, KillSwitchTable
-from guardrails.database import Database, PostgresDatabase
-from guardrails.ledger import Ledger
-from guardrails.sessions import SessionStore
-from guardrails.tokens import TokenStore
-from workers.credentials import configure_keyring, get_secret
-from workers.settings import Settings
+from countersign.activities.transcript import TranscriptStore
+from countersign.credentials import configure_keyring, get_secret
+from countersign.guardrails.controls import KillSwitchFile, KillSwitchStore, KillSwitchTable
+from countersign.guardrails.database import Database, PostgresDatabase
+from countersign.guardrails.ledger import Ledger
+from countersign.guardrails.sessions import SessionStore
+from countersign.guardrails.tokens import TokenStore
+from countersign.settings import Settings
 
 # One PostgresDatabase (its connections) per DSN and process, shared by every store.
 _databases: dict[tuple[str, str | None], PostgresDatabase] = {}

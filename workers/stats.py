@@ -11,9 +11,9 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel
 
-from activities.metrics import model_cost_usd
-from guardrails.audit import AuditRecord
-from guardrails.rollout import override_counts
+from countersign.activities.metrics import model_cost_usd
+from countersign.guardrails.audit import AuditRecord
+from countersign.guardrails.rollout import override_counts
 
 _WINDOW = re.compile(r"^(\d+)([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}

@@ -8,7 +8,7 @@ from typing import Any
 
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
-from workers.settings import Settings, SettingsError
+from countersign.settings import Settings, SettingsError
 
 # One runtime per metrics address and process: the runtime owns the HTTP listener.
 _runtimes: dict[str, Runtime] = {}

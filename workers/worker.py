@@ -25,36 +25,36 @@ from temporalio.worker import (
     Worker,
 )
 
-from activities.audit import AuditActivities
-from activities.evidence import EvidenceActivities
-from activities.guard import GuardActivities
-from activities.identity import IdentityActivities
-from activities.knowledge import knowledge_index
-from activities.model import ModelActivities
-from activities.notify import NotifyActivities
-from activities.runtime import Runtime
-from activities.sealing import sealer_for
-from activities.tools import (
+from countersign.activities.audit import AuditActivities
+from countersign.activities.evidence import EvidenceActivities
+from countersign.activities.guard import GuardActivities
+from countersign.activities.identity import IdentityActivities
+from countersign.activities.knowledge import knowledge_index
+from countersign.activities.model import ModelActivities
+from countersign.activities.notify import NotifyActivities
+from countersign.activities.runtime import Runtime
+from countersign.activities.sealing import sealer_for
+from countersign.activities.tools import (
     REGISTRY,
     reconcile_activity,
     tool_activities,
     tool_schemas,
     validate_registry,
 )
-from agents import search_attributes
-from agents.graph import GRAPH_NAME
-from agents.graph_registry import build_graphs
-from agents.run import AgentRun
-from agents.specs import AGENTS, check_agent_graphs, check_agent_scopes
-from guardrails.identity import Directory, IdentityError
-from guardrails.knowledge import KnowledgeError
-from guardrails.money import set_currency
-from guardrails.policy import PolicyBundle, PolicyError
-from workers.codec import data_converter
-from workers.credentials import CredentialError, configure_keyring, get_secret
-from workers.plugins import apply_plugins
-from workers.settings import Settings, SettingsError
-from workers.telemetry import client_interceptors, temporal_runtime
+from countersign.agents import search_attributes
+from countersign.agents.graph import GRAPH_NAME
+from countersign.agents.graph_registry import build_graphs
+from countersign.agents.run import AgentRun
+from countersign.agents.specs import AGENTS, check_agent_graphs, check_agent_scopes
+from countersign.credentials import CredentialError, configure_keyring, get_secret
+from countersign.guardrails.identity import Directory, IdentityError
+from countersign.guardrails.knowledge import KnowledgeError
+from countersign.guardrails.money import set_currency
+from countersign.guardrails.policy import PolicyBundle, PolicyError
+from countersign.settings import Settings, SettingsError
+from countersign.workers.codec import data_converter
+from countersign.workers.plugins import apply_plugins
+from countersign.workers.telemetry import client_interceptors, temporal_runtime
 
 log = structlog.get_logger(__name__)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from activities.contracts import ApprovalNotice
-from guardrails.approvals import ApprovalRequest
-from guardrails.money import argument_pairs, describe_call
-from guardrails.rendering import (
+from countersign.activities.contracts import ApprovalNotice
+from countersign.guardrails.approvals import ApprovalRequest
+from countersign.guardrails.money import argument_pairs, describe_call
+from countersign.guardrails.rendering import (
     RequestView,
     deciders,
     outcome_line,
@@ -21,7 +21,7 @@ from guardrails.rendering import (
     when,
     who_may_decide,
 )
-from guardrails.tokens import RequestRef
+from countersign.guardrails.tokens import RequestRef
 
 
 class ChannelError(Exception):

@@ -16,12 +16,12 @@ from typing import Any
 
 import aiosmtplib
 
-from activities.channels import ChannelError, deciders, view_of
-from activities.contracts import ApprovalNotice
-from guardrails.identity import Directory
-from guardrails.rendering import as_html, as_text
-from guardrails.tokens import RequestRef, TokenStore, link_id
-from workers.settings import EmailSettings, Settings
+from countersign.activities.channels import ChannelError, deciders, view_of
+from countersign.activities.contracts import ApprovalNotice
+from countersign.guardrails.identity import Directory
+from countersign.guardrails.rendering import as_html, as_text
+from countersign.guardrails.tokens import RequestRef, TokenStore, link_id
+from countersign.settings import EmailSettings, Settings
 
 DECIDE_PATH = "/email/decide"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from activities.channels import (
+from countersign.activities.channels import (
     ChannelError,
     action_text,
     deciders,
@@ -19,11 +19,11 @@ from activities.channels import (
     view_of,
     when,
 )
-from activities.contracts import ApprovalNotice
-from guardrails.identity import Directory
-from guardrails.rendering import as_slack_blocks
-from guardrails.tokens import RequestRef
-from workers.settings import Settings, SlackSettings
+from countersign.activities.contracts import ApprovalNotice
+from countersign.guardrails.identity import Directory
+from countersign.guardrails.rendering import as_slack_blocks
+from countersign.guardrails.tokens import RequestRef
+from countersign.settings import Settings, SlackSettings
 
 APPROVE = "countersign.approve"
 REJECT = "countersign.reject"

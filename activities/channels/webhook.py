@@ -16,12 +16,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from activities.channels import ChannelError, deciders, outcome_line, view_of
-from activities.contracts import ApprovalNotice
-from guardrails.redaction import redact
-from guardrails.rendering import as_json
-from guardrails.tokens import RequestRef
-from workers.settings import Settings
+from countersign.activities.channels import ChannelError, deciders, outcome_line, view_of
+from countersign.activities.contracts import ApprovalNotice
+from countersign.guardrails.redaction import redact
+from countersign.guardrails.rendering import as_json
+from countersign.guardrails.tokens import RequestRef
+from countersign.settings import Settings
 
 SIGNATURE_HEADER = "X-Countersign-Signature"
 TIMESTAMP_HEADER = "X-Countersign-Timestamp"

@@ -10,10 +10,10 @@ from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from agents.run import AgentRun
-from agents.state import RunInput, parse_run_input
+from countersign.agents.run import AgentRun
+from countersign.agents.state import RunInput, parse_run_input
+from countersign.workers.decisions import wait_for_requests
 from tests.conftest import Shop, signed, start_run
-from workers.decisions import wait_for_requests
 
 
 async def wait_for_pending(handle, count: int = 1):

@@ -8,8 +8,8 @@ from pathlib import Path
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.runtime import Runtime
-from agents.run import AgentRun
+from countersign.activities.runtime import Runtime
+from countersign.agents.run import AgentRun
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import SHOP_TOKEN, Shop, signed, start_run
 

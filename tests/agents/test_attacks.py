@@ -16,13 +16,13 @@ from typing import Any
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.runtime import Runtime
-from agents.run import AgentRun
-from guardrails.ledger import Ledger
+from countersign.activities.runtime import Runtime
+from countersign.agents.run import AgentRun
+from countersign.guardrails.ledger import Ledger
+from countersign.settings import Settings
+from countersign.workers.worker import build_worker, check_startup
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, signed, start_run
-from workers.settings import Settings
-from workers.worker import build_worker, check_startup
 
 
 def script(name: str, match: str, *turns: list[dict[str, Any]]) -> dict[str, Any]:

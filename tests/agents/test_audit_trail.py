@@ -9,14 +9,14 @@ from datetime import timedelta
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.runtime import Runtime
-from agents.run import AgentRun
-from guardrails.audit_stores import open_store
+from countersign.activities.runtime import Runtime
+from countersign.agents.run import AgentRun
+from countersign.guardrails.audit_stores import open_store
+from countersign.settings import Settings
+from countersign.workers.replay import activities_in
+from countersign.workers.worker import build_worker
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, signed, start_run
-from workers.replay import activities_in
-from workers.settings import Settings
-from workers.worker import build_worker
 
 
 async def test_every_record_names_the_activity_event_that_wrote_it(

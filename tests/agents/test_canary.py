@@ -21,15 +21,15 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.runtime import Runtime
-from activities.tools import REGISTRY, Personal, Secret, ToolContext, guarded_tool
-from agents.run import AgentRun
+from countersign.activities.runtime import Runtime
+from countersign.activities.tools import REGISTRY, Personal, Secret, ToolContext, guarded_tool
+from countersign.agents.run import AgentRun
+from countersign.settings import Settings
+from countersign.workers.codec import EncryptionCodec
+from countersign.workers.logging import configure_logging
+from countersign.workers.worker import build_worker, check_startup
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import TEST_PAYLOAD_KEYS, Shop, signed, start_run
-from workers.codec import EncryptionCodec
-from workers.logging import configure_logging
-from workers.settings import Settings
-from workers.worker import build_worker, check_startup
 
 TAG = uuid.uuid4().hex[:10]
 CANARY = {

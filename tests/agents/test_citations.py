@@ -10,14 +10,14 @@ from datetime import UTC, datetime
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.runtime import Runtime
-from agents.run import AgentRun
-from guardrails.audit import AuditRecord
-from guardrails.knowledge import DEFAULT_KNOWLEDGE_PATH, citations_in, open_index
-from guardrails.rendering import as_text, request_view
+from countersign.activities.runtime import Runtime
+from countersign.agents.run import AgentRun
+from countersign.guardrails.audit import AuditRecord
+from countersign.guardrails.knowledge import DEFAULT_KNOWLEDGE_PATH, citations_in, open_index
+from countersign.guardrails.rendering import as_text, request_view
+from countersign.workers.cli import story_line
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, signed, start_run
-from workers.cli import story_line
 
 
 async def citations_record(runtime: Runtime, run: str) -> AuditRecord:

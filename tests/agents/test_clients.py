@@ -6,11 +6,11 @@ from __future__ import annotations
 import httpx
 import keyring
 
-from activities.http import BearerFromKeyring, HttpClients
-from activities.model import ModelActivities
-from activities.runtime import Runtime
+from countersign.activities.http import BearerFromKeyring, HttpClients
+from countersign.activities.model import ModelActivities
+from countersign.activities.runtime import Runtime
+from countersign.credentials import SERVICE
 from tests.conftest import Shop
-from workers.credentials import SERVICE
 
 
 async def test_the_model_client_is_reused_until_its_key_changes(runtime: Runtime) -> None:

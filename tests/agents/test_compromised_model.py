@@ -11,8 +11,8 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.runtime import Runtime
-from agents.run import AgentRun
+from countersign.activities.runtime import Runtime
+from countersign.agents.run import AgentRun
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, signed, start_run
 
@@ -235,7 +235,7 @@ async def test_an_independent_agent_still_writes_the_note(
     shop: Shop,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from agents.specs import AGENTS
+    from countersign.agents.specs import AGENTS
 
     monkeypatch.setitem(
         AGENTS,

@@ -14,10 +14,10 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.context import fold_point
-from activities.runtime import Runtime
-from agents.specs import AGENTS, AgentSpec, ContextWindow
-from demo.plugin import SUPPORT_PROMPT
+from countersign.activities.context import fold_point
+from countersign.activities.runtime import Runtime
+from countersign.agents.specs import AGENTS, AgentSpec, ContextWindow
+from countersign.demo.plugin import SUPPORT_PROMPT
 from tests.conftest import start_run
 
 STEPS = 30

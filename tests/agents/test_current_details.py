@@ -8,7 +8,7 @@ from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from agents.run import AgentRun
+from countersign.agents.run import AgentRun
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import signed, start_run
 

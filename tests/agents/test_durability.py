@@ -13,14 +13,14 @@ import pytest
 from temporalio.client import WorkflowUpdateStage
 from temporalio.testing import WorkflowEnvironment
 
-from activities.runtime import Runtime
-from agents import search_attributes
+from countersign.activities.runtime import Runtime
+from countersign.agents import search_attributes
+from countersign.settings import Settings
+from countersign.workers.codec import data_converter
+from countersign.workers.devstack import Service, start_service
+from countersign.workers.worker import build_worker, ensure_search_attributes
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, signed, start_run
-from workers.codec import data_converter
-from workers.devstack import Service, start_service
-from workers.settings import Settings
-from workers.worker import build_worker, ensure_search_attributes
 
 
 def worker_process(temporal: WorkflowEnvironment, settings: Settings, queue: str) -> Service:
@@ -28,7 +28,7 @@ def worker_process(temporal: WorkflowEnvironment, settings: Settings, queue: str
     target = temporal.client.service_client.config.target_host
     service = start_service(
         f"worker-{uuid.uuid4().hex[:6]}",
-        [sys.executable, "-m", "workers", "worker"],
+        [sys.executable, "-m", "countersign.workers", "worker"],
         settings.state_dir / "logs",
         env={
             "COUNTERSIGN_TEMPORAL_ADDRESS": target,

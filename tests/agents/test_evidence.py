@@ -9,12 +9,12 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.runtime import Runtime
-from agents.run import AgentRun
-from guardrails.rollout import override_counts
+from countersign.activities.runtime import Runtime
+from countersign.agents.run import AgentRun
+from countersign.guardrails.rollout import override_counts
+from countersign.workers.decisions import wait_for_requests
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, signed, start_run
-from workers.decisions import wait_for_requests
 
 
 def order_in_shop(shop: Shop, order_id: str) -> dict[str, Any]:
@@ -39,7 +39,10 @@ async def test_the_pack_holds_the_facts_of_the_system_of_record_with_sources(
     fields = ("customer_id", "status", "total_cents", "captured_cents", "refunded_cents")
     for field in (*fields, "created_at"):
         assert fact.fields[field] == order[field], field
-    assert "activities.shop.order_facts" in fact.source and "fetched by the guard" in fact.source
+    assert (
+        "countersign.activities.shop.order_facts" in fact.source
+        and "fetched by the guard" in fact.source
+    )
     # The rule in words, with its condition and policy version.
     assert pack.rule.rule_id == "refund.over_50" == request.rule_ids[0]
     assert "support lead" in pack.rule.words and "amount_cents" in pack.rule.condition

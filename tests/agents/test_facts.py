@@ -8,9 +8,9 @@ import uuid
 import pytest
 from pydantic import BaseModel
 
-from activities.facts import FACTS, FactContext, FactUnavailable, fact, resolve_facts
-from activities.runtime import Runtime
-from activities.tools import ToolDeclarationError
+from countersign.activities.facts import FACTS, FactContext, FactUnavailable, fact, resolve_facts
+from countersign.activities.runtime import Runtime
+from countersign.activities.tools import ToolDeclarationError
 from tests.conftest import Shop
 
 

@@ -11,17 +11,17 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.runtime import Runtime
-from activities.tools import tool_schemas
-from agents.run import AgentRun
-from guardrails.controls import KillSwitch, read_kill_switch, write_kill_switch
-from guardrails.policy import load_policy
-from guardrails.review import backtest
+from countersign.activities.runtime import Runtime
+from countersign.activities.tools import tool_schemas
+from countersign.agents.run import AgentRun
+from countersign.guardrails.controls import KillSwitch, read_kill_switch, write_kill_switch
+from countersign.guardrails.policy import load_policy
+from countersign.guardrails.review import backtest
+from countersign.settings import Settings
+from countersign.workers.identities import signer_for
+from countersign.workers.worker import build_worker, check_startup
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, signed, start_run
-from workers.identities import signer_for
-from workers.settings import Settings
-from workers.worker import build_worker, check_startup
 
 
 @pytest.fixture

@@ -22,15 +22,15 @@ from temporalio.client import (
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.runtime import Runtime
-from agents.run import AgentRun
-from agents.state import RollbackRequest, RunInput
-from guardrails.identity import Envelope
+from countersign.activities.runtime import Runtime
+from countersign.agents.run import AgentRun
+from countersign.agents.state import RollbackRequest, RunInput
+from countersign.guardrails.identity import Envelope
+from countersign.settings import Settings
+from countersign.workers.decisions import rollback_request, signed_start
+from countersign.workers.identities import signer_for
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, signed, start_run, wait_for_undo_window
-from workers.decisions import rollback_request, signed_start
-from workers.identities import signer_for
-from workers.settings import Settings
 
 
 async def refused(handle: WorkflowHandle[Any, Any], payload: Any) -> str:

@@ -13,15 +13,15 @@ from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.runtime import Runtime
-from agents.run import AgentRun
-from agents.specs import AGENTS
-from agents.state import RunInput, RunStatus
+from countersign.activities.runtime import Runtime
+from countersign.agents.run import AgentRun
+from countersign.agents.specs import AGENTS
+from countersign.agents.state import RunInput, RunStatus
+from countersign.workers.decisions import decide_as, rollback_request, wait_for_requests
+from countersign.workers.identities import signer_for
+from countersign.workers.replay import fetch_segments, replay
 from tests.conftest import Shop, start_run, wait_for_undo_window
 from tests.histories.record import SEGMENTED, TWO_PART_REFUND, segmented_agent
-from workers.decisions import decide_as, rollback_request, wait_for_requests
-from workers.identities import signer_for
-from workers.replay import fetch_segments, replay
 
 # The segmented agent continues as new every two steps; the script's steps 1-2, 3-4 and 5 are
 # three segments, and step 4's refund needs a support lead because step 2's counts against the

@@ -19,15 +19,15 @@ from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.contracts import ToolCall, ToolOutcome
-from activities.runtime import Runtime
-from agents.graph_registry import (
+from countersign.activities.contracts import ToolCall, ToolOutcome
+from countersign.activities.runtime import Runtime
+from countersign.agents.graph_registry import (
     GraphRegistryError,
     build_graphs,
     register_graph,
     unregister_graph,
 )
-from agents.guarded import (
+from countersign.agents.guarded import (
     CALL_ORDER,
     GuardedState,
     call_model,
@@ -36,18 +36,18 @@ from agents.guarded import (
     proposals_of,
     tools_condition,
 )
-from agents.planner_executor import ASK_FOR_PLAN, CARRY_OUT
-from agents.run import AgentRun
-from agents.specs import AGENTS, AgentSpec, AgentSpecError
-from agents.state import RunState
+from countersign.agents.planner_executor import ASK_FOR_PLAN, CARRY_OUT
+from countersign.agents.run import AgentRun
+from countersign.agents.specs import AGENTS, AgentSpec, AgentSpecError
+from countersign.agents.state import RunState
+from countersign.settings import Settings
+from countersign.workers.codec import data_converter
+from countersign.workers.replay import replay
+from countersign.workers.worker import build_worker, check_startup
 from tests.agents.test_agent_run import wait_for_pending
 from tests.agents.test_canary import decrypted_history
 from tests.agents.test_context_window import model_requests
 from tests.conftest import Shop, signed, start_run
-from workers.codec import data_converter
-from workers.replay import replay
-from workers.settings import Settings
-from workers.worker import build_worker, check_startup
 
 README = Path(__file__).parent.parent.parent / "README.md"
 # A look-up, then a refund (denied to a read-only agent), then the answer.

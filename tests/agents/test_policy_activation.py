@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from activities.runtime import Runtime
-from agents.run import AgentRun
-from guardrails.policy import load_policy
+from countersign.activities.runtime import Runtime
+from countersign.agents.run import AgentRun
+from countersign.guardrails.policy import load_policy
+from countersign.settings import Settings
+from countersign.workers.identities import signer_for
+from countersign.workers.policies import activate
+from countersign.workers.worker import build_worker, check_startup
 from tests.conftest import Shop, signed, start_run
-from workers.identities import signer_for
-from workers.policies import activate
-from workers.settings import Settings
-from workers.worker import build_worker, check_startup
 
 
 @pytest.fixture

@@ -12,13 +12,13 @@ from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.runtime import Runtime
-from agents.run import AgentRun
+from countersign.activities.runtime import Runtime
+from countersign.agents.run import AgentRun
+from countersign.settings import Settings
+from countersign.workers.stats import Stats, compute_stats, format_stats
+from countersign.workers.worker import build_worker
 from tests.conftest import Shop, start_run
 from tests.e2e.test_cli import countersign
-from workers.settings import Settings
-from workers.stats import Stats, compute_stats, format_stats
-from workers.worker import build_worker
 
 
 @pytest.fixture

@@ -12,12 +12,12 @@ from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.runtime import Runtime
-from agents.run import AgentRun
+from countersign.activities.runtime import Runtime
+from countersign.agents.run import AgentRun
+from countersign.workers.decisions import rollback_request
+from countersign.workers.identities import signer_for
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, start_run, wait_for_undo_window
-from workers.decisions import rollback_request
-from workers.identities import signer_for
 
 
 def script(name: str, match: str, *steps: dict[str, Any]) -> dict[str, Any]:

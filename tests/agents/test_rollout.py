@@ -14,16 +14,16 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.runtime import Runtime
-from agents.run import AgentRun
-from agents.specs import AGENTS
-from guardrails.policy import DecisionInput, Proposal, ToolFacts, decide, load_policy
-from guardrails.rollout import OverrideCount, Rollout, rollout_mode, share_of
+from countersign.activities.runtime import Runtime
+from countersign.agents.run import AgentRun
+from countersign.agents.specs import AGENTS
+from countersign.guardrails.policy import DecisionInput, Proposal, ToolFacts, decide, load_policy
+from countersign.guardrails.rollout import OverrideCount, Rollout, rollout_mode, share_of
+from countersign.settings import Settings
+from countersign.workers.stats import compute_stats, format_stats
+from countersign.workers.worker import build_worker, check_startup
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, signed, start_run
-from workers.settings import Settings
-from workers.stats import compute_stats, format_stats
-from workers.worker import build_worker, check_startup
 
 ROLLOUT = """
 [rollout.canary-share]

@@ -8,8 +8,8 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from agents import search_attributes as sa
-from agents.run import AgentRun
+from countersign.agents import search_attributes as sa
+from countersign.agents.run import AgentRun
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import signed, start_run
 

@@ -16,9 +16,9 @@ import openai
 import pytest
 import uvicorn
 
-from activities.context import fold_note, summary_request
-from activities.transcript import Fold
-from demo.model_server import DEFAULT_SCRIPTS_DIR, NO_MATCH_REPLY, create_app
+from countersign.activities.context import fold_note, summary_request
+from countersign.activities.transcript import Fold
+from countersign.demo.model_server import DEFAULT_SCRIPTS_DIR, NO_MATCH_REPLY, create_app
 
 REFUND_TASK = "Refund order A-1001: the teapot arrived broken."
 LOOKUP_RESULT = {"order_id": "A-1001", "customer_id": "C-100", "captured_cents": 4200}

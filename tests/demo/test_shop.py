@@ -17,7 +17,7 @@ import httpx
 import pytest
 import uvicorn
 
-from demo.shop import SEED_CUSTOMERS, SEED_ORDERS, create_app, main
+from countersign.demo.shop import SEED_CUSTOMERS, SEED_ORDERS, create_app, main
 
 TOKEN = "test-shop-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -354,7 +354,10 @@ def test_main_announces_its_address_and_serves(tmp_path: Path) -> None:
     args = ["--host", "127.0.0.1", "--port", "0", "--db", str(tmp_path / "shop.sqlite3")]
     root = Path(__file__).resolve().parents[2]
     with subprocess.Popen(
-        [sys.executable, "-m", "demo.shop", *args], cwd=root, env=env, stdout=subprocess.PIPE
+        [sys.executable, "-m", "countersign.demo.shop", *args],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
     ) as proc:
         try:
             assert proc.stdout is not None

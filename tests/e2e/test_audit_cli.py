@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from guardrails.audit_signing import CheckpointSigner, generate_signing_key, public_key_text
-from guardrails.audit_stores import open_store
+from countersign.guardrails.audit_signing import (
+    CheckpointSigner,
+    generate_signing_key,
+    public_key_text,
+)
+from countersign.guardrails.audit_stores import open_store
 from tests.e2e.test_cli import countersign
 
 

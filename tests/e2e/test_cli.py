@@ -17,14 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from workers.devstack import free_port, port_of, port_open
+from countersign.workers.devstack import free_port, port_of, port_open
 
 
 def countersign(
     env: dict[str, str], *args: str, timeout: float = 60, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "workers", *args],
+        [sys.executable, "-m", "countersign.workers", *args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -49,7 +49,7 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     }
     log = (state / "dev.out").open("w")
     dev = subprocess.Popen(
-        [sys.executable, "-m", "workers", "dev"],
+        [sys.executable, "-m", "countersign.workers", "dev"],
         env={**os.environ, **env},
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -25,18 +25,18 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.runtime import Runtime
-from guardrails.audit_stores import open_store
-from guardrails.policy import DEFAULT_POLICY_PATH
+from countersign.activities.runtime import Runtime
+from countersign.credentials import SERVICE, configure_keyring
+from countersign.guardrails.audit_stores import open_store
+from countersign.guardrails.policy import DEFAULT_POLICY_PATH
+from countersign.settings import Settings
+from countersign.workers.devstack import Service, free_port, start_service, wait_until
+from countersign.workers.gateway import Gateway, UpdatesOnly, create_app
+from countersign.workers.state import close_shared_databases, open_ledger, open_tokens
+from countersign.workers.worker import build_worker, check_startup, connect
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import TEST_PAYLOAD_KEYS, Shop, count_tiers_per_run, start_run
 from tests.gateway.conftest import serve, stop
-from workers.credentials import SERVICE, configure_keyring
-from workers.devstack import Service, free_port, start_service, wait_until
-from workers.gateway import Gateway, UpdatesOnly, create_app
-from workers.settings import Settings
-from workers.state import close_shared_databases, open_ledger, open_tokens
-from workers.worker import build_worker, check_startup, connect
 
 TODAY = datetime.now(UTC).date().isoformat()
 
@@ -168,7 +168,7 @@ async def test_limits_hold_under_concurrent_refunds_spread_over_two_hosts(
 def cli(host: Settings, *args: str) -> str:
     """`countersign …` as an operator on that host runs it."""
     done = subprocess.run(
-        [sys.executable, "-m", "workers", *args],
+        [sys.executable, "-m", "countersign.workers", *args],
         env={
             **os.environ,
             "COUNTERSIGN_STATE_DIR": str(host.state_dir),
@@ -274,7 +274,7 @@ def provision_host(settings: Settings, pg_dsn: str, name: str) -> dict[str, str]
     return {
         "COUNTERSIGN_STATE_DIR": str(root / "state"),
         "COUNTERSIGN_STATE_DSN": pg_dsn,
-        "COUNTERSIGN_KEYRING_BACKEND": "workers.credentials.SecretFiles",
+        "COUNTERSIGN_KEYRING_BACKEND": "countersign.credentials.SecretFiles",
         "COUNTERSIGN_SECRETS_DIR": str(secrets),
     }
 
@@ -294,7 +294,7 @@ def start_fleet(
         services.append(
             start_service(
                 f"fleet-worker-{name}-{uuid.uuid4().hex[:6]}",
-                [sys.executable, "-m", "workers", "worker"],
+                [sys.executable, "-m", "countersign.workers", "worker"],
                 Path(host["COUNTERSIGN_STATE_DIR"]) / "logs",
                 env={
                     **host,
@@ -391,7 +391,7 @@ def slow_model(settings: Settings, scripts_dir: Path) -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "demo.model_server",
+            "countersign.demo.model_server",
             "--port",
             str(port),
             "--latency-ms",

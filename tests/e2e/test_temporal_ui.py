@@ -18,15 +18,15 @@ from urllib.parse import quote
 import pytest
 from temporalio.client import Client
 
-from activities.runtime import Runtime
-from agents.run import AgentRun
+from countersign.activities.runtime import Runtime
+from countersign.agents.run import AgentRun
+from countersign.credentials import ensure_secret
+from countersign.settings import Settings
+from countersign.workers.codec import ENCODING
+from countersign.workers.codec_server import capability_endpoint
+from countersign.workers.devstack import Service, free_port, start_codec_server, start_temporal
+from countersign.workers.worker import build_worker, connect
 from tests.conftest import CHROMIUM_ARGS, Shop, signed
-from workers.codec import ENCODING
-from workers.codec_server import capability_endpoint
-from workers.credentials import ensure_secret
-from workers.devstack import Service, free_port, start_codec_server, start_temporal
-from workers.settings import Settings
-from workers.worker import build_worker, connect
 
 playwright = pytest.importorskip("playwright.async_api")
 

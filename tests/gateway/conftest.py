@@ -33,19 +33,19 @@ from starlette.routing import Route
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.runtime import Runtime
-from tests.conftest import CHROMIUM_ARGS, TEST_PEOPLE, TEST_SLACK_USERS
-from workers.credentials import set_secret
-from workers.devstack import free_port
-from workers.gateway import Gateway, UpdatesOnly, create_app
-from workers.identities import ensure_dev_directory
-from workers.settings import (
+from countersign.activities.runtime import Runtime
+from countersign.credentials import set_secret
+from countersign.settings import (
     EmailSettings,
     Settings,
     SlackSettings,
     WebhookSettings,
 )
-from workers.worker import build_worker, check_startup, connect
+from countersign.workers.devstack import free_port
+from countersign.workers.gateway import Gateway, UpdatesOnly, create_app
+from countersign.workers.identities import ensure_dev_directory
+from countersign.workers.worker import build_worker, check_startup, connect
+from tests.conftest import CHROMIUM_ARGS, TEST_PEOPLE, TEST_SLACK_USERS
 
 SLACK_BOT_TOKEN = "xoxb-test-" + "0" * 24
 SLACK_SIGNING_SECRET = "slack-signing-secret-for-tests-0123456789"

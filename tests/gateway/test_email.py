@@ -11,12 +11,12 @@ from typing import Any
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.runtime import Runtime
-from agents.run import AgentRun
+from countersign.activities.runtime import Runtime
+from countersign.agents.run import AgentRun
+from countersign.workers.gateway import Gateway
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, start_run
 from tests.gateway.conftest import ARTIFACTS, Mailbox, gateway_http, wait_until
-from workers.gateway import Gateway
 
 LINK = re.compile(r"(?P<verb>Approve|Reject):\s+(?P<url>http://\S+/email/decide\?token=[\w-]+)")
 

@@ -17,16 +17,16 @@ from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.runtime import Runtime
-from agents.run import AgentRun
-from guardrails.rendering import request_view
+from countersign.activities.runtime import Runtime
+from countersign.agents.run import AgentRun
+from countersign.guardrails.rendering import request_view
+from countersign.settings import Settings
+from countersign.workers.gateway import Gateway
+from countersign.workers.show import cmd_show
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, signed, start_run
 from tests.gateway.conftest import FakeSlack, Mailbox, wait_until
 from tests.gateway.test_email import confirm, links, open_page
-from workers.gateway import Gateway
-from workers.settings import Settings
-from workers.show import cmd_show
 
 TASK = "Refund order A-1002: the espresso machine leaks."
 
@@ -52,7 +52,7 @@ async def cli(settings: Settings, *args: str) -> str:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "workers",
+        "countersign.workers",
         *args,
         env={
             **os.environ,

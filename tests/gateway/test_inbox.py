@@ -12,14 +12,14 @@ import httpx
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.runtime import Runtime
-from agents.run import AgentRun
+from countersign.activities.runtime import Runtime
+from countersign.agents.run import AgentRun
+from countersign.workers.decisions import send_decision
+from countersign.workers.gateway import Gateway
+from countersign.workers.inbox import SESSION_COOKIE
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, signed, start_run
 from tests.gateway.conftest import ARTIFACTS, Mailbox, gateway_http, wait_until
-from workers.decisions import send_decision
-from workers.gateway import Gateway
-from workers.inbox import SESSION_COOKIE
 
 SIGN_IN_LINK = re.compile(r"http://\S+/inbox/sign-in\?token=[\w-]+")
 CSRF = re.compile(r"name='csrf' value='([0-9a-f]+)'")
@@ -256,6 +256,6 @@ async def test_the_inbox_shows_only_what_you_may_decide_and_refusals_are_shown(
 
 
 def gateway_sessions(gateway: Gateway) -> Any:
-    from workers.state import open_sessions
+    from countersign.workers.state import open_sessions
 
     return open_sessions(gateway.settings)

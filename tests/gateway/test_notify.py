@@ -13,17 +13,17 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.channels.mail import build_message
-from activities.contracts import ApprovalNotice
-from activities.notify import NotifyActivities
-from activities.runtime import Runtime
-from guardrails.approvals import ApprovalRequest
-from guardrails.policy import ApprovalNeed
+from countersign.activities.channels.mail import build_message
+from countersign.activities.contracts import ApprovalNotice
+from countersign.activities.notify import NotifyActivities
+from countersign.activities.runtime import Runtime
+from countersign.guardrails.approvals import ApprovalRequest
+from countersign.guardrails.policy import ApprovalNeed
+from countersign.settings import EmailSettings, Settings, SlackSettings
+from countersign.workers.devstack import free_port
+from countersign.workers.gateway import Gateway, GatewayPermissionError
+from countersign.workers.mailcatcher import start as start_mail_catcher
 from tests.gateway.conftest import FakeSlack, Mailbox
-from workers.devstack import free_port
-from workers.gateway import Gateway, GatewayPermissionError
-from workers.mailcatcher import start as start_mail_catcher
-from workers.settings import EmailSettings, Settings, SlackSettings
 
 
 def notice(workflow_id: str, event: str = "requested") -> ApprovalNotice:
@@ -185,8 +185,8 @@ async def test_the_gateway_client_can_only_send_updates(gateway: Gateway) -> Non
 
 
 def test_notices_show_money_with_its_currency() -> None:
-    from activities.channels import argument_lines
-    from activities.channels.slack import fallback_text
+    from countersign.activities.channels import argument_lines
+    from countersign.activities.channels.slack import fallback_text
 
     n = notice("wf-money")
     mail = build_message(

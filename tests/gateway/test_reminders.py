@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from activities.runtime import Runtime
-from agents import search_attributes
+from countersign.activities.runtime import Runtime
+from countersign.agents import search_attributes
+from countersign.settings import Settings
+from countersign.workers.codec import data_converter
+from countersign.workers.decisions import send_decision
+from countersign.workers.state import open_tokens
+from countersign.workers.worker import build_worker, ensure_search_attributes
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, signed, start_run
 from tests.gateway.conftest import Mailbox, wait_until
 from tests.gateway.test_email import links
-from workers.codec import data_converter
-from workers.decisions import send_decision
-from workers.settings import Settings
-from workers.state import open_tokens
-from workers.worker import build_worker, ensure_search_attributes
 
 
 def of_run(box: Mailbox, workflow_id: str, to: str, subject: str = "") -> list[EmailMessage]:

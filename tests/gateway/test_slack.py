@@ -10,8 +10,9 @@ from typing import Any
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.runtime import Runtime
-from agents.run import AgentRun
+from countersign.activities.runtime import Runtime
+from countersign.agents.run import AgentRun
+from countersign.workers.gateway import Gateway
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, start_run
 from tests.gateway.conftest import (
@@ -22,7 +23,6 @@ from tests.gateway.conftest import (
     slack_request,
     wait_until,
 )
-from workers.gateway import Gateway
 
 
 async def _request_message(fake: FakeSlack, workflow_id: str) -> dict[str, Any]:

@@ -8,13 +8,13 @@ import time
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.channels.webhook import signed_headers, verify
-from activities.runtime import Runtime
-from agents.run import AgentRun
+from countersign.activities.channels.webhook import signed_headers, verify
+from countersign.activities.runtime import Runtime
+from countersign.agents.run import AgentRun
+from countersign.workers.gateway import Gateway
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import signed, start_run
 from tests.gateway.conftest import WEBHOOK_SECRET, FakeSlack, gateway_http, wait_until
-from workers.gateway import Gateway
 
 
 async def test_signed_notice_goes_out_and_only_a_signed_fresh_callback_decides(

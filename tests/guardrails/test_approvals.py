@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from guardrails.approvals import (
+from countersign.guardrails.approvals import (
     Decision,
     DecisionRefused,
     apply_decision,

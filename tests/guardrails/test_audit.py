@@ -14,16 +14,16 @@ from typing import Any
 import psycopg
 import pytest
 
-from guardrails.audit import (
+from countersign.guardrails.audit import (
     GENESIS,
     AuditError,
     AuditStore,
     chain_hash,
 )
-from guardrails.audit_signing import CheckpointSigner, generate_signing_key
-from guardrails.audit_stores import open_store
-from guardrails.redaction import REDACTED, register_secret, set_pii_fields
-from workers.settings import SettingsError, load_settings
+from countersign.guardrails.audit_signing import CheckpointSigner, generate_signing_key
+from countersign.guardrails.audit_stores import open_store
+from countersign.guardrails.redaction import REDACTED, register_secret, set_pii_fields
+from countersign.settings import SettingsError, load_settings
 
 SIGNER = CheckpointSigner(generate_signing_key())
 StoreFactory = Callable[..., AuditStore]
@@ -299,7 +299,7 @@ def test_an_old_v1_sqlite_trail_gets_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_pii_fields_are_redacted_from_log_events_too() -> None:
-    from guardrails.redaction import redact_processor
+    from countersign.guardrails.redaction import redact_processor
 
     set_pii_fields(["email"])
     try:

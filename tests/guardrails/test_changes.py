@@ -9,11 +9,16 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from activities.model import proposals_from
-from activities.tools import REGISTRY, ToolContext, ToolDeclarationError, guarded_tool
-from guardrails.approvals import ApprovalRequest, Decision, DecisionRefused, check_decision
-from guardrails.policy import ApprovalNeed
-from guardrails.rendering import as_text, expiry_words, request_view
+from countersign.activities.model import proposals_from
+from countersign.activities.tools import REGISTRY, ToolContext, ToolDeclarationError, guarded_tool
+from countersign.guardrails.approvals import (
+    ApprovalRequest,
+    Decision,
+    DecisionRefused,
+    check_decision,
+)
+from countersign.guardrails.policy import ApprovalNeed
+from countersign.guardrails.rendering import as_text, expiry_words, request_view
 
 NOW = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from guardrails.identity import (
+from countersign.guardrails.identity import (
     IdentityError,
     Signer,
     StatementRefused,

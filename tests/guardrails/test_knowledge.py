@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from guardrails.knowledge import (
+from countersign.guardrails.knowledge import (
     DEFAULT_KNOWLEDGE_PATH,
     KnowledgeError,
     KnowledgeIndex,
@@ -16,9 +16,9 @@ from guardrails.knowledge import (
     open_index,
     split_passages,
 )
-from guardrails.policy import DEFAULT_POLICY_PATH
-from workers.settings import Settings, SettingsError
-from workers.worker import check_startup
+from countersign.guardrails.policy import DEFAULT_POLICY_PATH
+from countersign.settings import Settings, SettingsError
+from countersign.workers.worker import check_startup
 
 DOC = """\
 # Returns

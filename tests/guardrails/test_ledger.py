@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from activities.tools import REGISTRY
-from guardrails.ledger import NO_KEY, Ledger, key_of
-from guardrails.policy import Counter, DecisionInput, Proposal, Verdict
-from guardrails.policy import decide as policy_decide
+from countersign.activities.tools import REGISTRY
+from countersign.guardrails.ledger import NO_KEY, Ledger, key_of
+from countersign.guardrails.policy import Counter, DecisionInput, Proposal, Verdict
+from countersign.guardrails.policy import decide as policy_decide
+from countersign.workers.plugins import load
 from tests.guardrails.test_policy import ORDER, POLICY
-from workers.plugins import load
 
 # The demo's tools and agents, as a worker finds them (here too in spawned processes,
 # which never run tests/conftest.py).

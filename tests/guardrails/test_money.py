@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from guardrails.money import argument_pairs, describe_call, money, set_currency
+from countersign.guardrails.money import argument_pairs, describe_call, money, set_currency
 
 
 def test_cents_read_as_money_with_currency() -> None:
@@ -43,7 +43,7 @@ def test_a_currency_must_be_an_iso_code() -> None:
 
 
 def test_what_people_read_is_redacted_like_every_summary() -> None:
-    from guardrails.redaction import REDACTED
+    from countersign.guardrails.redaction import REDACTED
 
     shown = describe_call("crm.update_contact", {"customer_id": "C-100", "api_token": "s3cr3t"})
     assert shown == f"crm.update_contact(customer_id=C-100, api_token={REDACTED})"

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from activities.tools import REGISTRY, tool_schemas
-from guardrails.policy import (
+from countersign.activities.tools import REGISTRY, tool_schemas
+from countersign.guardrails.policy import (
     DEFAULT_POLICY_PATH,
     DecisionInput,
     PolicyError,
@@ -22,7 +22,7 @@ from guardrails.policy import (
     decide,
     load_policy,
 )
-from workers.plugins import load
+from countersign.workers.plugins import load
 
 # The demo's tools and agents, as a worker finds them (here too in spawned processes,
 # which never run tests/conftest.py).

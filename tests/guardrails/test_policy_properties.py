@@ -9,9 +9,9 @@ from concurrent.futures import ProcessPoolExecutor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from activities.tools import REGISTRY
-from guardrails.ledger import Ledger
-from guardrails.policy import Counter, DecisionInput, Proposal, Verdict
+from countersign.activities.tools import REGISTRY
+from countersign.guardrails.ledger import Ledger
+from countersign.guardrails.policy import Counter, DecisionInput, Proposal, Verdict
 from tests.guardrails.test_policy import ORDER, decision
 
 ALL_SCOPES = sorted({t.scope for t in REGISTRY.values()})

@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import BaseModel, SecretStr
 
-from activities.crm import ContactUpdated, UpdateContactArgs
-from activities.sealing import Sealer, SealError, keep_sealed, scrub, seal_fields
-from guardrails.approvals import ApprovalRequest
-from guardrails.policy import ApprovalNeed
-from guardrails.redaction import SEALED, Personal, Secret, redact, sensitive_fields
-from workers.codec import PayloadKeys
+from countersign.activities.crm import ContactUpdated, UpdateContactArgs
+from countersign.activities.sealing import Sealer, SealError, keep_sealed, scrub, seal_fields
+from countersign.guardrails.approvals import ApprovalRequest
+from countersign.guardrails.policy import ApprovalNeed
+from countersign.guardrails.redaction import SEALED, Personal, Secret, redact, sensitive_fields
+from countersign.workers.codec import PayloadKeys
 
 
 class Inner(BaseModel):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from guardrails.sessions import SESSION_LIFETIME, SessionStore, SignInRefusedError
+from countersign.guardrails.sessions import SESSION_LIFETIME, SessionStore, SignInRefusedError
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 

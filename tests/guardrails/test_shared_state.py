@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from activities.transcript import Fold, TranscriptStore
-from guardrails.controls import KillSwitch, KillSwitchTable
-from guardrails.database import Database, open_database
-from guardrails.ledger import Ledger
-from guardrails.sessions import SessionStore, SignInRefusedError
-from guardrails.tokens import TokenRefusedError, TokenStore
+from countersign.activities.transcript import Fold, TranscriptStore
+from countersign.guardrails.controls import KillSwitch, KillSwitchTable
+from countersign.guardrails.database import Database, open_database
+from countersign.guardrails.ledger import Ledger
+from countersign.guardrails.sessions import SessionStore, SignInRefusedError
+from countersign.guardrails.tokens import TokenRefusedError, TokenStore
+from countersign.settings import SettingsError, load_settings
 from tests.guardrails.test_policy_properties import COUNTER, LIMIT, _today
-from workers.settings import SettingsError, load_settings
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -153,8 +153,8 @@ def test_a_reservation_made_on_one_host_counts_on_the_other_until_released(
 
 
 def _reserve_into(ledger: Ledger, action_hash: str, amount: int, think: float = 0) -> bool:
-    from activities.tools import REGISTRY
-    from guardrails.policy import DecisionInput, Proposal, Verdict
+    from countersign.activities.tools import REGISTRY
+    from countersign.guardrails.policy import DecisionInput, Proposal, Verdict
     from tests.guardrails.test_policy import decision
 
     spec = REGISTRY["payments.refund"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from guardrails.sqlite import SqliteFile
+from countersign.guardrails.sqlite import SqliteFile
 
 
 def test_a_failed_transaction_leaves_nothing_and_the_connection_usable(tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from activities.tools import REGISTRY, validate_arguments
+from countersign.activities.tools import REGISTRY, validate_arguments
+from countersign.workers.plugins import load
 from tests.guardrails.test_policy import decision
-from workers.plugins import load
 
 # The demo's tools and agents, as a worker finds them (here too in spawned processes,
 # which never run tests/conftest.py).

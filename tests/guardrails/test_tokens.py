@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from guardrails.tokens import RequestRef, TokenRefusedError, TokenStore
+from countersign.guardrails.tokens import RequestRef, TokenRefusedError, TokenStore
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

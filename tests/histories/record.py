@@ -30,17 +30,27 @@ from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.runtime import Runtime
-from agents.run import AgentRun
-from agents.specs import AGENTS, AgentSpec
-from agents.state import RunInput, RunResult
-from workers.credentials import get_secret
-from workers.decisions import decide_as, rollback_request, sign_decision, wait_for_requests
-from workers.devstack import free_port, start_dev_stack
-from workers.identities import signer_for
-from workers.replay import fetch_segments, readable_text, save_history
-from workers.settings import Settings, SystemSettings
-from workers.worker import build_worker, check_startup, connect, ensure_search_attributes
+from countersign.activities.runtime import Runtime
+from countersign.agents.run import AgentRun
+from countersign.agents.specs import AGENTS, AgentSpec
+from countersign.agents.state import RunInput, RunResult
+from countersign.credentials import get_secret
+from countersign.settings import Settings, SystemSettings
+from countersign.workers.decisions import (
+    decide_as,
+    rollback_request,
+    sign_decision,
+    wait_for_requests,
+)
+from countersign.workers.devstack import free_port, start_dev_stack
+from countersign.workers.identities import signer_for
+from countersign.workers.replay import fetch_segments, readable_text, save_history
+from countersign.workers.worker import (
+    build_worker,
+    check_startup,
+    connect,
+    ensure_search_attributes,
+)
 
 HERE = Path(__file__).parent
 # Runs that continue as new: one file per segment, `segments/<scenario>.<n>.json`.

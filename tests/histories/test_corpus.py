@@ -11,7 +11,9 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from agents.specs import AGENTS
+from countersign.agents.specs import AGENTS
+from countersign.settings import Settings
+from countersign.workers.replay import load_histories, readable_text, replay
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import SHOP_TOKEN, signed, start_run
 from tests.e2e.test_cli import countersign
@@ -25,8 +27,6 @@ from tests.histories.record import (
     segmented_agent,
 )
 from tests.histories.variants import AgentRunThatChecksFirst, graph_without_approvals
-from workers.replay import load_histories, readable_text, replay
-from workers.settings import Settings
 
 HERE = Path(__file__).parent
 # Runs recorded before a patch must keep replaying after it: before agents.state's

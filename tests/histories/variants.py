@@ -9,11 +9,11 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 from temporalio import workflow
 
-from agents.run import AgentRun
+from countersign.agents.run import AgentRun
 
 with workflow.unsafe.imports_passed_through():
-    from agents.graph import LoopState, act, after_act, after_plan, guard, plan, stop
-    from agents.state import AGENT_RUN, RunResult, RunState
+    from countersign.agents.graph import LoopState, act, after_act, after_plan, guard, plan, stop
+    from countersign.agents.state import AGENT_RUN, RunResult, RunState
 
 
 @workflow.defn(name=AGENT_RUN)

@@ -19,11 +19,11 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.runtime import Runtime
-from agents.run import AgentRun
-from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import signed, start_run
-from workers.codec import (
+from countersign.activities.runtime import Runtime
+from countersign.agents.run import AgentRun
+from countersign.credentials import configure_keyring
+from countersign.settings import Settings
+from countersign.workers.codec import (
     ENCODING,
     EncryptionCodec,
     PayloadKeyError,
@@ -31,10 +31,10 @@ from workers.codec import (
     encrypted_data_converter,
     load_payload_keys,
 )
-from workers.credentials import configure_keyring
-from workers.replay import LOCAL_ACTIVITY_MARKER
-from workers.settings import Settings
-from workers.worker import build_worker
+from countersign.workers.replay import LOCAL_ACTIVITY_MARKER
+from countersign.workers.worker import build_worker
+from tests.agents.test_agent_run import wait_for_pending
+from tests.conftest import signed, start_run
 
 COMMENT = "Checked the photo: zebra-crossing-7781."
 
@@ -203,7 +203,7 @@ def test_keys_command_creates_then_rotates_the_ring(own_keyring: Settings) -> No
 
     def countersign(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "workers", *args],
+            [sys.executable, "-m", "countersign.workers", *args],
             env=env,
             input=stdin,
             capture_output=True,

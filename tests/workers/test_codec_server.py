@@ -28,12 +28,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from temporalio.api.common.v1 import Payload
 
-from workers.codec import EncryptionCodec, load_payload_keys
-from workers.codec_server import capability_endpoint, oidc_verifier
-from workers.credentials import ensure_secret
-from workers.devstack import Service, free_port, start_codec_server
-from workers.oidc import OidcVerifier, TokenRefused
-from workers.settings import Settings, SettingsError
+from countersign.credentials import ensure_secret
+from countersign.settings import Settings, SettingsError
+from countersign.workers.codec import EncryptionCodec, load_payload_keys
+from countersign.workers.codec_server import capability_endpoint, oidc_verifier
+from countersign.workers.devstack import Service, free_port, start_codec_server
+from countersign.workers.oidc import OidcVerifier, TokenRefused
 
 UI = "http://127.0.0.1:8233"
 SECRET_TEXT = b'{"email": "grace@example.com", "amount_cents": 18900}'

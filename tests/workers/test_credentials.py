@@ -10,8 +10,8 @@ from pathlib import Path
 import keyring
 import pytest
 
-from workers.credentials import CredentialError, configure_keyring, get_secret, set_secret
-from workers.settings import Settings
+from countersign.credentials import CredentialError, configure_keyring, get_secret, set_secret
+from countersign.settings import Settings
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def secrets_dir(tmp_path: Path) -> Iterator[Path]:
     before = keyring.get_keyring()
     configure_keyring(
         Settings(
-            keyring_backend="workers.credentials.SecretFiles",
+            keyring_backend="countersign.credentials.SecretFiles",
             secrets_dir=folder,
             state_dir=tmp_path / "state",
         )

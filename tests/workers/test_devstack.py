@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from guardrails.policy import DEFAULT_POLICY_PATH
-from workers.devstack import free_port, port_of, port_open
+from countersign.guardrails.policy import DEFAULT_POLICY_PATH
+from countersign.workers.devstack import free_port, port_of, port_open
 
 PORT_SETTINGS = (
     "COUNTERSIGN_TEMPORAL_ADDRESS",
@@ -44,7 +44,7 @@ def dev_env(state: Path) -> dict[str, str]:
 def start_dev(env: dict[str, str], out: Path) -> subprocess.Popen[bytes]:
     with out.open("w") as log:
         dev = subprocess.Popen(
-            [sys.executable, "-m", "workers", "dev"],
+            [sys.executable, "-m", "countersign.workers", "dev"],
             env={**os.environ, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -135,7 +135,7 @@ def test_dev_whose_worker_fails_its_checks_says_why_and_leaves_nothing(tmp_path:
     toml.write_text(toml.read_text().replace("[modes]\n", '[modes]\n"nobody" = "shadow"\n'))
     env = {**dev_env(tmp_path / "state"), "COUNTERSIGN_POLICY_PATH": str(folder)}
     done = subprocess.run(
-        [sys.executable, "-m", "workers", "dev"],
+        [sys.executable, "-m", "countersign.workers", "dev"],
         env={**os.environ, **env},
         capture_output=True,
         text=True,

@@ -84,7 +84,7 @@ def test_an_init_project_adds_a_tool_an_agent_and_rules_and_its_tests_pass(
     cases = run(
         python,
         "-c",
-        "from workers.cli import main; main()",
+        "from countersign.workers.cli import main; main()",
         "policy",
         "test",
         cwd=tmp_path,

@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from guardrails.redaction import register_secret
-from workers.logging import configure_logging
+from countersign.guardrails.redaction import register_secret
+from countersign.workers.logging import configure_logging
 
 SECRET = "sk-test-logging-0123456789abcdef"
 

@@ -16,17 +16,17 @@ import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from activities.runtime import Runtime
-from agents.run import AgentRun
-from guardrails.audit import AuditStore
-from guardrails.audit_stores import open_store
+from countersign.activities.runtime import Runtime
+from countersign.agents.run import AgentRun
+from countersign.guardrails.audit import AuditStore
+from countersign.guardrails.audit_stores import open_store
+from countersign.settings import Settings, SettingsError
+from countersign.workers.devstack import free_port
+from countersign.workers.stats import compute_stats, format_stats, parse_window
+from countersign.workers.telemetry import temporal_runtime
+from countersign.workers.worker import build_worker, connect
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import signed, start_run
-from workers.devstack import free_port
-from workers.settings import Settings, SettingsError
-from workers.stats import compute_stats, format_stats, parse_window
-from workers.telemetry import temporal_runtime
-from workers.worker import build_worker, connect
 
 
 def metric_lines(text: str, name: str) -> list[str]:
@@ -175,7 +175,7 @@ def test_stats_from_the_audit_trail(filled_store: AuditStore) -> None:
 def test_stats_command_prints_the_window(filled_store: AuditStore) -> None:
     env = {**os.environ, "COUNTERSIGN_STATE_DIR": str(filled_store.path.parent)}
     out = subprocess.run(
-        [sys.executable, "-m", "workers", "stats", "--since", "2h"],
+        [sys.executable, "-m", "countersign.workers", "stats", "--since", "2h"],
         env=env,
         capture_output=True,
         text=True,
@@ -185,7 +185,7 @@ def test_stats_command_prints_the_window(filled_store: AuditStore) -> None:
     assert "decisions         2 · human override rate 50.0% (1 rejected" in out.stdout
     assert "no price for gpt-4.1-mini" in out.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "workers", "stats", "--since", "yesterday"],
+        [sys.executable, "-m", "countersign.workers", "stats", "--since", "yesterday"],
         env=env,
         capture_output=True,
         text=True,

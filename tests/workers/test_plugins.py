@@ -11,16 +11,16 @@ from textwrap import dedent
 
 import pytest
 
-from agents.specs import AGENTS, AgentSpecError
-from demo.plugin import AGENTS as DEMO_AGENTS
-from workers.plugins import PluginError, apply_plugins, installed, read_agents_file
-from workers.settings import Settings, load_settings
+from countersign.agents.specs import AGENTS, AgentSpecError
+from countersign.demo.plugin import AGENTS as DEMO_AGENTS
+from countersign.settings import Settings, load_settings
+from countersign.workers.plugins import PluginError, apply_plugins, installed, read_agents_file
 
 
 def worker(settings: Settings, modules: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """`countersign worker` with `modules` on the path; the checks come before Temporal."""
     return subprocess.run(
-        [sys.executable, "-m", "workers", "worker"],
+        [sys.executable, "-m", "countersign.workers", "worker"],
         env={
             **os.environ,
             "PYTHONPATH": str(modules),
@@ -50,7 +50,10 @@ def module(folder: Path, name: str, source: str) -> Path:
 
 def test_the_demo_is_an_installed_plugin_like_any_other() -> None:
     demo = installed()["demo"]
-    assert demo.parts == {"tools": "demo.plugin", "agents": "demo.plugin:AGENTS"}
+    assert demo.parts == {
+        "tools": "countersign.demo.plugin",
+        "agents": "countersign.demo.plugin:AGENTS",
+    }
     assert all(AGENTS[spec.name] == spec for spec in DEMO_AGENTS)
 
 
@@ -102,7 +105,7 @@ def test_a_plugin_declaring_a_tool_another_declared_stops_the_worker(
     done = worker(settings, tmp_path, COUNTERSIGN_PLUGINS="demo,acme_tools")
     assert one_line(done) == (
         "plugin 'acme_tools': tool orders.lookup (acme_tools.lookup): a tool named orders.lookup "
-        "is already registered (activities.shop.lookup_order)"
+        "is already registered (countersign.activities.shop.lookup_order)"
     )
 
 

@@ -16,12 +16,18 @@ import keyring
 import pytest
 from pydantic import BaseModel
 
-from activities.tools import REGISTRY, ToolContext, ToolDeclarationError, Undo, guarded_tool
-from agents.specs import AGENTS, AgentSpec, AgentSpecError
-from guardrails.policy import DEFAULT_POLICY_PATH, PolicyError
-from workers.credentials import SERVICE, CredentialError, set_secret
-from workers.settings import Settings, SettingsError, SystemSettings, load_settings
-from workers.worker import check_startup
+from countersign.activities.tools import (
+    REGISTRY,
+    ToolContext,
+    ToolDeclarationError,
+    Undo,
+    guarded_tool,
+)
+from countersign.agents.specs import AGENTS, AgentSpec, AgentSpecError
+from countersign.credentials import SERVICE, CredentialError, set_secret
+from countersign.guardrails.policy import DEFAULT_POLICY_PATH, PolicyError
+from countersign.settings import Settings, SettingsError, SystemSettings, load_settings
+from countersign.workers.worker import check_startup
 
 
 class ChargeArgs(BaseModel):
@@ -194,7 +200,7 @@ def test_adding_a_system_keeps_the_default_shop(monkeypatch: pytest.MonkeyPatch)
 
 def countersign(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "workers", *args],
+        [sys.executable, "-m", "countersign.workers", *args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -239,8 +245,8 @@ def test_a_worker_with_a_policy_naming_an_unknown_agent_says_so_in_one_line(
 
 BAD_TOOL = """
 from pydantic import BaseModel
-from activities.tools import ToolContext, guarded_tool
-from workers.cli import main
+from countersign.activities.tools import ToolContext, guarded_tool
+from countersign.workers.cli import main
 
 class Args(BaseModel):
     invoice_id: str
