@@ -95,12 +95,13 @@ async def test_audit_tells_the_run_in_order_and_no_secret_reaches_history(
     kinds = [r.kind for r in runtime.audit.for_run(handle.id)]
     assert kinds[0] == "run.started" and kinds[-1] == "run.finished"
     # The first turn looks the order up and searches the knowledge base: each call is
-    # proposed and decided, then both are read.
-    assert kinds[1:8] == [
-        "model.call",
-        *["proposal", "verdict"] * 2,
-        *["action.read"] * 2,
-    ]
+    # proposed and decided (the two are guarded concurrently, so their records interleave),
+    # then both are read.
+    assert kinds[1] == "model.call" and kinds[6:8] == ["action.read"] * 2
+    assert sorted(kinds[2:6]) == ["proposal", "proposal", "verdict", "verdict"]
+    first_turn = runtime.audit.for_run(handle.id)[2:6]
+    for call in {r.data["call_id"] for r in first_turn}:
+        assert [r.kind for r in first_turn if r.data["call_id"] == call] == ["proposal", "verdict"]
     verdicts = runtime.audit.find(handle.id, "verdict")
     assert all(v.data["policy_version"].startswith("pol_") for v in verdicts)
     history = json.dumps((await handle.fetch_history()).to_json_dict())

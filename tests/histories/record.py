@@ -210,6 +210,21 @@ async def approved_with_changes(client: Client) -> WorkflowHandle[Any, Any]:
     return handle
 
 
+async def own_graph(client: Client) -> WorkflowHandle[Any, Any]:
+    """A graph of its own (planner-executor, agents/planner_executor.py): the plan is kept, the
+    189.00 refund waits for a support lead like the built-in loop's, alice approves."""
+    handle = await _start(
+        client,
+        "own-graph",
+        "Plan first, then refund order A-1002: the espresso machine leaks.",
+        agent="support-planner",
+    )
+    (request,) = await wait_for_requests(handle)
+    await decide_as(client, handle.id, request, "alice", comment="photo checked")
+    await handle.result()
+    return handle
+
+
 # A long run in three segments (agents/segments.py): this agent continues as new every two
 # steps. Steps 1-2 look A-1054 up and refund 30.00 automatically; steps 3-4 refund 25.00 more,
 # which the first refund brings over 50.00 for the customer's week, so it waits for a support
@@ -280,10 +295,12 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {
     "compensated": (compensated, False),
     "reminded": (reminded, True),
     "approved-with-changes": (approved_with_changes, False),
+    "own-graph": (own_graph, False),
 }
 PENDING_SCENARIOS: dict[str, str] = {}
 # Behaviour runs recorded before a patch cannot have: not in the before-* folders.
 LATER_SCENARIOS: dict[str, str] = {
+    "own-graph": "graphs of one's own came with the guarded graph parts (agents/guarded.py)",
     "reminded": "reminders came with patch approval-reminders",
     "approved-with-changes": "approving with changes came with patch approval-evidence-and-changes",
 }

@@ -90,6 +90,8 @@ async def test_replay_reconstructs_each_scenarios_decisions(folder: Path) -> Non
         assert changed["arguments"]["amount_cents"] == 60000
         assert changed["changed_from"]["amount_cents"] == 89900
         assert sorted(changed["approved_by"]) == ["alice", "carol"]
+        own = refund("own-graph")
+        assert own["status"] == "executed" and own["approved_by"] == ["alice"]
 
 
 def test_histories_hold_no_secrets() -> None:
