@@ -211,12 +211,13 @@ async def approved_with_changes(client: Client) -> WorkflowHandle[Any, Any]:
 
 
 async def own_graph(client: Client) -> WorkflowHandle[Any, Any]:
-    """A graph of its own (planner-executor, agents/planner_executor.py): the plan is kept, the
-    189.00 refund waits for a support lead like the built-in loop's, alice approves."""
+    """A graph of its own (planner-executor, agents/planner_executor.py): a refund of another
+    order is denied, the 88.00 refund waits for a support lead as in the built-in loop, alice
+    approves."""
     handle = await _start(
         client,
         "own-graph",
-        "Plan first, then refund order A-1002: the espresso machine leaks.",
+        "Plan first, then refund order A-1017: the tray cracked.",
         agent="support-planner",
     )
     (request,) = await wait_for_requests(handle)

@@ -53,11 +53,16 @@ async def test_recorded_history_replays_to_the_same_result(path: Path) -> None:
     assert report.deterministic, report.divergence
     # Every model output, verdict and tool result came from history, and the run's result
     # computed from them now is the one the original run returned.
-    # Three planning steps; a verdict per proposal, one per compensation when rolled back,
-    # and one for an action approved with changes.
-    assert report.model_steps == 3
-    extra = {"compensated": 2, "approved-with-changes": 1}
-    assert report.verdicts == 3 + extra.get(path.stem, 0)
+    # Three planning steps; a verdict per proposal (the current corpus's refund script also
+    # searches the knowledge base), one per compensation when rolled back, and one for an
+    # action approved with changes. The planner-executor graph plans, then takes five steps.
+    if path.stem == "own-graph":
+        assert (report.model_steps, report.verdicts) == (6, 4)
+    else:
+        assert report.model_steps == 3
+        extra = {"compensated": 2, "approved-with-changes": 1}
+        proposals = 4 if path.parent == HERE else 3
+        assert report.verdicts == proposals + extra.get(path.stem, 0)
     assert report.result_matches is True
     assert report.result is not None
 
@@ -90,8 +95,14 @@ async def test_replay_reconstructs_each_scenarios_decisions(folder: Path) -> Non
         assert changed["arguments"]["amount_cents"] == 60000
         assert changed["changed_from"]["amount_cents"] == 89900
         assert sorted(changed["approved_by"]) == ["alice", "carol"]
-        own = refund("own-graph")
-        assert own["status"] == "executed" and own["approved_by"] == ["alice"]
+        own = reports["own-graph"].result
+        assert own is not None
+        refunds = [
+            (a["status"], a["approved_by"])
+            for a in own["actions"]
+            if a["tool"] == "payments.refund"
+        ]
+        assert refunds == [("denied", []), ("executed", ["alice"])]
 
 
 def test_histories_hold_no_secrets() -> None:
