@@ -12,6 +12,7 @@ import subprocess
 import sys
 import sysconfig
 import zipfile
+from dataclasses import dataclass
 from importlib.metadata import distribution, distributions
 from pathlib import Path
 
@@ -148,10 +149,20 @@ def test_the_wheel_claims_one_import_name(wheel: Path) -> None:
     assert any(n.startswith("countersign/demo/knowledge/") and n.endswith(".md") for n in names)
 
 
-def test_the_wheel_installs_beside_openai_agents(wheel: Path, tmp_path: Path) -> None:
+@dataclass(frozen=True)
+class WheelEnv:
+    """A fresh venv holding openai-agents and Countersign's wheel, as a user's would."""
+
+    python: Path
+    site: Path
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def wheel_env(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> WheelEnv:
     if not any(WHEELHOUSE.glob("openai_agents-*.whl")):
         pytest.fail(f"no openai-agents wheel in {WHEELHOUSE}: run `make .venv/bin/.installed`")
-    venv = tmp_path / "venv"
+    venv = tmp_path_factory.mktemp("wheel-env") / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
     python = venv / "bin" / "python"
     pip = [sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check"]
@@ -170,6 +181,16 @@ def test_the_wheel_installs_beside_openai_agents(wheel: Path, tmp_path: Path) ->
         ).stdout.strip()
     )
     (site / "zz-countersign-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "PYTHONHOME") and not k.startswith("COUNTERSIGN_")
+    }
+    return WheelEnv(python, site, env)
+
+
+def test_the_wheel_installs_beside_openai_agents(wheel_env: WheelEnv, tmp_path: Path) -> None:
+    python, site, env = wheel_env.python, wheel_env.site, wheel_env.env
     probe = (
         "import importlib.util, sys\n"
         "import agents\n"
@@ -182,7 +203,6 @@ def test_the_wheel_installs_beside_openai_agents(wheel: Path, tmp_path: Path) ->
         "print([n for n in ('guardrails', 'activities', 'workers', 'demo')"
         " if importlib.util.find_spec(n)])\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     out = subprocess.run(
         [python, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
     )
@@ -192,6 +212,49 @@ def test_the_wheel_installs_beside_openai_agents(wheel: Path, tmp_path: Path) ->
     assert Path(countersign_file).is_relative_to(site)  # the wheel, not this checkout
     assert claimed == "[]"
     help = subprocess.run(
-        [venv / "bin" / "countersign", "--help"], cwd=tmp_path, env=env, capture_output=True
+        [python.parent / "countersign", "--help"], cwd=tmp_path, env=env, capture_output=True
     )
     assert help.returncode == 0, help.stderr
+
+
+def test_an_init_project_passes_its_tests_against_the_installed_wheel(
+    wheel_env: WheelEnv, tmp_path: Path
+) -> None:
+    """`countersign init` from the wheel, the project installed beside it, and its own tests
+    (a real dev server, the scripted model) green: no source checkout involved."""
+    python, env = wheel_env.python, {**wheel_env.env, "PYTHONDONTWRITEBYTECODE": "1"}
+
+    def run(*argv: str | Path, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(a) for a in argv],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    created = run(python.parent / "countersign", "init", "acme-desk", cwd=tmp_path, timeout=60)
+    assert created.returncode == 0, created.stderr
+    project = tmp_path / "acme-desk"
+    pip = [sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check"]
+    installed = run(
+        *pip,
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "-e",
+        project,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    where = run(
+        python, "-c", "import countersign; print(countersign.__file__)", cwd=project, timeout=30
+    )
+    assert Path(where.stdout.strip()).is_relative_to(wheel_env.site), where.stdout
+    tests = run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=project, timeout=240)
+    assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
+    assert "4 passed" in tests.stdout
