@@ -27,6 +27,7 @@ from countersign.settings import Settings, SlackSettings
 
 APPROVE = "countersign.approve"
 REJECT = "countersign.reject"
+CHANGE = "countersign.change"  # a link to the inbox: the gateway ignores its click
 ACTIONS_BLOCK = "countersign.decision"
 
 
@@ -88,6 +89,8 @@ def request_blocks(
                 "elements": [
                     _button("Approve", APPROVE, ref.ref, "primary"),
                     _button("Reject", REJECT, ref.ref, "danger"),
+                    # Slack has no field for a new amount: the inbox has (signed in there).
+                    *([_change_button(settings, request.request_id)] if request.may_change else []),
                 ],
             }
         )
@@ -128,6 +131,16 @@ def _button(text: str, action_id: str, value: str, style: str) -> dict[str, Any]
         "action_id": action_id,
         "value": value,
         "style": style,
+    }
+
+
+def _change_button(settings: Settings, request_id: str) -> dict[str, Any]:
+    """Opens the request in the approver inbox, where the changeable arguments have fields."""
+    return {
+        "type": "button",
+        "text": {"type": "plain_text", "text": "Approve with changes…"},
+        "action_id": CHANGE,
+        "url": f"{settings.gateway_url.rstrip('/')}/inbox#{request_id}",
     }
 
 

@@ -65,12 +65,28 @@ async def test_slack_message_shows_the_action_and_a_click_decides(
         assert fact in text, fact
     # The buttons carry an opaque reference only: no identity, no amount, no ids.
     buttons = next(b for b in message["blocks"] if b["type"] == "actions")["elements"]
-    assert [b["action_id"] for b in buttons] == ["countersign.approve", "countersign.reject"]
-    values = {b["value"] for b in buttons}
+    assert [b["action_id"] for b in buttons] == [
+        "countersign.approve",
+        "countersign.reject",
+        "countersign.change",
+    ]
+    # Approve with changes opens the request in the approver inbox (Slack has no field for it).
+    change = buttons[2]
+    assert change["url"] == f"{gateway.settings.gateway_url}/inbox#{request.request_id}"
+    assert "value" not in change
+    values = {b["value"] for b in buttons[:2]}
     (ref,) = values
     assert ref.startswith("ref_")
     for leak in ("alice", "dana", "7900", "A-1051", request.request_id, handle.id):
         assert leak not in ref
+
+    # Slack reports the link's click too: it decides nothing.
+    body, headers = slack_request(
+        {**click(message, fake_slack, "U0ALICE", "approve"), "actions": [change]}
+    )
+    async with gateway_http(gateway) as http:
+        assert (await http.post("/slack/interactions", content=body, headers=headers)).is_success
+    assert channel_runtime.audit.find(handle.id, "approval.decided") == []
 
     body, headers = slack_request(click(message, fake_slack, "U0ALICE", "approve"))
     async with gateway_http(gateway) as http:
