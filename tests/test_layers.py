@@ -24,9 +24,6 @@ KNOWN = {
     ("activities/notify.py", "workers"),
     ("activities/runtime.py", "workers"),
     ("activities/sealing.py", "workers"),
-    # the demo scenario narrates with the CLI's story line and UI link, and the CLI runs the
-    # scenario: a cycle (story_line and ui_link belong below the CLI)
-    ("demo/scenario.py", "cli"),
 }
 
 

@@ -15,7 +15,7 @@ from countersign.agents.run import AgentRun
 from countersign.guardrails.audit import AuditRecord
 from countersign.guardrails.knowledge import DEFAULT_KNOWLEDGE_PATH, citations_in, open_index
 from countersign.guardrails.rendering import as_text, request_view
-from countersign.workers.cli import story_line
+from countersign.workers.story import story_line
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, signed, start_run
 
