@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from countersign.guardrails.evidence import EvidencePack
 from countersign.guardrails.identity import Envelope, Statement, Verified
-from countersign.guardrails.money import format_value
+from countersign.guardrails.money import describe_call, format_value
 from countersign.guardrails.policy import ApprovalNeed, Verdict
 from countersign.guardrails.redaction import redact
 
@@ -100,8 +100,7 @@ class ApprovalRequest(BaseModel):
     def summary(self) -> str:
         """Built from redacted arguments: sealed values show as [secret] / [personal], and
         the name-based nets apply (guardrails/redaction.py)."""
-        args = ", ".join(f"{k}={v}" for k, v in redact(self.arguments).items())
-        return f"{self.tool}({args})"
+        return describe_call(self.tool, redact(self.arguments))  # money as money
 
 
 def request_id_for(workflow_id: str, call_id: str) -> str:
