@@ -255,6 +255,6 @@ def test_an_init_project_passes_its_tests_against_the_installed_wheel(
         python, "-c", "import countersign; print(countersign.__file__)", cwd=project, timeout=30
     )
     assert Path(where.stdout.strip()).is_relative_to(wheel_env.site), where.stdout
-    tests = run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=project, timeout=240)
+    tests = run("make", "test", f"PYTHON={python}", cwd=project, timeout=240)
     assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
     assert "4 passed" in tests.stdout

@@ -106,9 +106,18 @@ Guarded tools, an agent and a policy that run on a Countersign worker.
 - `tests/`: runs on a real Temporal dev server with the scripted model (`tests/scripts/`).
 
     pip install -e '.[dev]'
-    pytest                                # your tool, agent and rules, end to end
+    make test                             # your tool, agent and rules, end to end
     COUNTERSIGN_PLUGINS={{pkg}} countersign policy test
     COUNTERSIGN_PLUGINS={{pkg}} countersign worker
+"""
+
+FILES["Makefile"] = """\
+# The project's test command (the README's): your tool, agent and rules, end to end.
+PYTHON ?= python3
+
+.PHONY: test
+test:
+\t$(PYTHON) -m pytest -q -p no:cacheprovider
 """
 
 FILES["src/{{pkg}}/__init__.py"] = '''\

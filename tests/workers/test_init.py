@@ -93,7 +93,7 @@ def test_an_init_project_adds_a_tool_an_agent_and_rules_and_its_tests_pass(
     assert cases.returncode == 0, cases.stderr
     assert "acme_helpdesk/policy is valid" in cases.stdout and "every case holds" in cases.stdout
 
-    tests = run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=project, timeout=180)
+    tests = run("make", "test", f"PYTHON={python}", cwd=project, timeout=180)
     assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
     assert "4 passed" in tests.stdout
 
