@@ -11,7 +11,6 @@ any link and any session.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from countersign.guardrails.database import Database, open_database
+from countersign.guardrails.tokens import token_hash, utc_iso
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS inbox_sign_ins (
@@ -57,16 +57,8 @@ class Session:
     csrf: str
 
 
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _iso(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat()
-
-
 def csrf_for(session_token: str) -> str:
-    return _hash("inbox-csrf:" + session_token)[:32]
+    return token_hash("inbox-csrf:" + session_token)[:32]
 
 
 class SessionStore:
@@ -84,7 +76,7 @@ class SessionStore:
         with self.db.transaction() as tx:
             tx.run(
                 "INSERT INTO inbox_sign_ins (token_hash, identity, expires_at) VALUES (?, ?, ?)",
-                (_hash(token), identity, _iso(expires)),
+                (token_hash(token), identity, utc_iso(expires)),
             )
         return token
 
@@ -93,7 +85,7 @@ class SessionStore:
         with self.db.reader() as tx:
             row = tx.one(
                 "SELECT identity, expires_at, used_at FROM inbox_sign_ins WHERE token_hash = ?",
-                (_hash(token),),
+                (token_hash(token),),
             )
         return self._valid(row, now or datetime.now(UTC))
 
@@ -103,19 +95,19 @@ class SessionStore:
         with self.db.transaction() as tx:
             row = tx.one(
                 "SELECT identity, expires_at, used_at FROM inbox_sign_ins WHERE token_hash = ?",
-                (_hash(token),),
+                (token_hash(token),),
             )
             identity = self._valid(row, now)
             if not tx.run(
                 "UPDATE inbox_sign_ins SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
-                (_iso(now), _hash(token)),
+                (utc_iso(now), token_hash(token)),
             ):
                 raise SignInRefusedError("used", "This sign-in link was already used.", identity)
             session_token = secrets.token_urlsafe(32)
             expires = now + SESSION_LIFETIME
             tx.run(
                 "INSERT INTO inbox_sessions VALUES (?, ?, ?)",
-                (_hash(session_token), identity, _iso(expires)),
+                (token_hash(session_token), identity, utc_iso(expires)),
             )
         return session_token, Session(identity, expires, csrf_for(session_token))
 
@@ -126,7 +118,7 @@ class SessionStore:
         with self.db.reader() as tx:
             row = tx.one(
                 "SELECT identity, expires_at FROM inbox_sessions WHERE session_hash = ?",
-                (_hash(session_token),),
+                (token_hash(session_token),),
             )
         if row is None or datetime.fromisoformat(row[1]) <= (now or datetime.now(UTC)):
             return None
@@ -134,7 +126,9 @@ class SessionStore:
 
     def sign_out(self, session_token: str) -> None:
         with self.db.transaction() as tx:
-            tx.run("DELETE FROM inbox_sessions WHERE session_hash = ?", (_hash(session_token),))
+            tx.run(
+                "DELETE FROM inbox_sessions WHERE session_hash = ?", (token_hash(session_token),)
+            )
 
     @staticmethod
     def _valid(row: tuple[str, str, str | None] | None, now: datetime) -> str:

@@ -118,7 +118,7 @@ class TokenStore:
                     workflow_id,
                     request_id,
                     action_hash,
-                    _iso(expires_at),
+                    utc_iso(expires_at),
                     json.dumps(details or {}),
                 ),
             )
@@ -153,7 +153,7 @@ class TokenStore:
         with self.db.reader() as tx:
             rows = tx.all(
                 f"SELECT {_REF_COLUMNS} FROM refs WHERE expires_at > ? ORDER BY expires_at",
-                (_iso(now or datetime.now(UTC)),),
+                (utc_iso(now or datetime.now(UTC)),),
             )
         refs = [_ref(row) for row in rows]
         return [r for r in refs if r.details.get("status", "pending") == "pending"]
@@ -180,8 +180,8 @@ class TokenStore:
                     request.ref,
                     approver,
                     int(approve),
-                    _iso(expires),
-                    _iso(now or datetime.now(UTC)),
+                    utc_iso(expires),
+                    utc_iso(now or datetime.now(UTC)),
                 ),
             )
         return token
@@ -201,7 +201,7 @@ class TokenStore:
             claimed = tx.run(
                 "UPDATE tokens SET used_at = ?, used_via = ?"
                 " WHERE ref = ? AND approver = ? AND used_at IS NULL AND revoked_at IS NULL",
-                (_iso(now), digest, link.request.ref, link.approver),
+                (utc_iso(now), digest, link.request.ref, link.approver),
             )
             if not claimed:
                 # Another gateway claimed or revoked it between our check and this update
@@ -224,7 +224,7 @@ class TokenStore:
             return tx.run(
                 "UPDATE tokens SET revoked_at = ? WHERE used_at IS NULL AND revoked_at IS NULL"
                 " AND ref IN (SELECT ref FROM refs WHERE workflow_id = ? AND request_id = ?)",
-                (_iso(now or datetime.now(UTC)), workflow_id, request_id),
+                (utc_iso(now or datetime.now(UTC)), workflow_id, request_id),
             )
 
     def _check(self, tx: Tx, token: str, now: datetime) -> DecisionLink:
@@ -263,7 +263,8 @@ class TokenStore:
         return link
 
 
-def _iso(at: datetime) -> str:
+def utc_iso(at: datetime) -> str:
+    """How the stores keep times: ISO 8601 in UTC (sorts as text)."""
     return at.astimezone(UTC).isoformat()
 
 
