@@ -36,8 +36,15 @@ _SCHEMA = [
 
 SIGN_IN_LINK_LIFETIME = timedelta(minutes=15)
 SESSION_LIFETIME = timedelta(hours=8)
+# Sign-in links one person may have live at once: anyone can ask for a link in anyone's name,
+# so without a cap the inbox page would mail an approver as often as a script asks.
+MAX_LIVE_SIGN_IN_LINKS = 5
 
 SignInRefusal = Literal["unknown", "used", "expired"]
+
+
+class TooManySignInsError(Exception):
+    """`identity` already has MAX_LIVE_SIGN_IN_LINKS live sign-in links: send no more."""
 
 
 class SignInRefusedError(Exception):
@@ -70,10 +77,24 @@ class SessionStore:
     def issue_sign_in(
         self, identity: str, now: datetime | None = None, lifetime: timedelta | None = None
     ) -> str:
-        """A new single-use sign-in token for `identity` (to be sent to their address only)."""
+        """A new single-use sign-in token for `identity` (to be sent to their address only), or
+        TooManySignInsError while they already have MAX_LIVE_SIGN_IN_LINKS unused live ones."""
         token = secrets.token_urlsafe(32)
-        expires = (now or datetime.now(UTC)) + (lifetime or SIGN_IN_LINK_LIFETIME)
+        now = now or datetime.now(UTC)
+        expires = now + (lifetime or SIGN_IN_LINK_LIFETIME)
         with self.db.transaction() as tx:
+            # Links expired a day ago are forgotten (until then, opening one says "expired").
+            tx.run(
+                "DELETE FROM inbox_sign_ins WHERE identity = ? AND expires_at <= ?",
+                (identity, utc_iso(now - timedelta(days=1))),
+            )
+            live = tx.one(
+                "SELECT COUNT(*) FROM inbox_sign_ins "
+                "WHERE identity = ? AND used_at IS NULL AND expires_at > ?",
+                (identity, utc_iso(now)),
+            )
+            if live is not None and live[0] >= MAX_LIVE_SIGN_IN_LINKS:
+                raise TooManySignInsError(identity)
             tx.run(
                 "INSERT INTO inbox_sign_ins (token_hash, identity, expires_at) VALUES (?, ?, ?)",
                 (token_hash(token), identity, utc_iso(expires)),

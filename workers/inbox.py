@@ -38,6 +38,7 @@ from countersign.guardrails.sessions import (
     Session,
     SessionStore,
     SignInRefusedError,
+    TooManySignInsError,
 )
 from countersign.guardrails.tokens import RequestRef
 from countersign.workers import gateway_pages as pages
@@ -204,7 +205,13 @@ async def sign_in_request(request: Request) -> Response:
     if person is None or person.kind != "person" or not person.email or gw.settings.email is None:
         log.info("inbox.sign_in_unknown")
         return _with_pre(request, lambda pre: inbox_pages.sign_in(pre, answer))
-    token = await asyncio.to_thread(_sessions(request).issue_sign_in, person.name)
+    try:
+        token = await asyncio.to_thread(_sessions(request).issue_sign_in, person.name)
+    except TooManySignInsError:
+        # The same answer: the page must not become a way to flood someone's mailbox, nor
+        # tell who is on record.
+        await _audit(gw, "inbox.sign_in_throttled", person.name, identity=person.name)
+        return _with_pre(request, lambda pre: inbox_pages.sign_in(pre, answer))
     url = f"{gw.settings.gateway_url.rstrip('/')}{SIGN_IN_PATH}?token={token}"
     try:
         await _send_sign_in(gw, person.email, person.name, url)

@@ -4,6 +4,7 @@ the real dev server decide and the shop counts the refunds."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,6 +15,7 @@ from temporalio.worker import Worker
 
 from countersign.activities.runtime import Runtime
 from countersign.agents.run import AgentRun
+from countersign.guardrails.sessions import MAX_LIVE_SIGN_IN_LINKS
 from countersign.workers.decisions import send_decision
 from countersign.workers.gateway import Gateway
 from countersign.workers.inbox import SESSION_COOKIE
@@ -259,3 +261,28 @@ def gateway_sessions(gateway: Gateway) -> Any:
     from countersign.workers.state import open_sessions
 
     return open_sessions(gateway.settings)
+
+
+async def test_asking_for_sign_in_links_again_and_again_mails_a_few_at_most(
+    gateway: Gateway, mailbox: tuple[Mailbox, int]
+) -> None:
+    """Anyone may ask for a link in anyone's name: the page mails at most a few live ones, and
+    its answer does not change when it stops (nor for a name not on record)."""
+    box, _ = mailbox
+    address = "mallory@example.com"
+    before = sign_ins(box, address)
+    answers = set()
+    async with gateway_http(gateway) as http:
+        for who in ["mallory"] * (MAX_LIVE_SIGN_IN_LINKS + 3) + ["nobody-on-record"]:
+            page = await http.get("/inbox")
+            r = await http.post(
+                "/inbox/sign-in", data={"who": who, "pre": PRE.findall(page.text)[0]}
+            )
+            assert r.status_code == 200
+            answers.add(re.sub(r"name='pre' value='[\w-]+'", "", r.text))
+    assert len(answers) == 1
+    await box.wait_for(before + MAX_LIVE_SIGN_IN_LINKS, to=address, Subject="Sign in")
+    await asyncio.sleep(0.5)  # what would have been sent more has had time to arrive
+    assert sign_ins(box, address) == before + MAX_LIVE_SIGN_IN_LINKS
+    throttled = gateway.audit.find("", "inbox.sign_in_throttled", identity="mallory")
+    assert len(throttled) == 3

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from countersign.guardrails.sessions import SESSION_LIFETIME, SessionStore, SignInRefusedError
+from countersign.guardrails.sessions import (
+    MAX_LIVE_SIGN_IN_LINKS,
+    SESSION_LIFETIME,
+    SessionStore,
+    SignInRefusedError,
+    TooManySignInsError,
+)
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 
@@ -41,3 +47,21 @@ def test_expired_and_unknown_sign_in_links_are_refused(tmp_path: Path) -> None:
     with pytest.raises(SignInRefusedError) as unknown:
         store.check_sign_in("not-a-token", now=NOW)
     assert unknown.value.reason == "unknown"
+
+
+def test_one_person_has_at_most_a_few_live_sign_in_links(tmp_path: Path) -> None:
+    store = SessionStore(tmp_path / "inbox.sqlite3")
+    tokens = [store.issue_sign_in("alice", now=NOW) for _ in range(MAX_LIVE_SIGN_IN_LINKS)]
+    with pytest.raises(TooManySignInsError):
+        store.issue_sign_in("alice", now=NOW + timedelta(minutes=1))
+    store.issue_sign_in("bob", now=NOW)  # the cap is per person
+    store.sign_in(tokens[0], now=NOW)  # a used link no longer counts
+    last = store.issue_sign_in("alice", now=NOW + timedelta(minutes=1))
+    with pytest.raises(TooManySignInsError):
+        store.issue_sign_in("alice", now=NOW + timedelta(minutes=2))
+    # Once they expire, new ones may be sent; an expired one still says so when opened.
+    later = NOW + timedelta(minutes=17)
+    store.issue_sign_in("alice", now=later)
+    with pytest.raises(SignInRefusedError) as expired:
+        store.check_sign_in(last, now=later)
+    assert expired.value.reason == "expired"
