@@ -51,7 +51,7 @@ class Runtime:
         """`tools`: the registered tools, to type-check policies against."""
         candidate = settings.candidate_policy_path
         audit = open_audit_store(settings, signing=True)
-        directory = DirectorySource(settings.directory_file)
+        directory = settings.directory()
         gate = (
             activation_gate(audit, directory.current)
             if settings.require_policy_activation

@@ -226,14 +226,15 @@ async def cmd_identity(args: argparse.Namespace, settings: Settings) -> None:
     """`init`: this keyring's key for NAME (created if missing) and the directory entry to
     register; `show`: who the directory lists and with which keys."""
     from countersign.credentials import configure_keyring
-    from countersign.guardrails.identity import load_directory
     from countersign.workers.identities import init_identity
 
     configure_keyring(settings)
     if args.action == "dev":
         from countersign.workers.identities import ensure_dev_directory
+        from countersign.workers.plugins import apply_plugins
 
-        path = ensure_dev_directory(settings)
+        # Everyone the plugins' policy names, and the people their directories list.
+        path = ensure_dev_directory(apply_plugins(settings))
         print(
             f"development identities in {path}, their keys in this keyring: a demo "
             "convenience, not real people"
@@ -249,8 +250,12 @@ async def cmd_identity(args: argparse.Namespace, settings: Settings) -> None:
             f"({settings.directory_file}):\n\n{signer.directory_entry(args.kind)}"
         )
         return
-    directory = load_directory(settings.directory_file)
-    print(f"{settings.directory_file} ({directory.version}):")
+    from countersign.workers.plugins import apply_plugins
+
+    settings = apply_plugins(settings)  # the plugins' directories join the file's
+    directory = settings.directory().current()
+    files = ", ".join(str(p) for p in (settings.directory_file, *settings.extra_directories))
+    print(f"{files} ({directory.version}):")
     for identity in directory.identities.values():
         keys = ", ".join(
             k.id + (f" (revoked {k.revoked_at.isoformat()})" if k.revoked_at else "")
@@ -366,15 +371,16 @@ async def cmd_kill(args: argparse.Namespace, settings: Settings) -> None:
     if the operator is in a group the policy's `[authority] kill_switch` names."""
     from countersign.credentials import configure_keyring
     from countersign.guardrails.controls import KillSwitch
-    from countersign.guardrails.identity import DirectorySource
     from countersign.guardrails.policy import PolicySource
     from countersign.workers.identities import signer_for
+    from countersign.workers.plugins import apply_plugins
     from countersign.workers.state import open_kill_switch
 
+    settings = apply_plugins(settings)  # the policy and directory the workers enforce
     store = open_kill_switch(settings)
     stored = store.read()
     policy = PolicySource(settings.policy_path).current()
-    directory = DirectorySource(settings.directory_file).current()
+    directory = settings.directory().current()
 
     def may_flip(who: str) -> bool:
         return policy.has_authority(who, "kill_switch")
@@ -510,7 +516,9 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
 async def cmd_gateway(args: argparse.Namespace, settings: Settings) -> None:
     from countersign.workers.devstack import port_of
     from countersign.workers.gateway import serve_gateway
+    from countersign.workers.plugins import apply_plugins
 
+    settings = apply_plugins(settings)  # the plugins' directories: who the gateway verifies
     await serve_gateway(settings, args.host, args.port or port_of(settings.gateway_url))
 
 

@@ -168,7 +168,7 @@ class Gateway:
             client=client,
             audit=open_audit_store(settings),
             tokens=open_tokens(settings),
-            directory=DirectorySource(settings.directory_file),
+            directory=settings.directory(),
             csrf_key=csrf_key.encode(),
             attestation=signer_for(settings.gateway_identity),
         )

@@ -14,16 +14,22 @@ this for you; Countersign's own demo is the plugin `demo`):
     acme = "acme.plugin:SYSTEMS"     # {"tickets": {"url": "http://...", "credential": "..."}}
     [project.entry-points."countersign.graphs"]
     acme = "acme.graphs"             # a module: importing it registers its @guarded_graphs
+    [project.entry-points."countersign.directories"]
+    acme = "acme.plugin:DIRECTORY"   # the Path of an identity directory file (directory.toml)
 
 A module named in COUNTERSIGN_PLUGINS is a plugin too: importing it registers its tools (and
-graphs), and it may define AGENTS, POLICY, SYSTEMS and GRAPHS ({name: build function}) as
-above. COUNTERSIGN_PLUGINS="demo,acme" loads only those; unset, every installed plugin is
-loaded. COUNTERSIGN_AGENTS_FILE names an agents file
-of your project. An agents file holds `[[agent]]` tables with AgentSpec's fields.
+graphs), and it may define AGENTS, POLICY, SYSTEMS, DIRECTORY and GRAPHS ({name: build
+function}) as above. COUNTERSIGN_PLUGINS="demo,acme" loads only those; unset, every installed
+plugin is loaded. COUNTERSIGN_AGENTS_FILE names an agents file of your project. An agents file
+holds `[[agent]]` tables with AgentSpec's fields.
 
 A plugin's policy folder is the policy unless COUNTERSIGN_POLICY_PATH says otherwise (two
 plugins with one each must be told apart with it). A plugin's systems are defaults: a system
-configured in the environment keeps them and overrides the fields it sets.
+configured in the environment keeps them and overrides the fields it sets. A plugin's
+directory (its people and integrations: keys, email, Slack user) joins the deployment's
+directory file: one name in both must be one identity, or the start stops
+(guardrails/identity.py). On a developer machine (`countersign dev`, the tests) everyone the
+policy names who has no key gets a development key (workers/identities.py).
 
 Anything wrong (a module that fails to import, a tool or agent another plugin already
 declared, a malformed agents file) stops the start in one line naming the plugin.
@@ -43,10 +49,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from countersign.agents.graph_registry import GraphRegistryError, register_graph
 from countersign.agents.specs import AgentSpec, AgentSpecError, register_agents
 from countersign.guardrails.errors import describe
+from countersign.guardrails.identity import IdentityError, load_directory
 from countersign.guardrails.policy import DEFAULT_POLICY_PATH
 from countersign.settings import Settings, SystemSettings
 
-KINDS = ("tools", "agents", "policies", "systems", "graphs")
+KINDS = ("tools", "agents", "policies", "systems", "graphs", "directories")
 
 
 class PluginError(Exception):
@@ -69,6 +76,7 @@ class Loaded:
     plugins: list[str] = field(default_factory=list)
     policies: dict[str, Path] = field(default_factory=dict)  # plugin -> policy folder
     systems: dict[str, SystemSettings] = field(default_factory=dict)
+    directories: dict[str, Path] = field(default_factory=dict)  # plugin -> directory file
 
 
 def installed() -> dict[str, Plugin]:
@@ -140,7 +148,9 @@ def _load_one(plugin: Plugin, loaded: Loaded) -> None:
                 _add_systems(plugin.name, value, target, loaded)
             elif kind == "graphs" and isinstance(value, dict):
                 _register_graphs(value)
-        except (AgentSpecError, PluginError, GraphRegistryError) as e:
+            elif kind == "directories":
+                loaded.directories[plugin.name] = _directory(value, target)
+        except (AgentSpecError, PluginError, GraphRegistryError, IdentityError) as e:
             raise fail(str(e)) from None
 
 
@@ -154,6 +164,8 @@ def _declarations(name: str, module: Any, loaded: Loaded) -> None:
         _add_systems(name, module.SYSTEMS, f"{module.__name__}.SYSTEMS", loaded)
     if hasattr(module, "GRAPHS"):
         _register_graphs(module.GRAPHS)
+    if hasattr(module, "DIRECTORY"):
+        loaded.directories[name] = _directory(module.DIRECTORY, f"{module.__name__}.DIRECTORY")
 
 
 def _register_graphs(graphs: dict[str, Any]) -> None:
@@ -214,6 +226,14 @@ def _folder(value: Any, where: str) -> Path:
     return Path(value)
 
 
+def _directory(value: Any, where: str) -> Path:
+    """A plugin's directory file, read now so a malformed entry stops the start here."""
+    if not isinstance(value, str | Path) or not Path(value).is_file():
+        raise PluginError(f"{where} must be the path of an identity directory file (got {value!r})")
+    load_directory(Path(value))
+    return Path(value)
+
+
 def _add_systems(plugin: str, value: Any, where: str, loaded: Loaded) -> None:
     if not isinstance(value, dict):
         raise PluginError(f"{where} must be a dict of system name -> settings")
@@ -231,7 +251,7 @@ def _add_systems(plugin: str, value: Any, where: str, loaded: Loaded) -> None:
 
 def apply_plugins(settings: Settings) -> Settings:
     """Load the plugins the settings select and the project's agents file; return the settings
-    with the plugins' systems and policy folder."""
+    with the plugins' systems, policy folder and directory files."""
     loaded = load(settings.plugins)
     if settings.agents_file is not None:
         register_agents(read_agents_file(settings.agents_file), str(settings.agents_file))
@@ -256,4 +276,8 @@ def apply_plugins(settings: Settings) -> Settings:
                 "choose one with COUNTERSIGN_POLICY_PATH"
             )
         update["policy_path"] = next(iter(loaded.policies.values()))
+    known = {p.resolve() for p in settings.extra_directories}
+    directories = [p for p in loaded.directories.values() if p.resolve() not in known]
+    if directories:
+        update["extra_directories"] = [*settings.extra_directories, *directories]
     return settings.model_copy(update=update) if update else settings

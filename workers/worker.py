@@ -201,7 +201,11 @@ def check_startup(settings: Settings) -> Runtime:
     check_policy_references(policy)
     if runtime.candidate is not None:
         check_policy_references(runtime.candidate.current())
-    check_directory(runtime.directory.current(), policy.settings.groups)
+    # The directory file joined by the plugins' (a name in two with two keys stops here).
+    directory = runtime.directory.current()
+    check_directory(directory, policy)
+    if runtime.candidate is not None:
+        check_directory(directory, runtime.candidate.current())
     return runtime
 
 
@@ -244,15 +248,16 @@ def check_policy_references(policy: PolicyBundle) -> None:
             )
 
 
-def check_directory(directory: Directory, groups: dict[str, list[str]]) -> None:
+def check_directory(directory: Directory, policy: PolicyBundle) -> None:
     """Everyone the policy's groups name must be able to prove who they are."""
-    for group, members in sorted(groups.items()):
+    for group, members in sorted(policy.settings.groups.items()):
         missing = [m for m in members if directory.get(m) is None]
         if missing:
             raise IdentityError(
-                f"policy group {group!r} names {', '.join(missing)}, who "
-                f"{'is' if len(missing) == 1 else 'are'} not in the identity directory "
-                "(add them: `countersign identity init --as NAME` prints the entry)"
+                f"{policy.path / 'policy.toml'}: group {group!r} names {', '.join(missing)}, "
+                f"who {'is' if len(missing) == 1 else 'are'} not in the identity directory "
+                "(add them: `countersign identity init --as NAME` prints the entry, or a "
+                "plugin's directory lists them)"
             )
 
 
