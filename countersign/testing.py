@@ -43,7 +43,9 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from countersign.activities.payload_keys import ensure_payload_keys
 from countersign.activities.runtime import Runtime
+from countersign.activities.stores import ensure_signing_key, open_audit_store
 from countersign.agents import search_attributes
 from countersign.agents.run import AgentRun
 from countersign.agents.state import ActionRecord, RunInput, RunResult
@@ -53,8 +55,6 @@ from countersign.guardrails.audit import AuditRecord
 from countersign.guardrails.identity import Envelope
 from countersign.guardrails.policy import load_policy
 from countersign.settings import Settings, SystemSettings
-from countersign.workers.audit import ensure_signing_key, open_audit_store
-from countersign.workers.codec import ensure_payload_keys
 from countersign.workers.decisions import sign_decision, signed_start, wait_for_requests
 from countersign.workers.devstack import (
     DEV_SERVER_TUNING,

@@ -14,7 +14,7 @@ import countersign.activities.shop
 
 # Importing the example graph registers it (agent support-planner runs it).
 import countersign.agents.planner_executor  # noqa: F401
-from countersign.agents.specs import AgentSpec
+from countersign.activities.agent_specs import AgentSpec
 
 # Who the demo names besides its policy's approvers (the requester ops-dana).
 DIRECTORY = Path(__file__).parent / "directory.toml"

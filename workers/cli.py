@@ -137,7 +137,7 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> None:
             f"check the system of record (countersign audit {args.run})"
         )
     if described.status == WorkflowExecutionStatus.FAILED:
-        from countersign.workers.audit import open_audit_store
+        from countersign.activities.stores import open_audit_store
 
         # The audit names the classified cause (system unavailable, timeout, ...), if any.
         ended = open_audit_store(settings).find(args.run, "run.compensated")
@@ -271,8 +271,8 @@ AUDIT_ACTIONS = ("verify", "checkpoint", "init-key")
 
 
 async def cmd_audit(args: argparse.Namespace, settings: Settings) -> None:
+    from countersign.activities.stores import ensure_signing_key, open_audit_store, public_key
     from countersign.credentials import configure_keyring
-    from countersign.workers.audit import ensure_signing_key, open_audit_store, public_key
 
     if args.run in AUDIT_ACTIONS:
         configure_keyring(settings)
@@ -317,8 +317,8 @@ def _load(path: str | None, settings: Settings) -> Any:
 
 
 async def cmd_policy(args: argparse.Namespace, settings: Settings) -> None:
+    from countersign.activities.stores import open_audit_store
     from countersign.guardrails.review import backtest, diff, run_cases
-    from countersign.workers.audit import open_audit_store
 
     if args.action == "activate":
         from countersign.credentials import configure_keyring
@@ -369,12 +369,12 @@ async def cmd_policy(args: argparse.Namespace, settings: Settings) -> None:
 async def cmd_kill(args: argparse.Namespace, settings: Settings) -> None:
     """Flip the switch with a change signed by the operator's own key; workers count it only
     if the operator is in a group the policy's `[authority] kill_switch` names."""
+    from countersign.activities.stores import open_kill_switch
     from countersign.credentials import configure_keyring
     from countersign.guardrails.controls import KillSwitch
     from countersign.guardrails.policy import PolicySource
     from countersign.workers.identities import signer_for
     from countersign.workers.plugins import apply_plugins
-    from countersign.workers.state import open_kill_switch
 
     settings = apply_plugins(settings)  # the policy and directory the workers enforce
     store = open_kill_switch(settings)
@@ -478,7 +478,7 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> None:
 async def cmd_stats(args: argparse.Namespace, settings: Settings) -> None:
     from datetime import UTC, datetime
 
-    from countersign.workers.audit import open_audit_store
+    from countersign.activities.stores import open_audit_store
     from countersign.workers.stats import compute_stats, format_stats, parse_window
 
     try:
@@ -546,8 +546,8 @@ async def cmd_codec_server(args: argparse.Namespace, settings: Settings) -> None
 
 
 async def cmd_keys(args: argparse.Namespace, settings: Settings) -> None:
+    from countersign.activities.payload_keys import ensure_payload_keys, rotate_payload_key
     from countersign.credentials import configure_keyring, ensure_secret
-    from countersign.workers.codec import ensure_payload_keys, rotate_payload_key
 
     configure_keyring(settings)
     if args.action == "rotate":
@@ -759,9 +759,9 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> None:
     from temporalio.service import RPCError, RPCStatusCode
 
+    from countersign.activities.agent_specs import AgentSpecError
     from countersign.activities.tools import ToolDeclarationError
     from countersign.agents.search_attributes import SearchAttributesMissing
-    from countersign.agents.specs import AgentSpecError
     from countersign.credentials import CredentialError
     from countersign.guardrails.audit import AuditError
     from countersign.guardrails.audit_signing import SigningKeyError

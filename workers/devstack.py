@@ -20,11 +20,11 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from countersign.activities.payload_keys import ensure_payload_keys
+from countersign.activities.stores import ensure_signing_key, open_audit_store
 from countersign.agents import search_attributes
 from countersign.credentials import configure_keyring, ensure_secret, set_secret
 from countersign.settings import EmailSettings, Settings
-from countersign.workers.audit import ensure_signing_key, open_audit_store
-from countersign.workers.codec import ensure_payload_keys
 from countersign.workers.codec_server import capability_endpoint
 from countersign.workers.identities import dev_activator, ensure_dev_directory
 from countersign.workers.plugins import apply_plugins

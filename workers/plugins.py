@@ -46,8 +46,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from countersign.activities.agent_specs import AgentSpec, AgentSpecError, register_agents
 from countersign.agents.graph_registry import GraphRegistryError, register_graph
-from countersign.agents.specs import AgentSpec, AgentSpecError, register_agents
 from countersign.guardrails.errors import describe
 from countersign.guardrails.identity import IdentityError, load_directory
 from countersign.guardrails.policy import DEFAULT_POLICY_PATH

@@ -25,6 +25,7 @@ from temporalio.worker import (
     Worker,
 )
 
+from countersign.activities.agent_specs import AGENTS, check_agent_graphs, check_agent_scopes
 from countersign.activities.audit import AuditActivities
 from countersign.activities.evidence import EvidenceActivities
 from countersign.activities.guard import GuardActivities
@@ -45,7 +46,6 @@ from countersign.agents import search_attributes
 from countersign.agents.graph import GRAPH_NAME
 from countersign.agents.graph_registry import build_graphs
 from countersign.agents.run import AgentRun
-from countersign.agents.specs import AGENTS, check_agent_graphs, check_agent_scopes
 from countersign.credentials import CredentialError, configure_keyring, get_secret
 from countersign.guardrails.identity import Directory, IdentityError
 from countersign.guardrails.knowledge import KnowledgeError

@@ -167,7 +167,7 @@ import httpx
 from countersign.credentials import get_secret, set_secret
 from countersign.settings import load_settings
 from countersign.testing import approve, start_run, wait_for_approvals
-from countersign.workers.audit import open_audit_store
+from countersign.activities.stores import open_audit_store
 from countersign.workers.devstack import start_dev_stack
 from countersign.workers.worker import connect
 

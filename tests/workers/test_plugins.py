@@ -11,7 +11,7 @@ from textwrap import dedent
 
 import pytest
 
-from countersign.agents.specs import AGENTS, AgentSpecError
+from countersign.activities.agent_specs import AGENTS, AgentSpecError
 from countersign.demo.plugin import AGENTS as DEMO_AGENTS
 from countersign.settings import Settings, load_settings
 from countersign.workers.plugins import PluginError, apply_plugins, installed, read_agents_file
