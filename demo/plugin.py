@@ -1,11 +1,9 @@
 """Countersign's own demo: the shop and CRM tools and the support agents, installed as the
 plugin `demo` through the same entry points a project of your own declares (pyproject.toml,
-`[project.entry-points."countersign.tools"]`, `."countersign.agents"` and
-`."countersign.directories"`)."""
+`[project.entry-points."countersign.tools"]` and `."countersign.agents"`; its directory is
+`countersign.demo:DIRECTORY`, under `."countersign.directories"`)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 # Importing the tool modules registers their tools.
 import countersign.activities.crm
@@ -15,9 +13,6 @@ import countersign.activities.shop
 # Importing the example graph registers it (agent support-planner runs it).
 import countersign.agents.planner_executor  # noqa: F401
 from countersign.activities.agent_specs import AgentSpec
-
-# Who the demo names besides its policy's approvers (the requester ops-dana).
-DIRECTORY = Path(__file__).parent / "directory.toml"
 
 # Subject fields and the values each accepts (the run's subject is validated at start).
 CUSTOMER_ID = r"^C-\d{3}$"

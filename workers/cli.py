@@ -516,9 +516,9 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
 async def cmd_gateway(args: argparse.Namespace, settings: Settings) -> None:
     from countersign.workers.devstack import port_of
     from countersign.workers.gateway import serve_gateway
-    from countersign.workers.plugins import apply_plugins
+    from countersign.workers.plugins import directories_only
 
-    settings = apply_plugins(settings)  # the plugins' directories: who the gateway verifies
+    settings = directories_only(settings)  # the plugins' directories: who the gateway verifies
     await serve_gateway(settings, args.host, args.port or port_of(settings.gateway_url))
 
 

@@ -47,7 +47,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from countersign.activities.agent_specs import AgentSpec, AgentSpecError, register_agents
-from countersign.agents.graph_registry import GraphRegistryError, register_graph
 from countersign.guardrails.errors import describe
 from countersign.guardrails.identity import IdentityError, load_directory
 from countersign.guardrails.policy import DEFAULT_POLICY_PATH
@@ -118,8 +117,35 @@ def load(names: list[str] | None) -> Loaded:
     return loaded
 
 
+def directories_only(settings: Settings) -> Settings:
+    """The settings with the selected plugins' directory files, importing only what declares
+    them (the gateway verifies people; it runs no tools)."""
+    loaded = Loaded()
+    for plugin in select(settings.plugins):
+        target = plugin.parts.get("directories")
+        if "module" in plugin.parts:
+            _load_one(plugin, loaded)
+        elif target is not None:
+            try:
+                value = resolve(target)
+            except Exception as e:
+                first = (str(e).splitlines() or [""])[0]
+                raise PluginError(
+                    f"plugin {plugin.name!r}: cannot import {target} (entry point "
+                    f"countersign.directories): {type(e).__name__}: {first}"
+                ) from None
+            try:
+                loaded.directories[plugin.name] = _directory(value, target)
+            except (PluginError, IdentityError) as e:
+                raise PluginError(f"plugin {plugin.name!r}: {e}") from None
+    return _with_directories(settings, loaded, {})
+
+
 def _load_one(plugin: Plugin, loaded: Loaded) -> None:
+    # Imported here: LangGraph (the graph registry's) is slow to import, and the gateway, which
+    # reads only the plugins' directories (directories_only), never needs it.
     from countersign.activities.tools import ToolDeclarationError
+    from countersign.agents.graph_registry import GraphRegistryError
 
     def fail(message: str) -> PluginError:
         return PluginError(f"plugin {plugin.name!r}: {message}")
@@ -171,6 +197,8 @@ def _declarations(name: str, module: Any, loaded: Loaded) -> None:
 def _register_graphs(graphs: dict[str, Any]) -> None:
     """A plugin's {name: build function} (a graphs module registers its own as it loads)."""
     for graph_name, builder in graphs.items():
+        from countersign.agents.graph_registry import register_graph
+
         register_graph(graph_name, builder)
 
 
@@ -276,6 +304,10 @@ def apply_plugins(settings: Settings) -> Settings:
                 "choose one with COUNTERSIGN_POLICY_PATH"
             )
         update["policy_path"] = next(iter(loaded.policies.values()))
+    return _with_directories(settings, loaded, update)
+
+
+def _with_directories(settings: Settings, loaded: Loaded, update: dict[str, Any]) -> Settings:
     known = {p.resolve() for p in settings.extra_directories}
     directories = [p for p in loaded.directories.values() if p.resolve() not in known]
     if directories:

@@ -323,3 +323,25 @@ def test_dev_with_a_policy_no_one_may_activate_says_so_in_one_line(tmp_path: Pat
         f"countersign: {policy}: [authority] policy names no group, so no one may activate "
         'this policy: add policy = ["GROUP"] under [authority]\n'
     )
+
+
+def test_the_gateway_reads_a_plugins_directory_without_importing_its_tools(
+    tmp_path: Path,
+) -> None:
+    modules = build_plugin(tmp_path / "site", Signer("pat", generate_private_key()))
+    probe = (
+        "import sys; from countersign.settings import Settings; "
+        "from countersign.workers.plugins import directories_only; "
+        f"s = directories_only(Settings(plugins=[{PLUGIN!r}])); "
+        "print([str(p) for p in s.extra_directories], "
+        f"'{PLUGIN}.tools' in sys.modules, 'langgraph' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "PYTHONPATH": str(modules)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip() == f"['{modules / PLUGIN / 'directory.toml'}'] False False"

@@ -53,7 +53,7 @@ def test_the_demo_is_an_installed_plugin_like_any_other() -> None:
     assert demo.parts == {
         "tools": "countersign.demo.plugin",
         "agents": "countersign.demo.plugin:AGENTS",
-        "directories": "countersign.demo.plugin:DIRECTORY",
+        "directories": "countersign.demo:DIRECTORY",
     }
     assert all(AGENTS[spec.name] == spec for spec in DEMO_AGENTS)
 
