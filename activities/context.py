@@ -1,6 +1,6 @@
 """What of a long conversation the model is sent: an agent's context window.
 
-With `AgentSpec.context` set (agents/specs.ContextWindow), the model activity sends the system
+With `AgentSpec.context` set (agent_specs.ContextWindow), the model activity sends the system
 prompt, the task, one note standing for the older turns (a running summary, or only how many
 turns were left out) and the latest turns. The older turns are folded `fold_every` at a time;
 a fold is stored in the transcript store (activities/transcript.Fold) so it is made once.
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from countersign.activities.agent_specs import ContextWindow
 from countersign.activities.transcript import Fold
-from countersign.agents.specs import ContextWindow
 
 __all__ = ["SUMMARIZE_MARKER", "fold_note", "fold_point", "summary_request"]
 

@@ -21,12 +21,12 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from countersign.activities.agent_specs import AGENTS
 from countersign.activities.contracts import DECIDE, RELEASE, GuardInput, GuardResult
 from countersign.activities.facts import FactUnavailable, resolve_facts
 from countersign.activities.runtime import Runtime, audit_from_activity, current_workflow_id
 from countersign.activities.sealing import SealError, keep_sealed, seal_fields, sealer_for
 from countersign.activities.tools import ToolSpec, lookup_tool, validate_arguments
-from countersign.agents.specs import AGENTS
 from countersign.guardrails.audit import AuditRecord, AuditStore
 from countersign.guardrails.errors import describe
 from countersign.guardrails.policy import DecisionInput, PolicyBundle, PolicyError, Verdict, decide

@@ -16,6 +16,7 @@ import openai
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from countersign.activities.agent_specs import AGENTS, AgentSpec, ContextWindow
 from countersign.activities.context import fold_note, fold_point, summary_request
 from countersign.activities.contracts import (
     MODEL_BOUNDS,
@@ -34,7 +35,6 @@ from countersign.activities.runtime import (
 from countersign.activities.sealing import Sealer, seal_fields, sealer_for
 from countersign.activities.tools import CALL_REASON, REGISTRY, lookup_tool
 from countersign.activities.transcript import Fold
-from countersign.agents.specs import AGENTS, AgentSpec, ContextWindow
 from countersign.credentials import openai_api_key
 from countersign.guardrails.policy import Proposal, sha256_hex
 from countersign.guardrails.redaction import Kind

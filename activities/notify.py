@@ -23,10 +23,10 @@ from countersign.activities.channels.webhook import WebhookChannel
 from countersign.activities.contracts import NOTIFY, ApprovalNotice
 from countersign.activities.knowledge import check_citations
 from countersign.activities.runtime import Runtime, activity_record_id, audit_from_activity
+from countersign.activities.stores import open_tokens
 from countersign.credentials import CredentialError, get_secret
 from countersign.guardrails.knowledge import Citation, KnowledgeError
 from countersign.guardrails.redaction import redact
-from countersign.workers.state import open_tokens
 
 log = structlog.get_logger(__name__)
 

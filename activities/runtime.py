@@ -1,6 +1,7 @@
 """What every activity needs, built once per worker: settings, the audit trail, transcripts,
 the policy (active and candidate), the limits ledger, the kill switch and pooled HTTP clients.
-The stores are SQLite files or one shared PostgreSQL database, as configured (workers/state.py)."""
+The stores are SQLite files or one shared PostgreSQL database, as configured
+(activities/stores.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ from temporalio import activity
 
 from countersign.activities import metrics
 from countersign.activities.http import HttpClients
+from countersign.activities.stores import (
+    open_audit_store,
+    open_kill_switch,
+    open_ledger,
+    open_transcripts,
+)
 from countersign.activities.transcript import TranscriptStore
+from countersign.guardrails.activation import activation_gate
 from countersign.guardrails.audit import AuditRecord, AuditStore
 from countersign.guardrails.cedar_schema import PolicySurface
 from countersign.guardrails.controls import KillSwitch, KillSwitchStore
@@ -23,9 +31,6 @@ from countersign.guardrails.identity import DirectorySource
 from countersign.guardrails.ledger import Ledger
 from countersign.guardrails.policy import PolicySource
 from countersign.settings import Settings
-from countersign.workers.audit import open_audit_store
-from countersign.workers.policies import activation_gate
-from countersign.workers.state import open_kill_switch, open_ledger, open_transcripts
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +56,7 @@ class Runtime:
         """`tools`: the registered tools, to type-check policies against."""
         candidate = settings.candidate_policy_path
         audit = open_audit_store(settings, signing=True)
-        directory = DirectorySource(settings.directory_file)
+        directory = settings.directory()
         gate = (
             activation_gate(audit, directory.current)
             if settings.require_policy_activation

@@ -12,7 +12,7 @@ or in an argument that is not typed as personal: every value unsealed for a call
 again wherever it shows up in what that call returns. Failure messages are scrubbed of them.
 
 AES-256-GCM with a key derived (HKDF) from each payload key in the keyring (`payload-keys`,
-workers/codec.py): every worker of a deployment shares it, so any worker can unseal.
+activities/payload_keys.py): every worker of a deployment shares it, so any worker can unseal.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel, SecretBytes, SecretStr
 
+from countersign.activities.payload_keys import PayloadKeys, load_payload_keys
 from countersign.guardrails.redaction import SEALED, Kind, Path, sensitive_fields
 from countersign.settings import Settings
-from countersign.workers.codec import PayloadKeys, load_payload_keys
 
 _NONCE = 12
 # Shorter values are not searched for in free text (they would match by accident).

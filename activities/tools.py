@@ -36,6 +36,7 @@ from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from countersign.activities.agent_specs import subject_fields
 from countersign.activities.contracts import (
     RECONCILE,
     Compensation,
@@ -43,6 +44,7 @@ from countersign.activities.contracts import (
     ToolCall,
     ToolOutcome,
 )
+from countersign.activities.failures import cause_of
 from countersign.activities.http import BearerFromKeyring
 from countersign.activities.runtime import (
     Runtime,
@@ -51,8 +53,6 @@ from countersign.activities.runtime import (
     heartbeating,
 )
 from countersign.activities.sealing import Sealer, SealError, scrub, seal_fields, sealer_for
-from countersign.agents.failures import cause_of
-from countersign.agents.specs import subject_fields
 from countersign.guardrails.approvals import ChangeBound
 from countersign.guardrails.cedar_schema import PolicySurface, ToolSchema
 from countersign.guardrails.errors import describe

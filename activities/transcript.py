@@ -6,7 +6,7 @@ workflow instead sends only the new messages and a sequence number; the model ac
 them here and reads the conversation back. Writes are keyed by (workflow id, seq), so a retried
 activity or a reset workflow rewrites the same rows instead of adding new ones.
 
-An agent with a context window (agents/specs.ContextWindow) is sent only the latest turns and
+An agent with a context window (agent_specs.ContextWindow) is sent only the latest turns and
 a note standing for the older ones: a fold. A fold is stored here once, keyed by the seq it
 covers up to, with the running summary (sealed, as the messages are) when the agent
 summarizes; later steps read only the messages after the latest fold.

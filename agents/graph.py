@@ -38,8 +38,8 @@ from countersign.activities.contracts import (
     ToolCall,
     ToolOutcome,
 )
+from countersign.activities.failures import cause_of
 from countersign.agents.changes import decide_changed, gather_evidence, note_change
-from countersign.agents.failures import cause_of
 from countersign.agents.segments import segment_ends
 from countersign.agents.state import (
     ATOMIC_TURNS,

@@ -12,7 +12,7 @@ or `register_graph("planner-executor", build)`. A plugin's module registers its 
 is imported (workers/plugins.py: entry point `countersign.graphs`, or any module the plugin
 loads). The worker builds every registered graph at start-up and checks that each node runs
 in the workflow (see agents/guarded.py: an activity node would copy the conversation into
-history), and that every agent's graph is registered (agents.specs.check_agent_graphs).
+history), and that every agent's graph is registered (activities.agent_specs.check_agent_graphs).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any
 
 from langgraph.graph import StateGraph
 
+from countersign.activities.agent_specs import AgentSpecError
 from countersign.agents.graph import GRAPH_NAME, build_graph
-from countersign.agents.specs import AgentSpecError
 
 GraphBuilder = Callable[[], StateGraph[Any, Any, Any, Any]]
 

@@ -24,7 +24,7 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from temporalio.langgraph import graph
 
-    from countersign.agents.failures import cause_of
+    from countersign.activities.failures import cause_of
     from countersign.agents.rollback import compensate
     from countersign.agents.segments import carried_in, continue_as_new, kept_actions, restore
     from countersign.agents.state import (

@@ -15,6 +15,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
+from countersign.activities.agent_specs import AGENTS, MAX_LONG_RUN_STEPS, MAX_RUN_STEPS, AgentSpec
 from countersign.activities.contracts import (
     MODEL_BOUNDS,
     RECORD,
@@ -25,9 +26,8 @@ from countersign.activities.contracts import (
     VerifyInput,
     VerifyResult,
 )
+from countersign.activities.failures import FailureCause
 from countersign.agents import search_attributes as sa
-from countersign.agents.failures import FailureCause
-from countersign.agents.specs import AGENTS, MAX_LONG_RUN_STEPS, MAX_RUN_STEPS, AgentSpec
 from countersign.guardrails.approvals import ApprovalRequest, RecordedDecision
 from countersign.guardrails.errors import describe
 from countersign.guardrails.identity import Envelope, Verified

@@ -73,9 +73,9 @@ from temporalio.worker import Worker
 
 from benchmarks import bare_loop
 from benchmarks.replay_bench import BENCH_AGENT, loop_script
+from countersign.activities.agent_specs import AGENTS
 from countersign.activities.model import tools_for
 from countersign.agents.run import AgentRun
-from countersign.agents.specs import AGENTS
 from countersign.agents.state import RunInput
 from countersign.credentials import get_secret, openai_api_key
 from countersign.guardrails.policy import DEFAULT_POLICY_PATH

@@ -38,16 +38,16 @@ import psycopg
 from benchmarks.durability_bench import _agent_run, bench_policy, spread
 from benchmarks.policy_bench import request
 from benchmarks.replay_bench import BENCH_AGENT, loop_script
+from countersign.activities.agent_specs import AGENTS
 from countersign.activities.runtime import Runtime
+from countersign.activities.stores import close_shared_databases
 from countersign.activities.tools import tool_schemas
-from countersign.agents.specs import AGENTS
 from countersign.guardrails.database import open_database
 from countersign.guardrails.ledger import Ledger
 from countersign.guardrails.policy import decide, load_policy
 from countersign.workers.devstack import Postgres, free_port, start_postgres
 from countersign.workers.logging import configure_logging
 from countersign.workers.plugins import load
-from countersign.workers.state import close_shared_databases
 from countersign.workers.worker import build_worker, check_startup
 from tests.histories.record import fresh_stack
 

@@ -33,8 +33,8 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
 
 from benchmarks.replay_bench import BENCH_AGENT, loop_script
+from countersign.activities.agent_specs import AGENTS, ContextWindow
 from countersign.agents.run import AgentRun
-from countersign.agents.specs import AGENTS, ContextWindow
 from countersign.agents.state import RunInput
 from countersign.workers.logging import configure_logging
 from countersign.workers.replay import fetch_segments, replay

@@ -34,8 +34,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from countersign.activities.agent_specs import AGENTS, AgentSpec
 from countersign.agents.run import AgentRun
-from countersign.agents.specs import AGENTS, AgentSpec
 from countersign.agents.state import RunInput
 from countersign.demo.plugin import SUPPORT_PROMPT
 from countersign.guardrails.audit import AuditStore

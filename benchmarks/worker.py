@@ -10,7 +10,7 @@ is what `countersign worker` does. Production agents are unchanged.
 """
 
 from benchmarks.replay_bench import BENCH_AGENT
-from countersign.agents.specs import AGENTS
+from countersign.activities.agent_specs import AGENTS
 from countersign.workers.cli import main
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ _EXPORTS: dict[str, str] = {
     "Personal": "countersign.activities.tools",
     "Secret": "countersign.activities.tools",
     # agents
-    "AgentSpec": "countersign.agents.specs",
-    "ContextWindow": "countersign.agents.specs",
+    "AgentSpec": "countersign.activities.agent_specs",
+    "ContextWindow": "countersign.activities.agent_specs",
     # systems of record
     "SystemSettings": "countersign.settings",
     # guarded graph parts: your own LangGraph graphs, every tool call guarded
@@ -44,7 +44,7 @@ _EXPORTS: dict[str, str] = {
     "register_graph": "countersign.agents.graph_registry",
     # errors a developer meets, each with a one-line message saying what to fix
     "ToolDeclarationError": "countersign.activities.tools",
-    "AgentSpecError": "countersign.agents.specs",
+    "AgentSpecError": "countersign.activities.agent_specs",
     "PolicyError": "countersign.guardrails.policy",
     "PluginError": "countersign.workers.plugins",
     "SettingsError": "countersign.settings",
@@ -83,6 +83,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     import countersign.testing as testing
+    from countersign.activities.agent_specs import AgentSpec, AgentSpecError, ContextWindow
     from countersign.activities.tools import (
         Personal,
         Secret,
@@ -102,7 +103,6 @@ if TYPE_CHECKING:
         tools_condition,
         within_limits,
     )
-    from countersign.agents.specs import AgentSpec, AgentSpecError, ContextWindow
     from countersign.credentials import CredentialError
     from countersign.guardrails.policy import PolicyError
     from countersign.settings import SettingsError, SystemSettings

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import (
     AliasChoices,
@@ -21,6 +21,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from countersign.guardrails.knowledge import DEFAULT_KNOWLEDGE_PATH
 from countersign.guardrails.policy import DEFAULT_POLICY_PATH
+
+if TYPE_CHECKING:
+    from countersign.guardrails.identity import DirectorySource
 
 
 class SettingsError(Exception):
@@ -131,6 +134,10 @@ class Settings(BaseSettings):
     require_policy_activation: bool = True
     # Who can prove who they are (see guardrails/identity.py): default STATE/directory.toml.
     directory_path: Path | None = None
+    # More directory files whose entries join it: the plugins' (added at start-up, see
+    # workers/plugins.py) and any listed here, "a.toml,b.toml". One name in two of them must be
+    # one identity (same keys), or the start stops.
+    extra_directories: Annotated[list[Path], NoDecode] = []
     # The approval gateway's own identity in the directory; its attestation key is in the
     # gateway host's keyring as `identity.<name>`.
     gateway_identity: str = "gateway"
@@ -195,7 +202,7 @@ class Settings(BaseSettings):
     # Fields whose values are personal data, redacted from logs and audit: "email,phone".
     pii_fields: Annotated[list[str], NoDecode] = []
 
-    @field_validator("pii_fields", "plugins", mode="before")
+    @field_validator("pii_fields", "plugins", "extra_directories", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
@@ -278,6 +285,15 @@ class Settings(BaseSettings):
     @cached_property
     def directory_file(self) -> Path:
         return self.directory_path or self.state_dir / "directory.toml"
+
+    def directory(self) -> DirectorySource:
+        """The identity directory, re-read when a file changes: the directory file joined by
+        the extra ones. With extra files the default file may be missing (a plugin supplies
+        everyone); a directory_path that is set must exist."""
+        from countersign.guardrails.identity import DirectorySource
+
+        required = self.directory_path is not None or not self.extra_directories
+        return DirectorySource(self.directory_file, self.extra_directories, required=required)
 
     @cached_property
     def kill_switch_path(self) -> Path:

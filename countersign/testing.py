@@ -16,10 +16,11 @@ real worker on a real Temporal dev server, with the scripted model instead of a 
 wheel), the scripted model server serving your scripts folder (one JSON file per
 scenario, see `python -m countersign.demo.model_server --help`), a keyring with the
 credentials you pass, the audit signing key and payload keys, and a development key for
-each person the policy's groups name
-(plus the requester). `stack.worker()` runs a worker with your plugins on a fresh task queue.
-Runs are started signed by their requester, as `countersign start` does; decisions are
-signed by the approver's development key, as the approval gateway does. Nothing here reaches
+each person the policy's groups name (plus the requester) who has no key in your plugin's
+directory (`secrets={"identity.NAME": key}` holds such a person's own key, to act as them).
+`stack.worker()` runs a worker with your plugins on a fresh task queue. Runs are started
+signed by their requester, as `countersign start` does; decisions are signed by the
+approver's key in the keyring, as the approval gateway does. Nothing here reaches
 beyond 127.0.0.1.
 
 Start one Stack per test session (a pytest fixture of scope "session") and one worker per
@@ -42,7 +43,9 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from countersign.activities.payload_keys import ensure_payload_keys
 from countersign.activities.runtime import Runtime
+from countersign.activities.stores import ensure_signing_key, open_audit_store
 from countersign.agents import search_attributes
 from countersign.agents.run import AgentRun
 from countersign.agents.state import ActionRecord, RunInput, RunResult
@@ -52,8 +55,6 @@ from countersign.guardrails.audit import AuditRecord
 from countersign.guardrails.identity import Envelope
 from countersign.guardrails.policy import load_policy
 from countersign.settings import Settings, SystemSettings
-from countersign.workers.audit import ensure_signing_key, open_audit_store
-from countersign.workers.codec import ensure_payload_keys
 from countersign.workers.decisions import sign_decision, signed_start, wait_for_requests
 from countersign.workers.devstack import (
     DEV_SERVER_TUNING,
@@ -62,7 +63,7 @@ from countersign.workers.devstack import (
     start_model_server,
     temporal_binary,
 )
-from countersign.workers.identities import ensure_dev_directory, signer_for
+from countersign.workers.identities import DEV_REQUESTER, ensure_dev_directory, signer_for
 from countersign.workers.plugins import apply_plugins
 from countersign.workers.worker import build_worker, check_startup
 
@@ -82,25 +83,27 @@ __all__ = [
 ]
 
 # Who starts runs unless a test says otherwise: a development identity in no policy group.
-DEFAULT_REQUESTER = "dev"
+DEFAULT_REQUESTER = DEV_REQUESTER
 
 
 def prepare_keyring(
     settings: Settings,
-    people: Sequence[str],
+    people: Sequence[str] | None,
     secrets: dict[str, str] | None = None,
     *,
     slack_users: dict[str, str] | None = None,
 ) -> None:
-    """The settings' keyring, holding `secrets` (entry -> value, e.g. a system's token), the
-    audit signing key, payload keys, and a development key for each of `people` (written to
-    the identity directory)."""
+    """The settings' keyring, holding `secrets` (entry -> value, e.g. a system's token or a
+    person's own key `identity.NAME`), the audit signing key, payload keys, and a development
+    key for each of `people` who has no key in the directory yet (written to the directory
+    file). `people=None`: everyone the settings' policy names, and DEFAULT_REQUESTER; pass
+    settings with the plugins applied, so their policy and directories count."""
     configure_keyring(settings)
     for entry, value in (secrets or {}).items():
         set_secret(entry, value)
     ensure_signing_key(settings)
     ensure_payload_keys(settings)
-    ensure_dev_directory(settings, tuple(people), slack_users=slack_users)
+    ensure_dev_directory(settings, people, slack_users=slack_users)
 
 
 @asynccontextmanager
@@ -208,8 +211,9 @@ class Stack:
     plugin). `systems`: system name -> URL (or SystemSettings) of the systems of record your
     tools call; `secrets`: keyring entry -> value (a system's credential is, by default, an
     entry named after the system). `policy`: a policy folder (default: your plugin's).
-    `people`: who gets a development key (default: everyone the policy's groups name, and
-    the requester). `state_dir`: default a temporary folder, removed afterwards.
+    `people`: who gets a development key unless the directory (a plugin's) holds theirs
+    (default: everyone the policy's groups name, the requester, and whom the plugins'
+    directories list without a key). `state_dir`: default a temporary folder, removed afterwards.
     """
 
     def __init__(
@@ -277,14 +281,9 @@ class Stack:
         if self._policy is not None:
             overrides["policy_path"] = self._policy
         settings = Settings(**overrides)
-        # The plugins' systems and policy folder, to know whom to give keys and what to call.
+        # The plugins' systems, policy folder and directories: whom to give keys, what to call.
         settings = apply_plugins(settings)
-        people = self._people
-        if people is None:
-            groups = load_policy(settings.policy_path).settings.groups
-            people = sorted({m for members in groups.values() for m in members})
-            people = [*people, DEFAULT_REQUESTER]
-        prepare_keyring(settings, people, self._secrets)
+        prepare_keyring(settings, self._people, self._secrets)
         self.settings = settings
         self.runtime = check_startup(settings)
         self.env = await self._exit.enter_async_context(dev_server(settings))

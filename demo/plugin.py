@@ -1,6 +1,7 @@
 """Countersign's own demo: the shop and CRM tools and the support agents, installed as the
 plugin `demo` through the same entry points a project of your own declares (pyproject.toml,
-`[project.entry-points."countersign.tools"]` and `."countersign.agents"`)."""
+`[project.entry-points."countersign.tools"]` and `."countersign.agents"`; its directory is
+`countersign.demo:DIRECTORY`, under `."countersign.directories"`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import countersign.activities.shop
 
 # Importing the example graph registers it (agent support-planner runs it).
 import countersign.agents.planner_executor  # noqa: F401
-from countersign.agents.specs import AgentSpec
+from countersign.activities.agent_specs import AgentSpec
 
 # Subject fields and the values each accepts (the run's subject is validated at start).
 CUSTOMER_ID = r"^C-\d{3}$"

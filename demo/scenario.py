@@ -9,10 +9,10 @@ from datetime import timedelta
 
 from temporalio.client import Client
 
+from countersign.activities.stores import open_audit_store, public_key
 from countersign.agents.run import AgentRun
 from countersign.agents.state import RunInput
 from countersign.settings import Settings
-from countersign.workers.audit import open_audit_store, public_key
 from countersign.workers.decisions import decide_as, wait_for_requests
 from countersign.workers.devstack import DevStack, port_of, port_open, start_dev_stack
 from countersign.workers.story import story_line, ui_link

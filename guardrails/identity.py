@@ -28,6 +28,7 @@ import base64
 import hashlib
 import secrets
 import tomllib
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -108,11 +109,44 @@ class Directory(BaseModel):
         )
 
 
-def load_directory(path: Path) -> Directory:
-    """Read a directory file; raise IdentityError naming the file, the entry and the reason."""
+def load_directory(path: Path, extra: Sequence[Path] = (), *, required: bool = True) -> Directory:
+    """Read a directory file, and the `extra` files whose entries join it (the plugins'
+    directories); raise IdentityError naming the file, the entry and the reason.
+
+    One name in two files must be one identity: the same kind and the same keys (either may
+    revoke one of them; the earliest revocation holds), and no two emails or Slack users. A
+    field only one of them sets is taken from it (a plugin may list its people's addresses,
+    the deployment's file their keys). `required=False`: a missing `path` lists no one."""
+    merged: dict[str, tuple[Identity, Path]] = {}
+    for file, must_exist in [(path, required), *((p, True) for p in extra)]:
+        for name, identity in _read_entries(file, must_exist).items():
+            if name in merged:
+                first, first_file = merged[name]
+                merged[name] = (_merge(first, first_file, identity, file), first_file)
+            else:
+                merged[name] = (identity, file)
+    identities = {name: identity for name, (identity, _) in merged.items()}
+    seen_keys: dict[str, str] = {}
+    for name, identity in identities.items():
+        for key in identity.keys:
+            if key.id in seen_keys:
+                raise IdentityError(
+                    f"{merged[name][1]}: key {key.id} is listed for both {seen_keys[key.id]} "
+                    f"and {name}"
+                )
+            seen_keys[key.id] = name
+    version = (
+        "dir_" + sha256_hex({n: i.model_dump(mode="json") for n, i in identities.items()})[:16]
+    )
+    return Directory(identities=identities, version=version)
+
+
+def _read_entries(path: Path, required: bool) -> dict[str, Identity]:
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
+        if not required:
+            return {}
         raise IdentityError(
             f"{path}: identity directory not found; register people with "
             "`countersign identity init --as NAME` (it prints the entry to add)"
@@ -120,7 +154,6 @@ def load_directory(path: Path) -> Directory:
     except tomllib.TOMLDecodeError as e:
         raise IdentityError(f"{path}: not valid TOML: {e}") from None
     identities = {}
-    seen_keys: dict[str, str] = {}
     for name, entry in raw.items():
         if not isinstance(entry, dict):
             raise IdentityError(f"{path}: [{name}] must be a table (an identity)")
@@ -138,35 +171,68 @@ def load_directory(path: Path) -> Directory:
                     f"{path}: [{name}] key id {key.id!r} does not match its public key "
                     f"(expected {key_id(public)!r})"
                 )
-            if key.id in seen_keys:
-                raise IdentityError(
-                    f"{path}: key {key.id} is listed for both {seen_keys[key.id]} and {name}"
-                )
-            seen_keys[key.id] = name
         identities[name] = identity
-    version = (
-        "dir_" + sha256_hex({n: i.model_dump(mode="json") for n, i in identities.items()})[:16]
-    )
-    return Directory(identities=identities, version=version)
+    return identities
+
+
+def _merge(first: Identity, first_file: Path, second: Identity, second_file: Path) -> Identity:
+    """One identity listed in two directory files, or IdentityError naming both."""
+
+    def conflict(what: str, a: object, b: object) -> IdentityError:
+        return IdentityError(
+            f"identity directory: [{first.name}] has {what} {a} in {first_file} but {b} in "
+            f"{second_file}: one name, two identities; remove or correct one entry"
+        )
+
+    if first.kind != second.kind:
+        raise conflict("kind", first.kind, second.kind)
+    keys = first.keys or second.keys
+    if first.keys and second.keys:
+        mine = {k.id: k for k in first.keys}
+        theirs = {k.id: k for k in second.keys}
+        if set(mine) != set(theirs):
+            raise conflict("keys", ", ".join(sorted(mine)), ", ".join(sorted(theirs)))
+        keys = [
+            k.model_copy(update={"revoked_at": _earliest(k.revoked_at, theirs[k.id].revoked_at)})
+            for k in first.keys
+        ]
+    contact = {}
+    for field in ("email", "slack_user"):
+        a, b = getattr(first, field), getattr(second, field)
+        if a is not None and b is not None and a != b:
+            raise conflict(field, repr(a), repr(b))
+        contact[field] = a if a is not None else b
+    return first.model_copy(update={"keys": keys, **contact})
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return min(a, b) if a is not None and b is not None else a or b
 
 
 class DirectorySource:
-    """The directory file, re-read when it changes (a revocation applies at once)."""
+    """The directory file (and the plugins' directory files), re-read when one changes (a
+    revocation applies at once)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, extra: Sequence[Path] = (), *, required: bool = True) -> None:
         self.path = path
-        self._stamp: float | None = None
+        self.extra = tuple(extra)
+        self.required = required
+        self._stamp: tuple[float | None, ...] | None = None
         self._directory: Directory | None = None
 
     def current(self) -> Directory:
-        try:
-            stamp = self.path.stat().st_mtime
-        except FileNotFoundError:
-            stamp = None
+        stamp = tuple(_mtime(p) for p in (self.path, *self.extra))
         if stamp != self._stamp or self._directory is None:
-            self._directory = load_directory(self.path)
+            self._directory = load_directory(self.path, self.extra, required=self.required)
             self._stamp = stamp
         return self._directory
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return None
 
 
 # --- keys ------------------------------------------------------------------------------------

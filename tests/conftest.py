@@ -21,14 +21,14 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from countersign import testing
+from countersign.activities.payload_keys import PayloadKeys
 from countersign.activities.runtime import Runtime
+from countersign.activities.stores import ensure_signing_key
 from countersign.agents.run import AgentRun
 from countersign.agents.state import RunResult
 from countersign.credentials import configure_keyring, set_secret
 from countersign.guardrails.policy import DEFAULT_POLICY_PATH
 from countersign.settings import Settings, SystemSettings
-from countersign.workers.audit import ensure_signing_key
-from countersign.workers.codec import PayloadKeys
 from countersign.workers.devstack import (
     Postgres,
     free_port,

@@ -137,7 +137,7 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> None:
             f"check the system of record (countersign audit {args.run})"
         )
     if described.status == WorkflowExecutionStatus.FAILED:
-        from countersign.workers.audit import open_audit_store
+        from countersign.activities.stores import open_audit_store
 
         # The audit names the classified cause (system unavailable, timeout, ...), if any.
         ended = open_audit_store(settings).find(args.run, "run.compensated")
@@ -226,14 +226,15 @@ async def cmd_identity(args: argparse.Namespace, settings: Settings) -> None:
     """`init`: this keyring's key for NAME (created if missing) and the directory entry to
     register; `show`: who the directory lists and with which keys."""
     from countersign.credentials import configure_keyring
-    from countersign.guardrails.identity import load_directory
     from countersign.workers.identities import init_identity
 
     configure_keyring(settings)
     if args.action == "dev":
         from countersign.workers.identities import ensure_dev_directory
+        from countersign.workers.plugins import apply_plugins
 
-        path = ensure_dev_directory(settings)
+        # Everyone the plugins' policy names, and the people their directories list.
+        path = ensure_dev_directory(apply_plugins(settings))
         print(
             f"development identities in {path}, their keys in this keyring: a demo "
             "convenience, not real people"
@@ -249,8 +250,12 @@ async def cmd_identity(args: argparse.Namespace, settings: Settings) -> None:
             f"({settings.directory_file}):\n\n{signer.directory_entry(args.kind)}"
         )
         return
-    directory = load_directory(settings.directory_file)
-    print(f"{settings.directory_file} ({directory.version}):")
+    from countersign.workers.plugins import apply_plugins
+
+    settings = apply_plugins(settings)  # the plugins' directories join the file's
+    directory = settings.directory().current()
+    files = ", ".join(str(p) for p in (settings.directory_file, *settings.extra_directories))
+    print(f"{files} ({directory.version}):")
     for identity in directory.identities.values():
         keys = ", ".join(
             k.id + (f" (revoked {k.revoked_at.isoformat()})" if k.revoked_at else "")
@@ -266,8 +271,8 @@ AUDIT_ACTIONS = ("verify", "checkpoint", "init-key")
 
 
 async def cmd_audit(args: argparse.Namespace, settings: Settings) -> None:
+    from countersign.activities.stores import ensure_signing_key, open_audit_store, public_key
     from countersign.credentials import configure_keyring
-    from countersign.workers.audit import ensure_signing_key, open_audit_store, public_key
 
     if args.run in AUDIT_ACTIONS:
         configure_keyring(settings)
@@ -312,8 +317,8 @@ def _load(path: str | None, settings: Settings) -> Any:
 
 
 async def cmd_policy(args: argparse.Namespace, settings: Settings) -> None:
+    from countersign.activities.stores import open_audit_store
     from countersign.guardrails.review import backtest, diff, run_cases
-    from countersign.workers.audit import open_audit_store
 
     if args.action == "activate":
         from countersign.credentials import configure_keyring
@@ -364,17 +369,18 @@ async def cmd_policy(args: argparse.Namespace, settings: Settings) -> None:
 async def cmd_kill(args: argparse.Namespace, settings: Settings) -> None:
     """Flip the switch with a change signed by the operator's own key; workers count it only
     if the operator is in a group the policy's `[authority] kill_switch` names."""
+    from countersign.activities.stores import open_kill_switch
     from countersign.credentials import configure_keyring
     from countersign.guardrails.controls import KillSwitch
-    from countersign.guardrails.identity import DirectorySource
     from countersign.guardrails.policy import PolicySource
     from countersign.workers.identities import signer_for
-    from countersign.workers.state import open_kill_switch
+    from countersign.workers.plugins import apply_plugins
 
+    settings = apply_plugins(settings)  # the policy and directory the workers enforce
     store = open_kill_switch(settings)
     stored = store.read()
     policy = PolicySource(settings.policy_path).current()
-    directory = DirectorySource(settings.directory_file).current()
+    directory = settings.directory().current()
 
     def may_flip(who: str) -> bool:
         return policy.has_authority(who, "kill_switch")
@@ -472,7 +478,7 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> None:
 async def cmd_stats(args: argparse.Namespace, settings: Settings) -> None:
     from datetime import UTC, datetime
 
-    from countersign.workers.audit import open_audit_store
+    from countersign.activities.stores import open_audit_store
     from countersign.workers.stats import compute_stats, format_stats, parse_window
 
     try:
@@ -510,7 +516,9 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
 async def cmd_gateway(args: argparse.Namespace, settings: Settings) -> None:
     from countersign.workers.devstack import port_of
     from countersign.workers.gateway import serve_gateway
+    from countersign.workers.plugins import directories_only
 
+    settings = directories_only(settings)  # the plugins' directories: who the gateway verifies
     await serve_gateway(settings, args.host, args.port or port_of(settings.gateway_url))
 
 
@@ -538,8 +546,8 @@ async def cmd_codec_server(args: argparse.Namespace, settings: Settings) -> None
 
 
 async def cmd_keys(args: argparse.Namespace, settings: Settings) -> None:
+    from countersign.activities.payload_keys import ensure_payload_keys, rotate_payload_key
     from countersign.credentials import configure_keyring, ensure_secret
-    from countersign.workers.codec import ensure_payload_keys, rotate_payload_key
 
     configure_keyring(settings)
     if args.action == "rotate":
@@ -751,9 +759,9 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> None:
     from temporalio.service import RPCError, RPCStatusCode
 
+    from countersign.activities.agent_specs import AgentSpecError
     from countersign.activities.tools import ToolDeclarationError
     from countersign.agents.search_attributes import SearchAttributesMissing
-    from countersign.agents.specs import AgentSpecError
     from countersign.credentials import CredentialError
     from countersign.guardrails.audit import AuditError
     from countersign.guardrails.audit_signing import SigningKeyError

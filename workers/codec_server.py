@@ -212,8 +212,9 @@ def oidc_verifier(settings: Settings) -> OidcVerifier | None:
 
 
 def build_codec_app(settings: Settings) -> Starlette:
+    from countersign.activities.payload_keys import load_payload_keys
     from countersign.credentials import get_secret
-    from countersign.workers.codec import EncryptionCodec, load_payload_keys
+    from countersign.workers.codec import EncryptionCodec
 
     keys = load_payload_keys(settings)
     token = get_secret(settings.codec_token_credential)

@@ -20,13 +20,14 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from countersign.activities.payload_keys import ensure_payload_keys
+from countersign.activities.stores import ensure_signing_key, open_audit_store
 from countersign.agents import search_attributes
 from countersign.credentials import configure_keyring, ensure_secret, set_secret
 from countersign.settings import EmailSettings, Settings
-from countersign.workers.audit import ensure_signing_key, open_audit_store
-from countersign.workers.codec import ensure_payload_keys
 from countersign.workers.codec_server import capability_endpoint
-from countersign.workers.identities import ensure_dev_directory
+from countersign.workers.identities import dev_activator, ensure_dev_directory
+from countersign.workers.plugins import apply_plugins
 from countersign.workers.policies import ensure_activated
 
 # The stock dev server dispatches ~20 tasks/s; every step would wait on it.
@@ -243,6 +244,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "COUNTERSIGN_POLICY_PATH": str(settings.policy_path),
         "COUNTERSIGN_DIRECTORY_PATH": str(settings.directory_file.resolve()),
     }
+    if settings.extra_directories:
+        env["COUNTERSIGN_EXTRA_DIRECTORIES"] = ",".join(
+            str(p.resolve()) for p in settings.extra_directories
+        )
     if settings.email is not None:
         env["COUNTERSIGN_EMAIL"] = settings.email.model_dump_json()
     if settings.state_dsn:
@@ -344,17 +349,18 @@ def with_dev_email(settings: Settings) -> Settings:
 
 
 def ensure_dev_policy_activation(settings: Settings) -> None:
-    """The dev stack's policy, activated by the demo duty manager (erin, a development key)."""
+    """The dev stack's policy, activated by a development key of someone its `[authority]
+    policy` groups name (the demo's: erin, a duty manager). `settings`: plugins applied."""
     from countersign.activities.tools import tool_schemas
-    from countersign.guardrails.identity import load_directory
     from countersign.guardrails.policy import load_policy
-    from countersign.workers.plugins import apply_plugins
 
-    settings = apply_plugins(settings)  # the tools the policy is checked against
+    if not settings.require_policy_activation:
+        return
     policy = load_policy(settings.policy_path, tool_schemas())
+    directory = settings.directory().current()
     audit = open_audit_store(settings)
     try:
-        ensure_activated(audit, policy, load_directory(settings.directory_file), "erin")
+        ensure_activated(audit, policy, directory, dev_activator(policy, directory))
     finally:
         audit.close()
 
@@ -586,8 +592,10 @@ def start_dev_stack(
             print(f"stopped a stale stack left by a killed `dev`/`demo`: {', '.join(stale)}")
         configure_keyring(settings)
         ensure_signing_key(settings)
-        ensure_dev_directory(settings)
-        ensure_dev_policy_activation(settings)
+        # The plugins' policy and directory: whom to give development keys, who activates.
+        applied = apply_plugins(settings)
+        ensure_dev_directory(applied)
+        ensure_dev_policy_activation(applied)
         codec_endpoint = None
         # The key ring also seals secret and personal values (activities/sealing.py).
         ensure_payload_keys(settings)

@@ -50,6 +50,7 @@ from countersign.activities.channels.slack import (
     outcome_block,
 )
 from countersign.activities.channels.webhook import verify as verify_webhook
+from countersign.activities.stores import open_audit_store, open_tokens
 from countersign.credentials import CredentialError, configure_keyring, get_secret, set_secret
 from countersign.guardrails.approvals import DecisionReceipt
 from countersign.guardrails.audit import AuditStore
@@ -63,10 +64,8 @@ from countersign.guardrails.tokens import (
 )
 from countersign.settings import Settings
 from countersign.workers import gateway_pages as pages
-from countersign.workers.audit import open_audit_store
 from countersign.workers.decisions import DecisionRefusedError, send_decision, sign_decision
 from countersign.workers.identities import signer_for
-from countersign.workers.state import open_tokens
 
 log = structlog.get_logger(__name__)
 
@@ -168,7 +167,7 @@ class Gateway:
             client=client,
             audit=open_audit_store(settings),
             tokens=open_tokens(settings),
-            directory=DirectorySource(settings.directory_file),
+            directory=settings.directory(),
             csrf_key=csrf_key.encode(),
             attestation=signer_for(settings.gateway_identity),
         )

@@ -32,6 +32,7 @@ from temporalio.service import RPCError
 
 from countersign.activities.channels import ChannelError
 from countersign.activities.channels.mail import send_email
+from countersign.activities.stores import open_sessions
 from countersign.credentials import get_secret
 from countersign.guardrails.sessions import (
     SESSION_LIFETIME,
@@ -44,7 +45,6 @@ from countersign.guardrails.tokens import RequestRef
 from countersign.workers import gateway_pages as pages
 from countersign.workers import inbox_pages
 from countersign.workers.decisions import DecisionRefusedError
-from countersign.workers.state import open_sessions
 
 if TYPE_CHECKING:
     from countersign.workers.gateway import Gateway

@@ -14,16 +14,22 @@ this for you; Countersign's own demo is the plugin `demo`):
     acme = "acme.plugin:SYSTEMS"     # {"tickets": {"url": "http://...", "credential": "..."}}
     [project.entry-points."countersign.graphs"]
     acme = "acme.graphs"             # a module: importing it registers its @guarded_graphs
+    [project.entry-points."countersign.directories"]
+    acme = "acme.plugin:DIRECTORY"   # the Path of an identity directory file (directory.toml)
 
 A module named in COUNTERSIGN_PLUGINS is a plugin too: importing it registers its tools (and
-graphs), and it may define AGENTS, POLICY, SYSTEMS and GRAPHS ({name: build function}) as
-above. COUNTERSIGN_PLUGINS="demo,acme" loads only those; unset, every installed plugin is
-loaded. COUNTERSIGN_AGENTS_FILE names an agents file
-of your project. An agents file holds `[[agent]]` tables with AgentSpec's fields.
+graphs), and it may define AGENTS, POLICY, SYSTEMS, DIRECTORY and GRAPHS ({name: build
+function}) as above. COUNTERSIGN_PLUGINS="demo,acme" loads only those; unset, every installed
+plugin is loaded. COUNTERSIGN_AGENTS_FILE names an agents file of your project. An agents file
+holds `[[agent]]` tables with AgentSpec's fields.
 
 A plugin's policy folder is the policy unless COUNTERSIGN_POLICY_PATH says otherwise (two
 plugins with one each must be told apart with it). A plugin's systems are defaults: a system
-configured in the environment keeps them and overrides the fields it sets.
+configured in the environment keeps them and overrides the fields it sets. A plugin's
+directory (its people and integrations: keys, email, Slack user) joins the deployment's
+directory file: one name in both must be one identity, or the start stops
+(guardrails/identity.py). On a developer machine (`countersign dev`, the tests) everyone the
+policy names who has no key gets a development key (workers/identities.py).
 
 Anything wrong (a module that fails to import, a tool or agent another plugin already
 declared, a malformed agents file) stops the start in one line naming the plugin.
@@ -40,13 +46,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from countersign.agents.graph_registry import GraphRegistryError, register_graph
-from countersign.agents.specs import AgentSpec, AgentSpecError, register_agents
+from countersign.activities.agent_specs import AgentSpec, AgentSpecError, register_agents
 from countersign.guardrails.errors import describe
+from countersign.guardrails.identity import IdentityError, load_directory
 from countersign.guardrails.policy import DEFAULT_POLICY_PATH
 from countersign.settings import Settings, SystemSettings
 
-KINDS = ("tools", "agents", "policies", "systems", "graphs")
+KINDS = ("tools", "agents", "policies", "systems", "graphs", "directories")
 
 
 class PluginError(Exception):
@@ -69,6 +75,7 @@ class Loaded:
     plugins: list[str] = field(default_factory=list)
     policies: dict[str, Path] = field(default_factory=dict)  # plugin -> policy folder
     systems: dict[str, SystemSettings] = field(default_factory=dict)
+    directories: dict[str, Path] = field(default_factory=dict)  # plugin -> directory file
 
 
 def installed() -> dict[str, Plugin]:
@@ -110,8 +117,35 @@ def load(names: list[str] | None) -> Loaded:
     return loaded
 
 
+def directories_only(settings: Settings) -> Settings:
+    """The settings with the selected plugins' directory files, importing only what declares
+    them (the gateway verifies people; it runs no tools)."""
+    loaded = Loaded()
+    for plugin in select(settings.plugins):
+        target = plugin.parts.get("directories")
+        if "module" in plugin.parts:
+            _load_one(plugin, loaded)
+        elif target is not None:
+            try:
+                value = resolve(target)
+            except Exception as e:
+                first = (str(e).splitlines() or [""])[0]
+                raise PluginError(
+                    f"plugin {plugin.name!r}: cannot import {target} (entry point "
+                    f"countersign.directories): {type(e).__name__}: {first}"
+                ) from None
+            try:
+                loaded.directories[plugin.name] = _directory(value, target)
+            except (PluginError, IdentityError) as e:
+                raise PluginError(f"plugin {plugin.name!r}: {e}") from None
+    return _with_directories(settings, loaded, {})
+
+
 def _load_one(plugin: Plugin, loaded: Loaded) -> None:
+    # Imported here: LangGraph (the graph registry's) is slow to import, and the gateway, which
+    # reads only the plugins' directories (directories_only), never needs it.
     from countersign.activities.tools import ToolDeclarationError
+    from countersign.agents.graph_registry import GraphRegistryError
 
     def fail(message: str) -> PluginError:
         return PluginError(f"plugin {plugin.name!r}: {message}")
@@ -140,7 +174,9 @@ def _load_one(plugin: Plugin, loaded: Loaded) -> None:
                 _add_systems(plugin.name, value, target, loaded)
             elif kind == "graphs" and isinstance(value, dict):
                 _register_graphs(value)
-        except (AgentSpecError, PluginError, GraphRegistryError) as e:
+            elif kind == "directories":
+                loaded.directories[plugin.name] = _directory(value, target)
+        except (AgentSpecError, PluginError, GraphRegistryError, IdentityError) as e:
             raise fail(str(e)) from None
 
 
@@ -154,11 +190,15 @@ def _declarations(name: str, module: Any, loaded: Loaded) -> None:
         _add_systems(name, module.SYSTEMS, f"{module.__name__}.SYSTEMS", loaded)
     if hasattr(module, "GRAPHS"):
         _register_graphs(module.GRAPHS)
+    if hasattr(module, "DIRECTORY"):
+        loaded.directories[name] = _directory(module.DIRECTORY, f"{module.__name__}.DIRECTORY")
 
 
 def _register_graphs(graphs: dict[str, Any]) -> None:
     """A plugin's {name: build function} (a graphs module registers its own as it loads)."""
     for graph_name, builder in graphs.items():
+        from countersign.agents.graph_registry import register_graph
+
         register_graph(graph_name, builder)
 
 
@@ -214,6 +254,14 @@ def _folder(value: Any, where: str) -> Path:
     return Path(value)
 
 
+def _directory(value: Any, where: str) -> Path:
+    """A plugin's directory file, read now so a malformed entry stops the start here."""
+    if not isinstance(value, str | Path) or not Path(value).is_file():
+        raise PluginError(f"{where} must be the path of an identity directory file (got {value!r})")
+    load_directory(Path(value))
+    return Path(value)
+
+
 def _add_systems(plugin: str, value: Any, where: str, loaded: Loaded) -> None:
     if not isinstance(value, dict):
         raise PluginError(f"{where} must be a dict of system name -> settings")
@@ -231,7 +279,7 @@ def _add_systems(plugin: str, value: Any, where: str, loaded: Loaded) -> None:
 
 def apply_plugins(settings: Settings) -> Settings:
     """Load the plugins the settings select and the project's agents file; return the settings
-    with the plugins' systems and policy folder."""
+    with the plugins' systems, policy folder and directory files."""
     loaded = load(settings.plugins)
     if settings.agents_file is not None:
         register_agents(read_agents_file(settings.agents_file), str(settings.agents_file))
@@ -256,4 +304,12 @@ def apply_plugins(settings: Settings) -> Settings:
                 "choose one with COUNTERSIGN_POLICY_PATH"
             )
         update["policy_path"] = next(iter(loaded.policies.values()))
+    return _with_directories(settings, loaded, update)
+
+
+def _with_directories(settings: Settings, loaded: Loaded, update: dict[str, Any]) -> Settings:
+    known = {p.resolve() for p in settings.extra_directories}
+    directories = [p for p in loaded.directories.values() if p.resolve() not in known]
+    if directories:
+        update["extra_directories"] = [*settings.extra_directories, *directories]
     return settings.model_copy(update=update) if update else settings

@@ -4,8 +4,8 @@ It holds one guarded tool against a small system of record (a tickets API, serve
 tests by the tiny ASGI app it ships), one agent (an agents file), a policy folder with rules
 and the cases they must decide, scripted-model scenarios, and tests that run all of it on a
 real Temporal dev server with `countersign.testing`. Its pyproject.toml declares the plugin
-(workers/plugins.py): installed, a Countersign worker finds its tool, agent, policy and
-system with no change to Countersign.
+(workers/plugins.py): installed, a Countersign worker finds its tool, agent, policy, the
+people the policy names (its identity directory) and system with no change to Countersign.
 """
 
 from __future__ import annotations
@@ -76,11 +76,14 @@ dev = ["pytest>=8", "pytest-asyncio>=0.24"]
 [project.entry-points."countersign.systems"]
 {{pkg}} = "{{pkg}}.plugin:SYSTEMS"
 
+[project.entry-points."countersign.directories"]
+{{pkg}} = "{{pkg}}.plugin:DIRECTORY"
+
 [tool.setuptools.packages.find]
 where = ["src"]
 
 [tool.setuptools.package-data]
-{{pkg}} = ["agents.toml", "policy/*"]
+{{pkg}} = ["agents.toml", "directory.toml", "policy/*"]
 
 [tool.pytest.ini_options]
 testpaths = ["tests"]
@@ -99,8 +102,12 @@ Guarded tools, an agent and a policy that run on a Countersign worker.
 - `src/{{pkg}}/agents.toml`: the agent `helpdesk` and the scopes it is granted.
 - `src/{{pkg}}/policy/`: the rules (`*.cedar`), who approves (`policy.toml`) and the cases the
   rules must decide (`cases.toml`).
-- `src/{{pkg}}/plugin.py`: the agents file, policy folder and system of record the plugin
-  declares (`pyproject.toml` names them under `countersign.*` entry points).
+- `src/{{pkg}}/directory.toml`: the people the policy names (`lee`) and how to reach them;
+  a person's key (`countersign identity init --as lee` prints it) goes here or into the
+  deployment's directory file. `countersign dev` and the tests give whoever has none a
+  development key.
+- `src/{{pkg}}/plugin.py`: the agents file, policy folder, directory and system of record
+  the plugin declares (`pyproject.toml` names them under `countersign.*` entry points).
 - `src/{{pkg}}/tickets_system.py`: a tiny tickets API the tests serve; point
   `COUNTERSIGN_SYSTEMS__TICKETS__URL` at your real one.
 - `tests/`: runs on a real Temporal dev server with the scripted model (`tests/scripts/`).
@@ -137,6 +144,8 @@ HERE = Path(__file__).parent
 AGENTS = HERE / "agents.toml"
 # The policy a worker enforces, unless COUNTERSIGN_POLICY_PATH names another folder.
 POLICY = HERE / "policy"
+# Who the policy names: joins the deployment's identity directory file.
+DIRECTORY = HERE / "directory.toml"
 # Systems of record the tools call: defaults, overridden by COUNTERSIGN_SYSTEMS__TICKETS__URL.
 # The bearer token is the keyring entry `credential` (`countersign secrets set tickets`).
 SYSTEMS = {"tickets": {"url": "http://127.0.0.1:8110", "credential": "tickets"}}
@@ -244,6 +253,19 @@ You close helpdesk tickets. You act only through the tools you are given; every 
 checked by a guard and may wait for a person to countersign it. State your reason for every
 action in one sentence. Money is in integer cents."""
 '''
+
+FILES["src/{{pkg}}/directory.toml"] = """\
+# The people this plugin's policy names and how to reach them (the gateway emails approval
+# links, Slack messages name Slack users). It joins the deployment's identity directory file:
+# one name in both must be one identity (the same key), or the worker does not start.
+#
+# A key proves a person: lee runs `countersign identity init --as lee` and the printed
+# `keys = [...]` line goes here or into the deployment's directory file. On a developer
+# machine (`countersign dev`, the tests) whoever has no key here gets a development key.
+
+[lee]
+email = "lee@example.com"
+"""
 
 FILES["src/{{pkg}}/policy/policy.toml"] = """\
 # Who approves, and who may change this policy. The rules are in *.cedar beside this file.

@@ -25,6 +25,7 @@ from temporalio.worker import (
     Worker,
 )
 
+from countersign.activities.agent_specs import AGENTS, check_agent_graphs, check_agent_scopes
 from countersign.activities.audit import AuditActivities
 from countersign.activities.evidence import EvidenceActivities
 from countersign.activities.guard import GuardActivities
@@ -45,7 +46,6 @@ from countersign.agents import search_attributes
 from countersign.agents.graph import GRAPH_NAME
 from countersign.agents.graph_registry import build_graphs
 from countersign.agents.run import AgentRun
-from countersign.agents.specs import AGENTS, check_agent_graphs, check_agent_scopes
 from countersign.credentials import CredentialError, configure_keyring, get_secret
 from countersign.guardrails.identity import Directory, IdentityError
 from countersign.guardrails.knowledge import KnowledgeError
@@ -201,7 +201,11 @@ def check_startup(settings: Settings) -> Runtime:
     check_policy_references(policy)
     if runtime.candidate is not None:
         check_policy_references(runtime.candidate.current())
-    check_directory(runtime.directory.current(), policy.settings.groups)
+    # The directory file joined by the plugins' (a name in two with two keys stops here).
+    directory = runtime.directory.current()
+    check_directory(directory, policy)
+    if runtime.candidate is not None:
+        check_directory(directory, runtime.candidate.current())
     return runtime
 
 
@@ -244,15 +248,16 @@ def check_policy_references(policy: PolicyBundle) -> None:
             )
 
 
-def check_directory(directory: Directory, groups: dict[str, list[str]]) -> None:
+def check_directory(directory: Directory, policy: PolicyBundle) -> None:
     """Everyone the policy's groups name must be able to prove who they are."""
-    for group, members in sorted(groups.items()):
+    for group, members in sorted(policy.settings.groups.items()):
         missing = [m for m in members if directory.get(m) is None]
         if missing:
             raise IdentityError(
-                f"policy group {group!r} names {', '.join(missing)}, who "
-                f"{'is' if len(missing) == 1 else 'are'} not in the identity directory "
-                "(add them: `countersign identity init --as NAME` prints the entry)"
+                f"{policy.path / 'policy.toml'}: group {group!r} names {', '.join(missing)}, "
+                f"who {'is' if len(missing) == 1 else 'are'} not in the identity directory "
+                "(add them: `countersign identity init --as NAME` prints the entry, or a "
+                "plugin's directory lists them)"
             )
 
 

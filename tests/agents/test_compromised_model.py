@@ -235,7 +235,7 @@ async def test_an_independent_agent_still_writes_the_note(
     shop: Shop,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from countersign.agents.specs import AGENTS
+    from countersign.activities.agent_specs import AGENTS
 
     monkeypatch.setitem(
         AGENTS,

@@ -14,9 +14,9 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from countersign.activities.agent_specs import AGENTS, AgentSpec, ContextWindow
 from countersign.activities.context import fold_point
 from countersign.activities.runtime import Runtime
-from countersign.agents.specs import AGENTS, AgentSpec, ContextWindow
 from countersign.demo.plugin import SUPPORT_PROMPT
 from tests.conftest import start_run
 

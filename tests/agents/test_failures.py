@@ -12,7 +12,7 @@ from temporalio.exceptions import (
     TimeoutType,
 )
 
-from countersign.agents.failures import cause_of
+from countersign.activities.failures import cause_of
 
 
 def failed(activity: str, cause: BaseException, retry_state: RetryState) -> ActivityError:

@@ -13,9 +13,9 @@ from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from countersign.activities.agent_specs import AGENTS
 from countersign.activities.runtime import Runtime
 from countersign.agents.run import AgentRun
-from countersign.agents.specs import AGENTS
 from countersign.agents.state import RunInput, RunStatus
 from countersign.workers.decisions import decide_as, rollback_request, wait_for_requests
 from countersign.workers.identities import signer_for

@@ -19,6 +19,7 @@ from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from countersign.activities.agent_specs import AGENTS, AgentSpec, AgentSpecError
 from countersign.activities.contracts import ToolCall, ToolOutcome
 from countersign.activities.runtime import Runtime
 from countersign.agents.graph_registry import (
@@ -38,7 +39,6 @@ from countersign.agents.guarded import (
 )
 from countersign.agents.planner_executor import ASK_FOR_PLAN, CARRY_OUT
 from countersign.agents.run import AgentRun
-from countersign.agents.specs import AGENTS, AgentSpec, AgentSpecError
 from countersign.agents.state import RunState
 from countersign.settings import Settings
 from countersign.workers.codec import data_converter

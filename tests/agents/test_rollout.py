@@ -14,9 +14,9 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from countersign.activities.agent_specs import AGENTS
 from countersign.activities.runtime import Runtime
 from countersign.agents.run import AgentRun
-from countersign.agents.specs import AGENTS
 from countersign.guardrails.policy import DecisionInput, Proposal, ToolFacts, decide, load_policy
 from countersign.guardrails.rollout import OverrideCount, Rollout, rollout_mode, share_of
 from countersign.settings import Settings

@@ -26,13 +26,13 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from countersign.activities.runtime import Runtime
+from countersign.activities.stores import close_shared_databases, open_ledger, open_tokens
 from countersign.credentials import SERVICE, configure_keyring
 from countersign.guardrails.audit_stores import open_store
 from countersign.guardrails.policy import DEFAULT_POLICY_PATH
 from countersign.settings import Settings
 from countersign.workers.devstack import Service, free_port, start_service, wait_until
 from countersign.workers.gateway import Gateway, UpdatesOnly, create_app
-from countersign.workers.state import close_shared_databases, open_ledger, open_tokens
 from countersign.workers.worker import build_worker, check_startup, connect
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import TEST_PAYLOAD_KEYS, Shop, count_tiers_per_run, start_run

@@ -9,8 +9,8 @@ from pathlib import Path
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from countersign.activities.agent_specs import AGENTS
 from countersign.agents.run import AgentRun
-from countersign.agents.specs import AGENTS
 from countersign.agents.state import RunInput
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import signed, start_run

@@ -258,7 +258,7 @@ async def test_the_inbox_shows_only_what_you_may_decide_and_refusals_are_shown(
 
 
 def gateway_sessions(gateway: Gateway) -> Any:
-    from countersign.workers.state import open_sessions
+    from countersign.activities.stores import open_sessions
 
     return open_sessions(gateway.settings)
 

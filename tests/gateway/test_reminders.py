@@ -14,11 +14,11 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from countersign.activities.runtime import Runtime
+from countersign.activities.stores import open_tokens
 from countersign.agents import search_attributes
 from countersign.settings import Settings
 from countersign.workers.codec import data_converter
 from countersign.workers.decisions import send_decision
-from countersign.workers.state import open_tokens
 from countersign.workers.worker import build_worker, ensure_search_attributes
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import Shop, signed, start_run

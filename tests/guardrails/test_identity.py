@@ -89,3 +89,60 @@ def test_expiry_and_revocation_hold_from_their_time_on(tmp_path: Path) -> None:
 def test_a_bad_directory_names_the_entry(tmp_path: Path, text: str, reason: str) -> None:
     with pytest.raises(IdentityError, match=reason):
         load_directory(directory(tmp_path, text))
+
+
+def test_a_plugins_directory_joins_the_file_and_one_name_stays_one_identity(
+    tmp_path: Path,
+) -> None:
+    # The deployment's file holds alice's key; a plugin's directory lists how to reach her and
+    # an integration of its own.
+    main = directory(tmp_path, ALICE.directory_entry())
+    bot = Signer("acme-bot", generate_private_key())
+    plugin = tmp_path / "plugin.toml"
+    plugin.write_text(
+        f'[alice]\nemail = "alice@acme.example"\n\n{bot.directory_entry("integration")}\n'
+    )
+    joined = load_directory(main, [plugin])
+    alice = joined.get("alice")
+    assert alice is not None and alice.email == "alice@acme.example"
+    assert [k.id for k in alice.keys] == [ALICE.key_id]
+    assert verify(sign(ALICE), joined, NOW).identity == "alice"
+    assert joined.get("acme-bot") is not None
+    assert joined.version != load_directory(main).version
+    # Either side may revoke the key both list: the earliest revocation holds.
+    revoked = ALICE.directory_entry().replace(" }]", f", revoked_at = {NOW.isoformat()} }}]")
+    plugin.write_text(revoked + "\n")
+    with pytest.raises(StatementRefused, match="revoked"):
+        verify(sign(ALICE), load_directory(main, [plugin]), NOW)
+    # A missing default file lists no one when a plugin supplies the directory.
+    assert load_directory(tmp_path / "none.toml", [plugin], required=False).get("alice")
+
+
+@pytest.mark.parametrize(
+    ("other", "what"),
+    [
+        (Signer("alice", generate_private_key()).directory_entry(), "keys"),
+        (ALICE.directory_entry("integration"), "kind"),
+        (ALICE.directory_entry() + '\nemail = "a@elsewhere.example"', "email"),
+    ],
+)
+def test_one_name_in_two_directories_as_two_identities_is_refused(
+    tmp_path: Path, other: str, what: str
+) -> None:
+    main = directory(tmp_path, ALICE.directory_entry() + '\nemail = "alice@example.com"')
+    plugin = tmp_path / "plugin.toml"
+    plugin.write_text(other + "\n")
+    with pytest.raises(IdentityError) as caught:
+        load_directory(main, [plugin])
+    message = str(caught.value)
+    assert message.startswith(f"identity directory: [alice] has {what} ")
+    assert f"in {main} but " in message and f"in {plugin}: one name, two identities" in message
+    assert "\n" not in message
+
+
+def test_one_key_listed_for_two_names_across_directories_is_refused(tmp_path: Path) -> None:
+    main = directory(tmp_path, ALICE.directory_entry())
+    plugin = tmp_path / "plugin.toml"
+    plugin.write_text(ALICE.directory_entry().replace('["alice"]', '["mallory"]') + "\n")
+    with pytest.raises(IdentityError, match=f"key {ALICE.key_id} is listed for both alice and"):
+        load_directory(main, [plugin])

@@ -8,11 +8,11 @@ import pytest
 from pydantic import BaseModel, SecretStr
 
 from countersign.activities.crm import ContactUpdated, UpdateContactArgs
+from countersign.activities.payload_keys import PayloadKeys
 from countersign.activities.sealing import Sealer, SealError, keep_sealed, scrub, seal_fields
 from countersign.guardrails.approvals import ApprovalRequest
 from countersign.guardrails.policy import ApprovalNeed
 from countersign.guardrails.redaction import SEALED, Personal, Secret, redact, sensitive_fields
-from countersign.workers.codec import PayloadKeys
 
 
 class Inner(BaseModel):

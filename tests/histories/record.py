@@ -30,9 +30,9 @@ from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from countersign.activities.agent_specs import AGENTS, AgentSpec
 from countersign.activities.runtime import Runtime
 from countersign.agents.run import AgentRun
-from countersign.agents.specs import AGENTS, AgentSpec
 from countersign.agents.state import RunInput, RunResult
 from countersign.credentials import get_secret
 from countersign.settings import Settings, SystemSettings

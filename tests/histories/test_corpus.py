@@ -11,7 +11,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from countersign.agents.specs import AGENTS
+from countersign.activities.agent_specs import AGENTS
 from countersign.settings import Settings
 from countersign.workers.replay import load_histories, readable_text, replay
 from tests.agents.test_agent_run import wait_for_pending

@@ -19,6 +19,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from countersign.activities.payload_keys import PayloadKeys, load_payload_keys
 from countersign.activities.runtime import Runtime
 from countersign.agents.run import AgentRun
 from countersign.credentials import configure_keyring
@@ -27,9 +28,7 @@ from countersign.workers.codec import (
     ENCODING,
     EncryptionCodec,
     PayloadKeyError,
-    PayloadKeys,
     encrypted_data_converter,
-    load_payload_keys,
 )
 from countersign.workers.replay import LOCAL_ACTIVITY_MARKER
 from countersign.workers.worker import build_worker

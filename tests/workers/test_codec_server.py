@@ -28,9 +28,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from temporalio.api.common.v1 import Payload
 
+from countersign.activities.payload_keys import load_payload_keys
 from countersign.credentials import ensure_secret
 from countersign.settings import Settings, SettingsError
-from countersign.workers.codec import EncryptionCodec, load_payload_keys
+from countersign.workers.codec import EncryptionCodec
 from countersign.workers.codec_server import capability_endpoint, oidc_verifier
 from countersign.workers.devstack import Service, free_port, start_codec_server
 from countersign.workers.oidc import OidcVerifier, TokenRefused

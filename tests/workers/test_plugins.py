@@ -11,7 +11,7 @@ from textwrap import dedent
 
 import pytest
 
-from countersign.agents.specs import AGENTS, AgentSpecError
+from countersign.activities.agent_specs import AGENTS, AgentSpecError
 from countersign.demo.plugin import AGENTS as DEMO_AGENTS
 from countersign.settings import Settings, load_settings
 from countersign.workers.plugins import PluginError, apply_plugins, installed, read_agents_file
@@ -53,6 +53,7 @@ def test_the_demo_is_an_installed_plugin_like_any_other() -> None:
     assert demo.parts == {
         "tools": "countersign.demo.plugin",
         "agents": "countersign.demo.plugin:AGENTS",
+        "directories": "countersign.demo:DIRECTORY",
     }
     assert all(AGENTS[spec.name] == spec for spec in DEMO_AGENTS)
 

@@ -16,6 +16,7 @@ import keyring
 import pytest
 from pydantic import BaseModel
 
+from countersign.activities.agent_specs import AGENTS, AgentSpec, AgentSpecError
 from countersign.activities.tools import (
     REGISTRY,
     ToolContext,
@@ -23,7 +24,6 @@ from countersign.activities.tools import (
     Undo,
     guarded_tool,
 )
-from countersign.agents.specs import AGENTS, AgentSpec, AgentSpecError
 from countersign.credentials import SERVICE, CredentialError, set_secret
 from countersign.guardrails.policy import DEFAULT_POLICY_PATH, PolicyError
 from countersign.settings import Settings, SettingsError, SystemSettings, load_settings

@@ -1,7 +1,9 @@
 """Agents: a named LangGraph graph, a system prompt, a model, and the scopes it is granted.
 
 Pure data, importable from workflow code. Agents come from plugins (workers/plugins.py): a
-list of AgentSpec in a module, or an agents file (agents.toml).
+list of AgentSpec in a module, or an agents file (agents.toml). It sits with the activities,
+its lowest readers (the model call, the guard, the tools); workflows and workers read it from
+above.
 """
 
 from __future__ import annotations
