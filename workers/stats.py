@@ -54,7 +54,7 @@ class Stats(BaseModel):
     tool_calls: int
     tool_errors: int
     tool_error_rate: float | None
-    # Runs that failed (not cancelled), and failures by cause (agents.failures kinds), for
+    # Runs that failed (not cancelled), and failures by cause (activities.failures kinds), for
     # failed actions and failed runs alike.
     runs_failed: int = 0
     failure_causes: dict[str, int] = {}
@@ -168,7 +168,7 @@ def compute_stats(
 
 
 def _cause(record: AuditRecord) -> str:
-    """The failure's kind (agents.failures); records written before causes: "unclassified"."""
+    """The failure's kind (activities.failures); records written before causes: "unclassified"."""
     cause = record.data.get("cause")
     if isinstance(cause, dict) and cause.get("kind"):
         return str(cause["kind"])
