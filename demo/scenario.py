@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 from temporalio.client import Client
 
@@ -114,9 +115,11 @@ async def run_demo(settings: Settings, keep: bool = False) -> None:
         stack.stop()
 
 
-async def serve_dev_stack(settings: Settings) -> None:
+async def serve_dev_stack(settings: Settings, scripts: Path | None = None) -> None:
+    """`countersign dev`: the stack until a signal; `scripts`: the model's (default: the
+    demo's)."""
     # In this thread, not a worker thread: SIGTERM during start-up then stops what started.
-    stack = start_dev_stack(settings)
+    stack = start_dev_stack(settings, scripts=scripts)
     try:
         print(_banner(stack))
         print(

@@ -13,6 +13,7 @@ import sys
 import uuid
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from countersign.guardrails.audit import VerifyReport
@@ -568,13 +569,21 @@ async def cmd_keys(args: argparse.Namespace, settings: Settings) -> None:
 async def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
     from countersign.demo.scenario import serve_dev_stack
 
-    await serve_dev_stack(settings)
+    await serve_dev_stack(settings, scripts=args.scripts)
 
 
 async def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     from countersign.demo.scenario import run_demo
 
     await run_demo(settings, keep=args.keep)
+
+
+def scripts_folder(value: str) -> Path:
+    """A folder of model scripts, checked before anything starts."""
+    path = Path(value)
+    if not path.is_dir() or not any(path.glob("*.json")):
+        raise argparse.ArgumentTypeError(f"{value}: not a folder of model scripts (*.json)")
+    return path.resolve()
 
 
 Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, None]]
@@ -622,7 +631,13 @@ def parser() -> argparse.ArgumentParser:
 
     demo = add("demo", cmd_demo, "run the offline demo end to end on a fresh embedded stack")
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
-    add("dev", cmd_dev, "run the embedded dev stack (Temporal + UI, shop, model, worker)")
+    dev = add("dev", cmd_dev, "run the embedded dev stack (Temporal + UI, shop, model, worker)")
+    dev.add_argument(
+        "--scripts",
+        type=scripts_folder,
+        metavar="DIR",
+        help="the scripted model plays these scripts (default: the demo's), e.g. tests/scripts",
+    )
     add("worker", cmd_worker, "run a worker against the configured Temporal")
     init = add("init", cmd_init, "create a project of your own: a tool, an agent, a policy")
     init.add_argument("name", help="project name, e.g. acme-helpdesk")

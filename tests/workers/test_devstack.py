@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from countersign.guardrails.policy import DEFAULT_POLICY_PATH
@@ -41,10 +42,10 @@ def dev_env(state: Path) -> dict[str, str]:
     }
 
 
-def start_dev(env: dict[str, str], out: Path) -> subprocess.Popen[bytes]:
+def start_dev(env: dict[str, str], out: Path, *args: str) -> subprocess.Popen[bytes]:
     with out.open("w") as log:
         dev = subprocess.Popen(
-            [sys.executable, "-m", "countersign.workers", "dev"],
+            [sys.executable, "-m", "countersign.workers", "dev", *args],
             env={**os.environ, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -159,3 +160,39 @@ def _environ(pid: int) -> str:
         return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_dev_plays_a_projects_own_model_scripts(tmp_path: Path) -> None:
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "greet.json").write_text(
+        '{"name": "greet", "match": "(?i)hello", "turns": [{"say": "Hello from my project."}]}'
+    )
+    env = dev_env(tmp_path / "state")
+    dev = start_dev(env, tmp_path / "dev.out", "--scripts", str(scripts))
+    try:
+        reply = httpx.post(
+            f"{env['COUNTERSIGN_OPENAI_BASE_URL']}/chat/completions",
+            json={"model": "scripted", "messages": [{"role": "user", "content": "hello"}]},
+            timeout=10,
+        ).json()
+        assert reply["choices"][0]["message"]["content"] == "Hello from my project."
+    finally:
+        dev.send_signal(signal.SIGTERM)
+        assert dev.wait(60) == 128 + signal.SIGTERM
+
+
+def test_dev_with_a_folder_that_holds_no_scripts_says_so_and_starts_nothing(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "countersign.workers", "dev", "--scripts", str(tmp_path)],
+        env={**os.environ, **dev_env(tmp_path / "state")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert f"{tmp_path}: not a folder of model scripts (*.json)" in done.stderr
+    assert not (tmp_path / "state" / "stacks").exists()
