@@ -37,6 +37,7 @@ from temporalio.worker import (
 )
 
 from countersign.activities.contracts import DECIDE, NOTIFY, PLAN, RECORD
+from countersign.workers.sandbox import WorkflowSandbox
 from countersign.workers.worker import WORKFLOWS, plugins
 
 # The SDK core's marker for a completed local activity.
@@ -231,6 +232,7 @@ def replayer(
         plugins=plugins(graph() if graph else None),
         data_converter=converter,
         interceptors=[_KeepResults()],
+        workflow_runner=WorkflowSandbox(),
     )
 
 
