@@ -284,7 +284,11 @@ def build_worker(
         activities=activities_,
         interceptors=[_BindActivityIds()],
         plugins=plugins(),
-        **{"workflow_runner": WorkflowSandbox(), **worker_options},
+        **{
+            "workflow_runner": WorkflowSandbox(),
+            "max_cached_workflows": settings.max_cached_workflows,
+            **worker_options,
+        },
     )
 
 
