@@ -129,6 +129,7 @@ async def bench_cache(stack: Stack, cache: int, levels: list[int], samples: int)
     out: dict[str, Any] = {"cache": cache, "rows": []}
     try:
         await wait_for_pollers(stack.client, queue, workers)
+        await _reset_shop(stack)  # an earlier cache size's decisions refunded the order
         warm = await start_refund(stack.client, f"{tag}-warm", queue)
         if await parked(warm) is None:
             raise RuntimeError("the warm-up refund did not park on an approval")
@@ -177,7 +178,26 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             )
             ensure_dev_policy_activation(stack.settings)
             stack.runtime = check_startup(stack.settings)
-            return [await bench_cache(stack, c, args.parked, args.samples) for c in args.max_cached]
+            results = []
+            for cache in args.max_cached:
+                results.append(await bench_cache(stack, cache, args.parked, args.samples))
+                show(results[-1])
+            return results
+
+
+def show(r: dict[str, Any]) -> None:
+    print(f"\nworkflow cache {r['cache']} runs: idle after a warm-up run {r['idle'] / 1024:.1f} MB")
+    for level, count, kb, per in r["rows"]:
+        print(
+            f"  {count:>5} of {level:>5} parked: {kb / 1024:7.1f} MB, {per:6.0f} KB per parked run"
+        )
+    for group in ("first", "last"):
+        lat = r[group]
+        if lat:
+            print(
+                f"  approval → refund started, {len(lat)} runs parked {group}: "
+                f"median {statistics.median(lat):.1f} ms ({min(lat):.1f}..{max(lat):.1f})"
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -190,24 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     configure_logging(level="WARNING", json=False)
     print("Memory per parked run: one `countersign worker` process, VmRSS with its children")
-    results = asyncio.run(run(args))
-    for r in results:
-        print(
-            f"\nworkflow cache {r['cache']} runs: idle after a warm-up run "
-            f"{r['idle'] / 1024:.1f} MB"
-        )
-        for level, count, kb, per in r["rows"]:
-            print(
-                f"  {count:>5} of {level:>5} parked: {kb / 1024:7.1f} MB, "
-                f"{per:6.0f} KB per parked run"
-            )
-        for group in ("first", "last"):
-            lat = r[group]
-            if lat:
-                print(
-                    f"  approval → refund started, {len(lat)} runs parked {group}: "
-                    f"median {statistics.median(lat):.1f} ms ({min(lat):.1f}..{max(lat):.1f})"
-                )
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":
