@@ -23,9 +23,21 @@ class MessageList(list[Any]):
 
     __slots__ = ("ids",)
 
-    def __init__(self, messages: list[BaseMessage], ids: frozenset[str]) -> None:
+    def __init__(self, messages: list[Any], ids: frozenset[str]) -> None:
         super().__init__(messages)
         self.ids = ids
+
+
+def _appended(left: MessageList, right: list[Any]) -> MessageList | None:
+    """`left` and `right` merged, when `right` only appends new messages; else None."""
+    ids: list[str] = []
+    for m in right:
+        if not isinstance(m, BaseMessage) or isinstance(m, RemoveMessage) or m.id is None:
+            return None
+        ids.append(m.id)
+    if len(set(ids)) != len(ids) or not left.ids.isdisjoint(ids):
+        return None  # a replacement by id: LangGraph's rules
+    return MessageList([*left, *right], left.ids.union(ids))
 
 
 def add_messages(left: Any, right: Any) -> Any:
@@ -35,16 +47,9 @@ def add_messages(left: Any, right: Any) -> Any:
         and len(left.ids) == len(left)  # not edited in place since it was made
         and type(right) is list
         and right
+        and (merged := _appended(left, right)) is not None
     ):
-        new_ids = [m.id for m in right if isinstance(m, BaseMessage)]
-        if (
-            len(new_ids) == len(right)
-            and None not in new_ids
-            and not any(isinstance(m, RemoveMessage) for m in right)
-            and len(set(new_ids)) == len(new_ids)
-            and left.ids.isdisjoint(new_ids)
-        ):
-            return MessageList([*left, *right], left.ids.union(new_ids))
-    merged = langgraph_add_messages(left, right)
-    ids = frozenset(m.id for m in merged)
-    return MessageList(merged, ids) if len(ids) == len(merged) else merged
+        return merged
+    out: Any = langgraph_add_messages(left, right)
+    ids = frozenset(str(m.id) for m in out)
+    return MessageList(out, ids) if len(ids) == len(out) else out
