@@ -244,11 +244,11 @@ async def replay(
 ) -> list[ReplayReport]:
     """Replay each (source, history); never raises for a divergence, reports it."""
     reports = []
+    # One replayer for all of them: its plugin's graphs are built, and compiled, once.
+    the_replayer = replayer(workflows, graph, converter)
     for source, history in histories:
         _replayed_results.pop(history.workflow_id, None)
-        result = await replayer(workflows, graph, converter).replay_workflow(
-            history, raise_on_replay_failure=False
-        )
+        result = await the_replayer.replay_workflow(history, raise_on_replay_failure=False)
         failure = result.replay_failure
         counts = _activity_counts(history)
         replayed = _replayed_results.pop(history.workflow_id, None)
