@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     metrics_address: str = ""
     tracing: bool = False
     # Runs a worker keeps in memory between their workflow tasks (Temporal's sticky workflow
-    # cache; default: the SDK's). A run parked on an approval holds ~0.2 MB there; beyond
+    # cache; default: the SDK's). A run parked on an approval holds ~0.4 MB there; beyond
     # this many the least recently used is evicted, and replayed from its history when its
     # decision arrives (BENCHMARKS.md, section 5: the memory, and the latency it adds).
     max_cached_workflows: int = Field(default=1000, ge=0)
