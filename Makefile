@@ -35,12 +35,13 @@ fmt: $(BIN)/.installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(BIN)/.installed  ## guard latency; knowledge search; replay, history size, audit; context window; long runs; durability overhead, throughput (~40 min)
+bench: $(BIN)/.installed  ## guard latency; knowledge search; replay, history size, audit; context window; long runs; memory per parked run; durability overhead, throughput (~50 min)
 	$(BIN)/python -m benchmarks.policy_bench
 	$(BIN)/python -m benchmarks.knowledge_bench
 	$(BIN)/python -m benchmarks.replay_bench
 	$(BIN)/python -m benchmarks.context_bench
 	$(BIN)/python -m benchmarks.long_run_bench
+	$(BIN)/python -m benchmarks.memory_bench
 	$(BIN)/python -m benchmarks.durability_bench
 	$(BIN)/python -m benchmarks.fleet_bench
 	for setting in "stock sqlite" "tuned memory" "stock memory"; do set -- $$setting; \

@@ -21,6 +21,7 @@ from countersign.activities.knowledge import check_citations
 from countersign.activities.runtime import Runtime, current_workflow_id
 from countersign.guardrails.audit import AuditRecord
 from countersign.guardrails.evidence import (
+    SHOWN_ENTRIES,
     CountedHistory,
     DoneAction,
     EvidencePack,
@@ -104,6 +105,7 @@ class EvidenceActivities:
             if d.tool is None or c.tool != d.tool.name or c.id not in d.usage:
                 continue
             key, window = key_of(c, d), window_of(c, d.workflow_id, at)
+            found = self.runtime.ledger.entries(c.id, key, window, exclude=action_hash)
             entries = [
                 HistoryEntry(
                     workflow_id=workflow_id,
@@ -111,9 +113,7 @@ class EvidenceActivities:
                     at=created,
                     this_run=workflow_id == d.workflow_id,
                 )
-                for workflow_id, amount, created in self.runtime.ledger.entries(
-                    c.id, key, window, exclude=action_hash
-                )
+                for workflow_id, amount, created in found[-SHOWN_ENTRIES:]
             ]
             what = f"{c.sum} of {c.tool}" if c.sum else f"{c.tool} calls"
             out.append(
@@ -123,6 +123,7 @@ class EvidenceActivities:
                     value=d.usage[c.id],
                     money=bool(c.sum and c.sum.endswith("_cents")),
                     entries=entries,
+                    older=len(found) - len(entries),
                 )
             )
         return out

@@ -29,6 +29,9 @@ GraphBuilder = Callable[[], StateGraph[Any, Any, Any, Any]]
 
 _BUILDERS: dict[str, GraphBuilder] = {}
 
+# Where a worker's StateGraph keeps its compiled graph (see `compiled`).
+_COMPILED = "_countersign_compiled"
+
 
 class GraphRegistryError(AgentSpecError):
     """A graph is registered or built wrongly (raised at registration or worker start-up);
@@ -49,6 +52,17 @@ def register_graph(name: str, builder: GraphBuilder) -> GraphBuilder:
         )
     _BUILDERS[name] = builder
     return builder
+
+
+def compiled(builder: StateGraph[Any, Any, Any, Any]) -> Any:
+    """The graph `builder` compiles to, compiled once per worker and kept on it: compiling
+    takes milliseconds and ~14 KB, on every run and every replay, and a compiled graph holds
+    no run's state (each invocation makes its own loop), so the worker's runs share one."""
+    app = builder.__dict__.get(_COMPILED)
+    if app is None:
+        app = builder.compile()
+        setattr(builder, _COMPILED, app)
+    return app
 
 
 def guarded_graph(name: str) -> Callable[[GraphBuilder], GraphBuilder]:

@@ -37,11 +37,11 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.message import add_messages
 from langgraph.runtime import Runtime
 from temporalio.exceptions import ApplicationError
 
 from countersign.agents import graph as loop
+from countersign.agents.messages import add_messages
 from countersign.agents.state import RunState
 from countersign.guardrails.policy import Proposal
 

@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.langgraph import graph
 
     from countersign.activities.failures import cause_of
+    from countersign.agents.graph_registry import compiled
     from countersign.agents.rollback import compensate
     from countersign.agents.segments import carried_in, continue_as_new, kept_actions, restore
     from countersign.agents.state import (
@@ -76,7 +77,7 @@ class AgentRun:
             start = restore(run, carried)
         else:
             await self._start(run)
-        app = graph(run.agent.graph).compile()
+        app = compiled(graph(run.agent.graph))
         try:
             final = await app.ainvoke(
                 start,

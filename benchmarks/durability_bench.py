@@ -84,12 +84,14 @@ from countersign.workers.devstack import (
     DEV_SERVER_TUNING,
     DevStackError,
     Service,
+    ensure_dev_policy_activation,
     settings_env,
     start_service,
 )
 from countersign.workers.identities import signer_for
 from countersign.workers.logging import configure_logging
 from countersign.workers.worker import build_worker, check_startup
+from tests.conftest import count_tiers_per_run
 from tests.histories.record import Stack, fresh_stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,7 +153,9 @@ async def _agent_run(
     agent: str = BENCH_AGENT.name,
     task_queue: str = CS_QUEUE,
 ) -> Any:
-    run_input = RunInput(agent=agent, task=task, requested_by="bench")
+    # The demo refunds act on their subject only (the guard binds refunds to it).
+    subject = {"order_id": "A-1002"} if agent == "support-refunds" else {}
+    run_input = RunInput(agent=agent, task=task, requested_by="bench", subject=subject)
     return await client.start_workflow(
         AgentRun.run,
         run_input.model_dump(mode="json"),
@@ -500,6 +504,9 @@ def bench_policy(folder: Path) -> Path:
         assert limit in text, f"default policy changed: {limit!r} not in {cedar}"
         text = text.replace(limit, raised)
     cedar.write_text(text)
+    # Refunds parked at once for one customer would otherwise count each other into the
+    # two-approver tier: each run's refund is its own tier here.
+    count_tiers_per_run(folder)
     (folder / "cases.toml").unlink(missing_ok=True)  # its budget cases no longer hold
     return folder
 
@@ -528,6 +535,7 @@ async def run(args: argparse.Namespace) -> None:
             stack.settings = stack.settings.model_copy(
                 update={"policy_path": bench_policy(Path(scripts) / "policy")}
             )
+            ensure_dev_policy_activation(stack.settings)  # as the dev stack activates its own
             stack.runtime = check_startup(stack.settings)
             shop = stack.settings.systems["shop"]
             bare_loop.ENDPOINTS = bare_loop.Endpoints(

@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     # OpenTelemetry SDK tracer provider configured by the deployment to export them).
     metrics_address: str = ""
     tracing: bool = False
+    # Runs a worker keeps in memory between their workflow tasks (Temporal's sticky workflow
+    # cache; default: the SDK's). A run parked on an approval holds ~0.4 MB there; beyond
+    # this many the least recently used is evicted, and replayed from its history when its
+    # decision arrives (BENCHMARKS.md, section 5: the memory, and the latency it adds).
+    max_cached_workflows: int = Field(default=1000, ge=0)
     # The currency money is shown in to people (ISO 4217), unless an argument names its own.
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     # USD per million tokens (prompt, completion) by model name, for cost figures.

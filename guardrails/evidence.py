@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from countersign.guardrails.knowledge import Citation
 
@@ -57,6 +57,10 @@ class DoneAction(BaseModel):
     at: datetime
 
 
+# The ledger entries an evidence pack lists per total (the newest); the rest are counted.
+SHOWN_ENTRIES = 10
+
+
 class HistoryEntry(BaseModel):
     """One earlier action counted by a limit (a ledger reservation)."""
 
@@ -74,7 +78,10 @@ class CountedHistory(BaseModel):
     counts: str
     value: int
     money: bool
+    # The newest entries behind the total (at most SHOWN_ENTRIES), and how many older ones
+    # count too: a pack is held by the parked run and shown in chat, so it stays small.
     entries: list[HistoryEntry] = []
+    older: int = Field(default=0, exclude_if=lambda v: v == 0)
 
 
 class EvidencePack(BaseModel):

@@ -200,7 +200,7 @@ def request_view(
                 f"{money(e.amount) if h.money else e.amount} on {when(e.at)}"
                 + (" (this run)" if e.this_run else f" (run {e.workflow_id})")
                 for e in h.entries
-            )
+            ) + (f"; and {h.older} older" if h.older else "")
             rows.append(
                 Row(
                     label=h.counter_id,

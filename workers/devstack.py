@@ -243,6 +243,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "COUNTERSIGN_GATEWAY_URL": settings.gateway_url,
         "COUNTERSIGN_POLICY_PATH": str(settings.policy_path),
         "COUNTERSIGN_DIRECTORY_PATH": str(settings.directory_file.resolve()),
+        "COUNTERSIGN_MAX_CACHED_WORKFLOWS": str(settings.max_cached_workflows),
     }
     if settings.extra_directories:
         env["COUNTERSIGN_EXTRA_DIRECTORIES"] = ",".join(

@@ -37,6 +37,7 @@ from temporalio.worker import (
 )
 
 from countersign.activities.contracts import DECIDE, NOTIFY, PLAN, RECORD
+from countersign.workers.sandbox import WorkflowSandbox
 from countersign.workers.worker import WORKFLOWS, plugins
 
 # The SDK core's marker for a completed local activity.
@@ -231,6 +232,7 @@ def replayer(
         plugins=plugins(graph() if graph else None),
         data_converter=converter,
         interceptors=[_KeepResults()],
+        workflow_runner=WorkflowSandbox(),
     )
 
 
@@ -242,11 +244,11 @@ async def replay(
 ) -> list[ReplayReport]:
     """Replay each (source, history); never raises for a divergence, reports it."""
     reports = []
+    # One replayer for all of them: its plugin's graphs are built, and compiled, once.
+    the_replayer = replayer(workflows, graph, converter)
     for source, history in histories:
         _replayed_results.pop(history.workflow_id, None)
-        result = await replayer(workflows, graph, converter).replay_workflow(
-            history, raise_on_replay_failure=False
-        )
+        result = await the_replayer.replay_workflow(history, raise_on_replay_failure=False)
         failure = result.replay_failure
         counts = _activity_counts(history)
         replayed = _replayed_results.pop(history.workflow_id, None)

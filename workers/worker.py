@@ -54,6 +54,7 @@ from countersign.guardrails.policy import PolicyBundle, PolicyError
 from countersign.settings import Settings, SettingsError
 from countersign.workers.codec import data_converter
 from countersign.workers.plugins import apply_plugins
+from countersign.workers.sandbox import WorkflowSandbox
 from countersign.workers.telemetry import client_interceptors, temporal_runtime
 
 log = structlog.get_logger(__name__)
@@ -288,7 +289,11 @@ def build_worker(
         activities=activities_,
         interceptors=[_BindActivityIds()],
         plugins=plugins(),
-        **worker_options,
+        **{
+            "workflow_runner": WorkflowSandbox(),
+            "max_cached_workflows": settings.max_cached_workflows,
+            **worker_options,
+        },
     )
 
 

@@ -205,3 +205,38 @@ async def test_a_change_that_still_needs_finance_waits_for_finance(
     refund = next(a for a in result.actions if a.tool == "payments.refund")
     assert refund.status == "executed" and sorted(refund.approved_by) == ["alice", "carol"]
     assert [r["amount_cents"] for r in shop.refunds("A-1003")] == [60000]
+
+
+def test_a_pack_lists_the_newest_ledger_entries_and_counts_the_older() -> None:
+    """A parked run holds its pack, and approvers read it in chat: a customer with many
+    refunds this week gets the newest ten entries listed and the rest counted."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from countersign.activities.evidence import EvidenceActivities
+    from countersign.guardrails.evidence import SHOWN_ENTRIES, CountedHistory
+
+    at = datetime(2026, 11, 30, tzinfo=UTC)
+    found = [(f"wf-{i}", 100 * i, at) for i in range(25)]
+    runtime = SimpleNamespace(ledger=SimpleNamespace(entries=lambda *args, **kwargs: found))
+    counter = SimpleNamespace(
+        id="agent_refunded_today_cents",
+        tool="payments.refund",
+        per="agent",
+        window="day",
+        sum="amount_cents",
+    )
+    decided = SimpleNamespace(
+        tool=SimpleNamespace(name="payments.refund"),
+        usage={counter.id: 30000},
+        workflow_id="wf-24",
+        agent="support-refunds",
+    )
+    (history,) = EvidenceActivities(runtime)._history(decided, [counter], at, "act_x")  # type: ignore[arg-type]
+    assert [e.workflow_id for e in history.entries] == [f"wf-{i}" for i in range(15, 25)]
+    assert len(history.entries) == SHOWN_ENTRIES and history.older == 15
+    assert history.value == 30000 and history.entries[-1].this_run
+    # Packs recorded before the count existed read, and write, as they did.
+    assert (
+        "older" not in CountedHistory(counter_id="c", counts="", value=0, money=False).model_dump()
+    )

@@ -3,7 +3,7 @@ replaying the corpus against them must fail and say where."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
@@ -25,6 +25,16 @@ class AgentRunThatChecksFirst(AgentRun):
         await workflow.execute_activity(
             "policy.preflight", input, start_to_close_timeout=timedelta(seconds=10)
         )
+        return await super().run(input)
+
+
+@workflow.defn(name=AGENT_RUN)
+class AgentRunThatReadsTheClock(AgentRun):
+    """Someone read the wall clock in workflow code: the sandbox must refuse it."""
+
+    @workflow.run
+    async def run(self, input: Any) -> RunResult:
+        workflow.logger.info("started at %s", datetime.now())
         return await super().run(input)
 
 
