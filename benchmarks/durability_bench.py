@@ -415,22 +415,29 @@ async def bench_decision(stack: Stack, samples: int) -> list[float]:
         )
         await send_decision(stack.client, handle.id, envelope)
         await handle.result()
-        history = await handle.fetch_history()
-        scheduled = {
-            e.event_id
-            for e in history.events
-            if e.HasField("activity_task_scheduled_event_attributes")
-            and e.activity_task_scheduled_event_attributes.activity_type.name == "payments.refund"
-        }
-        started = [
-            e.event_time.ToDatetime().timestamp()
-            for e in history.events
-            if e.HasField("activity_task_started_event_attributes")
-            and e.activity_task_started_event_attributes.scheduled_event_id in scheduled
-        ]
-        assert started, f"{handle.id}: payments.refund never started"
-        latencies.append(1000 * (min(started) - sent))
+        started = await refund_started_at(handle)
+        assert started is not None, f"{handle.id}: payments.refund never started"
+        latencies.append(1000 * (started - sent))
     return latencies
+
+
+async def refund_started_at(handle: Any) -> float | None:
+    """When the run's first `payments.refund` activity started (epoch seconds), from its
+    history; None if none has yet."""
+    history = await handle.fetch_history()
+    scheduled = {
+        e.event_id
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "payments.refund"
+    }
+    started = [
+        e.event_time.ToDatetime().timestamp()
+        for e in history.events
+        if e.HasField("activity_task_started_event_attributes")
+        and e.activity_task_started_event_attributes.scheduled_event_id in scheduled
+    ]
+    return min(started) if started else None
 
 
 # --- 4. memory -------------------------------------------------------------------------------

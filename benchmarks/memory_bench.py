@@ -40,6 +40,7 @@ from benchmarks.durability_bench import (
     _reset_shop,
     bench_policy,
     bounded,
+    refund_started_at,
     rss_kb,
     start_workers,
     stop_workers,
@@ -100,21 +101,9 @@ async def decision_ms(stack: Stack, handle: Any, request: tuple[str, str]) -> fl
     await send_decision(stack.client, handle.id, envelope)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        history = await handle.fetch_history()
-        scheduled = {
-            e.event_id
-            for e in history.events
-            if e.HasField("activity_task_scheduled_event_attributes")
-            and e.activity_task_scheduled_event_attributes.activity_type.name == "payments.refund"
-        }
-        started = [
-            e.event_time.ToDatetime().timestamp()
-            for e in history.events
-            if e.HasField("activity_task_started_event_attributes")
-            and e.activity_task_started_event_attributes.scheduled_event_id in scheduled
-        ]
-        if started:
-            return 1000 * (min(started) - sent)
+        started = await refund_started_at(handle)
+        if started is not None:
+            return 1000 * (started - sent)
         await asyncio.sleep(0.02)
     raise TimeoutError(f"{handle.id}: payments.refund never started")
 

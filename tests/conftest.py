@@ -68,6 +68,21 @@ TEST_PEOPLE = ("alice", "bob", "carol", "erin", "dana", "ops-dana", "mallory")
 TEST_SLACK_USERS = {"alice": "U0ALICE", "bob": "U0BOB", "carol": "U0CAROL", "dana": "U0DANA"}
 
 
+def dev_env(state: Path) -> dict[str, str]:
+    """Settings for a `countersign dev` stack of its own: its state folder and free ports."""
+    return {
+        "COUNTERSIGN_STATE_DIR": str(state),
+        "COUNTERSIGN_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
+        "COUNTERSIGN_TEMPORAL_UI_URL": f"http://127.0.0.1:{free_port()}",
+        "COUNTERSIGN_OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
+        "COUNTERSIGN_SYSTEMS__SHOP__URL": f"http://127.0.0.1:{free_port()}",
+        "COUNTERSIGN_GATEWAY_URL": f"http://127.0.0.1:{free_port()}",
+        "COUNTERSIGN_MAIL_CATCHER_PORT": str(free_port()),
+        "COUNTERSIGN_CODEC_URL": f"http://127.0.0.1:{free_port()}",
+        "COUNTERSIGN_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+    }
+
+
 @dataclass
 class Shop:
     url: str

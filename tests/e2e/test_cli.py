@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from countersign.workers.devstack import free_port, port_of, port_open
+from tests.conftest import dev_env
 
 
 def countersign(
@@ -36,17 +37,7 @@ def countersign(
 @pytest.fixture(scope="module")
 def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     state = tmp_path_factory.mktemp("dev-stack")
-    env = {
-        "COUNTERSIGN_STATE_DIR": str(state),
-        "COUNTERSIGN_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
-        "COUNTERSIGN_TEMPORAL_UI_URL": f"http://127.0.0.1:{free_port()}",
-        "COUNTERSIGN_OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
-        "COUNTERSIGN_SYSTEMS__SHOP__URL": f"http://127.0.0.1:{free_port()}",
-        "COUNTERSIGN_GATEWAY_URL": f"http://127.0.0.1:{free_port()}",
-        "COUNTERSIGN_MAIL_CATCHER_PORT": str(free_port()),
-        "COUNTERSIGN_CODEC_URL": f"http://127.0.0.1:{free_port()}",
-        "COUNTERSIGN_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
-    }
+    env = dev_env(state)
     log = (state / "dev.out").open("w")
     dev = subprocess.Popen(
         [sys.executable, "-m", "countersign.workers", "dev"],

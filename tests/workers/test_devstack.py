@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from countersign.guardrails.policy import DEFAULT_POLICY_PATH
-from countersign.workers.devstack import free_port, port_of, port_open
+from countersign.workers.devstack import port_of, port_open
+from tests.conftest import dev_env
 
 PORT_SETTINGS = (
     "COUNTERSIGN_TEMPORAL_ADDRESS",
@@ -26,20 +27,6 @@ PORT_SETTINGS = (
     "COUNTERSIGN_OPENAI_BASE_URL",
     "COUNTERSIGN_TEMPORAL_UI_URL",
 )
-
-
-def dev_env(state: Path) -> dict[str, str]:
-    return {
-        "COUNTERSIGN_STATE_DIR": str(state),
-        "COUNTERSIGN_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
-        "COUNTERSIGN_TEMPORAL_UI_URL": f"http://127.0.0.1:{free_port()}",
-        "COUNTERSIGN_OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
-        "COUNTERSIGN_SYSTEMS__SHOP__URL": f"http://127.0.0.1:{free_port()}",
-        "COUNTERSIGN_GATEWAY_URL": f"http://127.0.0.1:{free_port()}",
-        "COUNTERSIGN_MAIL_CATCHER_PORT": str(free_port()),
-        "COUNTERSIGN_CODEC_URL": f"http://127.0.0.1:{free_port()}",
-        "COUNTERSIGN_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
-    }
 
 
 def start_dev(env: dict[str, str], out: Path, *args: str) -> subprocess.Popen[bytes]:

@@ -17,6 +17,7 @@ from textwrap import dedent
 from countersign.guardrails.identity import Signer, generate_private_key
 from countersign.settings import Settings
 from countersign.workers.devstack import free_port
+from tests.conftest import dev_env
 from tests.workers.test_plugins import one_line, worker
 
 PLUGIN = "acme_desk"
@@ -222,15 +223,7 @@ def test_a_plugins_policy_with_its_own_people_runs_on_the_dev_stack(tmp_path: Pa
         "PYTHONPATH": str(modules),
         "ACME_PAT_KEY": pat_key,
         "COUNTERSIGN_PLUGINS": PLUGIN,
-        "COUNTERSIGN_STATE_DIR": str(state),
-        "COUNTERSIGN_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
-        "COUNTERSIGN_TEMPORAL_UI_URL": f"http://127.0.0.1:{free_port()}",
-        "COUNTERSIGN_OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
-        "COUNTERSIGN_SYSTEMS__SHOP__URL": f"http://127.0.0.1:{free_port()}",
-        "COUNTERSIGN_GATEWAY_URL": f"http://127.0.0.1:{free_port()}",
-        "COUNTERSIGN_MAIL_CATCHER_PORT": str(free_port()),
-        "COUNTERSIGN_CODEC_URL": f"http://127.0.0.1:{free_port()}",
-        "COUNTERSIGN_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+        **dev_env(state),
     }
     done = subprocess.run(
         [sys.executable, str(tmp_path / "drive.py"), str(scripts)],
