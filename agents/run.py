@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.langgraph import graph
 
     from countersign.agents.failures import cause_of
+    from countersign.agents.graph import release_undecided
     from countersign.agents.rollback import compensate
     from countersign.agents.segments import carried_in, continue_as_new, kept_actions, restore
     from countersign.agents.state import (
@@ -95,6 +96,9 @@ class AgentRun:
                 {"reason": reason, "irreversible": irreversible, "cause": cause.model_dump()},
             )
             raise
+        # Verdicts the model call decided for a reply that no node guarded (a custom graph
+        # that ended there): their limits go back.
+        await release_undecided(run)
         if run.continue_due:
             await continue_as_new(run, final)
         result = RunResult(
