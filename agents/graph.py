@@ -157,9 +157,18 @@ async def decide_proposal(run: RunState, proposal: Proposal) -> GuardResult:
 
 async def guard(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
     run = runtime.context
-    run.show("guarding")
     decided, run.decided = run.decided, {}
-    guarded = await asyncio.gather(*[_verdict(run, p, decided) for p in state["proposals"]])
+    ready = [_decided_for(p, decided) for p in state["proposals"]]
+    if any(g is None for g in ready):
+        # The stage is shown while the guard decides here. What the model call decided needs
+        # no stage of its own (it would be a search-attribute upsert, an event, per step).
+        run.show("guarding")
+    guarded = await asyncio.gather(
+        *[
+            _ready(g) if g else decide_proposal(run, p)
+            for p, g in zip(state["proposals"], ready, strict=True)
+        ]
+    )
     # What the model call decided and nothing here used (a graph changed or dropped the call)
     # gives its limits back; a changed call was decided again (and keeps what that reserved).
     held = {g.verdict.action_hash for g in guarded}
@@ -169,17 +178,21 @@ async def guard(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
     return {"guarded": list(guarded)}
 
 
-async def _verdict(
-    run: RunState, proposal: Proposal, decided: dict[str, tuple[Proposal, GuardResult]]
-) -> GuardResult:
-    """The model call's verdict when it was decided on exactly this proposal (same call id,
-    tool, arguments and reason: a graph may edit a reply's tool calls before this node), else
-    the guard's verdict now."""
+def _decided_for(
+    proposal: Proposal, decided: dict[str, tuple[Proposal, GuardResult]]
+) -> GuardResult | None:
+    """The model call's verdict (taken out of `decided`) when it was decided on exactly this
+    proposal: same call id, tool, arguments and reason (a graph may edit a reply's tool calls
+    before this node). None: the guard must decide it now."""
     found = decided.get(proposal.call_id)
     if found is not None and found[0] == proposal and found[1].verdict.call_id == proposal.call_id:
         del decided[proposal.call_id]
         return found[1]
-    return await decide_proposal(run, proposal)
+    return None
+
+
+async def _ready(g: GuardResult) -> GuardResult:
+    return g
 
 
 def _reserved(g: GuardResult) -> str | None:
