@@ -241,19 +241,21 @@ class ModelActivities:
             out = PlanOutput.model_validate(kept) if kept is not None else None
         if out is None:
             out = await self._reply(agent, input, key)
-        verdicts = [
-            await self.guard.decide_in_activity(
-                GuardInput(
-                    agent=agent.name,
-                    proposal=proposal,
-                    requested_mode=input.guard.requested_mode,
-                    requested_by=input.guard.requested_by,
-                    subject=input.guard.subject,
-                ),
-                n=n,
-            )
-            for n, proposal in enumerate(out.proposals)
-        ]
+        # Heartbeats go on while the guard fetches a side effect's facts from its system.
+        async with heartbeating():
+            verdicts = [
+                await self.guard.decide_in_activity(
+                    GuardInput(
+                        agent=agent.name,
+                        proposal=proposal,
+                        requested_mode=input.guard.requested_mode,
+                        requested_by=input.guard.requested_by,
+                        subject=input.guard.subject,
+                    ),
+                    n=n,
+                )
+                for n, proposal in enumerate(out.proposals)
+            ]
         return out.model_copy(update={"verdicts": verdicts})
 
     async def _reply(self, agent: AgentSpec, input: PlanInput, key: str | None) -> PlanOutput:

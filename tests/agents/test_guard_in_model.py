@@ -5,6 +5,7 @@ the exact call it was decided on."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -353,3 +354,35 @@ async def test_an_allowed_hash_never_carries_other_arguments(
     assert "is not the hash of this call's arguments" in str(failed.value.cause.cause)
     # The guarded (edited) refund ran; the forged one never reached the shop.
     assert [r["amount_cents"] for r in shop.refunds("A-1003")] == [2000]
+
+
+async def test_the_model_call_heartbeats_while_the_guard_fetches_facts(
+    temporal: WorkflowEnvironment,
+    settings: Settings,
+    runtime: Runtime,
+    shop: Shop,
+    task_queue: str,
+) -> None:
+    """A slow system of record: the guard's fact fetch takes longer than the model call's
+    heartbeat timeout, and the call is not timed out for it."""
+    beating = dataclasses.replace(
+        runtime, settings=settings.model_copy(update={"model_heartbeat_seconds": 0.5})
+    )
+    shop.faults(latency_ms=1500, path_prefix="/orders", method="GET")
+    try:
+        async with build_worker(temporal.client, settings, beating, task_queue=task_queue):
+            handle = await start_run(
+                temporal.client, task_queue, task="Refund order A-1004: slow facts."
+            )
+            result = await handle.result()
+    finally:
+        shop.clear_faults()
+    assert result.status == "completed"
+    assert [r["amount_cents"] for r in shop.refunds("A-1004")] == [2500]
+    history = await handle.fetch_history()
+    attempts = [
+        e.activity_task_started_event_attributes.attempt
+        for e in history.events
+        if e.HasField("activity_task_started_event_attributes")
+    ]
+    assert attempts and set(attempts) == {1}
