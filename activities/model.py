@@ -235,10 +235,16 @@ class ModelActivities:
         # history with the reply (one workflow activation fewer per proposal). The reply is
         # kept before anything is decided: a retried attempt decides that same reply again.
         key = activity_key()
+        workflow_id = current_workflow_id()
+        transcripts = self.runtime.transcripts
         out = None
         if activity.info().attempt > 1:
-            kept = await self.runtime.transcripts.reply_of(current_workflow_id(), key)
+            kept = await transcripts.reply_of(workflow_id, key)
             out = PlanOutput.model_validate(kept) if kept is not None else None
+            if out is not None and out.verdicts:
+                # An earlier attempt decided it all (and audited and reserved it): the same
+                # result again, even if the policy or the kill switch changed since.
+                return out
         if out is None:
             out = await self._reply(agent, input, key)
         # Heartbeats go on while the guard fetches a side effect's facts from its system.
@@ -256,7 +262,10 @@ class ModelActivities:
                 )
                 for n, proposal in enumerate(out.proposals)
             ]
-        return out.model_copy(update={"verdicts": verdicts})
+        out = out.model_copy(update={"verdicts": verdicts})
+        if verdicts:
+            await transcripts.keep_decided(workflow_id, key, out.model_dump(mode="json"))
+        return out
 
     async def _reply(self, agent: AgentSpec, input: PlanInput, key: str | None) -> PlanOutput:
         """Ask the model for the step's reply; with `key` (its proposals are decided next),

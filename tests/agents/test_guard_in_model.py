@@ -140,9 +140,15 @@ async def test_a_denied_call_reserves_nothing_and_never_reaches_the_shop(
 
 class _LoseFirstDecidedReply(ActivityInboundInterceptor):
     """The model call's first attempt runs whole (the guard reserves and audits), then its
-    result is lost, as when the worker dies before reporting it: Temporal retries it."""
+    result is lost, as when the worker dies before reporting it: Temporal retries it. With
+    `midway`, the attempt is as if it died after the guard's work but before it kept the
+    verdicts with the reply (the kept verdicts are wiped)."""
 
     lost: list[str] = []
+
+    def __init__(self, next: ActivityInboundInterceptor, runtime: Runtime, midway: bool) -> None:
+        super().__init__(next)
+        self.runtime, self.midway = runtime, midway
 
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         result = await self.next.execute_activity(input)
@@ -151,15 +157,25 @@ class _LoseFirstDecidedReply(ActivityInboundInterceptor):
             assert isinstance(result, PlanOutput)
             if result.verdicts:
                 self.lost.append(info.workflow_id or "")
+                if self.midway:
+                    with self.runtime.transcripts.db.transaction() as tx:
+                        tx.run(
+                            "UPDATE transcript_replies SET decided = NULL WHERE workflow_id = ?",
+                            (info.workflow_id,),
+                        )
                 raise ApplicationError("result lost after the guard ran (test)")
         return result
 
 
 class LoseFirstDecidedReply(Interceptor):
+    def __init__(self, runtime: Runtime, midway: bool) -> None:
+        self.runtime, self.midway = runtime, midway
+
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
-        return _LoseFirstDecidedReply(next)
+        return _LoseFirstDecidedReply(next, self.runtime, self.midway)
 
 
+@pytest.mark.parametrize("midway", [False, True], ids=["after-keeping", "before-keeping"])
 async def test_a_retried_model_call_counts_and_audits_each_action_once(
     temporal: WorkflowEnvironment,
     settings: Settings,
@@ -167,14 +183,15 @@ async def test_a_retried_model_call_counts_and_audits_each_action_once(
     shop: Shop,
     task_queue: str,
     model_url: str,
+    midway: bool,
 ) -> None:
-    task = "Refund order A-1004: the sampler was retried."
+    task = f"Refund order A-1004: the sampler was retried {'midway' if midway else 'late'}."
     async with build_worker(
         temporal.client,
         settings,
         runtime,
         task_queue=task_queue,
-        interceptors=[LoseFirstDecidedReply()],
+        interceptors=[LoseFirstDecidedReply(runtime, midway)],
     ):
         handle = await start_run(temporal.client, task_queue, task=task)
         result = await handle.result()
@@ -182,7 +199,8 @@ async def test_a_retried_model_call_counts_and_audits_each_action_once(
     assert _LoseFirstDecidedReply.lost.count(handle.id) == 2
     assert result.status == "completed"
     assert [r["amount_cents"] for r in shop.refunds("A-1004")] == [2500]
-    # The retries decided the reply their first attempt kept: the model was asked once a step.
+    # The retries returned (or decided again) the reply their first attempt kept: the model
+    # was asked once a step.
     asked = [r for r in await model_requests(model_url) if r["task"].startswith(task)]
     assert len(asked) == 3
     # Each proposal and verdict audited once (by the first attempt), each action reserved once.

@@ -68,6 +68,10 @@ def test_a_model_calls_first_kept_reply_is_what_a_retry_on_another_host_reads(
     assert b._reply_of("run-1", "run-id/7") == {"content": "first"}
     assert a._reply_of("run-1", "run-id/8") is None
     assert a._reply_of("run-2", "run-id/7") is None
+    # Once decided, the reply with its verdicts is what a retry reads; the first one stands.
+    a._keep_decided("run-1", "run-id/7", {"content": "first", "verdicts": [1]})
+    b._keep_decided("run-1", "run-id/7", {"content": "first", "verdicts": [2]})
+    assert b._reply_of("run-1", "run-id/7") == {"content": "first", "verdicts": [1]}
 
 
 def test_a_fold_made_on_one_host_is_used_on_another_until_the_transcript_is_rewritten(
