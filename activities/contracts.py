@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from countersign.guardrails.approvals import ApprovalRequest, ChangeBound
 from countersign.guardrails.identity import Envelope, Verified
@@ -27,6 +27,15 @@ RECONCILE = "tool.reconcile"
 EVIDENCE = "evidence.gather"
 
 
+class GuardContext(BaseModel):
+    """What the guard decides a run's proposals with, besides the proposal itself."""
+
+    requested_mode: Mode | None
+    requested_by: str
+    # The run's validated subject (fields declared by the agent).
+    subject: dict[str, str] = {}
+
+
 class PlanInput(BaseModel):
     agent: str
     task: str
@@ -35,6 +44,11 @@ class PlanInput(BaseModel):
     seq: int
     new_messages: list[dict[str, Any]]
     step: int
+    # Set (since the guard-in-model-call patch): the activity also decides every proposal of
+    # the reply with the guard's own code and returns the verdicts (PlanOutput.verdicts), so
+    # they land in history without a guard activity of their own. Left out when None, so
+    # inputs recorded before it existed encode as they did.
+    guard: GuardContext | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class ModelBounds(BaseModel):
@@ -62,6 +76,9 @@ class PlanOutput(BaseModel):
     # Set when the model's replies were refused (cut off, filtered, oversized, duplicate call
     # ids ...) even after one more try: nothing of them executes and the run stops, saying why.
     refused: str | None = None
+    # The guard's result on each proposal, in the same order, when PlanInput.guard was set
+    # (else empty). Left out when empty, so results recorded before it decode as they were.
+    verdicts: list[GuardResult] = Field(default_factory=list, exclude_if=lambda v: not v)
 
 
 class GuardInput(BaseModel):
@@ -169,3 +186,6 @@ class VerifyResult(BaseModel):
 
     verified: Verified | None = None
     refused: str | None = None
+
+
+PlanOutput.model_rebuild()  # its verdicts are GuardResults, defined after it

@@ -77,6 +77,13 @@ class GuardActivities:
 
     @activity.defn(name=DECIDE)
     async def decide(self, input: GuardInput) -> GuardResult:
+        return await self.decide_in_activity(input)
+
+    async def decide_in_activity(self, input: GuardInput, n: int = 0) -> GuardResult:
+        """Decide one proposal from inside the running activity (this one, or the model call
+        that decides its reply's proposals: PlanInput.guard). Its audit records are keyed by
+        the activity and `n` (the proposal's place in the reply), and its reservations by the
+        action hash, so a retried attempt writes and counts nothing twice."""
         agent = AGENTS.get(input.agent)
         if agent is None:
             raise ApplicationError(
@@ -134,7 +141,11 @@ class GuardActivities:
                 else "shadow",
             )
         await audit_from_activity(
-            self.runtime, "proposal", proposal.model_dump(mode="json"), actor=f"agent:{agent.name}"
+            self.runtime,
+            "proposal",
+            proposal.model_dump(mode="json"),
+            actor=f"agent:{agent.name}",
+            n=n,
         )
         await audit_from_activity(
             self.runtime,
@@ -144,6 +155,7 @@ class GuardActivities:
                 "input": d.model_dump(mode="json"),
                 **self._candidate(d, verdict),
             },
+            n=n,
         )
         return GuardResult(
             verdict=verdict,

@@ -21,13 +21,16 @@ from countersign.activities.context import fold_note, fold_point, summary_reques
 from countersign.activities.contracts import (
     MODEL_BOUNDS,
     PLAN,
+    GuardInput,
     ModelBounds,
     PlanInput,
     PlanOutput,
     Usage,
 )
+from countersign.activities.guard import GuardActivities
 from countersign.activities.runtime import (
     Runtime,
+    activity_key,
     audit_from_activity,
     current_workflow_id,
     heartbeating,
@@ -186,6 +189,7 @@ def sealed_reply(sealer: Sealer, message: Any, known: dict[str, Kind]) -> Any:
 class ModelActivities:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.guard = GuardActivities(runtime)
         # One openai client per pooled HTTP client (so per event loop), rebuilt when the key
         # changes: building one costs milliseconds (it parses and normalizes the base URL).
         self._clients: weakref.WeakKeyDictionary[Any, tuple[str, openai.AsyncOpenAI]] = (
@@ -225,6 +229,47 @@ class ModelActivities:
             raise ApplicationError(
                 f"unknown agent {input.agent!r}", type="UnknownAgent", non_retryable=True
             )
+        if input.guard is None:
+            return await self._reply(agent, input, None)
+        # The proposals are decided here, with the guard's own code, so the verdicts land in
+        # history with the reply (one workflow activation fewer per proposal). The reply is
+        # kept before anything is decided: a retried attempt decides that same reply again.
+        key = activity_key()
+        workflow_id = current_workflow_id()
+        transcripts = self.runtime.transcripts
+        out = None
+        if activity.info().attempt > 1:
+            kept = await transcripts.reply_of(workflow_id, key)
+            out = PlanOutput.model_validate(kept) if kept is not None else None
+            if out is not None and out.verdicts:
+                # An earlier attempt decided it all (and audited and reserved it): the same
+                # result again, even if the policy or the kill switch changed since.
+                return out
+        if out is None:
+            out = await self._reply(agent, input, key)
+        # Heartbeats go on while the guard fetches a side effect's facts from its system.
+        async with heartbeating():
+            verdicts = [
+                await self.guard.decide_in_activity(
+                    GuardInput(
+                        agent=agent.name,
+                        proposal=proposal,
+                        requested_mode=input.guard.requested_mode,
+                        requested_by=input.guard.requested_by,
+                        subject=input.guard.subject,
+                    ),
+                    n=n,
+                )
+                for n, proposal in enumerate(out.proposals)
+            ]
+        out = out.model_copy(update={"verdicts": verdicts})
+        if verdicts:
+            await transcripts.keep_decided(workflow_id, key, out.model_dump(mode="json"))
+        return out
+
+    async def _reply(self, agent: AgentSpec, input: PlanInput, key: str | None) -> PlanOutput:
+        """Ask the model for the step's reply; with `key` (its proposals are decided next),
+        keep the reply for a retried attempt in the same write as the reply's messages."""
         workflow_id = current_workflow_id()
         transcripts = self.runtime.transcripts
         await transcripts.write(workflow_id, input.seq, input.new_messages)
@@ -305,10 +350,9 @@ class ModelActivities:
             written.append({"role": "assistant", "content": f"[reply discarded: {refused}]"})
             if attempt == 0:
                 written.append({"role": "user", "content": RETRY_NOTE.format(why=refused)})
-        await transcripts.write(workflow_id, upto, written)
         seq = upto + len(written)
         if refused is not None:
-            return PlanOutput(
+            out = PlanOutput(
                 content="",
                 proposals=[],
                 finish_reason=choice.finish_reason or "stop",
@@ -317,14 +361,18 @@ class ModelActivities:
                 seq=seq,
                 refused=refused,
             )
-        return PlanOutput(
-            content=reply.content or "",
-            proposals=proposals_from(reply),
-            finish_reason=choice.finish_reason or "stop",
-            model=response.model,
-            usage=usage,
-            seq=seq,
-        )
+        else:
+            out = PlanOutput(
+                content=reply.content or "",
+                proposals=proposals_from(reply),
+                finish_reason=choice.finish_reason or "stop",
+                model=response.model,
+                usage=usage,
+                seq=seq,
+            )
+        kept = (key, out.model_dump(mode="json")) if key and out.proposals else None
+        await transcripts.write(workflow_id, upto, written, reply=kept)
+        return out
 
     async def _fold(
         self,

@@ -134,6 +134,12 @@ def activity_record_id(kind: str, n: int = 0) -> str:
     return f"{info.workflow_id}/{info.workflow_run_id}/{_activity_ref(info)}/{kind}/{n}"
 
 
+def activity_key() -> str:
+    """The running activity's identity in its workflow, the same on every attempt."""
+    info = activity.info()
+    return f"{info.workflow_run_id}/{_activity_ref(info)}"
+
+
 def _activity_ref(info: activity.Info) -> str:
     """Local activities are numbered apart from ordinary ones: keep the two apart."""
     return f"local-{info.activity_id}" if info.is_local else info.activity_id

@@ -56,7 +56,7 @@ from countersign.activities.sealing import Sealer, SealError, scrub, seal_fields
 from countersign.guardrails.approvals import ChangeBound
 from countersign.guardrails.cedar_schema import PolicySurface, ToolSchema
 from countersign.guardrails.errors import describe
-from countersign.guardrails.policy import ToolFacts, sha256_hex
+from countersign.guardrails.policy import ToolFacts, action_hash, sha256_hex
 from countersign.guardrails.redaction import Kind
 from countersign.guardrails.redaction import (
     Personal as Personal,  # for tool authors: mark fields by type
@@ -608,6 +608,15 @@ async def _check_authorized(spec: ToolSpec, call: ToolCall, runtime: Runtime, ru
         raise ApplicationError(
             f"{spec.name} is switched off by the kill switch; the action was not executed",
             type="KillSwitch",
+            non_retryable=True,
+        )
+    # The hash must be of these very arguments: an allow (or an approval) of one action never
+    # lets other arguments through under its hash (whoever produced the call).
+    if call.action_hash != action_hash(run, call.call_id, spec.name, call.arguments):
+        raise ApplicationError(
+            f"{spec.name}: action {call.action_hash} is not the hash of this call's arguments;"
+            " refusing to execute it",
+            type="ActionNotAuthorized",
             non_retryable=True,
         )
     allowed = await runtime.audit_find(

@@ -39,6 +39,19 @@ _SCHEMA = [
         summary TEXT,
         PRIMARY KEY (workflow_id, covers_seq)
     )""",
+    # A model call's accepted reply, kept with the reply's messages by the attempt that got it
+    # when its proposals are decided in the same activity, and then the reply with its
+    # verdicts (`decided`) once they are all decided. A retried attempt returns the decided
+    # reply as it is; with only the reply kept, it decides the same proposals again (same
+    # action hashes, same audit record ids) instead of asking the model for another reply,
+    # which would leave the first reply's reservations behind.
+    """CREATE TABLE IF NOT EXISTS transcript_replies (
+        workflow_id TEXT NOT NULL,
+        activity TEXT NOT NULL,
+        reply TEXT NOT NULL,
+        decided TEXT,
+        PRIMARY KEY (workflow_id, activity)
+    )""",
 ]
 
 
@@ -60,10 +73,23 @@ class TranscriptStore:
         self.db = open_database(db, synchronous="NORMAL")
         self.db.create(_SCHEMA)
 
-    def _write(self, workflow_id: str, start_seq: int, messages: list[dict[str, Any]]) -> None:
+    def _write(
+        self,
+        workflow_id: str,
+        start_seq: int,
+        messages: list[dict[str, Any]],
+        reply: tuple[str, dict[str, Any]] | None = None,
+    ) -> None:
         if not messages:
             return
         with self.db.transaction() as tx:
+            if reply is not None:
+                # The first attempt's reply stands: a later attempt reads it (reply_of).
+                tx.run(
+                    "INSERT INTO transcript_replies VALUES (?, ?, ?, NULL)"
+                    " ON CONFLICT (workflow_id, activity) DO NOTHING",
+                    (workflow_id, reply[0], json.dumps(reply[1])),
+                )
             tx.many(
                 "INSERT INTO transcript_messages VALUES (?, ?, ?)"
                 " ON CONFLICT (workflow_id, seq) DO UPDATE SET message = excluded.message",
@@ -102,8 +128,43 @@ class TranscriptStore:
                 (workflow_id, fold.covers_seq, fold.replies, fold.summary),
             )
 
-    async def write(self, workflow_id: str, start_seq: int, messages: list[dict[str, Any]]) -> None:
-        await asyncio.to_thread(self._write, workflow_id, start_seq, messages)
+    def _reply_of(self, workflow_id: str, activity: str) -> dict[str, Any] | None:
+        with self.db.reader() as tx:
+            row = tx.one(
+                "SELECT COALESCE(decided, reply) FROM transcript_replies"
+                " WHERE workflow_id = ? AND activity = ?",
+                (workflow_id, activity),
+            )
+        return json.loads(row[0]) if row else None
+
+    def _keep_decided(self, workflow_id: str, activity: str, decided: dict[str, Any]) -> None:
+        with self.db.transaction() as tx:
+            # The first attempt to finish deciding stands.
+            tx.run(
+                "UPDATE transcript_replies SET decided = ?"
+                " WHERE workflow_id = ? AND activity = ? AND decided IS NULL",
+                (json.dumps(decided), workflow_id, activity),
+            )
+
+    async def write(
+        self,
+        workflow_id: str,
+        start_seq: int,
+        messages: list[dict[str, Any]],
+        reply: tuple[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """Write `messages` from `start_seq`; with `reply` (the activity's key, the reply as
+        the activity returns it), keep that too, in the same transaction."""
+        await asyncio.to_thread(self._write, workflow_id, start_seq, messages, reply)
+
+    async def reply_of(self, workflow_id: str, activity: str) -> dict[str, Any] | None:
+        """What an earlier attempt of `activity` kept: its decided reply, else its reply, or
+        None."""
+        return await asyncio.to_thread(self._reply_of, workflow_id, activity)
+
+    async def keep_decided(self, workflow_id: str, activity: str, decided: dict[str, Any]) -> None:
+        """Keep the reply kept for `activity` with its verdicts (the activity's result)."""
+        await asyncio.to_thread(self._keep_decided, workflow_id, activity, decided)
 
     async def read(
         self, workflow_id: str, upto_seq: int, from_seq: int = 0

@@ -29,6 +29,7 @@ from countersign.activities.contracts import (
     RECONCILE,
     RELEASE,
     ApprovalNotice,
+    GuardContext,
     GuardInput,
     GuardResult,
     ModelBounds,
@@ -74,6 +75,8 @@ async def plan(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
     run = runtime.context
     run.step += 1
     run.show("planning")
+    # Verdicts of an earlier reply no node guarded: their actions will not run as decided.
+    await release_undecided(run)
     if run.model_bounds is None:
         run.model_bounds = await model_bounds(run)
     bounds = run.model_bounds
@@ -83,6 +86,8 @@ async def plan(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
         run.failure = cause_of(e, max_attempts=bounds.max_attempts)
         raise
     run.tokens += out.usage.prompt_tokens + out.usage.completion_tokens
+    if out.verdicts and len(out.verdicts) == len(out.proposals):
+        run.decided = {p.call_id: (p, g) for p, g in zip(out.proposals, out.verdicts, strict=True)}
     if out.refused:
         # The model's replies were refused twice (activities/model.py): nothing executes.
         return {
@@ -106,6 +111,13 @@ async def _plan(run: RunState, state: LoopState, bounds: ModelBounds) -> PlanOut
             seq=state.get("seq", 0),
             new_messages=state.get("observations", []),
             step=run.step,
+            guard=GuardContext(
+                requested_mode=run.input.mode,
+                requested_by=run.input.requested_by,
+                subject=dict(run.input.subject),
+            )
+            if run.guards_in_model
+            else None,
         ),
         result_type=PlanOutput,
         start_to_close_timeout=timedelta(seconds=bounds.start_to_close_seconds),
@@ -145,9 +157,55 @@ async def decide_proposal(run: RunState, proposal: Proposal) -> GuardResult:
 
 async def guard(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
     run = runtime.context
-    run.show("guarding")
-    guarded = await asyncio.gather(*[decide_proposal(run, p) for p in state["proposals"]])
+    decided, run.decided = run.decided, {}
+    ready = [_decided_for(p, decided) for p in state["proposals"]]
+    if any(g is None for g in ready):
+        # The stage is shown while the guard decides here. What the model call decided needs
+        # no stage of its own (it would be a search-attribute upsert, an event, per step).
+        run.show("guarding")
+    guarded = await asyncio.gather(
+        *[
+            _ready(g) if g else decide_proposal(run, p)
+            for p, g in zip(state["proposals"], ready, strict=True)
+        ]
+    )
+    # What the model call decided and nothing here used (a graph changed or dropped the call)
+    # gives its limits back; a changed call was decided again (and keeps what that reserved).
+    held = {g.verdict.action_hash for g in guarded}
+    for _, unused in decided.values():
+        if _reserved(unused) not in held:
+            await release_limits(_reserved(unused))
     return {"guarded": list(guarded)}
+
+
+def _decided_for(
+    proposal: Proposal, decided: dict[str, tuple[Proposal, GuardResult]]
+) -> GuardResult | None:
+    """The model call's verdict (taken out of `decided`) when it was decided on exactly this
+    proposal: same call id, tool, arguments and reason (a graph may edit a reply's tool calls
+    before this node). None: the guard must decide it now."""
+    found = decided.get(proposal.call_id)
+    if found is not None and found[0] == proposal and found[1].verdict.call_id == proposal.call_id:
+        del decided[proposal.call_id]
+        return found[1]
+    return None
+
+
+async def _ready(g: GuardResult) -> GuardResult:
+    return g
+
+
+def _reserved(g: GuardResult) -> str | None:
+    """The action hash whose limits a verdict reserved, or None (denied, shadow: nothing)."""
+    v = g.verdict
+    return v.action_hash if v.outcome in ("allow", "needs_approval") else None
+
+
+async def release_undecided(run: RunState) -> None:
+    """Give back the limits of verdicts the model call reserved that no guard node took."""
+    decided, run.decided = run.decided, {}
+    for _, g in decided.values():
+        await release_limits(_reserved(g))
 
 
 async def after_guard(state: LoopState, runtime: Runtime[RunState]) -> str:

@@ -21,6 +21,7 @@ from countersign.activities.contracts import (
     RECORD,
     VERIFY,
     Compensation,
+    GuardResult,
     ModelBounds,
     RecordInput,
     VerifyInput,
@@ -32,7 +33,7 @@ from countersign.guardrails.approvals import ApprovalRequest, RecordedDecision
 from countersign.guardrails.errors import describe
 from countersign.guardrails.identity import Envelope, Verified
 from countersign.guardrails.money import describe_call
-from countersign.guardrails.policy import Authority, Mode, sha256_hex
+from countersign.guardrails.policy import Authority, Mode, Proposal, sha256_hex
 from countersign.guardrails.rendering import as_markdown, request_view
 
 AGENT_RUN = "AgentRun"
@@ -61,6 +62,10 @@ APPROVAL_EVIDENCE = "approval-evidence-and-changes"
 # Since this patch, a run of an agent with `segment_steps` continues as new at step boundaries
 # (agents/segments.py).
 CONTINUE_AS_NEW = "continue-as-new"
+# Since this patch, the model activity also decides its reply's proposals with the guard's
+# code and returns the verdicts with the reply (no guard activity per proposal); a verdict is
+# used only for the exact proposal it was decided on (agents/graph.py guard).
+GUARD_IN_MODEL = "guard-in-model-call"
 
 
 class StatementRefusedError(Exception):
@@ -366,6 +371,10 @@ class RunState:
     segment_start: int = 0
     continue_due: bool = False
     refused_before: bool = False
+    # The model call decides its reply's proposals (GUARD_IN_MODEL); its verdicts wait here,
+    # by call id with the proposal each was decided on, until the guard node takes them.
+    guards_in_model: bool = False
+    decided: dict[str, tuple[Proposal, GuardResult]] = field(default_factory=dict)
     # The customer ref found so far in the requests' and the actions' arguments, and how many
     # of each were looked at: both lists only grow, so `show` never walks them again.
     _refs: dict[str, tuple[int, str | None]] = field(
@@ -384,6 +393,7 @@ class RunState:
         self.segmented = workflow.patched(CONTINUE_AS_NEW)
         for later in (LOCAL_BOOKKEEPING, MODEL_BOUNDS_FROM_SETTINGS, ATOMIC_TURNS, RUN_REFUSALS):
             workflow.patched(later)
+        self.guards_in_model = workflow.patched(GUARD_IN_MODEL)
 
     @property
     def agent(self) -> AgentSpec:

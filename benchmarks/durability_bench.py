@@ -539,8 +539,12 @@ async def run(args: argparse.Namespace) -> None:
             # Decision and memory runs refund the same orders again and again: the default
             # refund budgets would refuse them after three, so this stack's guard reads a copy
             # of the default policy with the budgets out of reach (the rules are unchanged).
+            # (A copied policy is not activated: the bench stack does not ask for activation.)
             stack.settings = stack.settings.model_copy(
-                update={"policy_path": bench_policy(Path(scripts) / "policy")}
+                update={
+                    "policy_path": bench_policy(Path(scripts) / "policy"),
+                    "require_policy_activation": False,
+                }
             )
             ensure_dev_policy_activation(stack.settings)  # as the dev stack activates its own
             stack.runtime = check_startup(stack.settings)

@@ -177,6 +177,26 @@ async def _recorded_result(
     return value if isinstance(value, dict) else None
 
 
+async def _verdicts_with_replies(history: WorkflowHistory, converter: DataConverter) -> int:
+    """Verdicts the model calls decided with their replies (PlanOutput.verdicts, since the
+    guard-in-model-call patch), counted in the recorded results."""
+    plans = {
+        e.event_id
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        and e.activity_task_scheduled_event_attributes.activity_type.name == PLAN
+    }
+    found = 0
+    for e in history.events:
+        if not e.HasField("activity_task_completed_event_attributes"):
+            continue
+        done = e.activity_task_completed_event_attributes
+        if done.scheduled_event_id in plans and done.result.payloads:
+            (value,) = await converter.decode(done.result.payloads)
+            found += len(value.get("verdicts") or []) if isinstance(value, dict) else 0
+    return found
+
+
 @dataclass(frozen=True)
 class ActivityEvent:
     """An activity in a history: its ActivityTaskScheduled event, or for a local activity the
@@ -266,7 +286,7 @@ async def replay(
                 events=len(history.events),
                 history_bytes=sum(e.ByteSize() for e in history.events),
                 model_steps=counts[PLAN],
-                verdicts=counts[DECIDE],
+                verdicts=counts[DECIDE] + await _verdicts_with_replies(history, converter),
                 tool_calls=sum(
                     n for name, n in counts.items() if name not in (PLAN, DECIDE, RECORD, NOTIFY)
                 ),

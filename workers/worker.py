@@ -287,7 +287,7 @@ def build_worker(
         task_queue=task_queue or settings.task_queue,
         workflows=WORKFLOWS,
         activities=activities_,
-        interceptors=[_BindActivityIds()],
+        interceptors=[_BindActivityIds(), *worker_options.pop("interceptors", [])],
         plugins=plugins(),
         **{
             "workflow_runner": WorkflowSandbox(),

@@ -40,6 +40,7 @@ from countersign.agents.guarded import (
 from countersign.agents.planner_executor import ASK_FOR_PLAN, CARRY_OUT
 from countersign.agents.run import AgentRun
 from countersign.agents.state import RunState
+from countersign.guardrails.policy import action_hash
 from countersign.settings import Settings
 from countersign.workers.codec import data_converter
 from countersign.workers.replay import replay
@@ -172,14 +173,18 @@ async def test_planner_executor_run_that_fails_undoes_its_refund(
 async def refund_around_the_guard(
     state: GuardedState, runtime: GraphRuntime[RunState]
 ) -> dict[str, Any]:
-    """A careless (or hostile) node: calls the refund tool's activity directly."""
+    """A careless (or hostile) node: calls the refund tool's activity directly (with the
+    hash of its call, so the activity's check of the audit trail is what stops it)."""
+    arguments = {"order_id": "A-1002", "amount_cents": 18900, "reason": "bypass"}
     await workflow.execute_activity(
         "payments.refund",
         ToolCall(
             tool="payments.refund",
             call_id="call_bypass",
-            arguments={"order_id": "A-1002", "amount_cents": 18900, "reason": "bypass"},
-            action_hash="0" * 64,
+            arguments=arguments,
+            action_hash=action_hash(
+                workflow.info().workflow_id, "call_bypass", "payments.refund", arguments
+            ),
             agent=runtime.context.agent.name,
         ),
         result_type=ToolOutcome,

@@ -56,6 +56,24 @@ def test_a_transcript_written_on_one_host_is_read_whole_on_another(
     assert a._read("run-2", 5) == []
 
 
+def test_a_model_calls_first_kept_reply_is_what_a_retry_on_another_host_reads(
+    hosts: tuple[Database, Database],
+) -> None:
+    """guard-in-model-call: a retried model call decides the reply its first attempt kept."""
+    a, b = TranscriptStore(hosts[0]), TranscriptStore(hosts[1])
+    reply = {"role": "assistant", "content": "first"}
+    a._write("run-1", 2, [reply], reply=("run-id/7", {"content": "first"}))
+    # A later attempt that asked the model again rewrites the messages, never the kept reply.
+    b._write("run-1", 2, [{"role": "assistant", "content": "second"}], reply=("run-id/7", {}))
+    assert b._reply_of("run-1", "run-id/7") == {"content": "first"}
+    assert a._reply_of("run-1", "run-id/8") is None
+    assert a._reply_of("run-2", "run-id/7") is None
+    # Once decided, the reply with its verdicts is what a retry reads; the first one stands.
+    a._keep_decided("run-1", "run-id/7", {"content": "first", "verdicts": [1]})
+    b._keep_decided("run-1", "run-id/7", {"content": "first", "verdicts": [2]})
+    assert b._reply_of("run-1", "run-id/7") == {"content": "first", "verdicts": [1]}
+
+
 def test_a_fold_made_on_one_host_is_used_on_another_until_the_transcript_is_rewritten(
     hosts: tuple[Database, Database],
 ) -> None:

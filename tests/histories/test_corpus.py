@@ -12,8 +12,9 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from countersign.activities.agent_specs import AGENTS
+from countersign.activities.contracts import DECIDE
 from countersign.settings import Settings
-from countersign.workers.replay import load_histories, readable_text, replay
+from countersign.workers.replay import activities_in, load_histories, readable_text, replay
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import SHOP_TOKEN, signed, start_run
 from tests.e2e.test_cli import countersign
@@ -34,12 +35,20 @@ HERE = Path(__file__).parent
 # atomic turns, model bounds as constants).
 BEFORE_PATCH = HERE / "before-local-bookkeeping"
 BEFORE_SIGNED = HERE / "before-signed-identities"
+# Runs recorded before GUARD_IN_MODEL: each proposal decided by a guard activity of its own.
+BEFORE_GUARD = HERE / "before-guard-in-model"
 CORPUS = sorted(HERE.glob("*.json"))
-ALL_HISTORIES = CORPUS + sorted(BEFORE_SIGNED.glob("*.json")) + sorted(BEFORE_PATCH.glob("*.json"))
+ALL_HISTORIES = (
+    CORPUS
+    + sorted(BEFORE_GUARD.glob("*.json"))
+    + sorted(BEFORE_SIGNED.glob("*.json"))
+    + sorted(BEFORE_PATCH.glob("*.json"))
+)
 
 
 def test_every_scenario_is_recorded() -> None:
     assert {p.stem for p in CORPUS} == set(SCENARIOS)
+    assert {p.stem for p in BEFORE_GUARD.glob("*.json")} == set(SCENARIOS)
     for folder in (BEFORE_SIGNED, BEFORE_PATCH):
         assert {p.stem for p in folder.glob("*.json")} == set(SCENARIOS) - set(LATER_SCENARIOS)
     assert not set(PENDING_SCENARIOS) & set(SCENARIOS)
@@ -61,16 +70,31 @@ async def test_recorded_history_replays_to_the_same_result(path: Path) -> None:
     else:
         assert report.model_steps == 3
         extra = {"compensated": 2, "approved-with-changes": 1}
-        proposals = 4 if path.parent == HERE else 3
+        proposals = 4 if path.parent in (HERE, BEFORE_GUARD) else 3
         assert report.verdicts == proposals + extra.get(path.stem, 0)
     assert report.result_matches is True
     assert report.result is not None
+    # Since GUARD_IN_MODEL the model call decides its reply's proposals: a guard activity runs
+    # only for what is decided apart from a reply (an approved change, a compensation).
+    ((_, history),) = load_histories([path])
+    guard_activities = [a for a in activities_in(history) if a.activity_type == DECIDE]
+    if path.parent == HERE:
+        assert len(guard_activities) == {"compensated": 2, "approved-with-changes": 1}.get(
+            path.stem, 0
+        )
+    else:
+        assert len(guard_activities) == report.verdicts
 
 
 @pytest.mark.parametrize(
     "folder",
-    [HERE, BEFORE_SIGNED, BEFORE_PATCH],
-    ids=["current", "before-signed-identities", "before-local-bookkeeping"],
+    [HERE, BEFORE_GUARD, BEFORE_SIGNED, BEFORE_PATCH],
+    ids=[
+        "current",
+        "before-guard-in-model",
+        "before-signed-identities",
+        "before-local-bookkeeping",
+    ],
 )
 async def test_replay_reconstructs_each_scenarios_decisions(folder: Path) -> None:
     reports = {r.workflow_id: r for r in await replay(load_histories([folder]))}
@@ -90,7 +114,7 @@ async def test_replay_reconstructs_each_scenarios_decisions(folder: Path) -> Non
         assert refund("reminded")["status"] == "expired"
     assert refund("compensated")["status"] == "compensated"
     assert reports["compensated"].result["status"] == "rolled_back"
-    if folder == HERE:
+    if folder in (HERE, BEFORE_GUARD):
         changed = refund("approved-with-changes")
         assert changed["arguments"]["amount_cents"] == 60000
         assert changed["changed_from"]["amount_cents"] == 89900
@@ -200,13 +224,17 @@ def test_every_segmented_scenario_is_recorded() -> None:
     assert stems == set(SEGMENTED_SCENARIOS)
 
 
+@pytest.mark.parametrize(
+    "paths",
+    [sorted(f.glob("long-run.*.json")) for f in (SEGMENTS, BEFORE_GUARD / "segments")],
+    ids=["current", "before-guard-in-model"],
+)
 async def test_a_run_continued_as_new_replays_segment_by_segment(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, paths: list[Path]
 ) -> None:
     """long-run: three segments; each replays on its own from its carried input, and the last
     computes the recorded result (approved across a boundary, rolled back across two)."""
     monkeypatch.setitem(AGENTS, SEGMENTED, segmented_agent())
-    paths = sorted(SEGMENTS.glob("long-run.*.json"))
     reports = await replay(load_histories(paths))
     assert [r.deterministic for r in reports] == [True] * 3, [r.divergence for r in reports]
     assert [r.result_matches for r in reports] == [None, None, True]
