@@ -54,10 +54,7 @@ CALL_ORDER = "countersign_call_order"
 CALL_REASONS = "countersign_call_reasons"
 
 
-class GuardedState(TypedDict, total=False):
-    """What a guarded graph's state holds. Extend it with keys of your own."""
-
-    messages: Annotated[list[AnyMessage], add_messages]
+class _GuardedKeys(TypedDict, total=False):
     # Messages in the run's transcript store (see activities/transcript.py).
     seq: int
     # The model's latest text, reported as the run's final message.
@@ -69,12 +66,26 @@ class GuardedState(TypedDict, total=False):
     observations: list[dict[str, Any]]
 
 
+class GuardedState(_GuardedKeys, total=False):
+    """What a guarded graph's state holds. Extend it with keys of your own."""
+
+    messages: Annotated[list[AnyMessage], add_messages]
+
+
+class _NodeState(_GuardedKeys, total=False):
+    """What the guarded parts read and write. LangGraph adds the state its nodes and routers
+    are annotated with to the graph; `messages` here has no reducer of its own, so the parts
+    fit a graph whose `messages` has another (LangGraph's `MessagesState`, GuardedState's)."""
+
+    messages: list[AnyMessage]
+
+
 def in_workflow() -> dict[str, Any]:
     """Node metadata: run the node in the workflow (a fresh dict: the plugin edits it)."""
     return {"execute_in": "workflow"}
 
 
-async def call_model(state: GuardedState, runtime: Runtime[RunState]) -> dict[str, Any]:
+async def call_model(state: _NodeState, runtime: Runtime[RunState]) -> dict[str, Any]:
     """The guarded model call: one `model.plan` activity, returning the reply as an AIMessage."""
     messages = list(state.get("messages", []))
     last, since = _last_reply(messages)
@@ -123,7 +134,7 @@ async def call_model(state: GuardedState, runtime: Runtime[RunState]) -> dict[st
     return update
 
 
-async def guarded_tools(state: GuardedState, runtime: Runtime[RunState]) -> dict[str, Any]:
+async def guarded_tools(state: _NodeState, runtime: Runtime[RunState]) -> dict[str, Any]:
     """The guarded tool node: guard → approvals → act for the last AIMessage's tool calls."""
     messages = state.get("messages", [])
     last = messages[-1] if messages else None
@@ -190,7 +201,7 @@ def proposals_of(reply: AIMessage) -> list[Proposal]:
     return proposals
 
 
-async def tools_condition(state: GuardedState, runtime: Runtime[RunState]) -> str:
+async def tools_condition(state: _NodeState, runtime: Runtime[RunState]) -> str:
     """To "tools" when the model's last reply has tool calls, else to the end."""
     messages = state.get("messages", [])
     last = messages[-1] if messages else None
@@ -199,14 +210,14 @@ async def tools_condition(state: GuardedState, runtime: Runtime[RunState]) -> st
     return END
 
 
-async def within_limits(state: GuardedState, runtime: Runtime[RunState]) -> str:
+async def within_limits(state: _NodeState, runtime: Runtime[RunState]) -> str:
     """After the tools: back to "model"; to "stop" when the agent's step or token limit is
     reached; to the end when a long run's segment ends (it continues as new)."""
     after = await loop.after_act({}, runtime)
     return after if after in ("stop", END) else "model"
 
 
-async def stop(state: GuardedState, runtime: Runtime[RunState]) -> dict[str, Any]:
+async def stop(state: _NodeState, runtime: Runtime[RunState]) -> dict[str, Any]:
     """Say which limit stopped the run."""
     return dict(await loop.stop({}, runtime))
 
