@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(level="WARNING", json=False)
 
     print(f"Replay: runs of {', '.join(map(str, args.steps))} agent steps (fresh dev stack)")
+    if args.save:
+        args.save.mkdir(parents=True, exist_ok=True)  # before the runs, not after them
     rows = asyncio.run(bench_replay(args.steps, args.save))
     print(
         f"\n{'steps':>6} {'events':>7} {'JSON':>9} {'JSON/step':>10} {'proto/step':>11} "
