@@ -53,10 +53,10 @@ from countersign.activities.runtime import (
     heartbeating,
 )
 from countersign.activities.sealing import Sealer, SealError, scrub, seal_fields, sealer_for
-from countersign.guardrails.approvals import ChangeBound
+from countersign.guardrails.approvals import ChangeBound, need_met
 from countersign.guardrails.cedar_schema import PolicySurface, ToolSchema
 from countersign.guardrails.errors import describe
-from countersign.guardrails.policy import ToolFacts, action_hash, sha256_hex
+from countersign.guardrails.policy import ApprovalNeed, ToolFacts, action_hash, sha256_hex
 from countersign.guardrails.redaction import Kind
 from countersign.guardrails.redaction import (
     Personal as Personal,  # for tool authors: mark fields by type
@@ -540,7 +540,9 @@ class _Call:
 def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awaitable[ToolOutcome]]:
     async def run_tool(call: ToolCall) -> ToolOutcome:
         this = _Call.parse(spec, call, runtime)
-        if not spec.read_only:
+        if spec.read_only:
+            await _check_decided(spec, call, runtime, current_workflow_id())
+        else:
             await _check_authorized(spec, call, runtime, current_workflow_id())
         try:
             async with heartbeating():
@@ -613,23 +615,42 @@ async def _check_authorized(spec: ToolSpec, call: ToolCall, runtime: Runtime, ru
     # The hash must be of these very arguments: an allow (or an approval) of one action never
     # lets other arguments through under its hash (whoever produced the call).
     if call.action_hash != action_hash(run, call.call_id, spec.name, call.arguments):
-        raise ApplicationError(
-            f"{spec.name}: action {call.action_hash} is not the hash of this call's arguments;"
-            " refusing to execute it",
-            type="ActionNotAuthorized",
-            non_retryable=True,
-        )
-    allowed = await runtime.audit_find(
-        run, "verdict", action_hash=call.action_hash, outcome="allow"
+        raise _not_authorized(spec, call, "it is not the hash of this call's arguments")
+    if await runtime.audit_find(run, "verdict", action_hash=call.action_hash, outcome="allow"):
+        return
+    # Approved: by people who meet the rule the guard itself recorded for this action, not the
+    # one the run's state holds (a forged model-call result could have lowered it there).
+    needs = await runtime.audit_find(
+        run, "verdict", action_hash=call.action_hash, outcome="needs_approval"
     )
-    approved = await runtime.audit_find(run, "approval.granted", action_hash=call.action_hash)
-    if not (allowed or approved):
-        raise ApplicationError(
-            f"{spec.name}: action {call.action_hash} has neither an allow verdict nor a "
-            "granted approval in the audit trail; refusing to execute it",
-            type="ActionNotAuthorized",
-            non_retryable=True,
+    granted = await runtime.audit_find(run, "approval.granted", action_hash=call.action_hash)
+    if needs and granted:
+        need = ApprovalNeed.model_validate(needs[-1].data["approval"])
+        if any(need_met(need, g.data.get("approvers", [])) for g in granted):
+            return
+        raise _not_authorized(
+            spec, call, f"its approvers do not meet the guard's rule {need.rule_id}"
         )
+    raise _not_authorized(
+        spec, call, "it has neither an allow verdict nor a granted approval in the audit trail"
+    )
+
+
+async def _check_decided(spec: ToolSpec, call: ToolCall, runtime: Runtime, run: str) -> None:
+    """A read-only call runs only as the guard allowed it (its verdict is in the audit trail):
+    a verdict in workflow state alone could be a forged activity result."""
+    if call.action_hash != action_hash(run, call.call_id, spec.name, call.arguments) or not (
+        await runtime.audit_find(run, "verdict", action_hash=call.action_hash, outcome="allow")
+    ):
+        raise _not_authorized(spec, call, "the guard's allow verdict for it is not in the audit")
+
+
+def _not_authorized(spec: ToolSpec, call: ToolCall, why: str) -> ApplicationError:
+    return ApplicationError(
+        f"{spec.name}: refusing to execute action {call.action_hash}: {why}",
+        type="ActionNotAuthorized",
+        non_retryable=True,
+    )
 
 
 def _classify(tool: str, e: httpx.HTTPStatusError, known: dict[str, Kind]) -> ApplicationError:

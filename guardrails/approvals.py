@@ -7,6 +7,7 @@ so every check replays identically.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -247,6 +248,19 @@ def check_changes(request: ApprovalRequest, decision: Decision) -> None:
             raise DecisionRefused(
                 f"changes.{name}: {value} is below 1; to refuse the action, reject it"
             )
+
+
+def need_met(need: ApprovalNeed, approvers: Iterable[str]) -> bool:
+    """Whether these verified approvers meet the rule as the guard decided it (eligible people,
+    escalation included; quorum; the required group). A tool's activity asks it of the audited
+    verdict, so a rule lowered in workflow state (a forged activity result) approves nothing."""
+    who = set(approvers)
+    allowed = set(need.eligible) | set(need.escalate_members)
+    counted = len(who & allowed)
+    if need.requester_may_approve and who - allowed:
+        counted += 1  # the run's verified requester confirming (the workflow checked who)
+    has_required = not need.required_group or bool(who & set(need.required_members))
+    return counted >= need.quorum and has_required
 
 
 def apply_decision(request: ApprovalRequest, decision: Decision, now: datetime) -> None:

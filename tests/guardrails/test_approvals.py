@@ -11,6 +11,7 @@ from countersign.guardrails.approvals import (
     DecisionRefused,
     apply_decision,
     check_decision,
+    need_met,
     new_request,
     request_id_for,
 )
@@ -102,3 +103,17 @@ def test_a_claimed_requester_excludes_no_one_and_grants_nothing() -> None:
     with pytest.raises(DecisionRefused, match="may not decide"):
         check_decision(requests, decide(r, "dana"))  # the opt-in needs a proven requester
     apply_decision(check_decision(requests, decide(r, "bob")), decide(r, "bob"), NOW)
+
+
+def test_the_guards_rule_is_met_only_by_eligible_people_and_the_required_group() -> None:
+    """What a side effect's activity re-checks against the audited verdict."""
+    _, mid = request_for(18900)
+    assert need_met(mid.need, ["alice"])
+    assert not need_met(mid.need, ["mallory"])  # outside the rule's groups
+    assert not need_met(mid.need, [])
+    # The duty manager the request escalates to counts once it has (as the run lets her).
+    assert mid.need.escalate_members == ["erin"] and need_met(mid.need, ["erin"])
+    _, large = request_for(89900)
+    assert large.need.required_group == "finance"
+    assert not need_met(large.need, ["alice", "bob"])  # two, but nobody from finance
+    assert need_met(large.need, ["alice", "carol"])
