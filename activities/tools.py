@@ -540,10 +540,7 @@ class _Call:
 def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awaitable[ToolOutcome]]:
     async def run_tool(call: ToolCall) -> ToolOutcome:
         this = _Call.parse(spec, call, runtime)
-        if spec.read_only:
-            await _check_decided(spec, call, runtime, current_workflow_id())
-        else:
-            await _check_authorized(spec, call, runtime, current_workflow_id())
+        await _check_authorized(spec, call, runtime, current_workflow_id())
         try:
             async with heartbeating():
                 result = await spec.fn(this.args, this.ctx)
@@ -594,8 +591,10 @@ def reconcile_activity(runtime: Runtime) -> Callable[[ToolCall], Awaitable[Recon
 
 
 async def _check_authorized(spec: ToolSpec, call: ToolCall, runtime: Runtime, run: str) -> None:
-    """The activity is the boundary: an approval in workflow state alone is not enough."""
-    if (await runtime.kill_switch_now()).stops(spec.name, call.agent):
+    """The activity is the boundary: it follows the guard's own audited verdict for this very
+    action, never the run's copy (a verdict in workflow state could be a forged activity
+    result: anyone who can reach Temporal can complete the model call)."""
+    if not spec.read_only and (await runtime.kill_switch_now()).stops(spec.name, call.agent):
         # Its own record: an approved action stopped at the door, not a failure of the tool.
         await audit_from_activity(
             runtime,
@@ -618,31 +617,30 @@ async def _check_authorized(spec: ToolSpec, call: ToolCall, runtime: Runtime, ru
         raise _not_authorized(spec, call, "it is not the hash of this call's arguments")
     if await runtime.audit_find(run, "verdict", action_hash=call.action_hash, outcome="allow"):
         return
-    # Approved: by people who meet the rule the guard itself recorded for this action, not the
-    # one the run's state holds (a forged model-call result could have lowered it there).
+    if spec.read_only:
+        raise _not_authorized(spec, call, "the guard's allow verdict for it is not in the audit")
+    # Approved: by people who meet the rule the guard itself recorded for this action.
     needs = await runtime.audit_find(
         run, "verdict", action_hash=call.action_hash, outcome="needs_approval"
     )
     granted = await runtime.audit_find(run, "approval.granted", action_hash=call.action_hash)
-    if needs and granted:
-        need = ApprovalNeed.model_validate(needs[-1].data["approval"])
-        if any(need_met(need, g.data.get("approvers", [])) for g in granted):
-            return
+    if not (needs and granted):
+        raise _not_authorized(
+            spec, call, "it has neither an allow verdict nor a granted approval in the audit trail"
+        )
+    need = ApprovalNeed.model_validate(needs[-1].data["approval"])
+    requester = await _verified_requester(runtime, run)
+    if not any(need_met(need, g.data.get("approvers", []), requester) for g in granted):
         raise _not_authorized(
             spec, call, f"its approvers do not meet the guard's rule {need.rule_id}"
         )
-    raise _not_authorized(
-        spec, call, "it has neither an allow verdict nor a granted approval in the audit trail"
-    )
 
 
-async def _check_decided(spec: ToolSpec, call: ToolCall, runtime: Runtime, run: str) -> None:
-    """A read-only call runs only as the guard allowed it (its verdict is in the audit trail):
-    a verdict in workflow state alone could be a forged activity result."""
-    if call.action_hash != action_hash(run, call.call_id, spec.name, call.arguments) or not (
-        await runtime.audit_find(run, "verdict", action_hash=call.action_hash, outcome="allow")
-    ):
-        raise _not_authorized(spec, call, "the guard's allow verdict for it is not in the audit")
+async def _verified_requester(runtime: Runtime, run: str) -> str | None:
+    """The requester the run's signed start proved (its audited start record), or None."""
+    started = await runtime.audit_find(run, "run.started")
+    data = started[0].data if started else {}
+    return data.get("requested_by") if (data.get("requester") or {}).get("verified") else None
 
 
 def _not_authorized(spec: ToolSpec, call: ToolCall, why: str) -> ApplicationError:

@@ -250,17 +250,19 @@ def check_changes(request: ApprovalRequest, decision: Decision) -> None:
             )
 
 
-def need_met(need: ApprovalNeed, approvers: Iterable[str]) -> bool:
-    """Whether these verified approvers meet the rule as the guard decided it (eligible people,
-    escalation included; quorum; the required group). A tool's activity asks it of the audited
-    verdict, so a rule lowered in workflow state (a forged activity result) approves nothing."""
+def need_met(need: ApprovalNeed, approvers: Iterable[str], requester: str | None) -> bool:
+    """Whether these verified approvers meet the rule as the guard decided it: eligible people
+    (escalation included), the quorum, the required group; the run's verified `requester`
+    counts only where the rule lets them confirm, and never otherwise. A tool's activity asks it
+    of the audited verdict, so a rule changed in workflow state (a forged activity result)
+    approves nothing."""
     who = set(approvers)
     allowed = set(need.eligible) | set(need.escalate_members)
-    counted = len(who & allowed)
-    if need.requester_may_approve and who - allowed:
-        counted += 1  # the run's verified requester confirming (the workflow checked who)
-    has_required = not need.required_group or bool(who & set(need.required_members))
-    return counted >= need.quorum and has_required
+    counted = {a for a in who & allowed if a != requester}
+    if need.requester_may_approve and requester is not None and requester in who:
+        counted.add(requester)
+    has_required = not need.required_group or bool(counted & set(need.required_members))
+    return len(counted) >= need.quorum and has_required
 
 
 def apply_decision(request: ApprovalRequest, decision: Decision, now: datetime) -> None:

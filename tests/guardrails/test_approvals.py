@@ -108,12 +108,20 @@ def test_a_claimed_requester_excludes_no_one_and_grants_nothing() -> None:
 def test_the_guards_rule_is_met_only_by_eligible_people_and_the_required_group() -> None:
     """What a side effect's activity re-checks against the audited verdict."""
     _, mid = request_for(18900)
-    assert need_met(mid.need, ["alice"])
-    assert not need_met(mid.need, ["mallory"])  # outside the rule's groups
-    assert not need_met(mid.need, [])
+    assert need_met(mid.need, ["alice"], "dana")
+    assert not need_met(mid.need, ["mallory"], "dana")  # outside the rule's groups
+    assert not need_met(mid.need, [], "dana")
     # The duty manager the request escalates to counts once it has (as the run lets her).
-    assert mid.need.escalate_members == ["erin"] and need_met(mid.need, ["erin"])
+    assert mid.need.escalate_members == ["erin"] and need_met(mid.need, ["erin"], "dana")
+    # The verified requester never counts, even where a group lists them...
+    assert not need_met(mid.need, ["alice"], "alice")
+    # ...unless the rule lets them confirm; then only they do, not anyone outside the groups.
+    confirm = mid.need.model_copy(update={"requester_may_approve": True})
+    assert need_met(confirm, ["dana"], "dana")
+    assert not need_met(confirm, ["mallory"], "dana")
+    assert not need_met(confirm, ["mallory"], None)  # an unproven requester confirms nothing
     _, large = request_for(89900)
     assert large.need.required_group == "finance"
-    assert not need_met(large.need, ["alice", "bob"])  # two, but nobody from finance
-    assert need_met(large.need, ["alice", "carol"])
+    assert not need_met(large.need, ["alice", "bob"], "dana")  # two, but nobody from finance
+    assert need_met(large.need, ["alice", "carol"], "dana")
+    assert not need_met(large.need, ["alice", "carol"], "carol")  # carol requested it
