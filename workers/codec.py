@@ -14,11 +14,12 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
+from typing import ClassVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.contrib.pydantic import PydanticPayloadConverter
 from temporalio.converter import (
     DataConverter,
     DefaultFailureConverterWithEncodedAttributes,
@@ -31,6 +32,32 @@ from countersign.settings import Settings
 ENCODING = b"binary/encrypted"
 KEY_ID = "encryption-key-id"
 _NONCE_BYTES = 12
+
+
+class SharedPydanticPayloadConverter(PydanticPayloadConverter):
+    """Temporal's pydantic payload converter, built once per process and shared.
+
+    The SDK builds a new payload converter for every copy of a data converter it makes: two
+    or three per workflow activation, and one per run inside the sandbox. A new pydantic
+    converter starts with an empty type-adapter cache, so each run rebuilt the adapters of
+    its types (a millisecond or more each, held in memory while the run is parked), and each
+    activation paid ~0.2 ms to build converters it used only to visit payloads. Every
+    instance here shares the first one's converters and cache; an adapter is a pure function
+    of its type, so sharing one changes no result."""
+
+    _first: ClassVar[PydanticPayloadConverter | None] = None
+
+    def __init__(self) -> None:
+        first = SharedPydanticPayloadConverter._first
+        if first is None:
+            super().__init__()
+            SharedPydanticPayloadConverter._first = self
+        else:
+            self.__dict__.update(first.__dict__)
+
+
+# Payloads as JSON through pydantic (what `temporalio.contrib.pydantic` gives), not encrypted.
+pydantic_data_converter = DataConverter(payload_converter_class=SharedPydanticPayloadConverter)
 
 
 class PayloadKeyError(Exception):

@@ -26,7 +26,6 @@ from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 from temporalio.worker import (
     ExecuteWorkflowInput,
@@ -37,6 +36,7 @@ from temporalio.worker import (
 )
 
 from countersign.activities.contracts import DECIDE, NOTIFY, PLAN, RECORD
+from countersign.workers.codec import pydantic_data_converter
 from countersign.workers.sandbox import WorkflowSandbox
 from countersign.workers.worker import WORKFLOWS, plugins
 

@@ -3,13 +3,26 @@ rotated secret takes effect on the next call, with no worker restart."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import threading
+import time
+from typing import Any
+
 import httpx
 import keyring
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from temporalio.testing import ActivityEnvironment
 
+from countersign.activities.agent_specs import AGENTS
 from countersign.activities.http import BearerFromKeyring, HttpClients
 from countersign.activities.model import ModelActivities
 from countersign.activities.runtime import Runtime
-from countersign.credentials import SERVICE
+from countersign.credentials import SERVICE, openai_api_key
 from tests.conftest import Shop
 
 
@@ -50,3 +63,78 @@ async def test_a_pooled_system_client_sends_the_current_token(shop: Shop) -> Non
     finally:
         keyring.delete_password(SERVICE, credential)
         await clients.aclose()
+
+
+async def test_the_model_call_posts_the_conversation_as_given_with_the_current_key(
+    runtime: Runtime,
+) -> None:
+    """The model call posts its request itself (no per-message rewriting by the SDK): the
+    endpoint gets the key, the messages and the tools exactly as the activity built them, and
+    the reply comes back typed."""
+    seen: list[tuple[str | None, Any]] = []
+
+    async def completions(request: Request) -> JSONResponse:
+        seen.append((request.headers.get("authorization"), await request.json()))
+        message = {"role": "assistant", "content": "done", "refusal": None}
+        return JSONResponse(
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "echo",
+                "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+            }
+        )
+
+    app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "endpoint did not start"
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        settings = runtime.settings.model_copy(
+            update={"openai_base_url": f"http://127.0.0.1:{port}/v1"}
+        )
+        models = ModelActivities(
+            dataclasses.replace(runtime, settings=settings, http=HttpClients())
+        )
+        agent = next(iter(AGENTS.values()))
+        messages = [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "refund A-1001"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "shop.lookup_order", "arguments": "{}"},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "{}"},
+        ]
+        tools = [{"type": "function", "function": {"name": "shop.lookup_order", "parameters": {}}}]
+        in_activity = ActivityEnvironment()
+        response = await in_activity.run(models._complete, agent, messages, tools)
+        assert response.choices[0].message.content == "done"
+        assert response.usage is not None and response.usage.total_tokens == 4
+        no_tools = await in_activity.run(models._complete, agent, messages[:2], [])
+        assert no_tools.model == "echo"
+        await models.runtime.http.aclose()
+    finally:
+        server.should_exit = True
+        thread.join(5)
+    assert seen == [
+        (
+            f"Bearer {openai_api_key()}",
+            {"model": agent.model, "messages": messages, "tools": tools},
+        ),
+        (f"Bearer {openai_api_key()}", {"model": agent.model, "messages": messages[:2]}),
+    ]

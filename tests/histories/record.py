@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from countersign.activities.agent_specs import AGENTS, AgentSpec
@@ -36,6 +35,7 @@ from countersign.agents.run import AgentRun
 from countersign.agents.state import RunInput, RunResult
 from countersign.credentials import get_secret
 from countersign.settings import Settings, SystemSettings
+from countersign.workers.codec import pydantic_data_converter
 from countersign.workers.decisions import (
     decide_as,
     rollback_request,
