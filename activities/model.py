@@ -37,16 +37,27 @@ from countersign.activities.runtime import (
     heartbeating,
 )
 from countersign.activities.sealing import Sealer, seal_fields, sealer_for
-from countersign.activities.tools import CALL_REASON, REGISTRY, lookup_tool
+from countersign.activities.tools import CALL_REASON, REGISTRY, ToolSpec, lookup_tool
 from countersign.activities.transcript import Fold
 from countersign.credentials import openai_api_key
 from countersign.guardrails.policy import Proposal, sha256_hex
 from countersign.guardrails.redaction import Kind
 
+# Each tool's schema as the model sees it, by registered spec (kept with it, so its id stays
+# its own): building one runs pydantic's JSON-schema generator, and every model call sends them.
+_schemas: dict[int, tuple[ToolSpec, dict[str, Any]]] = {}
+
 
 def tools_for(agent: AgentSpec) -> list[dict[str, Any]]:
     """Schemas of the tools inside the agent's scopes, and only those."""
-    return [t.model_schema() for t in REGISTRY.values() if t.scope in agent.scopes]
+    out = []
+    for t in REGISTRY.values():
+        if t.scope in agent.scopes:
+            kept = _schemas.get(id(t))
+            if kept is None:
+                kept = _schemas[id(t)] = (t, t.model_schema())
+            out.append(kept[1])
+    return out
 
 
 def task_message(task: str, context: dict[str, Any]) -> dict[str, Any]:
