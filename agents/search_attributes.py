@@ -38,14 +38,15 @@ class SearchAttributesMissing(Exception):
 _REF_FIELDS = ("order_id", "customer_id", "customer_ref")
 
 
-# A long run passes through these stages on every step, in milliseconds, each an upsert (a
-# history event, a quarter of a step's): its search attribute says "working" instead, and
-# Current Details names the stage. Waiting, compensating and how the run ended are shown as is.
+# A run passes through these stages on every step, in milliseconds, each an upsert (a history
+# event, a quarter of a step's): its search attribute says "working" instead (since the patch
+# agents/state.WORKING_STAGE; long runs always did), and Current Details names the stage.
+# Waiting, compensating and how the run ended are shown as they are.
 TRANSIENT_STAGES = frozenset({"planning", "guarding", "acting"})
 
 
-def stage_value(stage: str, long_run: bool) -> str:
-    return "working" if long_run and stage in TRANSIENT_STAGES else stage
+def stage_value(stage: str, working: bool) -> str:
+    return "working" if working and stage in TRANSIENT_STAGES else stage
 
 
 def dev_server_args() -> list[str]:

@@ -66,6 +66,11 @@ CONTINUE_AS_NEW = "continue-as-new"
 # code and returns the verdicts with the reply (no guard activity per proposal); a verdict is
 # used only for the exact proposal it was decided on (agents/graph.py guard).
 GUARD_IN_MODEL = "guard-in-model-call"
+# Since this patch, every run's `CountersignStage` search attribute says "working" while the
+# run plans, guards and acts (as long runs always did): those stages change within
+# milliseconds, twice a step, and each change was an upsert, one history event in four.
+# Current Details still names the stage; waiting, compensating and the end show as before.
+WORKING_STAGE = "working-stage"
 
 
 class StatementRefusedError(Exception):
@@ -374,6 +379,8 @@ class RunState:
     # The model call decides its reply's proposals (GUARD_IN_MODEL); its verdicts wait here,
     # by call id with the proposal each was decided on, until the guard node takes them.
     guards_in_model: bool = False
+    # The search attribute shows "working" for the transient stages (WORKING_STAGE).
+    working_stage: bool = False
     decided: dict[str, tuple[Proposal, GuardResult]] = field(default_factory=dict)
     # The customer ref found so far in the requests' and the actions' arguments, and how many
     # of each were looked at: both lists only grow, so `show` never walks them again.
@@ -394,6 +401,7 @@ class RunState:
         for later in (LOCAL_BOOKKEEPING, MODEL_BOUNDS_FROM_SETTINGS, ATOMIC_TURNS, RUN_REFUSALS):
             workflow.patched(later)
         self.guards_in_model = workflow.patched(GUARD_IN_MODEL)
+        self.working_stage = workflow.patched(WORKING_STAGE) or self.agent.segment_steps is not None
 
     @property
     def agent(self) -> AgentSpec:
@@ -448,7 +456,7 @@ class RunState:
         sa.upsert(
             {
                 sa.AGENT: self.agent.name,
-                sa.STAGE: sa.stage_value(stage, long_run=self.agent.segment_steps is not None),
+                sa.STAGE: sa.stage_value(stage, working=self.working_stage),
                 sa.WAITING: bool(pending),
                 sa.TOOL: last_tool,
                 sa.CUSTOMER_REF: self._customer_ref(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from temporalio.client import Client
+from temporalio.converter import decode_typed_search_attributes
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -51,6 +52,20 @@ async def test_waiting_run_is_found_by_its_search_attributes_until_decided(
     # The last thing the run did was note the refund in the CRM.
     assert final.get(sa.TOOL) == "crm.add_note"
     assert final.get(sa.CUSTOMER_REF) == "A-1002"
+
+    # The stage as upserted, in order: planning and acting (each within milliseconds, twice a
+    # step) are "working"; each change is one history event, and only changes are upserted.
+    stages = [
+        stage
+        async for e in handle.fetch_history_events()
+        if e.HasField("upsert_workflow_search_attributes_event_attributes")
+        and (
+            stage := decode_typed_search_attributes(
+                e.upsert_workflow_search_attributes_event_attributes.search_attributes
+            ).get(sa.STAGE)
+        )
+    ]
+    assert stages == ["working", "waiting for approval", "working", "completed"]
 
 
 def test_registration_names_every_key_with_its_type() -> None:
