@@ -2,10 +2,16 @@
 
     python -m benchmarks.replay_bench                 # 10, 100, 500 agent steps; audit appends
     python -m benchmarks.replay_bench --steps 10 100 --appends 500
+    python -m benchmarks.replay_bench --steps 300 --save DIR      # keep the histories
+    python -m benchmarks.replay_bench --replay DIR/bench-loop-300.json --rounds 5
+
+`--replay` replays saved histories only (no stack, no runs): how two versions compare, each
+replaying its own recording of the same loop, run in turn on the same machine.
 
 For each length, a scripted model calls a read-only tool (`orders.lookup`) N times and then
 answers; the run goes through the whole guarded loop (model → guard → tool, audited) on a fresh
-dev stack, then its history is replayed (three times; the median is shown).
+dev stack, then its history is replayed (three times; the median is shown, wall and CPU time
+of this process).
 
 Why a benchmark-only agent: `RunInput.max_steps` is capped at 200 so nobody types a runaway
 run into the Temporal UI, and an agent's own `max_tokens` (200k) stops long runs early because
@@ -34,7 +40,10 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from temporalio.client import WorkflowHistory
+
 from countersign.activities.agent_specs import AGENTS, AgentSpec
+from countersign.activities.contracts import PLAN
 from countersign.agents.run import AgentRun
 from countersign.agents.state import RunInput
 from countersign.demo.plugin import SUPPORT_PROMPT
@@ -43,7 +52,7 @@ from countersign.guardrails.audit_signing import CheckpointSigner, generate_sign
 from countersign.guardrails.audit_stores import open_store
 from countersign.workers.devstack import free_port, postgres_bin_dir, start_postgres
 from countersign.workers.logging import configure_logging
-from countersign.workers.replay import replay, save_history
+from countersign.workers.replay import load_histories, replay, save_history
 from countersign.workers.worker import build_worker
 from tests.histories.record import fresh_stack
 
@@ -100,12 +109,7 @@ async def bench_replay(step_counts: list[int], save: Path | None = None) -> list
                     history = await handle.fetch_history()
                     if save:
                         save_history(save / f"bench-loop-{n}.json", history)
-                    timings = []
-                    for _ in range(3):
-                        t = time.perf_counter()
-                        (report,) = await replay([("bench", history)])
-                        timings.append(time.perf_counter() - t)
-                        assert report.deterministic and report.result_matches, report.divergence
+                    wall, cpu = await _replay_times(history, rounds=3)
                     size = len(history.to_json().encode())
                     # What the server stores and limits (50 MB) is protobuf, not JSON+base64.
                     proto = sum(e.ByteSize() for e in history.events)
@@ -117,11 +121,41 @@ async def bench_replay(step_counts: list[int], save: Path | None = None) -> list
                             "proto_per_step": proto / n,
                             "bytes_per_step": size / n,
                             "run_s": run_seconds,
-                            "replay_s": statistics.median(timings),
+                            "replay_s": wall,
+                            "replay_cpu_s": cpu,
                         }
                     )
                     print(f"  … {n} steps done", flush=True)
     return rows
+
+
+async def _replay_times(history: WorkflowHistory, rounds: int) -> tuple[float, float]:
+    """Median wall and CPU seconds of replaying `history` in this process, `rounds` times."""
+    wall, cpu = [], []
+    for _ in range(rounds):
+        w, c = time.perf_counter(), time.process_time()
+        (report,) = await replay([("bench", history)])
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.process_time() - c)
+        assert report.deterministic and report.result_matches, report.divergence
+    return statistics.median(wall), statistics.median(cpu)
+
+
+async def replay_saved(paths: list[Path], rounds: int) -> None:
+    AGENTS[BENCH_AGENT.name] = BENCH_AGENT
+    print(f"{'history':>28} {'steps':>6} {'replay':>8} {'wall/step':>10} {'CPU/step':>9}")
+    for path in paths:
+        history = load_histories([str(path)])[0][1]
+        steps = sum(  # a step is one model call
+            e.activity_task_scheduled_event_attributes.activity_type.name == PLAN
+            for e in history.events
+        )
+        await _replay_times(history, rounds=1)  # the first replay imports and compiles
+        wall, cpu = await _replay_times(history, rounds)
+        print(
+            f"{path.name:>28} {steps:>6} {wall:>7.2f}s {1000 * wall / steps:>8.2f}ms "
+            f"{1000 * cpu / steps:>7.2f}ms"
+        )
 
 
 def _append_rate(make_store: object, records: int, writers: int) -> float:
@@ -186,8 +220,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--save", type=Path, help="folder to keep the histories in (to profile or replay them)"
     )
+    parser.add_argument(
+        "--replay", type=Path, nargs="+", help="only replay these saved histories (no stack)"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="replays per saved history")
     args = parser.parse_args(argv)
     configure_logging(level="WARNING", json=False)
+    if args.replay:
+        asyncio.run(replay_saved(args.replay, args.rounds))
+        return
 
     print(f"Replay: runs of {', '.join(map(str, args.steps))} agent steps (fresh dev stack)")
     if args.save:
@@ -195,14 +236,15 @@ def main(argv: list[str] | None = None) -> None:
     rows = asyncio.run(bench_replay(args.steps, args.save))
     print(
         f"\n{'steps':>6} {'events':>7} {'JSON':>9} {'JSON/step':>10} {'proto/step':>11} "
-        f"{'run':>8} {'replay':>8} {'replay/step':>12}"
+        f"{'run':>8} {'replay':>8} {'replay/step':>12} {'CPU/step':>9}"
     )
     for r in rows:
         print(
             f"{r['steps']:>6.0f} {r['events']:>7.0f} {r['bytes'] / 1024:>7.0f}KB "
             f"{r['bytes_per_step']:>9.0f}B {r['proto_per_step']:>10.0f}B "
             f"{r['run_s']:>7.1f}s {r['replay_s']:>7.2f}s "
-            f"{1000 * r['replay_s'] / r['steps']:>10.1f}ms"
+            f"{1000 * r['replay_s'] / r['steps']:>10.1f}ms "
+            f"{1000 * r['replay_cpu_s'] / r['steps']:>7.1f}ms"
         )
 
     print(f"\nAudit appends: {args.appends} records, signed checkpoint every 100")
