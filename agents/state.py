@@ -24,6 +24,7 @@ from countersign.activities.contracts import (
     GuardResult,
     ModelBounds,
     RecordInput,
+    ToolOutcome,
     VerifyInput,
     VerifyResult,
 )
@@ -66,6 +67,10 @@ CONTINUE_AS_NEW = "continue-as-new"
 # code and returns the verdicts with the reply (no guard activity per proposal); a verdict is
 # used only for the exact proposal it was decided on (agents/graph.py guard).
 GUARD_IN_MODEL = "guard-in-model-call"
+# Since this patch, the model call also executes the reads the guard allowed in it and returns
+# their outcomes (no local activity, no workflow activation, per read); a read is used only for
+# the exact verdict it was executed under (agents/graph.py execute_action).
+READS_IN_MODEL = "reads-in-model-call"
 
 
 class StatementRefusedError(Exception):
@@ -375,6 +380,10 @@ class RunState:
     # by call id with the proposal each was decided on, until the guard node takes them.
     guards_in_model: bool = False
     decided: dict[str, tuple[Proposal, GuardResult]] = field(default_factory=dict)
+    # The model call executes the reads it allowed (READS_IN_MODEL); their outcomes wait here,
+    # by action hash, until the act node takes them.
+    reads_in_model: bool = False
+    reads: dict[str, ToolOutcome] = field(default_factory=dict)
     # The customer ref found so far in the requests' and the actions' arguments, and how many
     # of each were looked at: both lists only grow, so `show` never walks them again.
     _refs: dict[str, tuple[int, str | None]] = field(
@@ -394,6 +403,7 @@ class RunState:
         for later in (LOCAL_BOOKKEEPING, MODEL_BOUNDS_FROM_SETTINGS, ATOMIC_TURNS, RUN_REFUSALS):
             workflow.patched(later)
         self.guards_in_model = workflow.patched(GUARD_IN_MODEL)
+        self.reads_in_model = workflow.patched(READS_IN_MODEL)
 
     @property
     def agent(self) -> AgentSpec:
