@@ -609,9 +609,14 @@ async def execute_action(run: RunState, g: GuardResult, record: ActionRecord) ->
     v = g.verdict
     assert v.arguments is not None and v.action_hash is not None
     # A read the model call already executed, under this very verdict (a call a graph edited
-    # was decided again: its hash differs, and it runs below).
+    # was decided again: its hash differs, and it runs below). A read undoes nothing: an
+    # outcome with a compensation is no read's.
     read = run.reads.pop(v.action_hash, None) if g.tool_read_only else None
-    if read is not None and (read.call_id, read.tool) == (v.call_id, v.tool):
+    if (
+        read is not None
+        and v.outcome == "allow"
+        and (read.call_id, read.tool, read.compensation) == (v.call_id, v.tool, None)
+    ):
         return _executed(record, read)
     # Reads (short, idempotent, no side effect) run as local activities, on this worker with
     # no round trip through the server's task queue; side effects stay ordinary activities,
