@@ -33,7 +33,7 @@ from countersign.settings import Settings
 from countersign.workers.replay import activities_in
 from countersign.workers.worker import build_worker
 from tests.agents.test_context_window import model_requests
-from tests.agents.test_guard_in_model import guard_activities
+from tests.agents.test_guard_in_model import LoseFirstDecidedReply, guard_activities
 from tests.conftest import Shop, start_run
 
 READS = {"orders.lookup", "knowledge.search"}
@@ -210,3 +210,34 @@ async def test_a_read_that_fails_in_the_model_call_runs_as_a_local_activity(
     assert lookup.event.get("local") and lookup.event["activity_type"] == "orders.lookup"
     (search,) = reads_audited(runtime, handle.id, "knowledge.search")
     assert search.event["activity_type"] == PLAN
+
+
+@pytest.mark.parametrize("midway", [False, True], ids=["after-keeping", "before-keeping"])
+async def test_a_retried_model_call_reads_once_or_again_under_one_record(
+    temporal: WorkflowEnvironment,
+    settings: Settings,
+    runtime: Runtime,
+    shop: Shop,
+    task_queue: str,
+    midway: bool,
+) -> None:
+    """The first attempt's result is lost after it read: the retry returns the reads it kept
+    (or, had it stopped before keeping them, reads again); each read is audited once, and none
+    runs as a local activity."""
+    async with build_worker(
+        temporal.client,
+        settings,
+        runtime,
+        task_queue=task_queue,
+        interceptors=[LoseFirstDecidedReply(runtime, midway)],
+    ):
+        handle = await start_run(
+            temporal.client, task_queue, task="Refund order A-1004: the reads were retried."
+        )
+        result = await handle.result()
+    assert result.status == "completed"
+    assert [r["amount_cents"] for r in shop.refunds("A-1004")] == [2500]
+    for tool in READS:
+        (read,) = reads_audited(runtime, handle.id, tool)
+        assert read.event["activity_type"] == PLAN and read.event["attempt"] == 1
+    assert await local_reads(handle) == []
