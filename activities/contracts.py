@@ -34,6 +34,9 @@ class GuardContext(BaseModel):
     requested_by: str
     # The run's validated subject (fields declared by the agent).
     subject: dict[str, str] = {}
+    # Set (since the reads-in-model-call patch): the model call also executes the reads the
+    # guard allows (PlanOutput.reads). Left out when False, so earlier inputs encode the same.
+    reads: bool = Field(default=False, exclude_if=lambda v: not v)
 
 
 class PlanInput(BaseModel):
@@ -79,6 +82,9 @@ class PlanOutput(BaseModel):
     # The guard's result on each proposal, in the same order, when PlanInput.guard was set
     # (else empty). Left out when empty, so results recorded before it decode as they were.
     verdicts: list[GuardResult] = Field(default_factory=list, exclude_if=lambda v: not v)
+    # The allowed reads the model call executed (GuardContext.reads), by action hash; a read
+    # it could not execute is not here (the workflow runs it). Left out when empty, too.
+    reads: dict[str, ToolOutcome] = Field(default_factory=dict, exclude_if=lambda v: not v)
 
 
 class GuardInput(BaseModel):
@@ -188,4 +194,4 @@ class VerifyResult(BaseModel):
     refused: str | None = None
 
 
-PlanOutput.model_rebuild()  # its verdicts are GuardResults, defined after it
+PlanOutput.model_rebuild()  # its verdicts and reads are defined after it

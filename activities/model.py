@@ -8,11 +8,14 @@ proposals: parsed, never trusted (the guard decides them).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import weakref
+from datetime import UTC, datetime
 from typing import Any
 
 import openai
+import structlog
 from openai.types.chat import ChatCompletion
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -23,9 +26,12 @@ from countersign.activities.contracts import (
     MODEL_BOUNDS,
     PLAN,
     GuardInput,
+    GuardResult,
     ModelBounds,
     PlanInput,
     PlanOutput,
+    ToolCall,
+    ToolOutcome,
     Usage,
 )
 from countersign.activities.guard import GuardActivities
@@ -37,7 +43,7 @@ from countersign.activities.runtime import (
     heartbeating,
 )
 from countersign.activities.sealing import Sealer, seal_fields, sealer_for
-from countersign.activities.tools import CALL_REASON, REGISTRY, ToolSpec, lookup_tool
+from countersign.activities.tools import CALL_REASON, REGISTRY, ToolSpec, execute_tool, lookup_tool
 from countersign.activities.transcript import Fold
 from countersign.credentials import openai_api_key
 from countersign.guardrails.policy import Proposal, sha256_hex
@@ -46,6 +52,8 @@ from countersign.guardrails.redaction import Kind
 # Each tool's schema as the model sees it, by registered spec (kept with it, so its id stays
 # its own): building one runs pydantic's JSON-schema generator, and every model call sends them.
 _schemas: dict[int, tuple[ToolSpec, dict[str, Any]]] = {}
+
+log = structlog.get_logger(__name__)
 
 
 def tools_for(agent: AgentSpec) -> list[dict[str, Any]]:
@@ -275,9 +283,49 @@ class ModelActivities:
                 for n, proposal in enumerate(out.proposals)
             ]
         out = out.model_copy(update={"verdicts": verdicts})
+        if input.guard.reads:
+            out.reads = await self._reads(agent.name, out.verdicts)
+        # Kept with its reads: a retry returns them as they were and reads nothing again. An
+        # attempt that died before this decides again (counted and audited once) and reads
+        # again: a read has no side effect, and its audit record is written once.
         if verdicts:
             await transcripts.keep_decided(workflow_id, key, out.model_dump(mode="json"))
         return out
+
+    async def _reads(self, agent: str, verdicts: list[GuardResult]) -> dict[str, ToolOutcome]:
+        """Execute the reply's reads the guard just allowed, here, through the tool activity's
+        own path (its authorization check against the audited verdict, its audit records): the
+        workflow then needs no local activity, and no activation, for them. By action hash.
+
+        A read that fails or runs out of time is left out (the workflow runs it as its local
+        activity, as before): a read never fails the model call."""
+        reads: dict[str, ToolOutcome] = {}
+        for n, g in enumerate(verdicts):
+            v = g.verdict
+            spec = lookup_tool(v.tool)
+            if v.outcome != "allow" or spec is None or not spec.read_only:
+                continue
+            if v.arguments is None or v.action_hash is None:
+                continue
+            # Bounded by the tool's own timeout, and by half of what is left of this attempt,
+            # so the model call itself is never timed out by its reads.
+            budget = min(g.tool_timeout_seconds, _seconds_left() / 2)
+            call = ToolCall(
+                tool=v.tool,
+                call_id=v.call_id,
+                arguments=v.arguments,
+                action_hash=v.action_hash,
+                agent=agent,
+            )
+            try:
+                async with asyncio.timeout(budget):
+                    reads[v.action_hash] = await execute_tool(spec, call, self.runtime, n=n)
+            except Exception as e:
+                # Its type only: the message may echo a clear value (the fallback reports it).
+                log.warning(
+                    "model.read_deferred", tool=v.tool, call_id=v.call_id, error=type(e).__name__
+                )
+        return reads
 
     async def _reply(self, agent: AgentSpec, input: PlanInput, key: str | None) -> PlanOutput:
         """Ask the model for the step's reply; with `key` (its proposals are decided next),
@@ -476,3 +524,12 @@ class ModelActivities:
                 type="ModelAuthentication",
                 non_retryable=True,
             ) from e
+
+
+def _seconds_left() -> float:
+    """What is left of this attempt's start-to-close timeout (infinite without one)."""
+    info = activity.info()
+    if info.start_to_close_timeout is None:
+        return float("inf")
+    deadline = info.started_time + info.start_to_close_timeout
+    return (deadline - datetime.now(UTC)).total_seconds()

@@ -504,7 +504,7 @@ class _Call:
             scrub(e.message, self.known), type=e.type, non_retryable=e.non_retryable
         )
 
-    async def done(self, result: BaseModel, **extra: Any) -> ToolOutcome:
+    async def done(self, result: BaseModel, n: int = 0, **extra: Any) -> ToolOutcome:
         """Audit what the action did and hand back its outcome (with how to undo it)."""
         spec, sealer, known = self.spec, self.sealer, self.known
         payload = sealer.seal_known(sealer.seal_model(result), known)
@@ -527,6 +527,7 @@ class _Call:
                 "compensation": compensation.model_dump() if compensation else None,
                 **extra,
             },
+            n=n,
         )
         return ToolOutcome(
             tool=spec.name,
@@ -537,22 +538,32 @@ class _Call:
         )
 
 
+async def execute_tool(spec: ToolSpec, call: ToolCall, runtime: Runtime, n: int = 0) -> ToolOutcome:
+    """Execute one authorized call from inside the running activity: the tool's own activity,
+    or the model call running an allowed read of its reply (activities/model.py). `n` keys its
+    audit records apart from other calls the same activity executes."""
+    this = _Call.parse(spec, call, runtime)
+    await _check_authorized(spec, call, runtime, current_workflow_id())
+    try:
+        async with heartbeating():
+            result = await spec.fn(this.args, this.ctx)
+    except (httpx.HTTPStatusError, httpx.TransportError, ApplicationError) as e:
+        error = this.error(e, spec.name)
+        if error.non_retryable:
+            cause = cause_of(error).model_dump()
+            await audit_from_activity(
+                runtime,
+                "action.failed",
+                {**this.base, "error": str(error), "cause": cause},
+                n=n,
+            )
+        raise error from None  # the cause's text may echo a clear value
+    return await this.done(result, n=n)
+
+
 def _activity_for(spec: ToolSpec, runtime: Runtime) -> Callable[[ToolCall], Awaitable[ToolOutcome]]:
     async def run_tool(call: ToolCall) -> ToolOutcome:
-        this = _Call.parse(spec, call, runtime)
-        await _check_authorized(spec, call, runtime, current_workflow_id())
-        try:
-            async with heartbeating():
-                result = await spec.fn(this.args, this.ctx)
-        except (httpx.HTTPStatusError, httpx.TransportError, ApplicationError) as e:
-            error = this.error(e, spec.name)
-            if error.non_retryable:
-                cause = cause_of(error).model_dump()
-                await audit_from_activity(
-                    runtime, "action.failed", {**this.base, "error": str(error), "cause": cause}
-                )
-            raise error from None  # the cause's text may echo a clear value
-        return await this.done(result)
+        return await execute_tool(spec, call, runtime)
 
     run_tool.__doc__ = spec.description
     return activity.defn(name=spec.name)(run_tool)

@@ -88,6 +88,8 @@ async def plan(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
     run.tokens += out.usage.prompt_tokens + out.usage.completion_tokens
     if out.verdicts and len(out.verdicts) == len(out.proposals):
         run.decided = {p.call_id: (p, g) for p, g in zip(out.proposals, out.verdicts, strict=True)}
+    # Reads of an earlier reply nothing took are dropped (they changed nothing).
+    run.reads = out.reads if run.reads_in_model else {}
     if out.refused:
         # The model's replies were refused twice (activities/model.py): nothing executes.
         return {
@@ -115,6 +117,7 @@ async def _plan(run: RunState, state: LoopState, bounds: ModelBounds) -> PlanOut
                 requested_mode=run.input.mode,
                 requested_by=run.input.requested_by,
                 subject=dict(run.input.subject),
+                reads=run.reads_in_model,
             )
             if run.guards_in_model
             else None,
@@ -605,6 +608,16 @@ async def execute_action(run: RunState, g: GuardResult, record: ActionRecord) ->
     """Run an allowed action's tool activity; fills `record`, returns what the model sees."""
     v = g.verdict
     assert v.arguments is not None and v.action_hash is not None
+    # A read the model call already executed, under this very verdict (a call a graph edited
+    # was decided again: its hash differs, and it runs below). A read undoes nothing: an
+    # outcome with a compensation is no read's.
+    read = run.reads.pop(v.action_hash, None) if g.tool_read_only else None
+    if (
+        read is not None
+        and v.outcome == "allow"
+        and (read.call_id, read.tool, read.compensation) == (v.call_id, v.tool, None)
+    ):
+        return _executed(record, read)
     # Reads (short, idempotent, no side effect) run as local activities, on this worker with
     # no round trip through the server's task queue; side effects stay ordinary activities,
     # visible and routed like any other.

@@ -24,6 +24,7 @@ from countersign.activities.contracts import (
     GuardResult,
     ModelBounds,
     RecordInput,
+    ToolOutcome,
     VerifyInput,
     VerifyResult,
 )
@@ -71,6 +72,10 @@ GUARD_IN_MODEL = "guard-in-model-call"
 # milliseconds, twice a step, and each change was an upsert, one history event in four.
 # Current Details still names the stage; waiting, compensating and the end show as before.
 WORKING_STAGE = "working-stage"
+# Since this patch, the model call also executes the reads the guard allowed in it and returns
+# their outcomes (no local activity, no workflow activation, per read); a read is used only for
+# the exact verdict it was executed under (agents/graph.py execute_action).
+READS_IN_MODEL = "reads-in-model-call"
 
 
 class StatementRefusedError(Exception):
@@ -382,6 +387,10 @@ class RunState:
     # The search attribute shows "working" for the transient stages (WORKING_STAGE).
     working_stage: bool = False
     decided: dict[str, tuple[Proposal, GuardResult]] = field(default_factory=dict)
+    # The model call executes the reads it allowed (READS_IN_MODEL); their outcomes wait here,
+    # by action hash, until the act node takes them.
+    reads_in_model: bool = False
+    reads: dict[str, ToolOutcome] = field(default_factory=dict)
     # The customer ref found so far in the requests' and the actions' arguments, and how many
     # of each were looked at: both lists only grow, so `show` never walks them again.
     _refs: dict[str, tuple[int, str | None]] = field(
@@ -402,6 +411,7 @@ class RunState:
             workflow.patched(later)
         self.guards_in_model = workflow.patched(GUARD_IN_MODEL)
         self.working_stage = workflow.patched(WORKING_STAGE) or self.agent.segment_steps is not None
+        self.reads_in_model = workflow.patched(READS_IN_MODEL)
 
     @property
     def agent(self) -> AgentSpec:

@@ -39,11 +39,11 @@ async def test_every_record_names_the_activity_event_that_wrote_it(
     kinds_by_type = {
         (r.event["activity_type"], r.kind, r.event.get("local", False)) for r in records
     }
-    # The model call decides its reply's proposals (GUARD_IN_MODEL); reads run as local
-    # activities; a side effect is an ordinary activity.
+    # The model call decides its reply's proposals (GUARD_IN_MODEL) and executes the reads it
+    # allowed (READS_IN_MODEL); a side effect is an ordinary activity.
     assert ("model.plan", "verdict", False) in kinds_by_type
     assert ("model.plan", "proposal", False) in kinds_by_type
-    assert ("orders.lookup", "action.read", True) in kinds_by_type
+    assert ("model.plan", "action.read", False) in kinds_by_type
     assert ("payments.refund", "action.executed", False) in kinds_by_type
 
 

@@ -37,9 +37,13 @@ BEFORE_PATCH = HERE / "before-local-bookkeeping"
 BEFORE_SIGNED = HERE / "before-signed-identities"
 # Runs recorded before GUARD_IN_MODEL: each proposal decided by a guard activity of its own.
 BEFORE_GUARD = HERE / "before-guard-in-model"
+# Runs recorded before READS_IN_MODEL: each allowed read ran as a local activity of its own.
+BEFORE_READS = HERE / "before-reads-in-model"
+READS = {"orders.lookup", "knowledge.search"}
 CORPUS = sorted(HERE.glob("*.json"))
 ALL_HISTORIES = (
     CORPUS
+    + sorted(BEFORE_READS.glob("*.json"))
     + sorted(BEFORE_GUARD.glob("*.json"))
     + sorted(BEFORE_SIGNED.glob("*.json"))
     + sorted(BEFORE_PATCH.glob("*.json"))
@@ -49,6 +53,7 @@ ALL_HISTORIES = (
 def test_every_scenario_is_recorded() -> None:
     assert {p.stem for p in CORPUS} == set(SCENARIOS)
     assert {p.stem for p in BEFORE_GUARD.glob("*.json")} == set(SCENARIOS)
+    assert {p.stem for p in BEFORE_READS.glob("*.json")} == set(SCENARIOS)
     for folder in (BEFORE_SIGNED, BEFORE_PATCH):
         assert {p.stem for p in folder.glob("*.json")} == set(SCENARIOS) - set(LATER_SCENARIOS)
     assert not set(PENDING_SCENARIOS) & set(SCENARIOS)
@@ -70,7 +75,7 @@ async def test_recorded_history_replays_to_the_same_result(path: Path) -> None:
     else:
         assert report.model_steps == 3
         extra = {"compensated": 2, "approved-with-changes": 1}
-        proposals = 4 if path.parent in (HERE, BEFORE_GUARD) else 3
+        proposals = 4 if path.parent in (HERE, BEFORE_READS, BEFORE_GUARD) else 3
         assert report.verdicts == proposals + extra.get(path.stem, 0)
     assert report.result_matches is True
     assert report.result is not None
@@ -78,7 +83,10 @@ async def test_recorded_history_replays_to_the_same_result(path: Path) -> None:
     # only for what is decided apart from a reply (an approved change, a compensation).
     ((_, history),) = load_histories([path])
     guard_activities = [a for a in activities_in(history) if a.activity_type == DECIDE]
-    if path.parent == HERE:
+    # Since READS_IN_MODEL the model call executes the reads it allowed: no local activity.
+    reads = [a for a in activities_in(history) if a.local and a.activity_type in READS]
+    if path.parent in (HERE, BEFORE_READS):
+        assert bool(reads) == (path.parent == BEFORE_READS)
         assert len(guard_activities) == {"compensated": 2, "approved-with-changes": 1}.get(
             path.stem, 0
         )
@@ -88,9 +96,10 @@ async def test_recorded_history_replays_to_the_same_result(path: Path) -> None:
 
 @pytest.mark.parametrize(
     "folder",
-    [HERE, BEFORE_GUARD, BEFORE_SIGNED, BEFORE_PATCH],
+    [HERE, BEFORE_READS, BEFORE_GUARD, BEFORE_SIGNED, BEFORE_PATCH],
     ids=[
         "current",
+        "before-reads-in-model",
         "before-guard-in-model",
         "before-signed-identities",
         "before-local-bookkeeping",
@@ -114,7 +123,7 @@ async def test_replay_reconstructs_each_scenarios_decisions(folder: Path) -> Non
         assert refund("reminded")["status"] == "expired"
     assert refund("compensated")["status"] == "compensated"
     assert reports["compensated"].result["status"] == "rolled_back"
-    if folder in (HERE, BEFORE_GUARD):
+    if folder in (HERE, BEFORE_READS, BEFORE_GUARD):
         changed = refund("approved-with-changes")
         assert changed["arguments"]["amount_cents"] == 60000
         assert changed["changed_from"]["amount_cents"] == 89900
@@ -226,8 +235,11 @@ def test_every_segmented_scenario_is_recorded() -> None:
 
 @pytest.mark.parametrize(
     "paths",
-    [sorted(f.glob("long-run.*.json")) for f in (SEGMENTS, BEFORE_GUARD / "segments")],
-    ids=["current", "before-guard-in-model"],
+    [
+        sorted(f.glob("long-run.*.json"))
+        for f in (SEGMENTS, BEFORE_READS / "segments", BEFORE_GUARD / "segments")
+    ],
+    ids=["current", "before-reads-in-model", "before-guard-in-model"],
 )
 async def test_a_run_continued_as_new_replays_segment_by_segment(
     monkeypatch: pytest.MonkeyPatch, paths: list[Path]

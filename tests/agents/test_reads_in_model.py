@@ -1,0 +1,243 @@
+"""The model call executes the reads its guard allowed (patch reads-in-model-call): a lookup
+step is one workflow activation, with no local activity; the read goes through the tool
+activity's own checks and audit; a read is used only under the exact verdict it ran under, and
+one that fails in the model call runs as the local activity it was before."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage
+from langgraph.graph import START, StateGraph
+from langgraph.runtime import Runtime as GraphRuntime
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from countersign.activities.agent_specs import AGENTS
+from countersign.activities.contracts import DECIDE, PLAN
+from countersign.activities.runtime import Runtime
+from countersign.agents.graph_registry import register_graph, unregister_graph
+from countersign.agents.guarded import (
+    GuardedState,
+    call_model,
+    guarded_tools,
+    in_workflow,
+    tools_condition,
+)
+from countersign.agents.state import RunState
+from countersign.settings import Settings
+from countersign.workers.replay import activities_in
+from countersign.workers.worker import build_worker
+from tests.agents.test_context_window import model_requests
+from tests.agents.test_guard_in_model import LoseFirstDecidedReply, guard_activities
+from tests.conftest import Shop, start_run
+
+READS = {"orders.lookup", "knowledge.search"}
+
+
+async def local_reads(handle: WorkflowHandle[Any, Any]) -> list[str]:
+    history = await handle.fetch_history()
+    return [a.activity_type for a in activities_in(history) if a.local and a.activity_type in READS]
+
+
+def reads_audited(runtime: Runtime, workflow_id: str, tool: str) -> list[Any]:
+    return runtime.audit.find(workflow_id, "action.read", tool=tool)
+
+
+def shop_gets(shop: Shop, path: str) -> int:
+    with shop.client() as c:
+        return int(c.get("/_stats").json()["requests"].get(f"GET {path}", 0))
+
+
+async def test_a_lookup_step_is_one_workflow_task_with_no_local_activity(
+    temporal: WorkflowEnvironment,
+    worker: Worker,
+    shop: Shop,
+    runtime: Runtime,
+    model_url: str,
+) -> None:
+    task = "Refund order A-1004: the reads ran in the model call."
+    handle = await start_run(temporal.client, worker.task_queue, task=task)
+    result = await handle.result()
+    assert result.status == "completed"
+    # The refund's amount is the lookup's captured amount: the model saw the lookup's result.
+    assert [r["amount_cents"] for r in shop.refunds("A-1004")] == [2500]
+    (asked,) = [r for r in await model_requests(model_url) if r["task"].startswith(task)][1:2]
+    assert asked["roles"][-2:] == ["tool", "tool"]
+    assert await local_reads(handle) == []
+    # Executed by the first model call, through the tool's own audited path.
+    for tool in READS:
+        (read,) = reads_audited(runtime, handle.id, tool)
+        assert read.event["activity_type"] == PLAN
+        (action,) = [a for a in result.actions if a.tool == tool]
+        assert action.status == "executed" and action.action_hash == read.data["action_hash"]
+    # From the first model call's result to the second's start: one workflow task, no marker.
+    events = (await handle.fetch_history()).events
+    plans = [
+        e.event_id
+        for e in events
+        if e.activity_task_scheduled_event_attributes.activity_type.name == PLAN
+    ]
+    between = [e for e in events if plans[0] < e.event_id < plans[1]]
+    assert sum(e.HasField("workflow_task_completed_event_attributes") for e in between) == 1
+    assert not any(e.HasField("marker_recorded_event_attributes") for e in between)
+
+
+async def fewer_passages(state: GuardedState, runtime: GraphRuntime[RunState]) -> dict[str, Any]:
+    """Edits the model's knowledge search between the model and the tools (same call id)."""
+    last = state["messages"][-1]
+    assert isinstance(last, AIMessage)
+    calls = [
+        {**c, "args": {**c["args"], "limit": 1}} if c["name"] == "knowledge.search" else c
+        for c in last.tool_calls
+    ]
+    return {"messages": [last.model_copy(update={"tool_calls": calls})]}
+
+
+def editing_reads_graph() -> StateGraph[GuardedState, RunState, Any, Any]:
+    g: StateGraph[GuardedState, RunState, Any, Any] = StateGraph(
+        GuardedState, context_schema=RunState
+    )
+    g.add_node("model", call_model, metadata=in_workflow())
+    g.add_node("edit", fewer_passages, metadata=in_workflow())
+    g.add_node("tools", guarded_tools, metadata=in_workflow())
+    g.add_edge(START, "model")
+    g.add_conditional_edges("model", tools_condition, {"tools": "edit", "__end__": "__end__"})
+    g.add_edge("edit", "tools")
+    g.add_edge("tools", "model")
+    return g
+
+
+async def test_a_read_a_graph_edited_runs_as_edited_not_as_read_in_the_model_call(
+    temporal: WorkflowEnvironment,
+    settings: Settings,
+    runtime: Runtime,
+    shop: Shop,
+    task_queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = AGENTS["support-refunds"].model_copy(update={"name": "read-editor", "graph": "eds"})
+    monkeypatch.setitem(AGENTS, "read-editor", agent)
+    register_graph("eds", editing_reads_graph)
+    try:
+        async with build_worker(temporal.client, settings, runtime, task_queue=task_queue):
+            handle = await start_run(
+                temporal.client,
+                task_queue,
+                agent="read-editor",
+                task="Refund order A-1004: the search was edited.",
+            )
+            result = await handle.result()
+    finally:
+        unregister_graph("eds")
+    assert result.status == "completed"
+    # The model call read what the model asked for (3 passages); the run used the edited
+    # call, decided again and run by its local activity, and the model saw its one passage.
+    before, edited = reads_audited(runtime, handle.id, "knowledge.search")
+    assert before.event["activity_type"] == PLAN
+    assert before.data["arguments"]["limit"] == 3
+    assert edited.event.get("local") and edited.data["arguments"]["limit"] == 1
+    (search,) = [a for a in result.actions if a.tool == "knowledge.search"]
+    assert search.arguments is not None and search.arguments["limit"] == 1
+    assert search.action_hash == edited.data["action_hash"] != before.data["action_hash"]
+    assert search.result is not None and len(search.result["passages"]) == 1
+    assert await guard_activities(handle) == [DECIDE]
+    assert await local_reads(handle) == ["knowledge.search"]
+    # The unedited lookup was taken from the model call.
+    (lookup,) = reads_audited(runtime, handle.id, "orders.lookup")
+    assert lookup.event["activity_type"] == PLAN
+
+
+async def test_an_out_of_scope_lookup_is_not_executed_in_the_model_call(
+    temporal: WorkflowEnvironment,
+    worker: Worker,
+    runtime: Runtime,
+    shop: Shop,
+    scripts_dir: Path,
+) -> None:
+    (scripts_dir / "peek-denied.json").write_text(
+        json.dumps(
+            {
+                "name": "peek-denied",
+                "match": r"(?i)denied: peek",
+                "turns": [
+                    {
+                        "tool_calls": [
+                            {"name": "orders.lookup", "arguments": {"order_id": "A-1003"}}
+                        ]
+                    },
+                    {"say": "done"},
+                ],
+            }
+        )
+    )
+    gets = shop_gets(shop, "/orders/{order_id}")
+    handle = await start_run(
+        temporal.client,
+        worker.task_queue,
+        agent="crm-updates",
+        task="denied: peek at A-1003",
+        subject={"customer_id": "C-100"},
+    )
+    result = await handle.result()
+    (verdict,) = [r.data for r in runtime.audit.find(handle.id, "verdict", tool="orders.lookup")]
+    assert verdict["outcome"] == "deny"
+    assert [a.status for a in result.actions] == ["denied"]
+    assert reads_audited(runtime, handle.id, "orders.lookup") == []
+    assert shop_gets(shop, "/orders/{order_id}") == gets
+
+
+async def test_a_read_that_fails_in_the_model_call_runs_as_a_local_activity(
+    temporal: WorkflowEnvironment, worker: Worker, runtime: Runtime, shop: Shop
+) -> None:
+    # The first order lookup (the model call's read) fails; the local activity's succeeds.
+    shop.faults(fail_status=503, fail_count=1, path_prefix="/orders", method="GET")
+    try:
+        handle = await start_run(
+            temporal.client, worker.task_queue, task="Refund order A-1004: the read failed once."
+        )
+        result = await handle.result()
+    finally:
+        shop.clear_faults()
+    assert result.status == "completed"
+    assert [r["amount_cents"] for r in shop.refunds("A-1004")] == [2500]
+    assert await local_reads(handle) == ["orders.lookup"]
+    (lookup,) = reads_audited(runtime, handle.id, "orders.lookup")
+    assert lookup.event.get("local") and lookup.event["activity_type"] == "orders.lookup"
+    (search,) = reads_audited(runtime, handle.id, "knowledge.search")
+    assert search.event["activity_type"] == PLAN
+
+
+@pytest.mark.parametrize("midway", [False, True], ids=["after-keeping", "before-keeping"])
+async def test_a_retried_model_call_reads_once_or_again_under_one_record(
+    temporal: WorkflowEnvironment,
+    settings: Settings,
+    runtime: Runtime,
+    shop: Shop,
+    task_queue: str,
+    midway: bool,
+) -> None:
+    """The first attempt's result is lost after it read: the retry returns the reads it kept
+    (or, had it stopped before keeping them, reads again); each read is audited once, and none
+    runs as a local activity."""
+    async with build_worker(
+        temporal.client,
+        settings,
+        runtime,
+        task_queue=task_queue,
+        interceptors=[LoseFirstDecidedReply(runtime, midway)],
+    ):
+        handle = await start_run(
+            temporal.client, task_queue, task="Refund order A-1004: the reads were retried."
+        )
+        result = await handle.result()
+    assert result.status == "completed"
+    assert [r["amount_cents"] for r in shop.refunds("A-1004")] == [2500]
+    for tool in READS:
+        (read,) = reads_audited(runtime, handle.id, tool)
+        assert read.event["activity_type"] == PLAN and read.event["attempt"] == 1
+    assert await local_reads(handle) == []
