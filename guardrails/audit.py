@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -76,6 +77,8 @@ SCHEMA = [
 ]
 COLUMNS = "seq, record_id, at, workflow_id, run_id, kind, actor, event, data, prev_hash, hash"
 _PAGE = 1000
+# Longer values are matched in Python only (SQLite caps LIKE patterns at 50,000 bytes).
+_MAX_PREFILTER = 1000
 
 
 class AuditError(Exception):
@@ -191,31 +194,65 @@ class AuditStore(ABC):
         event: dict[str, Any] | None = None,
     ) -> AuditRecord:
         """Append one record; a second append with the same record_id returns the first."""
-        data = redact(data)
+        return self.append_many_sync(
+            [
+                {
+                    "record_id": record_id,
+                    "workflow_id": workflow_id,
+                    "run_id": run_id,
+                    "kind": kind,
+                    "actor": actor,
+                    "data": data,
+                    "event": event,
+                }
+            ]
+        )[0]
+
+    def append_many_sync(self, records: list[dict[str, Any]]) -> list[AuditRecord]:
+        """Append records (append_sync's arguments each) in this order, in one transaction:
+        one lock and one commit for the records an activity writes together."""
+        # Redacted before the chain's lock is taken: other writers wait only for the writes.
+        records = [{**r, "data": redact(r["data"])} for r in records]
         with self._writer() as tx:
-            row = tx.one(f"SELECT {COLUMNS} FROM audit_records WHERE record_id = ?", (record_id,))
-            if row is None:
-                last = tx.one("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
-                seq, prev = (int(last[0]) + 1, last[1]) if last else (1, GENESIS)
-                partial: Row = (
-                    seq,
-                    record_id,
-                    datetime.now(UTC).isoformat(),
-                    workflow_id,
-                    run_id,
-                    kind,
-                    actor,
-                    canonical_json(event or {}),
-                    canonical_json(data),
-                )
-                row = (*partial, prev, chain_hash(prev, _leaf_fields(partial)))
-                placeholders = ", ".join("?" * len(row))
-                tx.run(f"INSERT INTO audit_records ({COLUMNS}) VALUES ({placeholders})", row)
-                if self.signer is not None:
-                    covered = tx.one("SELECT MAX(size) FROM audit_checkpoints")
-                    if seq - int((covered and covered[0]) or 0) >= self.checkpoint_every:
-                        self._write_checkpoint(tx, self.signer, seq, row[10])
-        return _to_record(row)
+            rows = [self._append(tx, **r) for r in records]
+        return [_to_record(row) for row in rows]
+
+    def _append(
+        self,
+        tx: Tx,
+        *,
+        record_id: str,
+        workflow_id: str,
+        run_id: str,
+        kind: str,
+        actor: str,
+        data: dict[str, Any],
+        event: dict[str, Any] | None = None,
+    ) -> Row:
+        row = tx.one(f"SELECT {COLUMNS} FROM audit_records WHERE record_id = ?", (record_id,))
+        if row is not None:
+            return row
+        last = tx.one("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
+        seq, prev = (int(last[0]) + 1, last[1]) if last else (1, GENESIS)
+        partial: Row = (
+            seq,
+            record_id,
+            datetime.now(UTC).isoformat(),
+            workflow_id,
+            run_id,
+            kind,
+            actor,
+            canonical_json(event or {}),
+            canonical_json(data),
+        )
+        row = (*partial, prev, chain_hash(prev, _leaf_fields(partial)))
+        placeholders = ", ".join("?" * len(row))
+        tx.run(f"INSERT INTO audit_records ({COLUMNS}) VALUES ({placeholders})", row)
+        if self.signer is not None:
+            covered = tx.one("SELECT MAX(size) FROM audit_checkpoints")
+            if seq - int((covered and covered[0]) or 0) >= self.checkpoint_every:
+                self._write_checkpoint(tx, self.signer, seq, row[10])
+        return row
 
     async def append(self, **kwargs: Any) -> AuditRecord:
         return await asyncio.to_thread(lambda: self.append_sync(**kwargs))
@@ -281,11 +318,20 @@ class AuditStore(ABC):
 
     def find(self, workflow_id: str, kind: str, **data_matches: Any) -> list[AuditRecord]:
         """Records of one kind in a run whose data has the given top-level values."""
+        # Only rows whose stored text holds `"key":"value"` for each string match are parsed
+        # and checked: a record's data is canonical JSON, so an equal top-level string is
+        # always such a substring. (Parsing every verdict of a long run cost O(run) a call.)
+        where, params = "", [workflow_id, kind]
+        for k, v in data_matches.items():
+            text = canonical_json({k: v})[1:-1]
+            if isinstance(v, str) and len(text) <= _MAX_PREFILTER:
+                where += " AND data LIKE ? ESCAPE '\\'"
+                params.append("%" + re.sub(r"([\\%_])", r"\\\1", text) + "%")
         with self._reader() as tx:
             rows = tx.all(
-                f"SELECT {COLUMNS} FROM audit_records WHERE workflow_id = ? AND kind = ?"
+                f"SELECT {COLUMNS} FROM audit_records WHERE workflow_id = ? AND kind = ?{where}"
                 " ORDER BY seq",
-                (workflow_id, kind),
+                params,
             )
         records = (_to_record(r) for r in rows)
         return [r for r in records if all(r.data.get(k) == v for k, v in data_matches.items())]
