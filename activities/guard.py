@@ -24,7 +24,13 @@ from temporalio.exceptions import ApplicationError
 from countersign.activities.agent_specs import AGENTS
 from countersign.activities.contracts import DECIDE, RELEASE, GuardInput, GuardResult
 from countersign.activities.facts import FactUnavailable, resolve_facts
-from countersign.activities.runtime import Runtime, audit_from_activity, current_workflow_id
+from countersign.activities.runtime import (
+    Runtime,
+    activity_record,
+    audit_from_activity,
+    current_workflow_id,
+    observe,
+)
 from countersign.activities.sealing import SealError, keep_sealed, seal_fields, sealer_for
 from countersign.activities.tools import ToolSpec, lookup_tool, validate_arguments
 from countersign.guardrails.audit import AuditRecord, AuditStore
@@ -106,57 +112,57 @@ class GuardActivities:
             subject=input.subject,
         )
         policy: PolicyBundle | None = None
+        failed: Verdict | None = None
         try:
-            policy = self._policy()
-            switch = await self.runtime.kill_switch_now()
-            overrides = await asyncio.to_thread(
-                overrides_for,
-                self.runtime.audit,
-                policy.settings.rollout.get(agent.name),
-                agent.name,
+            policy = active = self._policy()
+            # The kill switch and the override counts in one thread hop.
+            stored, overrides = await asyncio.to_thread(
+                lambda: (
+                    self.runtime.kill_switch.read(),
+                    overrides_for(
+                        self.runtime.audit, active.settings.rollout.get(agent.name), agent.name
+                    ),
+                )
             )
+            switch = self.runtime.kill_switch_as(stored)
             d = d.model_copy(
                 update={"killed": switch.stops(proposal.tool, agent.name), "overrides": overrides}
             )
             d = await self._gather(d, spec)
-            verdict, d = await asyncio.to_thread(
-                self.runtime.ledger.decide_and_reserve,
-                d,
-                policy.settings.counters,
-                lambda x: decide(x, policy),
-            )
         except Exception as e:
-            # Whatever went wrong, the answer is a recorded deny now, never a retry loop that
-            # leaves the run hanging with no verdict.
-            log.exception("guard.error", tool=proposal.tool, call_id=proposal.call_id)
-            verdict = Verdict(
-                call_id=proposal.call_id,
-                tool=proposal.tool,
-                outcome="deny",
-                rule_ids=["guard.error"],
-                policy_version=policy.version if policy else "none",
-                reason=f"the guard could not decide: {type(e).__name__}: {e}"[:500],
-                mode=policy.mode_for(agent.name, input.requested_mode, workflow_id)[0]
-                if policy
-                else "shadow",
-            )
-        await audit_from_activity(
-            self.runtime,
-            "proposal",
-            proposal.model_dump(mode="json"),
-            actor=f"agent:{agent.name}",
-            n=n,
+            failed = self._error_verdict(e, input, agent.name, policy, workflow_id)
+        candidate = self._candidate_policy()  # read here: a PolicySource is not thread-safe
+        proposal_record = activity_record(
+            "proposal", proposal.model_dump(mode="json"), actor=f"agent:{agent.name}", n=n
         )
-        await audit_from_activity(
-            self.runtime,
-            "verdict",
-            {
+        verdict_record = activity_record("verdict", {}, n=n)
+
+        def settle() -> tuple[Verdict, list[AuditRecord]]:
+            """Decide and reserve, then audit the proposal and its verdict: one thread hop,
+            and one audit transaction for the two records."""
+            nonlocal d
+            verdict = failed
+            if verdict is None:
+                assert policy is not None
+                bundle = policy
+                try:
+                    verdict, d = self.runtime.ledger.decide_and_reserve(
+                        d, bundle.settings.counters, lambda x: decide(x, bundle)
+                    )
+                except Exception as e:
+                    verdict = self._error_verdict(e, input, agent.name, policy, workflow_id)
+            data = {
                 **verdict.model_dump(mode="json"),
                 "input": d.model_dump(mode="json"),
-                **self._candidate(d, verdict),
-            },
-            n=n,
-        )
+                **self._candidate(d, verdict, candidate),
+            }
+            records = self.runtime.audit.append_many_sync(
+                [proposal_record, {**verdict_record, "data": data}]
+            )
+            return verdict, records
+
+        verdict, records = await asyncio.to_thread(settle)
+        await observe(self.runtime, records)
         return GuardResult(
             verdict=verdict,
             tool_timeout_seconds=settings.tool_start_to_close_seconds,
@@ -197,14 +203,48 @@ class GuardActivities:
             update["facts_error"] = str(e)
         return d.model_copy(update=update)
 
-    def _candidate(self, d: DecisionInput, active: Verdict) -> dict[str, Any]:
-        """The candidate policy's verdict on the same input, recorded beside the active one."""
+    @staticmethod
+    def _error_verdict(
+        e: Exception,
+        input: GuardInput,
+        agent: str,
+        policy: PolicyBundle | None,
+        workflow_id: str,
+    ) -> Verdict:
+        """Whatever went wrong, the answer is a recorded deny now, never a retry loop that
+        leaves the run hanging with no verdict. (Called while handling `e`.)"""
+        proposal = input.proposal
+        log.exception("guard.error", tool=proposal.tool, call_id=proposal.call_id)
+        return Verdict(
+            call_id=proposal.call_id,
+            tool=proposal.tool,
+            outcome="deny",
+            rule_ids=["guard.error"],
+            policy_version=policy.version if policy else "none",
+            reason=f"the guard could not decide: {type(e).__name__}: {e}"[:500],
+            mode=policy.mode_for(agent, input.requested_mode, workflow_id)[0]
+            if policy
+            else "shadow",
+        )
+
+    def _candidate_policy(self) -> PolicyBundle | PolicyError | None:
+        """The candidate policy to decide beside the active one (or why there is none)."""
         if self.runtime.candidate is None:
-            return {}
+            return None
         try:
-            policy = self.runtime.candidate.current()
+            return self.runtime.candidate.current()
         except PolicyError as e:
-            return {"candidate": {"error": str(e)}}
+            return e
+
+    @staticmethod
+    def _candidate(
+        d: DecisionInput, active: Verdict, policy: PolicyBundle | PolicyError | None
+    ) -> dict[str, Any]:
+        """The candidate policy's verdict on the same input, recorded beside the active one."""
+        if policy is None:
+            return {}
+        if isinstance(policy, PolicyError):
+            return {"candidate": {"error": str(policy)}}
         other = decide(d, policy) if d.tool is not None else active
         return {
             "candidate": {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,14 +39,17 @@ from countersign.activities.guard import GuardActivities
 from countersign.activities.runtime import (
     Runtime,
     activity_key,
+    activity_record,
     audit_from_activity,
     current_workflow_id,
     heartbeating,
+    observe,
 )
 from countersign.activities.sealing import Sealer, seal_fields, sealer_for
 from countersign.activities.tools import CALL_REASON, REGISTRY, ToolSpec, execute_tool, lookup_tool
 from countersign.activities.transcript import Fold
 from countersign.credentials import openai_api_key
+from countersign.guardrails.audit import AuditRecord
 from countersign.guardrails.policy import Proposal, sha256_hex
 from countersign.guardrails.redaction import Kind
 
@@ -332,13 +336,13 @@ class ModelActivities:
         keep the reply for a retried attempt in the same write as the reply's messages."""
         workflow_id = current_workflow_id()
         transcripts = self.runtime.transcripts
-        await transcripts.write(workflow_id, input.seq, input.new_messages)
         upto = input.seq + len(input.new_messages)
         # With a context window only the messages after the latest fold are read and sent.
         window = agent.context
-        fold = await transcripts.fold(workflow_id, upto) if window else None
+        fold, history = await transcripts.write_and_read(
+            workflow_id, input.seq, input.new_messages, folds=window is not None
+        )
         start = fold.covers_seq if fold else 0
-        history = await transcripts.read(workflow_id, upto, start)
         if len(history) != upto - start:
             raise ApplicationError(
                 f"transcript of {workflow_id} has {start + len(history)} messages, expected"
@@ -364,7 +368,12 @@ class ModelActivities:
         # note saying why; a second such reply stops the run (PlanOutput.refused).
         written: list[dict[str, Any]] = []
         refused: str | None = None
+        # A model.call record not yet appended: the last one goes with the transcript's write.
+        pending: dict[str, Any] | None = None
         for attempt in range(2):
+            if pending is not None:
+                await self._keep(pending)
+            pending = None
             response = await self._complete(agent, [*messages, *written], tools)
             if not response.choices:
                 raise ApplicationError("the model returned no choices", type="ModelEmptyReply")
@@ -380,8 +389,7 @@ class ModelActivities:
                 settings.max_reply_bytes,
                 settings.max_tool_calls_per_turn,
             )
-            await audit_from_activity(
-                self.runtime,
+            pending = activity_record(
                 "model.call",
                 {
                     "agent": agent.name,
@@ -431,8 +439,20 @@ class ModelActivities:
                 seq=seq,
             )
         kept = (key, out.model_dump(mode="json")) if key and out.proposals else None
-        await transcripts.write(workflow_id, upto, written, reply=kept)
+        assert pending is not None
+        await self._keep(pending, lambda: transcripts.write_sync(workflow_id, upto, written, kept))
         return out
+
+    async def _keep(self, record: dict[str, Any], then: Callable[[], None] = lambda: None) -> None:
+        """Append a model.call record (activity_record's), then run `then` (the transcript's
+        write, which follows it): one thread hop for both."""
+
+        def both() -> AuditRecord:
+            appended = self.runtime.audit.append_sync(**record)
+            then()
+            return appended
+
+        await observe(self.runtime, [await asyncio.to_thread(both)])
 
     async def _fold(
         self,

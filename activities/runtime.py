@@ -78,7 +78,11 @@ class Runtime:
 
         Read on every proposal and execution: the signatures are checked again only when the
         stored switch, the directory or the policy changed (and a refusal is logged once)."""
-        stored = await asyncio.to_thread(self.kill_switch.read)
+        return self.kill_switch_as(await asyncio.to_thread(self.kill_switch.read))
+
+    def kill_switch_as(self, stored: KillSwitch) -> KillSwitch:
+        """The switch `stored` (as just read from `kill_switch`), folded as kill_switch_now
+        folds it: for callers that read it in a thread hop they make anyway."""
         policy, directory = self.policy.current(), self.directory.current()
         key = (stored.model_dump_json(), directory.version, policy.version)
         if self._kill_switch_folded is None or self._kill_switch_folded[0] != key:
@@ -160,27 +164,41 @@ async def audit_from_activity(
     wrote the record. A local activity's result is the MarkerRecorded event carrying its
     activity id; `local` says so.
     """
+    record = await runtime.audit.append(**activity_record(kind, data, actor=actor, n=n))
+    await observe(runtime, [record])
+    return record
+
+
+def activity_record(
+    kind: str, data: dict[str, Any], *, actor: str = "countersign", n: int = 0
+) -> dict[str, Any]:
+    """The running activity's record as AuditStore.append_sync takes it (audit_from_activity
+    says how it is keyed), for callers that append it in a thread hop they make anyway; they
+    pass what was appended to `observe`."""
     info = activity.info()
-    record = await runtime.audit.append(
-        record_id=activity_record_id(kind, n),
-        workflow_id=info.workflow_id or "",
-        run_id=info.workflow_run_id or "",
-        kind=kind,
-        actor=actor,
-        data=data,
-        event={
+    return {
+        "record_id": activity_record_id(kind, n),
+        "workflow_id": info.workflow_id or "",
+        "run_id": info.workflow_run_id or "",
+        "kind": kind,
+        "actor": actor,
+        "data": data,
+        "event": {
             "activity_id": info.activity_id,
             "activity_type": info.activity_type,
             "attempt": info.attempt,
             **({"local": True} if info.is_local else {}),
         },
-    )
-    await _observe(runtime, record)
-    return record
+    }
+
+
+async def observe(runtime: Runtime, records: list[AuditRecord]) -> None:
+    """Metrics from appended records; never let a metrics problem fail the activity."""
+    for record in records:
+        await _observe(runtime, record)
 
 
 async def _observe(runtime: Runtime, record: AuditRecord) -> None:
-    """Metrics from the record; never let a metrics problem fail the activity."""
     try:
         requested_at = None
         model_calls = None

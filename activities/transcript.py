@@ -73,7 +73,7 @@ class TranscriptStore:
         self.db = open_database(db, synchronous="NORMAL")
         self.db.create(_SCHEMA)
 
-    def _write(
+    def write_sync(
         self,
         workflow_id: str,
         start_seq: int,
@@ -101,7 +101,7 @@ class TranscriptStore:
                 (workflow_id, start_seq),
             )
 
-    def _read(self, workflow_id: str, upto_seq: int, from_seq: int = 0) -> list[dict[str, Any]]:
+    def read_sync(self, workflow_id: str, upto_seq: int, from_seq: int = 0) -> list[dict[str, Any]]:
         with self.db.reader() as tx:
             rows = tx.all(
                 "SELECT message FROM transcript_messages WHERE workflow_id = ? AND seq >= ?"
@@ -110,7 +110,7 @@ class TranscriptStore:
             )
         return [json.loads(r[0]) for r in rows]
 
-    def _fold(self, workflow_id: str, upto_seq: int) -> Fold | None:
+    def fold_sync(self, workflow_id: str, upto_seq: int) -> Fold | None:
         with self.db.reader() as tx:
             row = tx.one(
                 "SELECT covers_seq, replies, summary FROM transcript_folds"
@@ -119,7 +119,7 @@ class TranscriptStore:
             )
         return Fold(*row) if row else None
 
-    def _write_fold(self, workflow_id: str, fold: Fold) -> None:
+    def write_fold_sync(self, workflow_id: str, fold: Fold) -> None:
         with self.db.transaction() as tx:
             tx.run(
                 "INSERT INTO transcript_folds VALUES (?, ?, ?, ?) ON CONFLICT"
@@ -128,7 +128,7 @@ class TranscriptStore:
                 (workflow_id, fold.covers_seq, fold.replies, fold.summary),
             )
 
-    def _reply_of(self, workflow_id: str, activity: str) -> dict[str, Any] | None:
+    def reply_of_sync(self, workflow_id: str, activity: str) -> dict[str, Any] | None:
         with self.db.reader() as tx:
             row = tx.one(
                 "SELECT COALESCE(decided, reply) FROM transcript_replies"
@@ -137,7 +137,7 @@ class TranscriptStore:
             )
         return json.loads(row[0]) if row else None
 
-    def _keep_decided(self, workflow_id: str, activity: str, decided: dict[str, Any]) -> None:
+    def keep_decided_sync(self, workflow_id: str, activity: str, decided: dict[str, Any]) -> None:
         with self.db.transaction() as tx:
             # The first attempt to finish deciding stands.
             tx.run(
@@ -155,26 +155,40 @@ class TranscriptStore:
     ) -> None:
         """Write `messages` from `start_seq`; with `reply` (the activity's key, the reply as
         the activity returns it), keep that too, in the same transaction."""
-        await asyncio.to_thread(self._write, workflow_id, start_seq, messages, reply)
+        await asyncio.to_thread(self.write_sync, workflow_id, start_seq, messages, reply)
+
+    async def write_and_read(
+        self, workflow_id: str, start_seq: int, messages: list[dict[str, Any]], *, folds: bool
+    ) -> tuple[Fold | None, list[dict[str, Any]]]:
+        """write(), then (with `folds`) the latest fold covering none of what was written, and
+        the messages after it up to the written ones' end: one thread hop for the three."""
+        upto = start_seq + len(messages)
+
+        def both() -> tuple[Fold | None, list[dict[str, Any]]]:
+            self.write_sync(workflow_id, start_seq, messages)
+            fold = self.fold_sync(workflow_id, upto) if folds else None
+            return fold, self.read_sync(workflow_id, upto, fold.covers_seq if fold else 0)
+
+        return await asyncio.to_thread(both)
 
     async def reply_of(self, workflow_id: str, activity: str) -> dict[str, Any] | None:
         """What an earlier attempt of `activity` kept: its decided reply, else its reply, or
         None."""
-        return await asyncio.to_thread(self._reply_of, workflow_id, activity)
+        return await asyncio.to_thread(self.reply_of_sync, workflow_id, activity)
 
     async def keep_decided(self, workflow_id: str, activity: str, decided: dict[str, Any]) -> None:
         """Keep the reply kept for `activity` with its verdicts (the activity's result)."""
-        await asyncio.to_thread(self._keep_decided, workflow_id, activity, decided)
+        await asyncio.to_thread(self.keep_decided_sync, workflow_id, activity, decided)
 
     async def read(
         self, workflow_id: str, upto_seq: int, from_seq: int = 0
     ) -> list[dict[str, Any]]:
         """Messages with from_seq <= seq < upto_seq, in order."""
-        return await asyncio.to_thread(self._read, workflow_id, upto_seq, from_seq)
+        return await asyncio.to_thread(self.read_sync, workflow_id, upto_seq, from_seq)
 
     async def fold(self, workflow_id: str, upto_seq: int) -> Fold | None:
         """The latest fold covering no message at or after upto_seq."""
-        return await asyncio.to_thread(self._fold, workflow_id, upto_seq)
+        return await asyncio.to_thread(self.fold_sync, workflow_id, upto_seq)
 
     async def write_fold(self, workflow_id: str, fold: Fold) -> None:
-        await asyncio.to_thread(self._write_fold, workflow_id, fold)
+        await asyncio.to_thread(self.write_fold_sync, workflow_id, fold)

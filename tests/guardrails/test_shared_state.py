@@ -45,15 +45,17 @@ def test_a_transcript_written_on_one_host_is_read_whole_on_another(
     hosts: tuple[Database, Database],
 ) -> None:
     a, b = TranscriptStore(hosts[0]), TranscriptStore(hosts[1])
-    a._write("run-1", 0, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}])
+    a.write_sync(
+        "run-1", 0, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]
+    )
     # A retried activity rewrites the same rows instead of adding new ones.
-    b._write("run-1", 1, [{"role": "assistant", "content": "refunded"}])
-    assert b._read("run-1", 2) == [
+    b.write_sync("run-1", 1, [{"role": "assistant", "content": "refunded"}])
+    assert b.read_sync("run-1", 2) == [
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": "refunded"},
     ]
-    assert a._read("run-1", 1) == [{"role": "user", "content": "hi"}]
-    assert a._read("run-2", 5) == []
+    assert a.read_sync("run-1", 1) == [{"role": "user", "content": "hi"}]
+    assert a.read_sync("run-2", 5) == []
 
 
 def test_a_model_calls_first_kept_reply_is_what_a_retry_on_another_host_reads(
@@ -62,16 +64,16 @@ def test_a_model_calls_first_kept_reply_is_what_a_retry_on_another_host_reads(
     """guard-in-model-call: a retried model call decides the reply its first attempt kept."""
     a, b = TranscriptStore(hosts[0]), TranscriptStore(hosts[1])
     reply = {"role": "assistant", "content": "first"}
-    a._write("run-1", 2, [reply], reply=("run-id/7", {"content": "first"}))
+    a.write_sync("run-1", 2, [reply], reply=("run-id/7", {"content": "first"}))
     # A later attempt that asked the model again rewrites the messages, never the kept reply.
-    b._write("run-1", 2, [{"role": "assistant", "content": "second"}], reply=("run-id/7", {}))
-    assert b._reply_of("run-1", "run-id/7") == {"content": "first"}
-    assert a._reply_of("run-1", "run-id/8") is None
-    assert a._reply_of("run-2", "run-id/7") is None
+    b.write_sync("run-1", 2, [{"role": "assistant", "content": "second"}], reply=("run-id/7", {}))
+    assert b.reply_of_sync("run-1", "run-id/7") == {"content": "first"}
+    assert a.reply_of_sync("run-1", "run-id/8") is None
+    assert a.reply_of_sync("run-2", "run-id/7") is None
     # Once decided, the reply with its verdicts is what a retry reads; the first one stands.
-    a._keep_decided("run-1", "run-id/7", {"content": "first", "verdicts": [1]})
-    b._keep_decided("run-1", "run-id/7", {"content": "first", "verdicts": [2]})
-    assert b._reply_of("run-1", "run-id/7") == {"content": "first", "verdicts": [1]}
+    a.keep_decided_sync("run-1", "run-id/7", {"content": "first", "verdicts": [1]})
+    b.keep_decided_sync("run-1", "run-id/7", {"content": "first", "verdicts": [2]})
+    assert b.reply_of_sync("run-1", "run-id/7") == {"content": "first", "verdicts": [1]}
 
 
 def test_a_fold_made_on_one_host_is_used_on_another_until_the_transcript_is_rewritten(
@@ -80,16 +82,16 @@ def test_a_fold_made_on_one_host_is_used_on_another_until_the_transcript_is_rewr
     """Context windows (activities/context.py): a reset workflow rewrites its transcript from
     an earlier seq, voiding folds made in the old continuation."""
     a, b = TranscriptStore(hosts[0]), TranscriptStore(hosts[1])
-    a._write("run-1", 0, [{"role": "assistant", "content": str(i)} for i in range(10)])
-    a._write_fold("run-1", Fold(covers_seq=4, replies=4, summary="first four"))
-    a._write_fold("run-1", Fold(covers_seq=8, replies=8, summary=None))
-    assert b._fold("run-1", 10) == Fold(8, 8, None)
-    assert b._fold("run-1", 7) == Fold(4, 4, "first four")
-    assert b._fold("run-2", 10) is None
-    assert [m["content"] for m in b._read("run-1", 7, from_seq=4)] == ["4", "5", "6"]
-    b._write("run-1", 6, [{"role": "assistant", "content": "after reset"}])
-    assert a._fold("run-1", 10) == Fold(4, 4, "first four")
-    assert len(a._read("run-1", 10)) == 10
+    a.write_sync("run-1", 0, [{"role": "assistant", "content": str(i)} for i in range(10)])
+    a.write_fold_sync("run-1", Fold(covers_seq=4, replies=4, summary="first four"))
+    a.write_fold_sync("run-1", Fold(covers_seq=8, replies=8, summary=None))
+    assert b.fold_sync("run-1", 10) == Fold(8, 8, None)
+    assert b.fold_sync("run-1", 7) == Fold(4, 4, "first four")
+    assert b.fold_sync("run-2", 10) is None
+    assert [m["content"] for m in b.read_sync("run-1", 7, from_seq=4)] == ["4", "5", "6"]
+    b.write_sync("run-1", 6, [{"role": "assistant", "content": "after reset"}])
+    assert a.fold_sync("run-1", 10) == Fold(4, 4, "first four")
+    assert len(a.read_sync("run-1", 10)) == 10
 
 
 def test_a_link_issued_on_one_host_is_honoured_once_on_another(
