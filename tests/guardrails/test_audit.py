@@ -308,3 +308,54 @@ def test_pii_fields_are_redacted_from_log_events_too() -> None:
         set_pii_fields([])
     assert event == {"event": "crm.updated", "email": REDACTED}
     assert redact_processor(None, "info", {"email": "ann@x.io"}) == {"email": "ann@x.io"}
+
+
+def test_find_matches_exactly_what_it_prefilters(make_store: StoreFactory) -> None:
+    """`find` narrows by the stored text first: LIKE's wildcards and escape in a value, text
+    that only contains the value, nested values and non-string values all match as before."""
+    store = make_store()
+    values = ["50%_off", "a\\b", "100% x", 'añ€ "q"', "A", "a"]
+    records = [{"v": v, "n": 1} for v in values] + [
+        {"v": "50%_offer"},  # contains a value without being it
+        {"other": {"v": "A"}},  # the value, nested: not a top-level match
+        {"v": 1.0},
+    ]
+    for i, data in enumerate(records):
+        store.append_many_sync(
+            [
+                {
+                    "record_id": f"r{i}",
+                    "workflow_id": "wf",
+                    "run_id": "run",
+                    "kind": "k",
+                    "actor": "x",
+                    "data": data,
+                }
+            ]
+        )
+    for v in values:
+        assert [r.data["v"] for r in store.find("wf", "k", v=v)] == [v]
+    assert [r.record_id for r in store.find("wf", "k", v="A", n=1)] == ["r4"]
+    assert [r.record_id for r in store.find("wf", "k", v=1)] == ["r8"]
+    assert store.find("wf", "k", v="%") == []
+    assert store.find("other-wf", "k", v="A") == []
+    assert store.verify().ok
+
+
+def test_append_many_extends_the_chain_in_order(make_store: StoreFactory) -> None:
+    store = fill(make_store(signer=SIGNER, checkpoint_every=3), 2)
+
+    def record(i: int) -> dict[str, Any]:
+        return {
+            "record_id": f"r{i}",
+            "workflow_id": "wf",
+            "run_id": "run",
+            "kind": "proposal",
+            "actor": "agent",
+            "data": {"i": i},
+        }
+
+    appended = store.append_many_sync([record(1), record(2), record(3)])
+    assert [(r.record_id, r.seq) for r in appended] == [("r1", 2), ("r2", 3), ("r3", 4)]
+    assert store.count() == 4 and len(store.checkpoints()) == 1
+    assert store.verify(SIGNER.public_key).ok
