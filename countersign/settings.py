@@ -123,7 +123,7 @@ class Settings(BaseSettings):
     # parks, if its history has at most this many events, and is replayed when its decision
     # arrives: kept, it would hold ~0.4 MB for as long as people take. 0: parked runs stay
     # cached. BENCHMARKS.md, section 5: the memory, and the latency a replay adds.
-    evict_parked_max_events: int = Field(default=200, ge=0)
+    evict_parked_max_events: int = Field(default=100, ge=0)
     # The currency money is shown in to people (ISO 4217), unless an argument names its own.
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     # USD per million tokens (prompt, completion) by model name, for cost figures.

@@ -25,6 +25,8 @@ immutable, so the modules the sandbox imports load their code once per process
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
 import importlib.abc
 import importlib.machinery
 import sys
@@ -95,7 +97,7 @@ class Parking:
         self.run_ids: set[str] = set()
 
     def check(self, act: Any, inside: Any) -> None:
-        sdk = getattr(inside, "instance", None)
+        sdk: Any = getattr(inside, "instance", None)
         waits = getattr(getattr(sdk, "_object", None), "waits_on_people", None)
         if (
             waits is None
@@ -119,18 +121,41 @@ class Parking:
             worker._bridge_worker = _EvictAfterCompletion(bridge, self.run_ids)  # type: ignore[assignment]
 
 
+def _libc_malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
 class _EvictAfterCompletion:
-    """The SDK's bridge worker; after a parked run's completion, its eviction request."""
+    """The SDK's bridge worker; after a parked run's completion, its eviction request.
+
+    Memory an evicted run freed stays in the allocator's free lists (glibc keeps it mapped),
+    so the worker's RSS would stay at its busiest; a few seconds after evictions it is handed
+    back to the system (`malloc_trim`, at most once per `TRIM_AFTER_S`)."""
+
+    TRIM_AFTER_S = 5.0
 
     def __init__(self, bridge: Any, run_ids: set[str]) -> None:
         self._bridge = bridge
         self._run_ids = run_ids
+        self._trim = _libc_malloc_trim()
+        self._trim_due = False
 
     async def complete_workflow_activation(self, completion: Any) -> None:
         await self._bridge.complete_workflow_activation(completion)
         if completion.run_id in self._run_ids:
             self._run_ids.discard(completion.run_id)
             self._bridge.request_workflow_eviction(completion.run_id)
+            if self._trim is not None and not self._trim_due:
+                self._trim_due = True
+                asyncio.get_running_loop().call_later(self.TRIM_AFTER_S, self._trim_now)
+
+    def _trim_now(self) -> None:
+        self._trim_due = False
+        # Off the event loop: it walks the whole heap (ctypes releases the GIL).
+        asyncio.get_running_loop().run_in_executor(None, self._trim, 0)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._bridge, name)
@@ -141,10 +166,12 @@ class _SharedCodeLoader(importlib.machinery.SourceFileLoader):
 
     codes: dict[str, CodeType] = {}
 
-    def get_code(self, fullname: str) -> CodeType:
+    def get_code(self, fullname: str) -> CodeType | None:
         code = self.codes.get(self.path)
         if code is None:
-            code = self.codes[self.path] = super().get_code(fullname)  # type: ignore[assignment]
+            code = super().get_code(fullname)
+            if code is not None:
+                self.codes[self.path] = code
         return code
 
 

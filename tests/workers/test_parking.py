@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import pytest
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -52,10 +53,15 @@ async def test_a_parked_run_is_evicted_and_acts_on_its_decision(
     assert len(shop.refunds("A-1002")) == before + 1
 
 
-async def test_parked_runs_stay_cached_when_switched_off(
-    temporal: WorkflowEnvironment, settings: Settings, runtime: Runtime, task_queue: str
+@pytest.mark.parametrize("max_events", [0, 10], ids=["switched-off", "history-too-long"])
+async def test_parked_runs_stay_cached(
+    temporal: WorkflowEnvironment,
+    settings: Settings,
+    runtime: Runtime,
+    task_queue: str,
+    max_events: int,
 ) -> None:
-    kept = settings.model_copy(update={"evict_parked_max_events": 0})
+    kept = settings.model_copy(update={"evict_parked_max_events": max_events})
     async with build_worker(
         temporal.client,
         kept,
