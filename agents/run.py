@@ -381,6 +381,12 @@ class AgentRun:
     def status(self) -> RunStatus:
         return self._state().status()
 
+    def waits_on_people(self) -> bool:
+        """Parked: waiting only for approvers (the worker may evict the run from its cache
+        until a decision arrives; workers/sandbox.py Parking). Reads state, changes nothing."""
+        run = self._run
+        return run is not None and run.stage == "waiting for approval" and bool(run.pending())
+
 
 def _envelope_of(payload: Any) -> Envelope:
     """The signed envelope in an Update or signal payload; a bare name is refused."""

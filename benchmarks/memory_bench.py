@@ -3,8 +3,10 @@ asserts nothing.
 
     python -m benchmarks.memory_bench                          # 200 and 1,000 parked
     python -m benchmarks.memory_bench --max-cached 1000 100    # the cache sizes to compare
+    python -m benchmarks.memory_bench --evict-parked 100 0     # parked runs evicted, or kept
 
-For each cache size (`COUNTERSIGN_MAX_CACHED_WORKFLOWS`, the worker's sticky workflow cache),
+For each cache size (`COUNTERSIGN_MAX_CACHED_WORKFLOWS`, the worker's sticky workflow cache)
+and each `COUNTERSIGN_EVICT_PARKED_MAX_EVENTS` (parked runs leave the cache; 0: they stay),
 one `python -m countersign.workers worker` process (the real worker, nothing registered) on
 its own task queue of a fresh dev stack: its VmRSS (with children) idle after a warm-up run,
 then with runs of the demo refund (A-1002, 189.00: waits for a support lead) parked on an
@@ -14,7 +16,8 @@ parked run = (RSS - idle) / parked runs.
 Then the approval-to-action latency, approval Update sent → `payments.refund` started (the
 server's event time), for `--samples` of the runs parked first (with a cache smaller than the
 runs parked, they were evicted: the worker replays the run from its history before it acts)
-and as many of the runs parked last (still cached). The shop is reset before each decision.
+and as many of the runs parked last (still cached, unless parked runs are evicted). The shop
+is reset before each decision.
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ from countersign.workers.worker import check_startup
 from tests.histories.record import Stack, fresh_stack
 
 QUEUE = "bench-memory"
+# Seconds before RSS is read: a worker hands the memory of the runs it evicted back to the
+# system within 5 s (workers/sandbox.py).
+SETTLE_S = 7
 
 
 async def start_refund(client: Client, wf_id: str, task_queue: str) -> Any:
@@ -108,14 +114,18 @@ async def decision_ms(stack: Stack, handle: Any, request: tuple[str, str]) -> fl
     raise TimeoutError(f"{handle.id}: payments.refund never started")
 
 
-async def bench_cache(stack: Stack, cache: int, levels: list[int], samples: int) -> dict[str, Any]:
-    tag = f"cache{cache}"
-    stack.settings = stack.settings.model_copy(update={"max_cached_workflows": cache})
+async def bench_cache(
+    stack: Stack, cache: int, evict: int, levels: list[int], samples: int
+) -> dict[str, Any]:
+    tag = f"cache{cache}-evict{evict}"
+    stack.settings = stack.settings.model_copy(
+        update={"max_cached_workflows": cache, "evict_parked_max_events": evict}
+    )
     queue = f"{QUEUE}-{tag}"
     workers = start_workers(stack, 1, queue, PLAIN_WORKER)
     pid = workers[0].process.pid
     handles: list[Any] = []
-    out: dict[str, Any] = {"cache": cache, "rows": []}
+    out: dict[str, Any] = {"cache": cache, "evict": evict, "rows": []}
     try:
         await wait_for_pollers(stack.client, queue, workers)
         await _reset_shop(stack)  # an earlier cache size's decisions refunded the order
@@ -123,7 +133,7 @@ async def bench_cache(stack: Stack, cache: int, levels: list[int], samples: int)
         if await parked(warm) is None:
             raise RuntimeError("the warm-up refund did not park on an approval")
         await warm.terminate("benchmark warm-up done")
-        await asyncio.sleep(1)
+        await asyncio.sleep(SETTLE_S)
         out["idle"] = idle = rss_kb(pid)
         requests: list[tuple[str, str] | None] = []
         for level in levels:
@@ -133,7 +143,7 @@ async def bench_cache(stack: Stack, cache: int, levels: list[int], samples: int)
             )
             handles += started
             requests += await bounded(50, parked, started)
-            await asyncio.sleep(2)
+            await asyncio.sleep(SETTLE_S)
             count = sum(r is not None for r in requests)
             loaded = rss_kb(pid)
             out["rows"].append((level, count, loaded, (loaded - idle) / max(count, 1)))
@@ -169,13 +179,19 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             stack.runtime = check_startup(stack.settings)
             results = []
             for cache in args.max_cached:
-                results.append(await bench_cache(stack, cache, args.parked, args.samples))
-                show(results[-1])
+                for evict in args.evict_parked:
+                    results.append(
+                        await bench_cache(stack, cache, evict, args.parked, args.samples)
+                    )
+                    show(results[-1])
             return results
 
 
 def show(r: dict[str, Any]) -> None:
-    print(f"\nworkflow cache {r['cache']} runs: idle after a warm-up run {r['idle'] / 1024:.1f} MB")
+    print(
+        f"\nworkflow cache {r['cache']} runs, parked runs evicted up to {r['evict']} events: "
+        f"idle after a warm-up run {r['idle'] / 1024:.1f} MB"
+    )
     for level, count, kb, per in r["rows"]:
         print(
             f"  {count:>5} of {level:>5} parked: {kb / 1024:7.1f} MB, {per:6.0f} KB per parked run"
@@ -194,6 +210,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parked", type=int, nargs="+", default=[200, 1000])
     parser.add_argument(
         "--max-cached", type=int, nargs="+", default=[1000], help="worker cache sizes to compare"
+    )
+    parser.add_argument(
+        "--evict-parked",
+        type=int,
+        nargs="+",
+        default=[100],
+        help="COUNTERSIGN_EVICT_PARKED_MAX_EVENTS values to compare (0: parked runs stay cached)",
     )
     parser.add_argument("--samples", type=int, default=5, help="decisions timed per group")
     args = parser.parse_args(argv)

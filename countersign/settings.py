@@ -116,10 +116,14 @@ class Settings(BaseSettings):
     metrics_address: str = ""
     tracing: bool = False
     # Runs a worker keeps in memory between their workflow tasks (Temporal's sticky workflow
-    # cache; default: the SDK's). A run parked on an approval holds ~0.4 MB there; beyond
-    # this many the least recently used is evicted, and replayed from its history when its
-    # decision arrives (BENCHMARKS.md, section 5: the memory, and the latency it adds).
+    # cache; default: the SDK's); beyond this many the least recently used is evicted, and
+    # replayed from its history when its next event arrives.
     max_cached_workflows: int = Field(default=1000, ge=0)
+    # A run parked on an approval (waiting only for people) leaves the cache as soon as it
+    # parks, if its history has at most this many events, and is replayed when its decision
+    # arrives: kept, it would hold ~0.4 MB for as long as people take. 0: parked runs stay
+    # cached. BENCHMARKS.md, section 5: the memory, and the latency a replay adds.
+    evict_parked_max_events: int = Field(default=100, ge=0)
     # The currency money is shown in to people (ISO 4217), unless an argument names its own.
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     # USD per million tokens (prompt, completion) by model name, for cost figures.

@@ -244,6 +244,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "COUNTERSIGN_POLICY_PATH": str(settings.policy_path),
         "COUNTERSIGN_DIRECTORY_PATH": str(settings.directory_file.resolve()),
         "COUNTERSIGN_MAX_CACHED_WORKFLOWS": str(settings.max_cached_workflows),
+        "COUNTERSIGN_EVICT_PARKED_MAX_EVENTS": str(settings.evict_parked_max_events),
     }
     if settings.extra_directories:
         env["COUNTERSIGN_EXTRA_DIRECTORIES"] = ",".join(

@@ -54,7 +54,7 @@ from countersign.guardrails.policy import PolicyBundle, PolicyError
 from countersign.settings import Settings, SettingsError
 from countersign.workers.codec import data_converter
 from countersign.workers.plugins import apply_plugins
-from countersign.workers.sandbox import WorkflowSandbox
+from countersign.workers.sandbox import Parking, WorkflowSandbox
 from countersign.workers.telemetry import client_interceptors, temporal_runtime
 
 log = structlog.get_logger(__name__)
@@ -282,7 +282,8 @@ def build_worker(
         *tool_activities(runtime),
         reconcile_activity(runtime),
     ]
-    return Worker(
+    parking = Parking(settings.evict_parked_max_events)
+    worker = Worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=WORKFLOWS,
@@ -290,11 +291,15 @@ def build_worker(
         interceptors=[_BindActivityIds(), *worker_options.pop("interceptors", [])],
         plugins=plugins(),
         **{
-            "workflow_runner": WorkflowSandbox(),
+            "workflow_runner": WorkflowSandbox(
+                parking=parking if settings.evict_parked_max_events else None
+            ),
             "max_cached_workflows": settings.max_cached_workflows,
             **worker_options,
         },
     )
+    parking.install(worker)
+    return worker
 
 
 async def run_worker(settings: Settings) -> None:
