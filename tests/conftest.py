@@ -7,7 +7,7 @@ import asyncio
 import re
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -21,9 +21,11 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from countersign import testing
+from countersign.activities.agent_specs import AGENTS
 from countersign.activities.payload_keys import PayloadKeys
 from countersign.activities.runtime import Runtime
 from countersign.activities.stores import ensure_signing_key
+from countersign.agents.graph_registry import register_graph, unregister_graph
 from countersign.agents.run import AgentRun
 from countersign.agents.state import RunResult
 from countersign.credentials import configure_keyring, set_secret
@@ -280,6 +282,29 @@ async def start_run(
 
 
 signed = testing.signed
+
+
+async def run_with_graph(
+    temporal: WorkflowEnvironment,
+    settings: Settings,
+    runtime: Runtime,
+    task_queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    base: str,
+    name: str,
+    graph: Callable[[], Any],
+    task: str,
+) -> tuple[WorkflowHandle[AgentRun, RunResult], RunResult]:
+    """Run agent `name` (agent `base` with its own graph `graph`) to its result on a worker."""
+    monkeypatch.setitem(AGENTS, name, AGENTS[base].model_copy(update={"name": name, "graph": name}))
+    register_graph(name, graph)
+    try:
+        async with build_worker(temporal.client, settings, runtime, task_queue=task_queue):
+            handle = await start_run(temporal.client, task_queue, agent=name, task=task)
+            return handle, await handle.result()
+    finally:
+        unregister_graph(name)
 
 
 async def wait_for_undo_window(handle: WorkflowHandle[Any, Any]) -> None:

@@ -45,7 +45,7 @@ from countersign.workers.replay import activities_in
 from countersign.workers.worker import build_worker
 from tests.agents.test_agent_run import wait_for_pending
 from tests.agents.test_context_window import model_requests
-from tests.conftest import Shop, signed, start_run
+from tests.conftest import Shop, run_with_graph, signed, start_run
 
 
 def reservations(runtime: Runtime, workflow_id: str) -> dict[str, set[tuple[int, int]]]:
@@ -288,20 +288,17 @@ async def test_a_call_a_graph_changed_after_the_model_is_decided_again(
     scripts_dir: Path,
 ) -> None:
     (scripts_dir / "look-then-refund-ten.json").write_text(json.dumps(LOOK_THEN_REFUND_TEN))
-    agent = AGENTS["support-refunds"].model_copy(update={"name": "editor", "graph": "editing"})
-    monkeypatch.setitem(AGENTS, "editor", agent)
-    register_graph("editing", editing_graph)
-    try:
-        async with build_worker(temporal.client, settings, runtime, task_queue=task_queue):
-            handle = await start_run(
-                temporal.client,
-                task_queue,
-                agent="editor",
-                task="Look up, then refund ten of A-1003: edited.",
-            )
-            result = await handle.result()
-    finally:
-        unregister_graph("editing")
+    handle, result = await run_with_graph(
+        temporal,
+        settings,
+        runtime,
+        task_queue,
+        monkeypatch,
+        base="support-refunds",
+        name="editor",
+        graph=editing_graph,
+        task="Look up, then refund ten of A-1003: edited.",
+    )
     # What ran is what the guard decided on: the edited call, decided again by its activity.
     assert [r["amount_cents"] for r in shop.refunds("A-1003")] == [2000]
     (refund,) = [a for a in result.actions if a.tool == "payments.refund"]

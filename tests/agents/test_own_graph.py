@@ -48,7 +48,7 @@ from countersign.workers.worker import build_worker, check_startup
 from tests.agents.test_agent_run import wait_for_pending
 from tests.agents.test_canary import decrypted_history
 from tests.agents.test_context_window import model_requests
-from tests.conftest import Shop, signed, start_run
+from tests.conftest import Shop, run_with_graph, signed, start_run
 
 README = Path(__file__).parent.parent.parent / "README.md"
 # A look-up, then a refund (denied to a read-only agent), then the answer.
@@ -353,20 +353,17 @@ async def test_a_plain_messages_state_graph_keeps_the_transcript_in_order(
     # Without `seq` in the state, each model call still appends after the last reply: the
     # scripted model plays its turns in order (a transcript written over would replay turn
     # one until the step limit).
-    agent = AGENTS["support-readonly"].model_copy(update={"name": "plain", "graph": "plain"})
-    monkeypatch.setitem(AGENTS, "plain", agent)
-    register_graph("plain", messages_state_agent)
-    try:
-        async with build_worker(temporal.client, settings, runtime, task_queue=task_queue):
-            handle = await start_run(
-                temporal.client,
-                task_queue,
-                agent="plain",
-                task="Look, then pay back A-1003: plain.",
-            )
-            result = await handle.result()
-    finally:
-        unregister_graph("plain")
+    _, result = await run_with_graph(
+        temporal,
+        settings,
+        runtime,
+        task_queue,
+        monkeypatch,
+        base="support-readonly",
+        name="plain",
+        graph=messages_state_agent,
+        task="Look, then pay back A-1003: plain.",
+    )
     assert result.steps == 3 and result.stop_reason is None
     assert [(a.tool, a.status) for a in result.actions] == [
         ("orders.lookup", "executed"),

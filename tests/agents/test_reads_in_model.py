@@ -17,10 +17,8 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from countersign.activities.agent_specs import AGENTS
 from countersign.activities.contracts import DECIDE, PLAN
 from countersign.activities.runtime import Runtime
-from countersign.agents.graph_registry import register_graph, unregister_graph
 from countersign.agents.guarded import (
     GuardedState,
     call_model,
@@ -34,7 +32,7 @@ from countersign.workers.replay import activities_in
 from countersign.workers.worker import build_worker
 from tests.agents.test_context_window import model_requests
 from tests.agents.test_guard_in_model import LoseFirstDecidedReply, guard_activities
-from tests.conftest import Shop, start_run
+from tests.conftest import Shop, run_with_graph, start_run
 
 READS = {"orders.lookup", "knowledge.search"}
 
@@ -120,20 +118,17 @@ async def test_a_read_a_graph_edited_runs_as_edited_not_as_read_in_the_model_cal
     task_queue: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    agent = AGENTS["support-refunds"].model_copy(update={"name": "read-editor", "graph": "eds"})
-    monkeypatch.setitem(AGENTS, "read-editor", agent)
-    register_graph("eds", editing_reads_graph)
-    try:
-        async with build_worker(temporal.client, settings, runtime, task_queue=task_queue):
-            handle = await start_run(
-                temporal.client,
-                task_queue,
-                agent="read-editor",
-                task="Refund order A-1004: the search was edited.",
-            )
-            result = await handle.result()
-    finally:
-        unregister_graph("eds")
+    handle, result = await run_with_graph(
+        temporal,
+        settings,
+        runtime,
+        task_queue,
+        monkeypatch,
+        base="support-refunds",
+        name="read-editor",
+        graph=editing_reads_graph,
+        task="Refund order A-1004: the search was edited.",
+    )
     assert result.status == "completed"
     # The model call read what the model asked for (3 passages); the run used the edited
     # call, decided again and run by its local activity, and the model saw its one passage.
