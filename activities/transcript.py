@@ -146,22 +146,11 @@ class TranscriptStore:
                 (json.dumps(decided), workflow_id, activity),
             )
 
-    async def write(
-        self,
-        workflow_id: str,
-        start_seq: int,
-        messages: list[dict[str, Any]],
-        reply: tuple[str, dict[str, Any]] | None = None,
-    ) -> None:
-        """Write `messages` from `start_seq`; with `reply` (the activity's key, the reply as
-        the activity returns it), keep that too, in the same transaction."""
-        await asyncio.to_thread(self.write_sync, workflow_id, start_seq, messages, reply)
-
     async def write_and_read(
         self, workflow_id: str, start_seq: int, messages: list[dict[str, Any]], *, folds: bool
     ) -> tuple[Fold | None, list[dict[str, Any]]]:
-        """write(), then (with `folds`) the latest fold covering none of what was written, and
-        the messages after it up to the written ones' end: one thread hop for the three."""
+        """Write `messages` from `start_seq`; then (with `folds`) the latest fold covering none
+        of them, and the messages after it up to their end: one thread hop for the three."""
         upto = start_seq + len(messages)
 
         def both() -> tuple[Fold | None, list[dict[str, Any]]]:

@@ -214,21 +214,12 @@ class AuditStore(ABC):
         # Redacted before the chain's lock is taken: other writers wait only for the writes.
         records = [{**r, "data": redact(r["data"])} for r in records]
         with self._writer() as tx:
-            rows = [self._append(tx, **r) for r in records]
+            rows = [self._append(tx, r) for r in records]
         return [_to_record(row) for row in rows]
 
-    def _append(
-        self,
-        tx: Tx,
-        *,
-        record_id: str,
-        workflow_id: str,
-        run_id: str,
-        kind: str,
-        actor: str,
-        data: dict[str, Any],
-        event: dict[str, Any] | None = None,
-    ) -> Row:
+    def _append(self, tx: Tx, r: dict[str, Any]) -> Row:
+        """One record (append_sync's arguments, data redacted) at the chain's head."""
+        record_id = r["record_id"]
         row = tx.one(f"SELECT {COLUMNS} FROM audit_records WHERE record_id = ?", (record_id,))
         if row is not None:
             return row
@@ -238,12 +229,12 @@ class AuditStore(ABC):
             seq,
             record_id,
             datetime.now(UTC).isoformat(),
-            workflow_id,
-            run_id,
-            kind,
-            actor,
-            canonical_json(event or {}),
-            canonical_json(data),
+            r["workflow_id"],
+            r["run_id"],
+            r["kind"],
+            r["actor"],
+            canonical_json(r.get("event") or {}),
+            canonical_json(r["data"]),
         )
         row = (*partial, prev, chain_hash(prev, _leaf_fields(partial)))
         placeholders = ", ".join("?" * len(row))
