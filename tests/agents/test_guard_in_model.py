@@ -26,10 +26,8 @@ from temporalio.worker import (
     Worker,
 )
 
-from countersign.activities.agent_specs import AGENTS
 from countersign.activities.contracts import DECIDE, PLAN, PlanOutput, ToolCall, ToolOutcome
 from countersign.activities.runtime import Runtime
-from countersign.agents.graph_registry import register_graph, unregister_graph
 from countersign.agents.guarded import (
     GuardedState,
     call_model,
@@ -252,15 +250,13 @@ async def double_refunds(state: GuardedState, runtime: GraphRuntime[RunState]) -
     return {"messages": [last.model_copy(update={"tool_calls": calls})]}
 
 
-def _editing(
-    then: Any = None,
-) -> StateGraph[GuardedState, RunState, Any, Any]:
+def edited_graph(edit: Any, then: Any = None) -> StateGraph[GuardedState, RunState, Any, Any]:
     """model → edit → tools → model …; at the end the node `then`, if given."""
     g: StateGraph[GuardedState, RunState, Any, Any] = StateGraph(
         GuardedState, context_schema=RunState
     )
     g.add_node("model", call_model, metadata=in_workflow())
-    g.add_node("edit", double_refunds, metadata=in_workflow())
+    g.add_node("edit", edit, metadata=in_workflow())
     g.add_node("tools", guarded_tools, metadata=in_workflow())
     g.add_edge(START, "model")
     if then is not None:
@@ -275,7 +271,7 @@ def _editing(
 
 
 def editing_graph() -> StateGraph[GuardedState, RunState, Any, Any]:
-    return _editing()
+    return edited_graph(double_refunds)
 
 
 async def test_a_call_a_graph_changed_after_the_model_is_decided_again(
@@ -339,7 +335,7 @@ async def refund_more_under_an_allowed_hash(
 
 
 def forging_graph() -> StateGraph[GuardedState, RunState, Any, Any]:
-    return _editing(then=refund_more_under_an_allowed_hash)
+    return edited_graph(double_refunds, then=refund_more_under_an_allowed_hash)
 
 
 async def test_an_allowed_hash_never_carries_other_arguments(
@@ -352,21 +348,18 @@ async def test_an_allowed_hash_never_carries_other_arguments(
     scripts_dir: Path,
 ) -> None:
     (scripts_dir / "look-then-refund-ten.json").write_text(json.dumps(LOOK_THEN_REFUND_TEN))
-    agent = AGENTS["support-refunds"].model_copy(update={"name": "forger", "graph": "forging"})
-    monkeypatch.setitem(AGENTS, "forger", agent)
-    register_graph("forging", forging_graph)
-    try:
-        async with build_worker(temporal.client, settings, runtime, task_queue=task_queue):
-            handle = await start_run(
-                temporal.client,
-                task_queue,
-                agent="forger",
-                task="Look up, then refund ten of A-1003: forged.",
-            )
-            with pytest.raises(WorkflowFailureError) as failed:
-                await handle.result()
-    finally:
-        unregister_graph("forging")
+    with pytest.raises(WorkflowFailureError) as failed:
+        await run_with_graph(
+            temporal,
+            settings,
+            runtime,
+            task_queue,
+            monkeypatch,
+            base="support-refunds",
+            name="forger",
+            graph=forging_graph,
+            task="Look up, then refund ten of A-1003: forged.",
+        )
     assert "is not the hash of this call's arguments" in str(failed.value.cause.cause)
     # The guarded (edited) refund ran; the forged one never reached the shop.
     assert [r["amount_cents"] for r in shop.refunds("A-1003")] == [2000]

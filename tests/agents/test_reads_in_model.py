@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage
-from langgraph.graph import START, StateGraph
+from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime as GraphRuntime
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
@@ -21,17 +21,17 @@ from countersign.activities.contracts import DECIDE, PLAN
 from countersign.activities.runtime import Runtime
 from countersign.agents.guarded import (
     GuardedState,
-    call_model,
-    guarded_tools,
-    in_workflow,
-    tools_condition,
 )
 from countersign.agents.state import RunState
 from countersign.settings import Settings
 from countersign.workers.replay import activities_in
 from countersign.workers.worker import build_worker
 from tests.agents.test_context_window import model_requests
-from tests.agents.test_guard_in_model import LoseFirstDecidedReply, guard_activities
+from tests.agents.test_guard_in_model import (
+    LoseFirstDecidedReply,
+    edited_graph,
+    guard_activities,
+)
 from tests.conftest import Shop, run_with_graph, start_run
 
 READS = {"orders.lookup", "knowledge.search"}
@@ -97,17 +97,7 @@ async def fewer_passages(state: GuardedState, runtime: GraphRuntime[RunState]) -
 
 
 def editing_reads_graph() -> StateGraph[GuardedState, RunState, Any, Any]:
-    g: StateGraph[GuardedState, RunState, Any, Any] = StateGraph(
-        GuardedState, context_schema=RunState
-    )
-    g.add_node("model", call_model, metadata=in_workflow())
-    g.add_node("edit", fewer_passages, metadata=in_workflow())
-    g.add_node("tools", guarded_tools, metadata=in_workflow())
-    g.add_edge(START, "model")
-    g.add_conditional_edges("model", tools_condition, {"tools": "edit", "__end__": "__end__"})
-    g.add_edge("edit", "tools")
-    g.add_edge("tools", "model")
-    return g
+    return edited_graph(fewer_passages)
 
 
 async def test_a_read_a_graph_edited_runs_as_edited_not_as_read_in_the_model_call(
