@@ -73,6 +73,16 @@ async def test_a_lookup_step_is_one_workflow_task_with_no_local_activity(
         assert read.event["activity_type"] == PLAN
         (action,) = [a for a in result.actions if a.tool == tool]
         assert action.status == "executed" and action.action_hash == read.data["action_hash"]
+    # The refund the guard allowed outright (25.00) is a side effect: never run by the model
+    # call, only by its own ordinary activity.
+    (refund,) = runtime.audit.find(handle.id, "action.executed", tool="payments.refund")
+    assert refund.event["activity_type"] == "payments.refund" and not refund.event.get("local")
+    (allowed,) = [
+        v
+        for v in runtime.audit.find(handle.id, "verdict", tool="payments.refund")
+        if v.data["outcome"] == "allow"
+    ]
+    assert allowed.event["activity_type"] == PLAN
     # From the first model call's result to the second's start: one workflow task, no marker.
     events = (await handle.fetch_history()).events
     plans = [
