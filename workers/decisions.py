@@ -11,7 +11,7 @@ from typing import Any
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from countersign.agents.state import RollbackRequest, RunInput, RunStatus
+from countersign.agents.state import RollbackRequest, RunInput, RunResult, RunStatus
 from countersign.guardrails.approvals import ApprovalRequest, DecisionReceipt
 from countersign.guardrails.identity import Channel, Envelope, Signer
 from countersign.guardrails.policy import sha256_hex
@@ -99,8 +99,29 @@ async def send_decision(client: Client, workflow_id: str, envelope: Envelope) ->
         raise DecisionRefusedError(str(e.cause) if e.cause else str(e)) from e
     except RPCError as e:
         if e.status == RPCStatusCode.NOT_FOUND:
-            raise DecisionRefusedError(f"no open run {workflow_id!r}: {e.message}") from e
+            settled = await _settled_in_result(client, workflow_id, envelope.statement.request_id)
+            raise DecisionRefusedError(
+                f"no open run {workflow_id!r}: {e.message}" + (f"; {settled}" if settled else "")
+            ) from e
         raise
+
+
+async def _settled_in_result(client: Client, workflow_id: str, request_id: str) -> str | None:
+    """How an ended run settled `request_id`, from its result (the decision came too late:
+    another approver's answer, or the expiry, ended it first); None if it does not say."""
+    try:
+        ended = client.get_workflow_handle(workflow_id, result_type=RunResult)
+        result = await asyncio.wait_for(ended.result(), timeout=5)
+    except Exception:  # failed, cancelled, continued, unreadable: the plain refusal stands
+        return None
+    for a in result.actions:
+        if a.request_id == request_id:
+            if a.status in ("rejected", "expired"):
+                return f"approval request {request_id} is already {a.status}"
+            if a.approved_by:
+                by = ", ".join(a.approved_by)
+                return f"approval request {request_id} is already approved (by {by})"
+    return None
 
 
 async def decide_as(

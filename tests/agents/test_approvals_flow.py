@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from countersign.activities.runtime import Runtime
 from countersign.agents.run import AgentRun
+from countersign.workers.decisions import DecisionRefusedError, send_decision
 from tests.agents.test_agent_run import wait_for_pending
 from tests.conftest import SHOP_TOKEN, Shop, signed, start_run
 
@@ -110,3 +112,25 @@ async def test_audit_tells_the_run_in_order_and_no_secret_reaches_history(
     assert SHOP_TOKEN not in audit
     assert runtime.audit.signer is not None
     assert runtime.audit.verify(runtime.audit.signer.public_key).ok
+
+
+async def test_a_decision_after_the_run_ended_is_told_how_the_request_was_settled(
+    temporal: WorkflowEnvironment, worker: Worker, shop: Shop
+) -> None:
+    """The second approver answers from a stale page after the first one's approval ended the
+    run: refused, and told the request was already approved, by whom (not only "no open run").
+    Likewise after a rejection."""
+    cases = (("A-1051", True, "already approved (by bob)"), ("A-1002", False, "already rejected"))
+    for order, approve, settled in cases:
+        handle = await start_run(
+            temporal.client, worker.task_queue, task=f"Refund order {order}: it arrived cracked."
+        )
+        (request,) = await wait_for_pending(handle)
+        await send_decision(
+            temporal.client, handle.id, signed(handle.id, request, "bob", approve=approve)
+        )
+        await handle.result()
+        with pytest.raises(DecisionRefusedError) as refused:
+            await send_decision(temporal.client, handle.id, signed(handle.id, request, "alice"))
+        assert "no open run" in str(refused.value)
+        assert f"approval request {request.request_id} is {settled}" in str(refused.value)
