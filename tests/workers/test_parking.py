@@ -32,28 +32,34 @@ async def until_evicted(worker: Worker, run_id: str) -> None:
 
 
 async def test_a_parked_run_is_evicted_and_acts_on_its_decision(
-    temporal: WorkflowEnvironment, worker: Worker, shop: Shop
+    temporal: WorkflowEnvironment,
+    settings: Settings,
+    runtime: Runtime,
+    task_queue: str,
+    shop: Shop,
 ) -> None:
     before = len(shop.refunds("A-1002"))
-    handle = await start_run(
-        temporal.client, worker.task_queue, task="Refund order A-1002: machine leaks."
-    )
-    (request,) = await wait_for_pending(handle)
-    run_id = (await handle.describe()).run_id
-    await until_evicted(worker, run_id)
-    # A query replays it and it leaves again.
-    assert (await handle.query(AgentRun.status)).stage == "waiting for approval"
-    await until_evicted(worker, run_id)
+    evicting = settings.model_copy(update={"evict_parked_max_events": 100})
+    async with build_worker(temporal.client, evicting, runtime, task_queue=task_queue) as worker:
+        handle = await start_run(
+            temporal.client, task_queue, task="Refund order A-1002: machine leaks."
+        )
+        (request,) = await wait_for_pending(handle)
+        run_id = (await handle.describe()).run_id
+        await until_evicted(worker, run_id)
+        # A query replays it and it leaves again.
+        assert (await handle.query(AgentRun.status)).stage == "waiting for approval"
+        await until_evicted(worker, run_id)
 
-    receipt = await handle.execute_update(AgentRun.decide, signed(handle.id, request, "alice"))
-    assert receipt.status == "approved"
-    result = await handle.result()
+        receipt = await handle.execute_update(AgentRun.decide, signed(handle.id, request, "alice"))
+        assert receipt.status == "approved"
+        result = await handle.result()
     refund = next(a for a in result.actions if a.tool == "payments.refund")
     assert refund.status == "executed" and refund.approved_by == ["alice"]
     assert len(shop.refunds("A-1002")) == before + 1
 
 
-@pytest.mark.parametrize("max_events", [0, 10], ids=["switched-off", "history-too-long"])
+@pytest.mark.parametrize("max_events", [0, 10], ids=["default-off", "history-too-long"])
 async def test_parked_runs_stay_cached(
     temporal: WorkflowEnvironment,
     settings: Settings,
