@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -77,6 +79,12 @@ class TemporalUnreachable(Exception):
     """No Temporal server answers at the configured address."""
 
 
+# The frontend opens its port a moment before it serves; a client that connects in between
+# (a worker started with its dev server, a compose stack coming up) waits instead of failing.
+STARTING_SERVER = "Frontend is not healthy yet"
+STARTING_SERVER_WAIT = 30.0
+
+
 async def connect(
     settings: Settings,
     *,
@@ -95,23 +103,29 @@ async def connect(
         if settings.temporal_api_key_credential
         else None
     )
-    try:
-        return await Client.connect(
-            settings.temporal_address,
-            namespace=settings.temporal_namespace,
-            api_key=api_key,
-            tls=settings.temporal_tls or api_key is not None,
-            data_converter=data_converter(settings),
-            runtime=temporal_runtime(settings) if serve_metrics else None,
-            # Client interceptors that are also worker interceptors apply to the workers too.
-            interceptors=[*client_interceptors(settings), *interceptors],
-        )
-    except RuntimeError as e:  # the SDK's "Failed client connect: ..." (down, wrong address)
-        raise TemporalUnreachable(
-            f"cannot reach Temporal at {settings.temporal_address}: {str(e).splitlines()[0]} "
-            "(is it running? `countersign dev` starts one; --address or "
-            "COUNTERSIGN_TEMPORAL_ADDRESS points elsewhere)"
-        ) from None
+    deadline = time.monotonic() + STARTING_SERVER_WAIT
+    while True:
+        try:
+            return await Client.connect(
+                settings.temporal_address,
+                namespace=settings.temporal_namespace,
+                api_key=api_key,
+                tls=settings.temporal_tls or api_key is not None,
+                data_converter=data_converter(settings),
+                runtime=temporal_runtime(settings) if serve_metrics else None,
+                # Client interceptors that are also worker interceptors apply to the workers too.
+                interceptors=[*client_interceptors(settings), *interceptors],
+            )
+        except RuntimeError as e:  # the SDK's "Failed client connect: ..." (down, wrong address)
+            # A server that is up but still starting says so; one that is down does not.
+            if STARTING_SERVER in str(e) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                continue
+            raise TemporalUnreachable(
+                f"cannot reach Temporal at {settings.temporal_address}: {str(e).splitlines()[0]} "
+                "(is it running? `countersign dev` starts one; --address or "
+                "COUNTERSIGN_TEMPORAL_ADDRESS points elsewhere)"
+            ) from None
 
 
 async def ensure_search_attributes(client: Client) -> list[str]:

@@ -39,16 +39,6 @@ class UiStack:
     client: Client
 
 
-async def connect_when_healthy(settings: Settings) -> Client:
-    """The port opens a moment before the frontend answers ("Frontend is not healthy yet")."""
-    for _ in range(50):
-        try:
-            return await connect(settings)
-        except RuntimeError:
-            await asyncio.sleep(0.2)
-    return await connect(settings)
-
-
 @pytest.fixture(scope="module")
 async def ui_stack(
     settings: Settings, runtime: Runtime, tmp_path_factory: pytest.TempPathFactory
@@ -74,7 +64,7 @@ async def ui_stack(
         services.append(start_codec_server(settings.state_dir, ui))
         server_dir = tmp_path_factory.mktemp("ui-temporal")
         services.append(start_temporal(server_dir, temporal_port, ui_port, endpoint))
-        client = await connect_when_healthy(ui)
+        client = await connect(ui)
         async with build_worker(
             client, ui, runtime, sticky_queue_schedule_to_start_timeout=timedelta(seconds=2)
         ):
