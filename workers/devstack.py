@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -38,8 +39,33 @@ class DevStackError(Exception):
     """A part of the dev stack did not start. The message says which and where its log is."""
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port free now, for a service about to start. Chosen below the kernel's ephemeral
+    range: a port the kernel hands out (port 0) can be taken by any outgoing connection
+    before the service binds it ("address already in use"). Never the same one twice."""
+    floor = _ephemeral_floor()
+    candidates = range(max(1024, floor - 12000), floor) if floor > 11024 else range(0)
+    for port in random.sample(candidates, min(len(candidates), 200)):
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # no room below the ephemeral range: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

@@ -3,7 +3,9 @@ for one that is down."""
 
 from __future__ import annotations
 
+import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,3 +50,15 @@ async def test_a_server_that_is_down_fails_at_once_with_the_address(settings: Se
     ):
         await connect(dead)
     assert time.monotonic() - started < worker_module.STARTING_SERVER_WAIT / 3
+
+
+def test_free_ports_are_distinct_bindable_and_outside_the_kernels_own_range() -> None:
+    """The kernel gives outgoing connections ports from its ephemeral range: a port chosen
+    there could be taken before the service binds it (a CI run failed on that)."""
+    floor = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert all(1024 <= port < floor for port in ports)
+    for port in ports[:5]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
