@@ -9,6 +9,7 @@ proposals: parsed, never trusted (the guard decides them).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import weakref
 from collections.abc import Callable
@@ -323,7 +324,9 @@ class ModelActivities:
             )
             try:
                 async with asyncio.timeout(budget):
-                    reads[v.action_hash] = await execute_tool(spec, call, self.runtime, n=n)
+                    reads[v.action_hash] = await execute_tool(
+                        spec, call, self.runtime, n=n, decided_here=v
+                    )
             except Exception as e:
                 # Its type only: the message may echo a clear value (the fallback reports it).
                 log.warning(
@@ -374,7 +377,7 @@ class ModelActivities:
             if pending is not None:
                 await self._keep(pending)
             pending = None
-            response = await self._complete(agent, [*messages, *written], tools)
+            response, prompt_hash = await self._complete(agent, [*messages, *written], tools)
             if not response.choices:
                 raise ApplicationError("the model returned no choices", type="ModelEmptyReply")
             choice = response.choices[0]
@@ -396,7 +399,7 @@ class ModelActivities:
                     "step": input.step,
                     "attempt": attempt + 1,
                     "model": response.model,
-                    "prompt_hash": sha256_hex(messages),
+                    "prompt_hash": prompt_hash,  # of the request's bytes, as sent
                     # What of the transcript was sent: from which seq, in how many messages.
                     **({"window": {"from_seq": start, "sent": len(messages)}} if window else {}),
                     "tools_offered": [t["function"]["name"] for t in tools],
@@ -479,7 +482,7 @@ class ModelActivities:
                 sealer.unseal(folded, known, strict=False),
                 start,
             )
-            response = await self._complete(agent, request, [])
+            response, prompt_hash = await self._complete(agent, request, [])
             if not response.choices:
                 raise ApplicationError("the model returned no choices", type="ModelEmptyReply")
             choice = response.choices[0]
@@ -500,7 +503,7 @@ class ModelActivities:
                     "model": response.model,
                     "covers": {"from_seq": start, "to_seq": start + len(folded)},
                     "replies": replies,
-                    "prompt_hash": sha256_hex(request),
+                    "prompt_hash": prompt_hash,
                     "usage": _usage(response),
                     "finish_reason": choice.finish_reason,
                     "summary": excerpt,
@@ -515,7 +518,8 @@ class ModelActivities:
 
     async def _complete(
         self, agent: AgentSpec, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
-    ) -> Any:
+    ) -> tuple[Any, str]:
+        """The model's reply, and the sha256 of the request as sent."""
         try:
             async with heartbeating():
                 # The request as the endpoint takes it, posted by the client itself (its
@@ -526,12 +530,15 @@ class ModelActivities:
                 body: dict[str, Any] = {"model": agent.model, "messages": messages}
                 if tools:
                     body["tools"] = tools
-                return await self._client().post(
+                # Serialized once: the bytes sent are the bytes the audit's prompt hash is of.
+                sent = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+                response = await self._client().post(
                     "/chat/completions",
                     cast_to=ChatCompletion,
-                    body=body,
+                    body=sent,
                     options={"security": {"bearer_auth": True}},
                 )
+                return response, hashlib.sha256(sent).hexdigest()
         except openai.BadRequestError as e:
             raise ApplicationError(
                 f"the model rejected the request: {e.message}",

@@ -121,9 +121,11 @@ async def heartbeating() -> AsyncIterator[None]:
     interval = max(timeout.total_seconds() / 3, 0.05)
 
     async def beat() -> None:
+        # Not at once: a heartbeat is a server write, and Temporal's heartbeat timeout counts
+        # from the attempt's start, so a call shorter than `interval` needs none.
         while True:
-            activity.heartbeat()
             await asyncio.sleep(interval)
+            activity.heartbeat()
 
     task = asyncio.create_task(beat())
     try:

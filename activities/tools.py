@@ -56,7 +56,13 @@ from countersign.activities.sealing import Sealer, SealError, scrub, seal_fields
 from countersign.guardrails.approvals import ChangeBound, need_met
 from countersign.guardrails.cedar_schema import PolicySurface, ToolSchema
 from countersign.guardrails.errors import describe
-from countersign.guardrails.policy import ApprovalNeed, ToolFacts, action_hash, sha256_hex
+from countersign.guardrails.policy import (
+    ApprovalNeed,
+    ToolFacts,
+    Verdict,
+    action_hash,
+    sha256_hex,
+)
 from countersign.guardrails.redaction import Kind
 from countersign.guardrails.redaction import (
     Personal as Personal,  # for tool authors: mark fields by type
@@ -538,12 +544,31 @@ class _Call:
         )
 
 
-async def execute_tool(spec: ToolSpec, call: ToolCall, runtime: Runtime, n: int = 0) -> ToolOutcome:
+async def execute_tool(
+    spec: ToolSpec,
+    call: ToolCall,
+    runtime: Runtime,
+    n: int = 0,
+    decided_here: Verdict | None = None,
+) -> ToolOutcome:
     """Execute one authorized call from inside the running activity: the tool's own activity,
     or the model call running an allowed read of its reply (activities/model.py). `n` keys its
-    audit records apart from other calls the same activity executes."""
+    audit records apart from other calls the same activity executes.
+
+    `decided_here`: the allow verdict the guard's own code just decided and audited in this
+    same activity attempt (the model call's reads). It is the authority itself, not a copy
+    that came through Temporal, so the audit trail is not read back for it."""
     this = _Call.parse(spec, call, runtime)
-    await _check_authorized(spec, call, runtime, current_workflow_id())
+    run = current_workflow_id()
+    if decided_here is None:
+        await _check_authorized(spec, call, runtime, run)
+    elif not (
+        spec.read_only
+        and decided_here.outcome == "allow"
+        and decided_here.action_hash == call.action_hash
+        and call.action_hash == action_hash(run, call.call_id, spec.name, call.arguments)
+    ):
+        raise _not_authorized(spec, call, "it is not the read its guard verdict allowed")
     try:
         async with heartbeating():
             result = await spec.fn(this.args, this.ctx)

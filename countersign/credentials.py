@@ -93,9 +93,37 @@ def configure_keyring(settings: Settings) -> keyring.backend.KeyringBackend:
     return backend
 
 
+# Secrets are looked up on every call, so a rotated one applies at once. A file-backed keyring
+# (keyrings.alt) parses and decrypts its whole file on every lookup, ~0.4 ms, twice per model
+# step: while the file's bytes are the same, so is the value. Other backends are asked
+# every time.
+_looked_up: dict[str, tuple[tuple[object, ...], str | None]] = {}
+
+
+def _file_stamp() -> tuple[object, ...] | None:
+    backend = keyring.get_keyring()
+    if not hasattr(type(backend), "file_path"):
+        return None
+    path = str(backend.file_path)  # type: ignore[attr-defined]
+    try:
+        return (type(backend), path, Path(path).read_bytes())
+    except OSError:
+        return None
+
+
+def _password(name: str) -> str | None:
+    stamp = _file_stamp()
+    if stamp is not None and (seen := _looked_up.get(name)) is not None and seen[0] == stamp:
+        return seen[1]
+    value = keyring.get_password(SERVICE, name)
+    if stamp is not None:
+        _looked_up[name] = (stamp, value)
+    return value
+
+
 def get_secret(name: str) -> str:
     """The secret stored under `name`; registered for redaction before it is returned."""
-    value = keyring.get_password(SERVICE, name)
+    value = _password(name)
     if value is None:
         raise CredentialError(
             f"secret {name!r} is not in the keyring ({type(keyring.get_keyring()).__name__}); "
@@ -125,7 +153,7 @@ def set_secret(name: str, value: str) -> None:
 
 def openai_api_key() -> str:
     """keyring entry 'openai' first, then OPENAI_API_KEY (the convention of every client)."""
-    value = keyring.get_password(SERVICE, "openai") or os.environ.get("OPENAI_API_KEY")
+    value = _password("openai") or os.environ.get("OPENAI_API_KEY")
     if not value:
         # The offline scripted model needs no key; the client insists on a non-empty one.
         return "offline-no-key"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import threading
 import time
 from typing import Any
@@ -70,10 +71,13 @@ async def test_the_model_call_posts_the_conversation_as_given_with_the_current_k
 ) -> None:
     """The model call posts its request itself (no per-message rewriting by the SDK): the
     endpoint gets the key, the messages and the tools exactly as the activity built them, and
-    the reply comes back typed."""
+    the reply comes back typed, with the sha256 of the very bytes the endpoint received."""
     seen: list[tuple[str | None, Any]] = []
+    received: list[bytes] = []
 
     async def completions(request: Request) -> JSONResponse:
+        assert request.headers.get("content-type") == "application/json"
+        received.append(await request.body())
         seen.append((request.headers.get("authorization"), await request.json()))
         message = {"role": "assistant", "content": "done", "refusal": None}
         return JSONResponse(
@@ -122,11 +126,12 @@ async def test_the_model_call_posts_the_conversation_as_given_with_the_current_k
         ]
         tools = [{"type": "function", "function": {"name": "shop.lookup_order", "parameters": {}}}]
         in_activity = ActivityEnvironment()
-        response = await in_activity.run(models._complete, agent, messages, tools)
+        response, prompt_hash = await in_activity.run(models._complete, agent, messages, tools)
         assert response.choices[0].message.content == "done"
         assert response.usage is not None and response.usage.total_tokens == 4
-        no_tools = await in_activity.run(models._complete, agent, messages[:2], [])
+        no_tools, _ = await in_activity.run(models._complete, agent, messages[:2], [])
         assert no_tools.model == "echo"
+        assert prompt_hash == hashlib.sha256(received[0]).hexdigest()
         await models.runtime.http.aclose()
     finally:
         server.should_exit = True

@@ -5,7 +5,9 @@ one that fails in the model call runs as the local activity it was before."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +16,18 @@ from langchain_core.messages import AIMessage
 from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime as GraphRuntime
 from temporalio.client import WorkflowHandle
-from temporalio.testing import WorkflowEnvironment
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
 
-from countersign.activities.contracts import DECIDE, PLAN
+from countersign.activities.contracts import DECIDE, PLAN, ToolCall
 from countersign.activities.runtime import Runtime
+from countersign.activities.tools import REGISTRY, execute_tool
 from countersign.agents.guarded import (
     GuardedState,
 )
 from countersign.agents.state import RunState
+from countersign.guardrails.policy import Verdict, action_hash
 from countersign.settings import Settings
 from countersign.workers.replay import activities_in
 from countersign.workers.worker import build_worker
@@ -236,3 +241,57 @@ async def test_a_retried_model_call_reads_once_or_again_under_one_record(
         (read,) = reads_audited(runtime, handle.id, tool)
         assert read.event["activity_type"] == PLAN and read.event["attempt"] == 1
     assert await local_reads(handle) == []
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["not-allowed", "other-hash", "other-arguments", "side-effect"],
+)
+async def test_a_read_runs_in_the_model_call_only_under_the_allow_it_was_decided_with(
+    runtime: Runtime, shop: Shop, case: str
+) -> None:
+    """The model call's reads skip reading the audit back because their verdict was decided
+    in that same attempt; anything but that very allow, for that very read, is refused before
+    the system is called, and nothing is audited as read or executed."""
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, workflow_id=f"read-decided-{uuid.uuid4().hex[:8]}")
+    run = env.info.workflow_id
+    tool = "payments.refund" if case == "side-effect" else "orders.lookup"
+    arguments = (
+        {"order_id": "A-1001", "amount_cents": 100, "reason": "test"}
+        if case == "side-effect"
+        else {"order_id": "A-1001"}
+    )
+    allowed = action_hash(run, "c1", tool, arguments)
+    verdict = Verdict(
+        call_id="c1",
+        tool=tool,
+        outcome="needs_approval" if case == "not-allowed" else "allow",
+        rule_ids=[],
+        policy_version="test",
+        reason="test",
+        mode="automate",
+        arguments=arguments,
+        action_hash=allowed if case != "other-hash" else "act_" + "0" * 64,
+        read_only=case != "side-effect",
+    )
+    sent = {"order_id": "A-1002"} if case == "other-arguments" else arguments
+    call = ToolCall(tool=tool, call_id="c1", arguments=sent, action_hash=allowed, agent="support")
+    gets, refunds = (
+        shop_gets(shop, "/orders/A-1002") + shop_gets(shop, "/orders/A-1001"),
+        len(shop.refunds("A-1001")),
+    )
+    with pytest.raises(ApplicationError) as refused:
+        await env.run(execute_tool, REGISTRY[tool], call, runtime, 0, verdict)
+    assert refused.value.type == "ActionNotAuthorized"
+    assert shop_gets(shop, "/orders/A-1002") + shop_gets(shop, "/orders/A-1001") == gets
+    assert len(shop.refunds("A-1001")) == refunds
+    assert runtime.audit.find(run, "action.read") == []
+    assert runtime.audit.find(run, "action.executed") == []
+
+    # The same call under its own allow runs.
+    if case == "not-allowed":
+        allow = verdict.model_copy(update={"outcome": "allow"})
+        outcome = await env.run(execute_tool, REGISTRY[tool], call, runtime, 0, allow)
+        assert outcome.result["order_id"] == "A-1001"
+        assert len(runtime.audit.find(run, "action.read")) == 1

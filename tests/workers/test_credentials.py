@@ -10,7 +10,13 @@ from pathlib import Path
 import keyring
 import pytest
 
-from countersign.credentials import CredentialError, configure_keyring, get_secret, set_secret
+from countersign.credentials import (
+    SERVICE,
+    CredentialError,
+    configure_keyring,
+    get_secret,
+    set_secret,
+)
 from countersign.settings import Settings
 
 
@@ -53,3 +59,32 @@ def test_a_read_only_folder_says_to_provision_the_file(secrets_dir: Path) -> Non
 def test_a_name_that_is_not_a_file_name_is_refused(secrets_dir: Path) -> None:
     with pytest.raises(Exception, match="letters, digits"):
         keyring.get_password("countersign", "../etc/passwd")
+
+
+def test_a_file_keyring_secret_changed_by_anyone_is_read_again(tmp_path: Path) -> None:
+    """Lookups of a file-backed keyring are not re-parsed while its file is unchanged; a
+    change by any writer (here keyring itself, not set_secret, with same-length values in
+    quick succession) is seen by the very next lookup, and a deleted secret is missing."""
+    before = keyring.get_keyring()
+    configure_keyring(
+        Settings(keyring_backend="keyrings.alt.file.PlaintextKeyring", state_dir=tmp_path)
+    )
+    try:
+        for n in range(30):
+            value = f"token-{n:04d}-abcdef"
+            keyring.set_password(SERVICE, "rotating", value)
+            assert get_secret("rotating") == value
+            assert get_secret("rotating") == value
+        # Unchanged, the file is not parsed again.
+        backend = keyring.get_keyring()
+        parsed: list[str] = []
+        lookup = backend.get_password
+        backend.get_password = lambda s, n: parsed.append(n) or lookup(s, n)  # type: ignore[method-assign]
+        assert get_secret("rotating") == value and parsed == []
+        keyring.set_password(SERVICE, "rotating", "changed-0001-abcdef")
+        assert get_secret("rotating") == "changed-0001-abcdef" and parsed == ["rotating"]
+        keyring.delete_password(SERVICE, "rotating")
+        with pytest.raises(CredentialError, match="'rotating' is not in the keyring"):
+            get_secret("rotating")
+    finally:
+        keyring.set_keyring(before)
