@@ -574,7 +574,9 @@ async def execute_tool(
             result = await spec.fn(this.args, this.ctx)
     except (httpx.HTTPStatusError, httpx.TransportError, ApplicationError) as e:
         error = this.error(e, spec.name)
-        if error.non_retryable:
+        # A read that fails in the model call is run again as the workflow's local activity,
+        # which records how it ended: one failure, one record.
+        if error.non_retryable and decided_here is None:
             cause = cause_of(error).model_dump()
             await audit_from_activity(
                 runtime,

@@ -5,6 +5,7 @@ one that fails in the model call runs as the local activity it was before."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import uuid
@@ -15,7 +16,7 @@ import pytest
 from langchain_core.messages import AIMessage
 from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime as GraphRuntime
-from temporalio.client import WorkflowHandle
+from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
@@ -295,3 +296,82 @@ async def test_a_read_runs_in_the_model_call_only_under_the_allow_it_was_decided
         outcome = await env.run(execute_tool, REGISTRY[tool], call, runtime, 0, allow)
         assert outcome.result["order_id"] == "A-1001"
         assert len(runtime.audit.find(run, "action.read")) == 1
+
+
+async def test_a_read_that_fails_for_good_is_audited_once(
+    temporal: WorkflowEnvironment, worker: Worker, runtime: Runtime, shop: Shop
+) -> None:
+    """The model call's read is refused for good (a 404: not worth retrying); the workflow
+    runs it again as its local activity, which is refused the same way. One failure happened
+    to the run, so the audit says it once (the model call's attempt is only logged)."""
+    shop.faults(fail_status=404, fail_count=100, path_prefix="/orders", method="GET")
+    try:
+        handle = await start_run(
+            temporal.client, worker.task_queue, task="Refund order A-1004: the order is gone."
+        )
+        with pytest.raises(WorkflowFailureError):  # a read refused for good fails the run
+            await handle.result()
+    finally:
+        shop.clear_faults()
+    failed = runtime.audit.find(handle.id, "action.failed", tool="orders.lookup")
+    assert len(failed) == 1, [f.data for f in failed]
+    assert "answered 404" in failed[0].data["error"]
+    assert failed[0].event.get("local")
+    assert await local_reads(handle) == ["orders.lookup"]
+
+
+async def test_a_read_that_runs_out_of_time_in_the_model_call_runs_as_a_local_activity(
+    temporal: WorkflowEnvironment,
+    settings: Settings,
+    runtime: Runtime,
+    shop: Shop,
+    scripts_dir: Path,
+    task_queue: str,
+) -> None:
+    """The shop is slow for the model call's read (past the tool's 1 s timeout): the model
+    call gives up on it, is not timed out itself, and the workflow reads again as its local
+    activity, which gets an answer."""
+    (scripts_dir / "slow-read.json").write_text(
+        json.dumps(
+            {
+                "name": "slow-read",
+                "match": r"(?i)slow read",
+                "turns": [
+                    {
+                        "tool_calls": [
+                            {"name": "orders.lookup", "arguments": {"order_id": "A-1001"}}
+                        ]
+                    },
+                    {"say": "done"},
+                ],
+            }
+        )
+    )
+    quick = settings.model_copy(update={"tool_start_to_close_seconds": 1})
+    gets = shop_gets(shop, "/orders/{order_id}")
+    shop.faults(latency_ms=3000, path_prefix="/orders", method="GET")
+    try:
+        quick_runtime = dataclasses.replace(runtime, settings=quick)
+        async with build_worker(temporal.client, quick, quick_runtime, task_queue=task_queue):
+            handle = await start_run(temporal.client, task_queue, task="A slow read of A-1001")
+            # Once the model call's read is at the shop, the shop is quick again.
+            for _ in range(200):
+                if shop_gets(shop, "/orders/{order_id}") > gets:
+                    break
+                await asyncio.sleep(0.02)
+            shop.clear_faults()
+            result = await handle.result()
+    finally:
+        shop.clear_faults()
+    assert result.status == "completed"
+    assert await local_reads(handle) == ["orders.lookup"]
+    (lookup,) = reads_audited(runtime, handle.id, "orders.lookup")
+    assert lookup.event.get("local")
+    assert runtime.audit.find(handle.id, "action.failed") == []
+    history = await handle.fetch_history()
+    attempts = [
+        e.activity_task_started_event_attributes.attempt
+        for e in history.events
+        if e.HasField("activity_task_started_event_attributes")
+    ]
+    assert attempts and set(attempts) == {1}  # no model call was timed out or retried
