@@ -47,6 +47,7 @@ from countersign.agents.state import (
     ActionRecord,
     RunState,
     model_bounds,
+    patched,
     run_bookkeeping,
 )
 from countersign.guardrails.approvals import ApprovalRequest, new_request
@@ -477,7 +478,7 @@ async def act(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
 
 def _atomic(run: RunState) -> bool:
     # Runs recorded before atomic turns replay as they ran (each action on its own).
-    return run.agent.turn == "atomic" and workflow.patched(ATOMIC_TURNS)
+    return run.agent.turn == "atomic" and patched(ATOMIC_TURNS)
 
 
 def _refused_in_turn(

@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         StatementRefusedError,
         finished_status,
         parse_run_input,
+        patched,
         verify_statement,
     )
     from countersign.guardrails.approvals import (
@@ -108,7 +109,7 @@ class AgentRun:
             status=finished_status(
                 run.actions,
                 final.get("stop_reason"),
-                workflow.patched(RUN_REFUSALS),
+                patched(RUN_REFUSALS),
                 run.refused_before,
             ),
             stop_reason=final.get("stop_reason"),

@@ -76,6 +76,35 @@ WORKING_STAGE = "working-stage"
 # their outcomes (no local activity, no workflow activation, per read); a read is used only for
 # the exact verdict it was executed under (agents/graph.py execute_action).
 READS_IN_MODEL = "reads-in-model-call"
+# Every patch above in one marker. A run that starts now records this one instead of one per
+# patch, each with its own search-attribute upsert (TemporalChangeVersion): 22 history events
+# fewer, in the first workflow task of every run and every segment. Runs recorded before it
+# have no such marker and ask each patch, as they did.
+ALL_PATCHES_2026_11 = "patches-2026-11"
+_IN_ALL_PATCHES = frozenset(
+    {
+        LOCAL_BOOKKEEPING,
+        MODEL_BOUNDS_FROM_SETTINGS,
+        RECONCILE_UNKNOWN_OUTCOMES,
+        ATOMIC_TURNS,
+        RUN_REFUSALS,
+        SIGNED_IDENTITIES,
+        APPROVAL_REMINDERS,
+        APPROVAL_EVIDENCE,
+        CONTINUE_AS_NEW,
+        GUARD_IN_MODEL,
+        WORKING_STAGE,
+        READS_IN_MODEL,
+    }
+)
+
+
+def patched(patch: str) -> bool:
+    """Whether this run has `patch` (workflow code asks here, never `workflow.patched`): a run
+    that started with ALL_PATCHES_2026_11 has each of them without a marker of its own."""
+    if patch in _IN_ALL_PATCHES and workflow.patched(ALL_PATCHES_2026_11):
+        return True
+    return workflow.patched(patch)
 
 
 class StatementRefusedError(Exception):
@@ -112,7 +141,7 @@ async def run_bookkeeping(
         "start_to_close_timeout": timedelta(seconds=30),
         "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10)),
     }
-    if workflow.patched(LOCAL_BOOKKEEPING):
+    if patched(LOCAL_BOOKKEEPING):
         # No summary: the Web UI shows a local activity by its type only, and every summary is
         # one more payload the SDK converts on every workflow task and every replay.
         return await workflow.execute_local_activity(activity, arg, **options)
@@ -122,7 +151,7 @@ async def run_bookkeeping(
 async def model_bounds(run: RunState) -> ModelBounds:
     """The model call's timeouts from settings, read once per run by a local activity (its
     result lands in history). Runs started before the patch keep the constants they used."""
-    if not workflow.patched(MODEL_BOUNDS_FROM_SETTINGS):
+    if not patched(MODEL_BOUNDS_FROM_SETTINGS):
         return ModelBounds()
     return await workflow.execute_local_activity(
         MODEL_BOUNDS,
@@ -402,16 +431,16 @@ class RunState:
         # asked first after a local activity's result can have its marker land in another
         # workflow task on replay (seen as flaky live-run replays). Where a patch applies, it
         # is asked again and answers the same (the SDK memoizes it).
-        self.reconciles_unknown_outcomes = workflow.patched(RECONCILE_UNKNOWN_OUTCOMES)
-        self.signed = workflow.patched(SIGNED_IDENTITIES)
-        self.reminds = workflow.patched(APPROVAL_REMINDERS)
-        self.gathers_evidence = workflow.patched(APPROVAL_EVIDENCE)
-        self.segmented = workflow.patched(CONTINUE_AS_NEW)
+        self.reconciles_unknown_outcomes = patched(RECONCILE_UNKNOWN_OUTCOMES)
+        self.signed = patched(SIGNED_IDENTITIES)
+        self.reminds = patched(APPROVAL_REMINDERS)
+        self.gathers_evidence = patched(APPROVAL_EVIDENCE)
+        self.segmented = patched(CONTINUE_AS_NEW)
         for later in (LOCAL_BOOKKEEPING, MODEL_BOUNDS_FROM_SETTINGS, ATOMIC_TURNS, RUN_REFUSALS):
-            workflow.patched(later)
-        self.guards_in_model = workflow.patched(GUARD_IN_MODEL)
-        self.working_stage = workflow.patched(WORKING_STAGE) or self.agent.segment_steps is not None
-        self.reads_in_model = workflow.patched(READS_IN_MODEL)
+            patched(later)
+        self.guards_in_model = patched(GUARD_IN_MODEL)
+        self.working_stage = patched(WORKING_STAGE) or self.agent.segment_steps is not None
+        self.reads_in_model = patched(READS_IN_MODEL)
 
     @property
     def agent(self) -> AgentSpec:

@@ -13,6 +13,7 @@ from temporalio.worker import Worker
 
 from countersign.activities.agent_specs import AGENTS
 from countersign.activities.contracts import DECIDE
+from countersign.agents.state import ALL_PATCHES_2026_11
 from countersign.settings import Settings
 from countersign.workers.replay import activities_in, load_histories, readable_text, replay
 from tests.agents.test_agent_run import wait_for_pending
@@ -39,10 +40,13 @@ BEFORE_SIGNED = HERE / "before-signed-identities"
 BEFORE_GUARD = HERE / "before-guard-in-model"
 # Runs recorded before READS_IN_MODEL: each allowed read ran as a local activity of its own.
 BEFORE_READS = HERE / "before-reads-in-model"
+# Runs recorded before ALL_PATCHES_2026_11: the same behaviour, one marker per patch.
+BEFORE_PATCH_SET = HERE / "before-patch-set"
 READS = {"orders.lookup", "knowledge.search"}
 CORPUS = sorted(HERE.glob("*.json"))
 ALL_HISTORIES = (
     CORPUS
+    + sorted(BEFORE_PATCH_SET.glob("*.json"))
     + sorted(BEFORE_READS.glob("*.json"))
     + sorted(BEFORE_GUARD.glob("*.json"))
     + sorted(BEFORE_SIGNED.glob("*.json"))
@@ -52,8 +56,8 @@ ALL_HISTORIES = (
 
 def test_every_scenario_is_recorded() -> None:
     assert {p.stem for p in CORPUS} == set(SCENARIOS)
-    assert {p.stem for p in BEFORE_GUARD.glob("*.json")} == set(SCENARIOS)
-    assert {p.stem for p in BEFORE_READS.glob("*.json")} == set(SCENARIOS)
+    for folder in (BEFORE_PATCH_SET, BEFORE_READS, BEFORE_GUARD):
+        assert {p.stem for p in folder.glob("*.json")} == set(SCENARIOS)
     for folder in (BEFORE_SIGNED, BEFORE_PATCH):
         assert {p.stem for p in folder.glob("*.json")} == set(SCENARIOS) - set(LATER_SCENARIOS)
     assert not set(PENDING_SCENARIOS) & set(SCENARIOS)
@@ -75,7 +79,7 @@ async def test_recorded_history_replays_to_the_same_result(path: Path) -> None:
     else:
         assert report.model_steps == 3
         extra = {"compensated": 2, "approved-with-changes": 1}
-        proposals = 4 if path.parent in (HERE, BEFORE_READS, BEFORE_GUARD) else 3
+        proposals = 4 if path.parent in (HERE, BEFORE_PATCH_SET, BEFORE_READS, BEFORE_GUARD) else 3
         assert report.verdicts == proposals + extra.get(path.stem, 0)
     assert report.result_matches is True
     assert report.result is not None
@@ -85,7 +89,7 @@ async def test_recorded_history_replays_to_the_same_result(path: Path) -> None:
     guard_activities = [a for a in activities_in(history) if a.activity_type == DECIDE]
     # Since READS_IN_MODEL the model call executes the reads it allowed: no local activity.
     reads = [a for a in activities_in(history) if a.local and a.activity_type in READS]
-    if path.parent in (HERE, BEFORE_READS):
+    if path.parent in (HERE, BEFORE_PATCH_SET, BEFORE_READS):
         assert bool(reads) == (path.parent == BEFORE_READS)
         assert len(guard_activities) == {"compensated": 2, "approved-with-changes": 1}.get(
             path.stem, 0
@@ -96,9 +100,10 @@ async def test_recorded_history_replays_to_the_same_result(path: Path) -> None:
 
 @pytest.mark.parametrize(
     "folder",
-    [HERE, BEFORE_READS, BEFORE_GUARD, BEFORE_SIGNED, BEFORE_PATCH],
+    [HERE, BEFORE_PATCH_SET, BEFORE_READS, BEFORE_GUARD, BEFORE_SIGNED, BEFORE_PATCH],
     ids=[
         "current",
+        "before-patch-set",
         "before-reads-in-model",
         "before-guard-in-model",
         "before-signed-identities",
@@ -123,7 +128,7 @@ async def test_replay_reconstructs_each_scenarios_decisions(folder: Path) -> Non
         assert refund("reminded")["status"] == "expired"
     assert refund("compensated")["status"] == "compensated"
     assert reports["compensated"].result["status"] == "rolled_back"
-    if folder in (HERE, BEFORE_READS, BEFORE_GUARD):
+    if folder in (HERE, BEFORE_PATCH_SET, BEFORE_READS, BEFORE_GUARD):
         changed = refund("approved-with-changes")
         assert changed["arguments"]["amount_cents"] == 60000
         assert changed["changed_from"]["amount_cents"] == 89900
@@ -163,7 +168,7 @@ async def test_an_added_activity_is_caught_as_a_divergence() -> None:
         load_histories([HERE / "auto-approved.json"]), workflows=[AgentRunThatChecksFirst]
     )
     assert current.divergence is not None
-    assert "patch marker encountered for change reconcile-unknown-outcomes" in current.divergence
+    assert f"patch marker encountered for change {ALL_PATCHES_2026_11}" in current.divergence
 
 
 async def test_a_skipped_approval_step_is_caught_as_a_divergence() -> None:
@@ -228,6 +233,26 @@ async def test_cli_replays_a_live_run_by_workflow_id(
     assert again.returncode == 0 and "result identical" in again.stdout
 
 
+def _patch_markers(path: Path) -> list[str]:
+    ((_, history),) = load_histories([path])
+    return [
+        json.loads(e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data)["id"]
+        for e in history.events
+        if e.HasField("marker_recorded_event_attributes")
+        and e.marker_recorded_event_attributes.marker_name == "core_patch"
+    ]
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
+def test_a_run_records_one_patch_marker_where_it_recorded_one_per_patch(path: Path) -> None:
+    """Since ALL_PATCHES_2026_11 a run starts with one patch marker (and so one
+    TemporalChangeVersion upsert) instead of twelve; the run is otherwise the same."""
+    (marker,) = _patch_markers(path)
+    assert marker == ALL_PATCHES_2026_11
+    before = _patch_markers(BEFORE_PATCH_SET / path.name)
+    assert len(before) == 12 and ALL_PATCHES_2026_11 not in before
+
+
 def test_every_segmented_scenario_is_recorded() -> None:
     stems = {p.stem.rsplit(".", 1)[0] for p in SEGMENTS.glob("*.json")}
     assert stems == set(SEGMENTED_SCENARIOS)
@@ -237,9 +262,14 @@ def test_every_segmented_scenario_is_recorded() -> None:
     "paths",
     [
         sorted(f.glob("long-run.*.json"))
-        for f in (SEGMENTS, BEFORE_READS / "segments", BEFORE_GUARD / "segments")
+        for f in (
+            SEGMENTS,
+            BEFORE_PATCH_SET / "segments",
+            BEFORE_READS / "segments",
+            BEFORE_GUARD / "segments",
+        )
     ],
-    ids=["current", "before-reads-in-model", "before-guard-in-model"],
+    ids=["current", "before-patch-set", "before-reads-in-model", "before-guard-in-model"],
 )
 async def test_a_run_continued_as_new_replays_segment_by_segment(
     monkeypatch: pytest.MonkeyPatch, paths: list[Path]
