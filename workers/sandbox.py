@@ -38,6 +38,7 @@ from types import CodeType, ModuleType
 from typing import Any
 
 from temporalio import workflow
+from temporalio.bridge.proto.workflow_completion import WorkflowActivationCompletion
 from temporalio.worker import Worker, WorkflowInstance, WorkflowInstanceDetails
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
@@ -84,21 +85,40 @@ class Parking:
 
     A run parked on an approval waits minutes to days, and kept in the cache it holds
     ~400 KB of the worker's memory all that time (BENCHMARKS.md, section 5). Once the
-    workflow task that parked it completes, the worker asks Temporal's core to evict it;
-    when its decision (or its expiry timer) arrives the run is replayed from its history, as
-    any run evicted by the cache's LRU is. Only runs whose history has at most `max_events`
-    events are evicted, so that replay stays a few tens of milliseconds; longer ones stay in
-    the cache (bounded by `max_cached_workflows`).
+    workflow task that parked it completes and the run stays quiet for `QUIET_S`, the worker
+    asks Temporal's core to evict it; when its decision (or its expiry timer) arrives the run
+    is replayed from its history, as any run evicted by the cache's LRU is. Only runs whose
+    history has at most `max_events` events are evicted, so that replay stays a few tens of
+    milliseconds; longer ones stay in the cache (bounded by `max_cached_workflows`).
 
     A run is parked when its workflow says it waits on people (`waits_on_people()`) and the
     SDK has nothing of it in flight: no activity or local activity, no running handler,
     nothing ready to run; never after a replayed activation (the task is still in flight
     there: core would drop it, and it would time out). Eviction is invisible to the run: its
-    history does not change."""
+    history does not change (except in the narrow race `_EvictAfterCompletion` repairs).
+
+    Why the quiet period: core must have no workflow task of the run in hand when the
+    eviction request reaches it. A task that arrives after the request waits in core's buffer
+    and runs, replayed, once the run is evicted. A task already in hand is lost: core evicts
+    the run as soon as its activation is answered, cancels the local activity that activation
+    scheduled (every audit record is one) and never answers the task, so the server retries
+    it only after the workflow-task timeout (10 s). Such a task comes often right after the
+    parking task: the server hands the next one back in its reply to the completion when a
+    signal or Update arrived meanwhile (a race seen in CI, then in tests/workers/
+    test_parking_race.py with core's debug log). Left to core, for any eviction: a query and
+    an event that both arrive during the few milliseconds of an eviction are both buffered,
+    and core rebuilds the run from the query's task and drops the other (it times out)."""
+
+    # Seconds a parked run must stay without any activation before it is evicted.
+    QUIET_S = 0.5
 
     def __init__(self, max_events: int) -> None:
         self.max_events = max_events
-        self.run_ids: set[str] = set()
+        # Run id -> the number of its latest activation (`seen`) when `check` found it parked.
+        self.parked: dict[str, int] = {}
+        # Run id -> the number of its latest activation, counted across runs, never reused.
+        self.seen: dict[str, int] = {}
+        self.count = 0
 
     def check(self, act: Any, inside: Any) -> None:
         sdk: Any = getattr(inside, "instance", None)
@@ -116,13 +136,13 @@ class Parking:
             or not waits()
         ):
             return
-        self.run_ids.add(act.run_id)
+        self.parked[act.run_id] = self.seen.get(act.run_id, 0)
 
     def install(self, worker: Worker) -> None:
         """Evict the runs `check` found parked once their completion reached core."""
         bridge = getattr(worker, "_bridge_worker", None)
         if bridge is not None and hasattr(bridge, "request_workflow_eviction"):
-            worker._bridge_worker = _EvictAfterCompletion(bridge, self.run_ids)  # type: ignore[assignment]
+            worker._bridge_worker = _EvictAfterCompletion(bridge, self)  # type: ignore[assignment]
 
 
 def _libc_malloc_trim() -> Any:
@@ -132,8 +152,24 @@ def _libc_malloc_trim() -> Any:
         return None
 
 
+def _schedules_local_activity(completion: Any) -> bool:
+    return completion.HasField("successful") and any(
+        c.HasField("schedule_local_activity") for c in completion.successful.commands
+    )
+
+
 class _EvictAfterCompletion:
-    """The SDK's bridge worker; after a parked run's completion, its eviction request.
+    """The SDK's bridge worker; after a parked run's completion and `Parking.QUIET_S` without
+    any activation of it, its eviction request.
+
+    An activation the SDK receives is counted (`Parking.seen`) before the SDK sees it, so a
+    run that got work again is not evicted. That leaves one narrow window: a task core took
+    and started just before the request, whose activation had not reached this loop yet.
+    Such an activation arrives after the request and before the run's eviction (core issues
+    nothing else of a run it evicts), so it is known; if its completion schedules a local
+    activity, core would cancel it and drop the task, so the completion is sent as the
+    task's failure instead: the server retries the task at once (one WorkflowTaskFailed
+    event in the run's history), instead of after its timeout.
 
     Memory an evicted run freed stays in the allocator's free lists (glibc keeps it mapped),
     so the worker's RSS would stay at its busiest; a few seconds after evictions it is handed
@@ -141,20 +177,57 @@ class _EvictAfterCompletion:
 
     TRIM_AFTER_S = 5.0
 
-    def __init__(self, bridge: Any, run_ids: set[str]) -> None:
+    def __init__(self, bridge: Any, parking: Parking) -> None:
         self._bridge = bridge
-        self._run_ids = run_ids
+        self._parking = parking
+        # Runs whose eviction was requested, until their eviction activation arrives.
+        self._evicting: set[str] = set()
+        # Of those, runs that got an activation meanwhile: a task core had in hand.
+        self._at_risk: set[str] = set()
         self._trim = _libc_malloc_trim()
         self._trim_due = False
+        # Eviction requests sent, and completions sent as failures (tests read them).
+        self.evictions = 0
+        self.repairs = 0
+
+    async def poll_workflow_activation(self) -> Any:
+        act = await self._bridge.poll_workflow_activation()
+        run_id = act.run_id
+        if any(job.HasField("remove_from_cache") for job in act.jobs):
+            self._parking.seen.pop(run_id, None)
+            self._evicting.discard(run_id)
+            self._at_risk.discard(run_id)
+        else:
+            self._parking.count += 1
+            self._parking.seen[run_id] = self._parking.count
+            if run_id in self._evicting:
+                self._at_risk.add(run_id)
+        return act
 
     async def complete_workflow_activation(self, completion: Any) -> None:
+        run_id = completion.run_id
+        if run_id in self._at_risk and _schedules_local_activity(completion):
+            completion = _task_failure(run_id)
+            self.repairs += 1
         await self._bridge.complete_workflow_activation(completion)
-        if completion.run_id in self._run_ids:
-            self._run_ids.discard(completion.run_id)
-            self._bridge.request_workflow_eviction(completion.run_id)
-            if self._trim is not None and not self._trim_due:
-                self._trim_due = True
-                asyncio.get_running_loop().call_later(self.TRIM_AFTER_S, self._trim_now)
+        seen = self._parking.parked.pop(run_id, None)
+        if seen is not None and seen == self._parking.seen.get(run_id):
+            asyncio.get_running_loop().call_later(
+                self._parking.QUIET_S, self._evict_if_quiet, run_id, seen
+            )
+
+    def _evict_if_quiet(self, run_id: str, seen: int) -> None:
+        if self._parking.seen.get(run_id) != seen:
+            return  # an activation came since it parked: it is evicted when it parks again
+        try:
+            self._bridge.request_workflow_eviction(run_id)
+        except Exception:  # the worker shut down meanwhile: nothing left to evict
+            return
+        self._evicting.add(run_id)
+        self.evictions += 1
+        if self._trim is not None and not self._trim_due:
+            self._trim_due = True
+            asyncio.get_running_loop().call_later(self.TRIM_AFTER_S, self._trim_now)
 
     def _trim_now(self) -> None:
         self._trim_due = False
@@ -163,6 +236,14 @@ class _EvictAfterCompletion:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._bridge, name)
+
+
+def _task_failure(run_id: str) -> Any:
+    completion = WorkflowActivationCompletion(run_id=run_id)
+    completion.failed.failure.message = (
+        "a parked run's eviction met this task; retried at once (workers/sandbox.py Parking)"
+    )
+    return completion
 
 
 class _SharedCodeLoader(importlib.machinery.SourceFileLoader):

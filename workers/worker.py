@@ -312,7 +312,8 @@ def build_worker(
             **worker_options,
         },
     )
-    parking.install(worker)
+    if settings.evict_parked_max_events:
+        parking.install(worker)
     return worker
 
 

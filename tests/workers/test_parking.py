@@ -59,7 +59,7 @@ async def test_a_parked_run_is_evicted_and_acts_on_its_decision(
     assert len(shop.refunds("A-1002")) == before + 1
 
 
-@pytest.mark.parametrize("max_events", [0, 10], ids=["default-off", "history-too-long"])
+@pytest.mark.parametrize("max_events", [0, 10], ids=["off", "history-too-long"])
 async def test_parked_runs_stay_cached(
     temporal: WorkflowEnvironment,
     settings: Settings,
