@@ -238,18 +238,23 @@ def task_queue(shop: Shop) -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture
-async def worker(
-    temporal: WorkflowEnvironment, settings: Settings, runtime: Runtime, task_queue: str
-) -> AsyncIterator[Worker]:
-    w = build_worker(
-        temporal.client,
+def worker_for(client: Client, settings: Settings, runtime: Runtime, task_queue: str) -> Worker:
+    """A worker as tests run one: a run whose worker went away moves to another within 2 s
+    (the sticky queue's schedule-to-start timeout), not the SDK's default 10 s."""
+    return build_worker(
+        client,
         settings,
         runtime,
         task_queue=task_queue,
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
     )
-    async with w:
+
+
+@pytest.fixture
+async def worker(
+    temporal: WorkflowEnvironment, settings: Settings, runtime: Runtime, task_queue: str
+) -> AsyncIterator[Worker]:
+    async with worker_for(temporal.client, settings, runtime, task_queue) as w:
         yield w
 
 

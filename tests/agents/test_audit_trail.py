@@ -4,7 +4,6 @@ PostgreSQL backend carries a whole approval flow exactly as SQLite does."""
 from __future__ import annotations
 
 import dataclasses
-from datetime import timedelta
 
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -14,9 +13,8 @@ from countersign.agents.run import AgentRun
 from countersign.guardrails.audit_stores import open_store
 from countersign.settings import Settings
 from countersign.workers.replay import activities_in
-from countersign.workers.worker import build_worker
 from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import Shop, signed, start_run
+from tests.conftest import Shop, signed, start_run, worker_for
 
 
 async def test_every_record_names_the_activity_event_that_wrote_it(
@@ -60,13 +58,7 @@ async def test_an_approval_flow_on_the_postgres_audit_store(
     store = open_store(pg_dsn, signer=runtime.audit.signer, checkpoint_every=5)
     pg_runtime = dataclasses.replace(runtime, audit=store)
     before = len(shop.refunds("A-1017"))
-    async with build_worker(
-        temporal.client,
-        settings,
-        pg_runtime,
-        task_queue=task_queue,
-        sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
-    ):
+    async with worker_for(temporal.client, settings, pg_runtime, task_queue):
         handle = await start_run(temporal.client, task_queue, task="Refund order A-1017: pg.")
         (request,) = await wait_for_pending(handle)
         await handle.execute_update(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,8 @@ from countersign.guardrails.policy import load_policy
 from countersign.settings import Settings
 from countersign.workers.identities import signer_for
 from countersign.workers.policies import activate
-from countersign.workers.worker import build_worker, check_startup
-from tests.conftest import Shop, signed, start_run
+from countersign.workers.worker import check_startup
+from tests.conftest import Shop, signed, start_run, worker_for
 
 
 @pytest.fixture
@@ -35,13 +34,7 @@ async def gated(
     runtime = check_startup(settings)  # the session's, to sign with its audit store
     activate(runtime.audit, load_policy(folder, None), signer_for("erin"))
     gated_runtime = check_startup(gated_settings)
-    async with build_worker(
-        temporal.client,
-        gated_settings,
-        gated_runtime,
-        task_queue=task_queue,
-        sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
-    ) as worker:
+    async with worker_for(temporal.client, gated_settings, gated_runtime, task_queue) as worker:
         yield gated_runtime, worker.task_queue, folder
 
 

@@ -4,7 +4,6 @@ and act when their decision arrives, replayed from history."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
@@ -15,7 +14,7 @@ from countersign.agents.run import AgentRun
 from countersign.settings import Settings
 from countersign.workers.worker import build_worker
 from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import Shop, signed, start_run
+from tests.conftest import Shop, signed, start_run, worker_for
 
 
 def cached(worker: Worker) -> set[str]:
@@ -68,13 +67,7 @@ async def test_parked_runs_stay_cached(
     max_events: int,
 ) -> None:
     kept = settings.model_copy(update={"evict_parked_max_events": max_events})
-    async with build_worker(
-        temporal.client,
-        kept,
-        runtime,
-        task_queue=task_queue,
-        sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
-    ) as worker:
+    async with worker_for(temporal.client, kept, runtime, task_queue) as worker:
         handle = await start_run(
             temporal.client, task_queue, task="Refund order A-1002: machine leaks."
         )

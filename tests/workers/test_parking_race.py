@@ -25,7 +25,6 @@ import random
 import statistics
 import time
 import uuid
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -36,9 +35,8 @@ from countersign.activities.runtime import Runtime
 from countersign.agents.run import AgentRun
 from countersign.settings import Settings
 from countersign.workers.sandbox import Parking
-from countersign.workers.worker import build_worker
 from tests.agents.test_agent_run import wait_for_pending
-from tests.conftest import start_run
+from tests.conftest import start_run, worker_for
 
 if os.environ.get("COUNTERSIGN_CORE_DEBUG"):  # before any client: the default runtime's log
     from temporalio.runtime import LoggingConfig, TelemetryConfig, TelemetryFilter
@@ -175,13 +173,7 @@ async def test_a_parked_run_handles_what_reaches_it_during_its_eviction(
     monkeypatch.setattr(Parking, "QUIET_S", quiet_s)
     evicting = settings.model_copy(update={"evict_parked_max_events": 10_000})
     seed = int(os.environ.get("COUNTERSIGN_PARK_STRESS_SEED", time.time_ns() % 10_000))
-    async with build_worker(
-        temporal.client,
-        evicting,
-        runtime,
-        task_queue=task_queue,
-        sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
-    ) as worker:
+    async with worker_for(temporal.client, evicting, runtime, task_queue) as worker:
         with_query = quiet_s > 0 or QUERIES_IN_BURSTS
         events = await hammer(temporal, task_queue, runtime, random.Random(seed), with_query)
     bridge: Any = worker._bridge_worker
