@@ -299,8 +299,9 @@ class ModelActivities:
 
     async def _reads(self, agent: str, verdicts: list[GuardResult]) -> dict[str, ToolOutcome]:
         """Execute the reply's reads the guard just allowed, here, through the tool activity's
-        own path (its authorization check against the audited verdict, its audit records): the
-        workflow then needs no local activity, and no activation, for them. By action hash.
+        own path (`execute_tool`: its audit records; the authority is the allow verdict just
+        decided in this attempt): the workflow then needs no local activity, and no
+        activation, for them. By action hash.
 
         A read that fails or runs out of time is left out (the workflow runs it as its local
         activity, as before): a read never fails the model call."""

@@ -7,7 +7,7 @@ import asyncio
 import re
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -289,27 +289,34 @@ async def start_run(
 signed = testing.signed
 
 
-async def run_with_graph(
+RunWithGraph = Callable[..., Awaitable[tuple[WorkflowHandle[AgentRun, RunResult], RunResult]]]
+
+
+@pytest.fixture
+def run_with_graph(
     temporal: WorkflowEnvironment,
     settings: Settings,
     runtime: Runtime,
     task_queue: str,
     monkeypatch: pytest.MonkeyPatch,
-    *,
-    base: str,
-    name: str,
-    graph: Callable[[], Any],
-    task: str,
-) -> tuple[WorkflowHandle[AgentRun, RunResult], RunResult]:
-    """Run agent `name` (agent `base` with its own graph `graph`) to its result on a worker."""
-    monkeypatch.setitem(AGENTS, name, AGENTS[base].model_copy(update={"name": name, "graph": name}))
-    register_graph(name, graph)
-    try:
-        async with build_worker(temporal.client, settings, runtime, task_queue=task_queue):
-            handle = await start_run(temporal.client, task_queue, agent=name, task=task)
-            return handle, await handle.result()
-    finally:
-        unregister_graph(name)
+) -> RunWithGraph:
+    """Run agent `name` (agent `base` with its own graph `graph`) to its result on a worker:
+    `await run_with_graph(base=..., name=..., graph=..., task=...)`."""
+
+    async def run(
+        *, base: str, name: str, graph: Callable[[], Any], task: str
+    ) -> tuple[WorkflowHandle[AgentRun, RunResult], RunResult]:
+        agent = AGENTS[base].model_copy(update={"name": name, "graph": name})
+        monkeypatch.setitem(AGENTS, name, agent)
+        register_graph(name, graph)
+        try:
+            async with build_worker(temporal.client, settings, runtime, task_queue=task_queue):
+                handle = await start_run(temporal.client, task_queue, agent=name, task=task)
+                return handle, await handle.result()
+        finally:
+            unregister_graph(name)
+
+    return run
 
 
 async def wait_for_undo_window(handle: WorkflowHandle[Any, Any]) -> None:

@@ -43,7 +43,7 @@ from countersign.workers.replay import activities_in
 from countersign.workers.worker import build_worker
 from tests.agents.test_agent_run import wait_for_pending
 from tests.agents.test_context_window import model_requests
-from tests.conftest import Shop, run_with_graph, signed, start_run
+from tests.conftest import RunWithGraph, Shop, signed, start_run
 
 
 def reservations(runtime: Runtime, workflow_id: str) -> dict[str, set[tuple[int, int]]]:
@@ -275,21 +275,10 @@ def editing_graph() -> StateGraph[GuardedState, RunState, Any, Any]:
 
 
 async def test_a_call_a_graph_changed_after_the_model_is_decided_again(
-    temporal: WorkflowEnvironment,
-    settings: Settings,
-    runtime: Runtime,
-    shop: Shop,
-    task_queue: str,
-    monkeypatch: pytest.MonkeyPatch,
-    scripts_dir: Path,
+    run_with_graph: RunWithGraph, runtime: Runtime, shop: Shop, scripts_dir: Path
 ) -> None:
     (scripts_dir / "look-then-refund-ten.json").write_text(json.dumps(LOOK_THEN_REFUND_TEN))
     handle, result = await run_with_graph(
-        temporal,
-        settings,
-        runtime,
-        task_queue,
-        monkeypatch,
         base="support-refunds",
         name="editor",
         graph=editing_graph,
@@ -339,22 +328,11 @@ def forging_graph() -> StateGraph[GuardedState, RunState, Any, Any]:
 
 
 async def test_an_allowed_hash_never_carries_other_arguments(
-    temporal: WorkflowEnvironment,
-    settings: Settings,
-    runtime: Runtime,
-    shop: Shop,
-    task_queue: str,
-    monkeypatch: pytest.MonkeyPatch,
-    scripts_dir: Path,
+    run_with_graph: RunWithGraph, shop: Shop, scripts_dir: Path
 ) -> None:
     (scripts_dir / "look-then-refund-ten.json").write_text(json.dumps(LOOK_THEN_REFUND_TEN))
     with pytest.raises(WorkflowFailureError) as failed:
         await run_with_graph(
-            temporal,
-            settings,
-            runtime,
-            task_queue,
-            monkeypatch,
             base="support-refunds",
             name="forger",
             graph=forging_graph,

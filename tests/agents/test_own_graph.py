@@ -48,7 +48,7 @@ from countersign.workers.worker import build_worker, check_startup
 from tests.agents.test_agent_run import wait_for_pending
 from tests.agents.test_canary import decrypted_history
 from tests.agents.test_context_window import model_requests
-from tests.conftest import Shop, run_with_graph, signed, start_run
+from tests.conftest import RunWithGraph, Shop, signed, start_run
 
 README = Path(__file__).parent.parent.parent / "README.md"
 # A look-up, then a refund (denied to a read-only agent), then the answer.
@@ -341,24 +341,13 @@ def messages_state_agent() -> StateGraph[MessagesState, RunState, Any, Any]:
 
 
 async def test_a_plain_messages_state_graph_keeps_the_transcript_in_order(
-    temporal: WorkflowEnvironment,
-    settings: Settings,
-    runtime: Runtime,
-    task_queue: str,
-    monkeypatch: pytest.MonkeyPatch,
-    model_url: str,
-    scripts_dir: Path,
+    run_with_graph: RunWithGraph, runtime: Runtime, model_url: str, scripts_dir: Path
 ) -> None:
     (scripts_dir / "look-then-refund.json").write_text(json.dumps(LOOK_THEN_REFUND))
     # Without `seq` in the state, each model call still appends after the last reply: the
     # scripted model plays its turns in order (a transcript written over would replay turn
     # one until the step limit).
     _, result = await run_with_graph(
-        temporal,
-        settings,
-        runtime,
-        task_queue,
-        monkeypatch,
         base="support-readonly",
         name="plain",
         graph=messages_state_agent,

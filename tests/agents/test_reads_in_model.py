@@ -38,7 +38,7 @@ from tests.agents.test_guard_in_model import (
     edited_graph,
     guard_activities,
 )
-from tests.conftest import Shop, run_with_graph, start_run
+from tests.conftest import RunWithGraph, Shop, start_run
 
 READS = {"orders.lookup", "knowledge.search"}
 
@@ -52,9 +52,16 @@ def reads_audited(runtime: Runtime, workflow_id: str, tool: str) -> list[Any]:
     return runtime.audit.find(workflow_id, "action.read", tool=tool)
 
 
-def shop_gets(shop: Shop, path: str) -> int:
+def shop_requests(shop: Shop) -> dict[str, int]:
+    """The shop's request counts by method and route (its /_stats, not itself counted)."""
     with shop.client() as c:
-        return int(c.get("/_stats").json()["requests"].get(f"GET {path}", 0))
+        counts = dict(c.get("/_stats").json()["requests"])
+    counts.pop("GET /_stats", None)
+    return counts
+
+
+def shop_gets(shop: Shop, path: str) -> int:
+    return int(shop_requests(shop).get(f"GET {path}", 0))
 
 
 async def test_a_lookup_step_is_one_workflow_task_with_no_local_activity(
@@ -117,19 +124,9 @@ def editing_reads_graph() -> StateGraph[GuardedState, RunState, Any, Any]:
 
 
 async def test_a_read_a_graph_edited_runs_as_edited_not_as_read_in_the_model_call(
-    temporal: WorkflowEnvironment,
-    settings: Settings,
-    runtime: Runtime,
-    shop: Shop,
-    task_queue: str,
-    monkeypatch: pytest.MonkeyPatch,
+    run_with_graph: RunWithGraph, runtime: Runtime
 ) -> None:
     handle, result = await run_with_graph(
-        temporal,
-        settings,
-        runtime,
-        task_queue,
-        monkeypatch,
         base="support-refunds",
         name="read-editor",
         graph=editing_reads_graph,
@@ -244,58 +241,97 @@ async def test_a_retried_model_call_reads_once_or_again_under_one_record(
     assert await local_reads(handle) == []
 
 
-@pytest.mark.parametrize(
-    "case",
-    ["not-allowed", "other-hash", "other-arguments", "side-effect"],
-)
+LOOKUP = {"order_id": "A-1001"}
+REFUND = {"order_id": "A-1001", "amount_cents": 100, "reason": "test"}
+# What the model call's read carries against the verdict it was decided with: (verdict's
+# outcome, verdict's tool and arguments, the call's tool, call id and arguments).
+NOT_THAT_ALLOW = {
+    "needs-approval": ("needs_approval", "orders.lookup", LOOKUP, "orders.lookup", "c1", LOOKUP),
+    "denied": ("deny", "orders.lookup", LOOKUP, "orders.lookup", "c1", LOOKUP),
+    "shadow": ("shadow", "orders.lookup", LOOKUP, "orders.lookup", "c1", LOOKUP),
+    "other-arguments": (
+        "allow",
+        "orders.lookup",
+        LOOKUP,
+        "orders.lookup",
+        "c1",
+        {"order_id": "A-1002"},
+    ),
+    "other-call": ("allow", "orders.lookup", LOOKUP, "orders.lookup", "c2", LOOKUP),
+    "other-tool": (
+        "allow",
+        "orders.lookup",
+        LOOKUP,
+        "customers.lookup",
+        "c1",
+        {"customer_id": "C-100"},
+    ),
+    "side-effect": ("allow", "payments.refund", REFUND, "payments.refund", "c1", REFUND),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_THAT_ALLOW))
 async def test_a_read_runs_in_the_model_call_only_under_the_allow_it_was_decided_with(
     runtime: Runtime, shop: Shop, case: str
 ) -> None:
     """The model call's reads skip reading the audit back because their verdict was decided
     in that same attempt; anything but that very allow, for that very read, is refused before
-    the system is called, and nothing is audited as read or executed."""
+    the system is called, and nothing is audited as read or executed. The call always carries
+    the verdict's own hash (the hash of another call, it is refused either way)."""
+    outcome, tool, arguments, call_tool, call_id, sent = NOT_THAT_ALLOW[case]
     env = ActivityEnvironment()
-    env.info = dataclasses.replace(env.info, workflow_id=f"read-decided-{uuid.uuid4().hex[:8]}")
-    run = env.info.workflow_id
-    tool = "payments.refund" if case == "side-effect" else "orders.lookup"
-    arguments = (
-        {"order_id": "A-1001", "amount_cents": 100, "reason": "test"}
-        if case == "side-effect"
-        else {"order_id": "A-1001"}
-    )
-    allowed = action_hash(run, "c1", tool, arguments)
+    run = f"read-decided-{uuid.uuid4().hex[:8]}"
+    env.info = dataclasses.replace(env.info, workflow_id=run)
     verdict = Verdict(
         call_id="c1",
         tool=tool,
-        outcome="needs_approval" if case == "not-allowed" else "allow",
+        outcome=outcome,
         rule_ids=[],
         policy_version="test",
         reason="test",
         mode="automate",
         arguments=arguments,
-        action_hash=allowed if case != "other-hash" else "act_" + "0" * 64,
-        read_only=case != "side-effect",
+        action_hash=action_hash(run, "c1", tool, arguments),
+        read_only=tool != "payments.refund",
     )
-    sent = {"order_id": "A-1002"} if case == "other-arguments" else arguments
-    call = ToolCall(tool=tool, call_id="c1", arguments=sent, action_hash=allowed, agent="support")
-    gets, refunds = (
-        shop_gets(shop, "/orders/A-1002") + shop_gets(shop, "/orders/A-1001"),
-        len(shop.refunds("A-1001")),
+    call = ToolCall(
+        tool=call_tool,
+        call_id=call_id,
+        arguments=sent,
+        action_hash=verdict.action_hash or "",
+        agent="support",
     )
+    refunds = len(shop.refunds("A-1001"))
+    requests = shop_requests(shop)
     with pytest.raises(ApplicationError) as refused:
-        await env.run(execute_tool, REGISTRY[tool], call, runtime, 0, verdict)
+        await env.run(execute_tool, REGISTRY[call_tool], call, runtime, 0, verdict)
     assert refused.value.type == "ActionNotAuthorized"
-    assert shop_gets(shop, "/orders/A-1002") + shop_gets(shop, "/orders/A-1001") == gets
+    assert shop_requests(shop) == requests  # the shop was not called at all
     assert len(shop.refunds("A-1001")) == refunds
     assert runtime.audit.find(run, "action.read") == []
     assert runtime.audit.find(run, "action.executed") == []
 
-    # The same call under its own allow runs.
-    if case == "not-allowed":
-        allow = verdict.model_copy(update={"outcome": "allow"})
-        outcome = await env.run(execute_tool, REGISTRY[tool], call, runtime, 0, allow)
-        assert outcome.result["order_id"] == "A-1001"
-        assert len(runtime.audit.find(run, "action.read")) == 1
+    # The read under its own allow runs (and the shop's count sees it).
+    own = ToolCall(
+        tool="orders.lookup",
+        call_id="c1",
+        arguments=LOOKUP,
+        action_hash=action_hash(run, "c1", "orders.lookup", LOOKUP),
+        agent="support",
+    )
+    allow = verdict.model_copy(
+        update={
+            "outcome": "allow",
+            "tool": "orders.lookup",
+            "arguments": LOOKUP,
+            "action_hash": own.action_hash,
+            "read_only": True,
+        }
+    )
+    read = await env.run(execute_tool, REGISTRY["orders.lookup"], own, runtime, 0, allow)
+    assert read.result["order_id"] == "A-1001"
+    assert shop_gets(shop, "/orders/{order_id}") == requests.get("GET /orders/{order_id}", 0) + 1
+    assert len(runtime.audit.find(run, "action.read")) == 1
 
 
 async def test_a_read_that_fails_for_good_is_audited_once(
