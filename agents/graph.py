@@ -276,6 +276,9 @@ async def _open(
     if run.gathers_evidence:
         request.evidence = await gather_evidence(run, request)
     run.requests[request.request_id] = request
+    # From here the run takes decisions on it and its status says pending: Current Details
+    # says so too, while its record and notices are written (an email can take seconds).
+    run.show("waiting for approval", upsert=False)
     await run.record(
         "approval.requested",
         {

@@ -485,22 +485,25 @@ class RunState:
         """Write an audit record through the audit activity (workflow code never writes)."""
         await run_bookkeeping(RECORD, RecordInput(kind=kind, actor=actor, data=data), summary=kind)
 
-    def show(self, stage: str) -> None:
+    def show(self, stage: str, *, upsert: bool = True) -> None:
         """Update the stage: the markdown the Temporal UI shows under Current Details, and the
-        search attributes its list page filters by."""
+        search attributes its list page filters by. `upsert=False`: the stage and Current
+        Details only (no command, so no history event), for a change the search attributes
+        catch up with where they always did."""
         self.stage = stage
         info = workflow.info()
         pending = self.pending()
         last_tool = pending[-1].tool if pending else self.actions[-1].tool if self.actions else None
-        sa.upsert(
-            {
-                sa.AGENT: self.agent.name,
-                sa.STAGE: sa.stage_value(stage, working=self.working_stage),
-                sa.WAITING: bool(pending),
-                sa.TOOL: last_tool,
-                sa.CUSTOMER_REF: self._customer_ref(),
-            }
-        )
+        if upsert:
+            sa.upsert(
+                {
+                    sa.AGENT: self.agent.name,
+                    sa.STAGE: sa.stage_value(stage, working=self.working_stage),
+                    sa.WAITING: bool(pending),
+                    sa.TOOL: last_tool,
+                    sa.CUSTOMER_REF: self._customer_ref(),
+                }
+            )
         lines = [
             f"**{self.agent.name}** · step {self.step}/{self.max_steps} · stage **{stage}**"
             + (f" · segment {self.segment}" if self.segment > 1 else ""),

@@ -296,7 +296,9 @@ def build_worker(
         *tool_activities(runtime),
         reconcile_activity(runtime),
     ]
-    parking = Parking(settings.evict_parked_max_events)
+    parking = (
+        Parking(settings.evict_parked_max_events) if settings.evict_parked_max_events else None
+    )
     worker = Worker(
         client,
         task_queue=task_queue or settings.task_queue,
@@ -305,14 +307,12 @@ def build_worker(
         interceptors=[_BindActivityIds(), *worker_options.pop("interceptors", [])],
         plugins=plugins(),
         **{
-            "workflow_runner": WorkflowSandbox(
-                parking=parking if settings.evict_parked_max_events else None
-            ),
+            "workflow_runner": WorkflowSandbox(parking=parking),
             "max_cached_workflows": settings.max_cached_workflows,
             **worker_options,
         },
     )
-    if settings.evict_parked_max_events:
+    if parking is not None:
         parking.install(worker)
     return worker
 
