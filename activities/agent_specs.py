@@ -32,6 +32,12 @@ class ContextWindow(BaseModel):
     fold_every: int = Field(default=8, ge=1)
 
 
+# The built-in graph (agents/guarded.py create_guarded_agent), every agent's by default.
+GUARDED_LOOP = "guarded-loop"
+# Steps the built-in graph's model call may take ahead (AgentSpec.read_ahead).
+DEFAULT_READ_AHEAD = 8
+
+
 class AgentSpecError(Exception):
     """An agent is declared wrongly (checked when the worker starts)."""
 
@@ -42,7 +48,7 @@ class AgentSpec(BaseModel):
 
     name: str
     description: str
-    graph: str = "guarded-loop"
+    graph: str = GUARDED_LOOP
     model: str = "gpt-4.1-mini"
     system_prompt: str
     scopes: list[str]
@@ -61,6 +67,21 @@ class AgentSpec(BaseModel):
     # segment stays bounded and a run may take up to MAX_LONG_RUN_STEPS steps. None: one
     # history, and a run's `max_steps` is at most MAX_RUN_STEPS.
     segment_steps: int | None = Field(default=None, ge=1)
+    # Read-ahead: after a reply whose every tool call is a read the guard allowed, the model
+    # activity sends the model the reads' results itself, up to this many more steps per call
+    # (each model call, verdict and read audited as ever; the workflow goes through each step
+    # and takes it only if it would have sent the model the same). One workflow task for
+    # several lookups. 0: one model call per activity. None: see `steps_ahead`.
+    read_ahead: int | None = Field(default=None, ge=0, le=100)
+
+    @property
+    def steps_ahead(self) -> int:
+        """`read_ahead`, by default DEFAULT_READ_AHEAD for the built-in guarded loop (its next
+        step sends the model the reads' results and nothing else) and 0 for other graphs (a
+        graph that sends more would have the steps taken ahead asked again)."""
+        if self.read_ahead is not None:
+            return self.read_ahead
+        return DEFAULT_READ_AHEAD if self.graph == GUARDED_LOOP else 0
 
     @field_validator("subject")
     @classmethod

@@ -7,6 +7,8 @@ never enter workflow code.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -52,6 +54,22 @@ class PlanInput(BaseModel):
     # they land in history without a guard activity of their own. Left out when None, so
     # inputs recorded before it existed encode as they did.
     guard: GuardContext | None = Field(default=None, exclude_if=lambda v: v is None)
+    # Read-ahead (AgentSpec.read_ahead): after a reply whose every call is a read the guard
+    # allowed and this call executed, take up to this many more steps here (PlanOutput.ahead),
+    # within `tokens_left`. Left out when 0, so inputs recorded before it encode the same.
+    ahead: int = Field(default=0, ge=0, exclude_if=lambda v: not v)
+    tokens_left: int | None = Field(default=None, exclude_if=lambda v: v is None)
+
+
+def tool_message(call_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """A tool call's result as the transcript keeps it and the model is sent it."""
+    return {"role": "tool", "tool_call_id": call_id, "content": json.dumps(payload)}
+
+
+def sent_digest(seq: int, new_messages: list[dict[str, Any]]) -> str:
+    """What a step sent the model on top of the transcript: where it appended, and what."""
+    body = json.dumps([seq, new_messages], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 class ModelBounds(BaseModel):
@@ -85,6 +103,12 @@ class PlanOutput(BaseModel):
     # The allowed reads the model call executed (GuardContext.reads), by action hash; a read
     # it could not execute is not here (the workflow runs it). Left out when empty, too.
     reads: dict[str, ToolOutcome] = Field(default_factory=dict, exclude_if=lambda v: not v)
+    # Read-ahead (PlanInput.ahead): the steps this call took after this one, in order, each
+    # with its step number and `sent` (sent_digest of what it appended to the transcript). The
+    # workflow takes each one only if its own step would send exactly that.
+    ahead: list[PlanOutput] = Field(default_factory=list, exclude_if=lambda v: not v)
+    step: int | None = Field(default=None, exclude_if=lambda v: v is None)
+    sent: str | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class GuardInput(BaseModel):
@@ -195,3 +219,36 @@ class VerifyResult(BaseModel):
 
 
 PlanOutput.model_rebuild()  # its verdicts and reads are defined after it
+
+
+def result_payload(outcome: ToolOutcome) -> dict[str, Any]:
+    """What the model is sent of an executed tool call's outcome."""
+    return {"result": outcome.result}
+
+
+def read_for(g: GuardResult, reads: dict[str, ToolOutcome]) -> ToolOutcome | None:
+    """The outcome of the read the model call executed under exactly this allow verdict, or
+    None (the workflow runs the call itself). A read undoes nothing: an outcome with a
+    compensation is no read's."""
+    v = g.verdict
+    if not (g.tool_read_only and v.outcome == "allow" and v.action_hash):
+        return None
+    read = reads.get(v.action_hash)
+    if read is None or (read.call_id, read.tool, read.compensation) != (v.call_id, v.tool, None):
+        return None
+    return read
+
+
+def read_results(out: PlanOutput) -> list[dict[str, Any]] | None:
+    """The tool messages the workflow sends the model after `out` when every call of it is a
+    read the guard allowed and the model call executed; None when it has anything else to do
+    (a side effect, a denial, a failed read, the answer)."""
+    if out.refused or not out.proposals or len(out.verdicts) != len(out.proposals):
+        return None
+    results = []
+    for p, g in zip(out.proposals, out.verdicts, strict=True):
+        read = read_for(g, out.reads)
+        if read is None or g.verdict.call_id != p.call_id:
+            return None
+        results.append(tool_message(p.call_id, result_payload(read)))
+    return results

@@ -35,6 +35,8 @@ from countersign.activities.contracts import (
     ToolCall,
     ToolOutcome,
     Usage,
+    read_results,
+    sent_digest,
 )
 from countersign.activities.guard import GuardActivities
 from countersign.activities.runtime import (
@@ -256,10 +258,24 @@ class ModelActivities:
             )
         if input.guard is None:
             return await self._reply(agent, input, None)
+        # One heartbeat for the whole call, not only for its model calls and the guard's
+        # fetches: reads and the steps taken ahead can add up to more than the timeout.
+        async with heartbeating():
+            key = activity_key()
+            out = await self._step(agent, input, key)
+            if input.ahead:
+                out.ahead = await self._read_ahead(agent, input, out, key)
+        return out
+
+    async def _step(
+        self, agent: AgentSpec, input: PlanInput, key: str, base: int = 0
+    ) -> PlanOutput:
+        """One step: the reply, its proposals decided, the reads allowed executed. `base`
+        numbers the step's audit records apart from the call's other steps (read-ahead)."""
         # The proposals are decided here, with the guard's own code, so the verdicts land in
         # history with the reply (one workflow activation fewer per proposal). The reply is
         # kept before anything is decided: a retried attempt decides that same reply again.
-        key = activity_key()
+        assert input.guard is not None
         workflow_id = current_workflow_id()
         transcripts = self.runtime.transcripts
         out = None
@@ -271,7 +287,7 @@ class ModelActivities:
                 # result again, even if the policy or the kill switch changed since.
                 return out
         if out is None:
-            out = await self._reply(agent, input, key)
+            out = await self._reply(agent, input, key, base)
         # Heartbeats go on while the guard fetches a side effect's facts from its system.
         async with heartbeating():
             verdicts = [
@@ -283,13 +299,13 @@ class ModelActivities:
                         requested_by=input.guard.requested_by,
                         subject=input.guard.subject,
                     ),
-                    n=n,
+                    n=base + n,
                 )
                 for n, proposal in enumerate(out.proposals)
             ]
         out = out.model_copy(update={"verdicts": verdicts})
         if input.guard.reads:
-            out.reads = await self._reads(agent.name, out.verdicts)
+            out.reads = await self._reads(agent.name, out.verdicts, base)
         # Kept with its reads: a retry returns them as they were and reads nothing again. An
         # attempt that died before this decides again (counted and audited once) and reads
         # again: a read has no side effect, and its audit record is written once.
@@ -297,7 +313,45 @@ class ModelActivities:
             await transcripts.keep_decided(workflow_id, key, out.model_dump(mode="json"))
         return out
 
-    async def _reads(self, agent: str, verdicts: list[GuardResult]) -> dict[str, ToolOutcome]:
+    async def _read_ahead(
+        self, agent: AgentSpec, input: PlanInput, first: PlanOutput, key: str
+    ) -> list[PlanOutput]:
+        """The steps after `first` this call takes itself (PlanInput.ahead), as the workflow
+        would ask for them: while every call of the latest reply is a read the guard allowed
+        and this call executed, the reads' results are sent to the model as the next step.
+        Each step is audited, decided and kept as its own; the workflow takes a step only if
+        it would send exactly what the step sent (PlanOutput.sent). A step that fails here is
+        left out: the workflow asks for it itself, and any error surfaces there."""
+        ahead: list[PlanOutput] = []
+        previous, step = first, input
+        tokens = _tokens(first)
+        budget = activity.info().start_to_close_timeout
+        for i in range(1, input.ahead + 1):
+            results = read_results(previous)
+            if results is None:
+                break  # the workflow has something to do: a side effect, a denial, the answer
+            if input.tokens_left is not None and tokens >= input.tokens_left:
+                break
+            # Half of this attempt's time is kept for the step in hand.
+            if budget and _seconds_left() < budget.total_seconds() / 2:
+                break
+            step = step.model_copy(
+                update={"seq": previous.seq, "new_messages": results, "step": step.step + 1}
+            )
+            try:
+                out = await self._step(agent, step, f"{key}/ahead-{i}", base=i * AHEAD_STRIDE)
+            except Exception as e:
+                # Its type only: the message may echo a clear value.
+                log.warning("model.read_ahead_stopped", step=step.step, error=type(e).__name__)
+                break
+            out = out.model_copy(update={"step": step.step, "sent": sent_digest(step.seq, results)})
+            ahead.append(out)
+            previous, tokens = out, tokens + _tokens(out)
+        return ahead
+
+    async def _reads(
+        self, agent: str, verdicts: list[GuardResult], base: int = 0
+    ) -> dict[str, ToolOutcome]:
         """Execute the reply's reads the guard just allowed, here, through the tool activity's
         own path (`execute_tool`: its audit records; the authority is the allow verdict just
         decided in this attempt): the workflow then needs no local activity, and no
@@ -326,7 +380,7 @@ class ModelActivities:
             try:
                 async with asyncio.timeout(budget):
                     reads[v.action_hash] = await execute_tool(
-                        spec, call, self.runtime, n=n, decided_here=v
+                        spec, call, self.runtime, n=base + n, decided_here=v
                     )
             except Exception as e:
                 # Its type only: the message may echo a clear value (the fallback reports it).
@@ -335,9 +389,12 @@ class ModelActivities:
                 )
         return reads
 
-    async def _reply(self, agent: AgentSpec, input: PlanInput, key: str | None) -> PlanOutput:
+    async def _reply(
+        self, agent: AgentSpec, input: PlanInput, key: str | None, base: int = 0
+    ) -> PlanOutput:
         """Ask the model for the step's reply; with `key` (its proposals are decided next),
-        keep the reply for a retried attempt in the same write as the reply's messages."""
+        keep the reply for a retried attempt in the same write as the reply's messages. `base`
+        as in _step."""
         workflow_id = current_workflow_id()
         transcripts = self.runtime.transcripts
         upto = input.seq + len(input.new_messages)
@@ -358,7 +415,9 @@ class ModelActivities:
         sealer = sealer_for(self.runtime.settings)
         usage = Usage()
         if window and (cut := fold_point(history, window)):
-            fold = await self._fold(agent, input.step, window, fold, start, history[:cut], usage)
+            fold = await self._fold(
+                agent, input.step, window, fold, start, history[:cut], usage, base
+            )
             start, history = fold.covers_seq, history[cut:]
         known: dict[str, Kind] = {}
         messages = [
@@ -410,7 +469,7 @@ class ModelActivities:
                     "refused": refused,
                 },
                 actor=f"agent:{agent.name}",
-                n=attempt,
+                n=base + attempt,
             )
             if refused is None:
                 assistant: dict[str, Any] = {"role": "assistant", "content": reply.content}
@@ -467,6 +526,7 @@ class ModelActivities:
         start: int,
         folded: list[dict[str, Any]],
         usage: Usage,
+        base: int = 0,
     ) -> Fold:
         """Fold `folded` (the messages from seq `start`) into a new fold, summarized by the
         model when the agent says so; stored, so a retried activity or the next step reuses it.
@@ -512,6 +572,7 @@ class ModelActivities:
                     "summary_sha256": sha256_hex(raw),
                 },
                 actor=f"agent:{agent.name}",
+                n=base,
             )
         fold = Fold(covers_seq=start + len(folded), replies=replies, summary=summary)
         await self.runtime.transcripts.write_fold(workflow_id, fold)
@@ -536,7 +597,7 @@ class ModelActivities:
                 response = await self._client().post(
                     "/chat/completions",
                     cast_to=ChatCompletion,
-                    body=sent,
+                    content=sent,
                     options={"security": {"bearer_auth": True}},
                 )
                 return response, hashlib.sha256(sent).hexdigest()
@@ -552,6 +613,15 @@ class ModelActivities:
                 type="ModelAuthentication",
                 non_retryable=True,
             ) from e
+
+
+# Audit record numbers of a read-ahead step start at its place in the call times this (a
+# reply has far fewer calls, and a reply is asked at most twice).
+AHEAD_STRIDE = 1000
+
+
+def _tokens(out: PlanOutput) -> int:
+    return out.usage.prompt_tokens + out.usage.completion_tokens
 
 
 def _seconds_left() -> float:

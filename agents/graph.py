@@ -12,7 +12,6 @@ Routers are `async def`: the plugin's workflow loop has no executor for sync rou
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
@@ -22,6 +21,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, RetryState
 
+from countersign.activities.agent_specs import GUARDED_LOOP
 from countersign.activities.contracts import (
     DECIDE,
     NOTIFY,
@@ -38,6 +38,10 @@ from countersign.activities.contracts import (
     Reconciliation,
     ToolCall,
     ToolOutcome,
+    read_for,
+    result_payload,
+    sent_digest,
+    tool_message,
 )
 from countersign.activities.failures import cause_of
 from countersign.agents.changes import decide_changed, gather_evidence, note_change
@@ -53,7 +57,7 @@ from countersign.agents.state import (
 from countersign.guardrails.approvals import ApprovalRequest, new_request
 from countersign.guardrails.policy import Proposal
 
-GRAPH_NAME = "guarded-loop"
+GRAPH_NAME = GUARDED_LOOP
 
 # Business failures the model should hear about; anything else fails the run.
 _MODEL_VISIBLE_ERRORS = {"ToolRejected", "KillSwitch", "InvalidToolArguments"}
@@ -68,24 +72,26 @@ class LoopState(TypedDict, total=False):
     stop_reason: str | None
 
 
-def _observation(call_id: str, payload: dict[str, Any]) -> dict[str, Any]:
-    return {"role": "tool", "tool_call_id": call_id, "content": json.dumps(payload)}
-
-
 async def plan(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
     run = runtime.context
     run.step += 1
     run.show("planning")
+    taken = _take_ahead(run, state)
     # Verdicts of an earlier reply no node guarded: their actions will not run as decided.
     await release_undecided(run)
     if run.model_bounds is None:
         run.model_bounds = await model_bounds(run)
     bounds = run.model_bounds
-    try:
-        out = await _plan(run, state, bounds)
-    except ActivityError as e:
-        run.failure = cause_of(e, max_attempts=bounds.max_attempts)
-        raise
+    if taken is not None:
+        out = taken
+    else:
+        await drop_ahead(run)
+        try:
+            out = await _plan(run, state, bounds)
+        except ActivityError as e:
+            run.failure = cause_of(e, max_attempts=bounds.max_attempts)
+            raise
+        run.ahead = list(out.ahead)
     run.tokens += out.usage.prompt_tokens + out.usage.completion_tokens
     if out.verdicts and len(out.verdicts) == len(out.proposals):
         run.decided = {p.call_id: (p, g) for p, g in zip(out.proposals, out.verdicts, strict=True)}
@@ -103,7 +109,40 @@ async def plan(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
     return {"seq": out.seq, "observations": [], "proposals": out.proposals, "final": out.content}
 
 
+def _take_ahead(run: RunState, state: LoopState) -> PlanOutput | None:
+    """The step the model call already took for this one (read-ahead), when this step sends
+    the model exactly what that one sent; the steps after it stay queued."""
+    if not run.ahead:
+        return None
+    step = run.ahead[0]
+    sent = sent_digest(state.get("seq", 0), state.get("observations", []))
+    if step.step != run.step or step.sent != sent:
+        return None
+    return run.ahead.pop(0)
+
+
+async def drop_ahead(run: RunState) -> None:
+    """Give back the limits of the steps taken ahead that the run does not use (a graph sent
+    the model something else, or the run ended first)."""
+    ahead, run.ahead = run.ahead, []
+    for out in ahead:
+        for g in out.verdicts:
+            await release_limits(_reserved(g))
+
+
+def _ahead_budget(run: RunState) -> int:
+    """How many steps the model call may take ahead: the agent's steps_ahead, within the
+    run's steps and this segment's (a long run continues as new at its boundary)."""
+    if not (run.agent.steps_ahead and run.guards_in_model and run.reads_in_model):
+        return 0
+    budget = min(run.agent.steps_ahead, run.max_steps - run.step)
+    if run.segmented and run.agent.segment_steps:
+        budget = min(budget, run.segment_start + run.agent.segment_steps - run.step)
+    return max(budget, 0)
+
+
 async def _plan(run: RunState, state: LoopState, bounds: ModelBounds) -> PlanOutput:
+    ahead = _ahead_budget(run)
     out: PlanOutput = await workflow.execute_activity(
         PLAN,
         PlanInput(
@@ -122,6 +161,8 @@ async def _plan(run: RunState, state: LoopState, bounds: ModelBounds) -> PlanOut
             )
             if run.guards_in_model
             else None,
+            ahead=ahead,
+            tokens_left=run.agent.max_tokens - run.tokens if ahead else None,
         ),
         result_type=PlanOutput,
         start_to_close_timeout=timedelta(seconds=bounds.start_to_close_seconds),
@@ -129,7 +170,7 @@ async def _plan(run: RunState, state: LoopState, bounds: ModelBounds) -> PlanOut
         retry_policy=RetryPolicy(
             maximum_attempts=bounds.max_attempts, maximum_interval=timedelta(seconds=20)
         ),
-        summary=f"model: step {run.step}",
+        summary=f"model: step {run.step}" + (f" (reads ahead: up to {ahead})" if ahead else ""),
     )
     return out
 
@@ -474,7 +515,7 @@ async def act(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
             await release_limits(v.action_hash)
         payload = note_change(run, record, payload)
         run.actions.append(record)
-        observations.append(_observation(v.call_id, payload))
+        observations.append(tool_message(v.call_id, payload))
     run.show("acting")
     return {"observations": observations, "proposals": [], "guarded": []}
 
@@ -588,7 +629,7 @@ def _executed(record: ActionRecord, outcome: ToolOutcome) -> dict[str, Any]:
     record.result = outcome.result
     record.idempotency_key = outcome.idempotency_key
     record.compensation = outcome.compensation
-    return {"result": outcome.result}
+    return result_payload(outcome)
 
 
 async def release_limits(action_hash: str | None) -> None:
@@ -613,14 +654,10 @@ async def execute_action(run: RunState, g: GuardResult, record: ActionRecord) ->
     v = g.verdict
     assert v.arguments is not None and v.action_hash is not None
     # A read the model call already executed, under this very verdict (a call a graph edited
-    # was decided again: its hash differs, and it runs below). A read undoes nothing: an
-    # outcome with a compensation is no read's.
-    read = run.reads.pop(v.action_hash, None) if g.tool_read_only else None
-    if (
-        read is not None
-        and v.outcome == "allow"
-        and (read.call_id, read.tool, read.compensation) == (v.call_id, v.tool, None)
-    ):
+    # was decided again: its hash differs, and it runs below).
+    read = read_for(g, run.reads)
+    if read is not None:
+        del run.reads[v.action_hash]
         return _executed(record, read)
     # Reads (short, idempotent, no side effect) run as local activities, on this worker with
     # no round trip through the server's task queue; side effects stay ordinary activities,

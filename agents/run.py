@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.langgraph import graph
 
     from countersign.activities.failures import cause_of
-    from countersign.agents.graph import release_undecided
+    from countersign.agents.graph import drop_ahead, release_undecided
     from countersign.agents.graph_registry import compiled
     from countersign.agents.rollback import compensate
     from countersign.agents.segments import carried_in, continue_as_new, kept_actions, restore
@@ -101,6 +101,7 @@ class AgentRun:
         # Verdicts the model call decided for a reply that no node guarded (a custom graph
         # that ended there): their limits go back.
         await release_undecided(run)
+        await drop_ahead(run)
         if run.continue_due:
             await continue_as_new(run, final)
         result = RunResult(

@@ -23,6 +23,7 @@ from countersign.activities.contracts import (
     Compensation,
     GuardResult,
     ModelBounds,
+    PlanOutput,
     RecordInput,
     ToolOutcome,
     VerifyInput,
@@ -420,6 +421,9 @@ class RunState:
     # by action hash, until the act node takes them.
     reads_in_model: bool = False
     reads: dict[str, ToolOutcome] = field(default_factory=dict)
+    # The steps the model call took ahead (AgentSpec.read_ahead), until the plan node takes
+    # each one whose input matches its own (agents/graph.py _take_ahead).
+    ahead: list[PlanOutput] = field(default_factory=list)
     # The customer ref found so far in the requests' and the actions' arguments, and how many
     # of each were looked at: both lists only grow, so `show` never walks them again.
     _refs: dict[str, tuple[int, str | None]] = field(

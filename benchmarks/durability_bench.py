@@ -15,8 +15,9 @@ after the other to compare them: each run starts its own stack.
 1. overhead: the same model → tool loop (N read-only `orders.lookup` calls, then an answer)
    (a) as plain in-process LangGraph, (b) under Temporal with the LangGraph plugin, both nodes
    activities, no guard (`benchmarks.bare_loop`), (c) as a Countersign AgentRun (guard, audit,
-   transcript store). ms per iteration (model call + tool call); ratios of medians. Workers run
-   in this process.
+   transcript store; the built-in graph's read-ahead, AgentSpec.read_ahead), (d) the same with
+   `read_ahead=0` (one model call per activity). ms per iteration (model call + tool call);
+   ratios of medians. Workers run in this process.
 2. throughput: completed 3-step runs per second (lookup, lookup, answer: read-only, so every
    run can hit the same order) with N worker processes (`--workers 1 2`), k runs started at
    once (`--batches 1 10 100 1000`). The workers are `python -m benchmarks.worker` processes —
@@ -146,6 +147,11 @@ def rss_kb(pid: int) -> int:
     return total + sum(rss_kb(child) for child in children)
 
 
+# The benchmark agent with one model call per activity (no read-ahead): the loop as it ran
+# before read-ahead, beside it.
+STEPWISE_AGENT = BENCH_AGENT.model_copy(update={"name": "bench-loop-stepwise", "read_ahead": 0})
+
+
 async def _agent_run(
     client: Client,
     wf_id: str,
@@ -253,7 +259,7 @@ async def wait_for_pollers(client: Client, task_queue: str, workers: list[Servic
 async def bench_overhead(stack: Stack, n: int, repeats: int) -> dict[str, list[float]]:
     task = f"Benchmark loop {n}"
     plain = bare_loop.build_bare_graph(None).compile()
-    out: dict[str, list[float]] = {"plain": [], "plugin": [], "countersign": []}
+    out: dict[str, list[float]] = {"plain": [], "plugin": [], "countersign": [], "stepwise": []}
     for r in range(repeats + 1):  # the first round warms every path up and is dropped
         t = time.perf_counter()
         final = await plain.ainvoke(
@@ -278,7 +284,14 @@ async def bench_overhead(stack: Stack, n: int, repeats: int) -> dict[str, list[f
         result = await handle.result()
         cs_s = time.perf_counter() - t
         assert result.steps == n + 1, result
+
+        t = time.perf_counter()
+        handle = await _agent_run(stack.client, f"cs1-{n}-{r}", task, agent=STEPWISE_AGENT.name)
+        result = await handle.result()
+        stepwise_s = time.perf_counter() - t
+        assert result.steps == n + 1, result
         if r:
+            out["stepwise"].append(1000 * stepwise_s / n)
             out["plain"].append(1000 * plain_s / n)
             out["plugin"].append(1000 * plugin_s / n)
             out["countersign"].append(1000 * cs_s / n)
@@ -526,6 +539,7 @@ PARTS = ["overhead", "throughput", "ceiling", "decision", "memory"]
 
 async def run(args: argparse.Namespace) -> None:
     AGENTS[BENCH_AGENT.name] = BENCH_AGENT
+    AGENTS[STEPWISE_AGENT.name] = STEPWISE_AGENT
     with tempfile.TemporaryDirectory(prefix="bench-durability-") as scripts:
         (Path(scripts) / "loop.json").write_text(json.dumps(loop_script(args.steps)))
         (Path(scripts) / "three.json").write_text(json.dumps(three_step_script()))
@@ -614,9 +628,11 @@ async def report(stack: Stack, args: argparse.Namespace) -> None:
         print(f"  (a) plain LangGraph       {spread(o['plain'])}")
         print(f"  (b) Temporal plugin, bare {spread(o['plugin'])}")
         print(f"  (c) Countersign AgentRun  {spread(o['countersign'])}")
+        print(f"  (d) same, read_ahead=0    {spread(o['stepwise'])}")
         print(
             f"  (c)/(a) = {med['countersign'] / med['plain']:.1f}x   "
-            f"(c)/(b) = {med['countersign'] / med['plugin']:.2f}x",
+            f"(c)/(b) = {med['countersign'] / med['plugin']:.2f}x   "
+            f"(d)/(b) = {med['stepwise'] / med['plugin']:.2f}x",
             flush=True,
         )
     if "throughput" in parts:

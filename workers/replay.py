@@ -87,7 +87,7 @@ class ReplayReport(BaseModel):
         if not self.deterministic:
             return f"DIVERGED      {where}\n  {self.divergence}"
         rebuilt = (
-            f"{self.model_steps} model outputs, {self.verdicts} verdicts, "
+            f"{self.model_steps} model steps, {self.verdicts} verdicts, "
             f"{self.tool_calls} tool results from history"
         )
         same = {True: "; result identical", False: "; RESULT DIFFERS", None: ""}
@@ -177,24 +177,28 @@ async def _recorded_result(
     return value if isinstance(value, dict) else None
 
 
-async def _verdicts_with_replies(history: WorkflowHistory, converter: DataConverter) -> int:
-    """Verdicts the model calls decided with their replies (PlanOutput.verdicts, since the
-    guard-in-model-call patch), counted in the recorded results."""
+async def _model_steps(history: WorkflowHistory, converter: DataConverter) -> tuple[int, int]:
+    """Model steps, and the verdicts decided with their replies (PlanOutput.verdicts, since
+    the guard-in-model-call patch), counted in the model calls' recorded results: a call that
+    read ahead (PlanOutput.ahead) took several steps."""
     plans = {
         e.event_id
         for e in history.events
         if e.HasField("activity_task_scheduled_event_attributes")
         and e.activity_task_scheduled_event_attributes.activity_type.name == PLAN
     }
-    found = 0
+    steps = verdicts = 0
     for e in history.events:
         if not e.HasField("activity_task_completed_event_attributes"):
             continue
         done = e.activity_task_completed_event_attributes
-        if done.scheduled_event_id in plans and done.result.payloads:
-            (value,) = await converter.decode(done.result.payloads)
-            found += len(value.get("verdicts") or []) if isinstance(value, dict) else 0
-    return found
+        if done.scheduled_event_id not in plans or not done.result.payloads:
+            continue
+        (value,) = await converter.decode(done.result.payloads)
+        outputs = [value, *(value.get("ahead") or [])] if isinstance(value, dict) else [{}]
+        steps += len(outputs)
+        verdicts += sum(len(o.get("verdicts") or []) for o in outputs)
+    return steps, verdicts
 
 
 @dataclass(frozen=True)
@@ -276,6 +280,7 @@ async def replay(
             replayed.model_dump(mode="json") if isinstance(replayed, BaseModel) else replayed
         )
         recorded = await _recorded_result(history, converter)
+        steps, decided_with_replies = await _model_steps(history, converter)
         reports.append(
             ReplayReport(
                 workflow_id=history.workflow_id,
@@ -285,8 +290,8 @@ async def replay(
                 divergence=_divergence(failure) if failure else None,
                 events=len(history.events),
                 history_bytes=sum(e.ByteSize() for e in history.events),
-                model_steps=counts[PLAN],
-                verdicts=counts[DECIDE] + await _verdicts_with_replies(history, converter),
+                model_steps=steps,
+                verdicts=counts[DECIDE] + decided_with_replies,
                 tool_calls=sum(
                     n for name, n in counts.items() if name not in (PLAN, DECIDE, RECORD, NOTIFY)
                 ),

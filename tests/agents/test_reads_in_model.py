@@ -21,6 +21,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
 
+from countersign.activities.agent_specs import AGENTS
 from countersign.activities.contracts import DECIDE, PLAN, ToolCall
 from countersign.activities.runtime import Runtime
 from countersign.activities.tools import REGISTRY, execute_tool
@@ -71,7 +72,11 @@ async def test_a_lookup_step_is_one_workflow_task_with_no_local_activity(
     shop: Shop,
     runtime: Runtime,
     model_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # One model call per step (read-ahead, off here, takes the refund's step in the same call).
+    stepwise = AGENTS["support-refunds"].model_copy(update={"read_ahead": 0})
+    monkeypatch.setitem(AGENTS, "support-refunds", stepwise)
     task = "Refund order A-1004: the reads ran in the model call."
     handle = await start_run(temporal.client, worker.task_queue, task=task)
     result = await handle.result()

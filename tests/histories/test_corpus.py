@@ -12,7 +12,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from countersign.activities.agent_specs import AGENTS
-from countersign.activities.contracts import DECIDE
+from countersign.activities.contracts import DECIDE, PLAN
 from countersign.agents.state import ALL_PATCHES_2026_11
 from countersign.settings import Settings
 from countersign.workers.replay import activities_in, load_histories, readable_text, replay
@@ -42,10 +42,13 @@ BEFORE_GUARD = HERE / "before-guard-in-model"
 BEFORE_READS = HERE / "before-reads-in-model"
 # Runs recorded before ALL_PATCHES_2026_11: the same behaviour, one marker per patch.
 BEFORE_PATCH_SET = HERE / "before-patch-set"
+# Runs recorded before read-ahead (AgentSpec.read_ahead): one model call per activity.
+BEFORE_READ_AHEAD = HERE / "before-read-ahead"
 READS = {"orders.lookup", "knowledge.search"}
 CORPUS = sorted(HERE.glob("*.json"))
 ALL_HISTORIES = (
     CORPUS
+    + sorted(BEFORE_READ_AHEAD.glob("*.json"))
     + sorted(BEFORE_PATCH_SET.glob("*.json"))
     + sorted(BEFORE_READS.glob("*.json"))
     + sorted(BEFORE_GUARD.glob("*.json"))
@@ -56,7 +59,7 @@ ALL_HISTORIES = (
 
 def test_every_scenario_is_recorded() -> None:
     assert {p.stem for p in CORPUS} == set(SCENARIOS)
-    for folder in (BEFORE_PATCH_SET, BEFORE_READS, BEFORE_GUARD):
+    for folder in (BEFORE_READ_AHEAD, BEFORE_PATCH_SET, BEFORE_READS, BEFORE_GUARD):
         assert {p.stem for p in folder.glob("*.json")} == set(SCENARIOS)
     for folder in (BEFORE_SIGNED, BEFORE_PATCH):
         assert {p.stem for p in folder.glob("*.json")} == set(SCENARIOS) - set(LATER_SCENARIOS)
@@ -79,17 +82,25 @@ async def test_recorded_history_replays_to_the_same_result(path: Path) -> None:
     else:
         assert report.model_steps == 3
         extra = {"compensated": 2, "approved-with-changes": 1}
-        proposals = 4 if path.parent in (HERE, BEFORE_PATCH_SET, BEFORE_READS, BEFORE_GUARD) else 3
+        since_search = (HERE, BEFORE_READ_AHEAD, BEFORE_PATCH_SET, BEFORE_READS, BEFORE_GUARD)
+        proposals = 4 if path.parent in since_search else 3
         assert report.verdicts == proposals + extra.get(path.stem, 0)
     assert report.result_matches is True
     assert report.result is not None
     # Since GUARD_IN_MODEL the model call decides its reply's proposals: a guard activity runs
     # only for what is decided apart from a reply (an approved change, a compensation).
     ((_, history),) = load_histories([path])
+    # Since read-ahead a model call that allowed and ran its reply's reads also takes the next
+    # step (the built-in graph's agents; own-graph's graph is its own): one result, two steps.
+    plans = [a for a in activities_in(history) if a.activity_type == PLAN]
+    if path.parent == HERE and path.stem != "own-graph":
+        assert len(plans) == report.model_steps - 1
+    else:
+        assert len(plans) == report.model_steps
     guard_activities = [a for a in activities_in(history) if a.activity_type == DECIDE]
     # Since READS_IN_MODEL the model call executes the reads it allowed: no local activity.
     reads = [a for a in activities_in(history) if a.local and a.activity_type in READS]
-    if path.parent in (HERE, BEFORE_PATCH_SET, BEFORE_READS):
+    if path.parent in (HERE, BEFORE_READ_AHEAD, BEFORE_PATCH_SET, BEFORE_READS):
         assert bool(reads) == (path.parent == BEFORE_READS)
         assert len(guard_activities) == {"compensated": 2, "approved-with-changes": 1}.get(
             path.stem, 0
@@ -100,9 +111,18 @@ async def test_recorded_history_replays_to_the_same_result(path: Path) -> None:
 
 @pytest.mark.parametrize(
     "folder",
-    [HERE, BEFORE_PATCH_SET, BEFORE_READS, BEFORE_GUARD, BEFORE_SIGNED, BEFORE_PATCH],
+    [
+        HERE,
+        BEFORE_READ_AHEAD,
+        BEFORE_PATCH_SET,
+        BEFORE_READS,
+        BEFORE_GUARD,
+        BEFORE_SIGNED,
+        BEFORE_PATCH,
+    ],
     ids=[
         "current",
+        "before-read-ahead",
         "before-patch-set",
         "before-reads-in-model",
         "before-guard-in-model",
@@ -128,7 +148,7 @@ async def test_replay_reconstructs_each_scenarios_decisions(folder: Path) -> Non
         assert refund("reminded")["status"] == "expired"
     assert refund("compensated")["status"] == "compensated"
     assert reports["compensated"].result["status"] == "rolled_back"
-    if folder in (HERE, BEFORE_PATCH_SET, BEFORE_READS, BEFORE_GUARD):
+    if folder in (HERE, BEFORE_READ_AHEAD, BEFORE_PATCH_SET, BEFORE_READS, BEFORE_GUARD):
         changed = refund("approved-with-changes")
         assert changed["arguments"]["amount_cents"] == 60000
         assert changed["changed_from"]["amount_cents"] == 89900
@@ -264,12 +284,19 @@ def test_every_segmented_scenario_is_recorded() -> None:
         sorted(f.glob("long-run.*.json"))
         for f in (
             SEGMENTS,
+            BEFORE_READ_AHEAD / "segments",
             BEFORE_PATCH_SET / "segments",
             BEFORE_READS / "segments",
             BEFORE_GUARD / "segments",
         )
     ],
-    ids=["current", "before-patch-set", "before-reads-in-model", "before-guard-in-model"],
+    ids=[
+        "current",
+        "before-read-ahead",
+        "before-patch-set",
+        "before-reads-in-model",
+        "before-guard-in-model",
+    ],
 )
 async def test_a_run_continued_as_new_replays_segment_by_segment(
     monkeypatch: pytest.MonkeyPatch, paths: list[Path]
