@@ -92,7 +92,8 @@ class Ledger:
     ) -> tuple[Verdict, DecisionInput]:
         """Read usage, decide, and reserve what the decision lets through, atomically.
 
-        A retried call (same action hash) neither counts its own reservation nor adds another.
+        A retried call (same action hash) neither counts its own reservation nor adds another;
+        an action whose reservation was given back and is decided again reserves again.
         """
         now = now or datetime.now(UTC)
         applicable = [c for c in counters if d.tool is not None and c.tool == d.tool.name]
@@ -112,9 +113,14 @@ class Ledger:
             if verdict.outcome in ("allow", "needs_approval") and verdict.action_hash:
                 for c in applicable:
                     amount = int((d.arguments or {}).get(c.sum, 0)) if c.sum else 1
+                    # A live reservation of the same action (a retried decision) stays as it
+                    # is; one given back is taken again: the action may happen after all.
                     tx.run(
                         "INSERT INTO reservations VALUES (?, ?, ?, ?, ?, 0, ?, ?)"
-                        " ON CONFLICT DO NOTHING",
+                        " ON CONFLICT (action_hash, counter_id) DO UPDATE SET released = 0,"
+                        ' key = excluded.key, "window" = excluded."window",'
+                        " amount = excluded.amount, created_at = excluded.created_at"
+                        " WHERE reservations.released = 1",
                         (
                             verdict.action_hash,
                             c.id,

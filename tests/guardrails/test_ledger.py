@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -83,3 +84,41 @@ def test_tiers_count_every_run_for_the_same_customer_this_week(tmp_path: Path) -
     # Another customer's refunds are counted apart.
     v, d = ledger.decide_and_reserve(call("A-1001", 2000, "C-100", "wf-4"), counters, decide, NOW)
     assert (v.outcome, d.usage["customer_refunded_week_cents"]) == ("allow", 0)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_at(request: pytest.FixtureRequest, tmp_path: Path) -> Ledger:
+    if request.param == "sqlite":
+        return Ledger(tmp_path / "ledger.sqlite3")
+    return Ledger(str(request.getfixturevalue("pg_dsn")))
+
+
+def test_an_action_given_back_then_decided_again_counts_again(ledger_at: Ledger) -> None:
+    """A verdict's limits are given back (its step was dropped, its request rejected), then
+    the same action (same hash: same run, call id, tool and arguments) is decided again: it
+    counts again, for the next call's total, instead of staying given back."""
+    counters = POLICY.settings.counters
+    run = f"wf-{uuid.uuid4().hex[:8]}"
+
+    def decide(d: DecisionInput) -> Verdict:
+        return policy_decide(d, POLICY)
+
+    def used_by_another() -> int:
+        _, d = ledger_at.decide_and_reserve(call("A-1005", 1, "C-301", run), counters, decide, NOW)
+        return d.usage["customer_refunded_week_cents"]
+
+    first, _ = ledger_at.decide_and_reserve(
+        call("A-1003", 2000, "C-301", run), counters, decide, NOW
+    )
+    assert first.outcome == "allow" and first.action_hash
+    assert used_by_another() == 2000
+    assert ledger_at.release(first.action_hash) >= 1
+    assert used_by_another() == 0
+    again, _ = ledger_at.decide_and_reserve(
+        call("A-1003", 2000, "C-301", run), counters, decide, NOW
+    )
+    assert again.action_hash == first.action_hash
+    assert used_by_another() == 2000
+    # Decided again while it holds its reservation (a retried decision): counted once.
+    ledger_at.decide_and_reserve(call("A-1003", 2000, "C-301", run), counters, decide, NOW)
+    assert used_by_another() == 2000
