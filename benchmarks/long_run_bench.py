@@ -37,6 +37,7 @@ from typing import Any
 import httpx
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
+from temporalio.converter import DataConverter
 
 from benchmarks.replay_bench import BENCH_AGENT, loop_script
 from countersign.activities.agent_specs import AGENTS, ContextWindow
@@ -48,33 +49,45 @@ from countersign.workers.worker import build_worker
 from tests.histories.record import fresh_stack
 
 
-def step_times(histories: list[WorkflowHistory]) -> list[float]:
-    """The time each `model.plan` activity was scheduled: one per step, in order."""
-    return [
-        e.event_time.ToNanoseconds() / 1e9
-        for h in histories
-        for e in h.events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-        and e.activity_task_scheduled_event_attributes.activity_type.name == "model.plan"
-    ]
+async def model_calls(
+    histories: list[WorkflowHistory], converter: DataConverter
+) -> list[tuple[int, float, int, float]]:
+    """Each `model.plan` activity in order: its index in the run's events (all segments), the
+    time it was scheduled, the steps its result took (one, or more with read-ahead), and the
+    time it completed."""
+    calls = []
+    at = 0
+    for h in histories:
+        scheduled: dict[int, tuple[int, float]] = {}
+        for i, e in enumerate(h.events):
+            if (
+                e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+                and e.activity_task_scheduled_event_attributes.activity_type.name == "model.plan"
+            ):
+                scheduled[e.event_id] = (at + i, e.event_time.ToNanoseconds() / 1e9)
+            elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+                done = e.activity_task_completed_event_attributes
+                if done.scheduled_event_id in scheduled:
+                    (out,) = await converter.decode(done.result.payloads)
+                    index, t = scheduled[done.scheduled_event_id]
+                    end = e.event_time.ToNanoseconds() / 1e9
+                    calls.append((index, t, 1 + len(out.get("ahead") or []), end))
+        at += len(h.events)
+    return calls
 
 
-def breakdown(histories: list[WorkflowHistory], first: bool) -> tuple[float, float]:
-    """Over the first (or last) tenth of the steps: the workflow tasks' time (started to
+def breakdown(
+    histories: list[WorkflowHistory], calls: list[tuple[int, float, int, float]], first: bool
+) -> tuple[float, float]:
+    """Over the first (or last) tenth of the model calls: the workflow tasks' time (started to
     completed, summed) and the activities' (the model call: started to completed), in ms per
     step. Event ids restart in each segment, so events are keyed by (segment, event id)."""
     events = [(n, e) for n, h in enumerate(histories) for e in h.events]
-    plans = [
-        i
-        for i, (_, e) in enumerate(events)
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-        and e.activity_task_scheduled_event_attributes.activity_type.name == "model.plan"
-    ]
-    tenth = max(2, len(plans) // 10)
-    window = plans[:tenth] if first else plans[-tenth:]
+    tenth = max(2, len(calls) // 10)
+    window = calls[:tenth] if first else calls[-tenth:]
     started: dict[tuple[int, int], float] = {}
     wft = activity = 0.0
-    for n, e in events[window[0] : window[-1]]:
+    for n, e in events[window[0][0] : window[-1][0]]:
         t = e.event_time.ToNanoseconds() / 1e9
         kind = e.event_type
         if kind in (
@@ -90,7 +103,7 @@ def breakdown(histories: list[WorkflowHistory], first: bool) -> tuple[float, flo
             activity += t - started.get(
                 (n, e.activity_task_completed_event_attributes.started_event_id), t
             )
-    steps = len(window) - 1
+    steps = sum(call[2] for call in window[:-1])
     return 1000 * wft / steps, 1000 * activity / steps
 
 
@@ -120,10 +133,17 @@ async def measure(stack: Any, agent: Any, n: int, base_url: str, tag: str) -> di
     steps = result.steps
     histories = await fetch_segments(stack.client, handle.id)
     per_request = (model1 - model0) / max(1, requests1 - requests0)
-    times = step_times(histories)
-    tenth = max(1, len(times) // 10)
-    tail = times[-tenth - 1 :]
-    tail_ms = 1000 * ((tail[-1] - tail[0]) / (len(tail) - 1) - per_request)
+    calls = await model_calls(histories, stack.client.data_converter)
+    # The last tenth of the steps: from the model call that takes the first of them to the
+    # last model call, per step taken in between.
+    tail, tail_steps = calls[-1:], 0
+    while len(tail) < len(calls) and tail_steps < steps / 10:
+        tail.insert(0, calls[-len(tail) - 1])
+        tail_steps += tail[0][2]
+    tail_ms = 1000 * ((tail[-1][1] - tail[0][1]) / max(1, tail_steps) - per_request)
+    # The steps alone: from the first model call's scheduling to the last one's result, so
+    # the run's start and end (its first audit record, its last) are not spread over them.
+    span = calls[-1][3] - calls[0][1]
     replayed = replayed_cpu = 0.0
     for history in histories:
         t, c = time.perf_counter(), time.process_time()
@@ -136,15 +156,19 @@ async def measure(stack: Any, agent: Any, n: int, base_url: str, tag: str) -> di
         "wall_s": wall,
         "model_ms": 1000 * (model1 - model0) / steps,
         "own_ms": 1000 * (wall - (model1 - model0)) / steps,
+        "steps_ms": 1000 * (span - (model1 - model0)) / steps,
         "cpu_ms": 1000 * cpu / steps,
-        "tail_ms": tail_ms if len(tail) > 2 else float("nan"),
+        "tail_ms": tail_ms if len(tail) > 1 else float("nan"),
         "segments": len(histories),
         "max_events": max(len(h.events) for h in histories),
         "max_kb": max(sum(e.ByteSize() for e in h.events) for h in histories) / 1024,
         "replay_ms": 1000 * replayed / steps,
         "replay_cpu_ms": 1000 * replayed_cpu / steps,
-        "wft": (breakdown(histories, True)[0], breakdown(histories, False)[0]),
-        "activities": (breakdown(histories, True)[1], breakdown(histories, False)[1]),
+        "wft": (breakdown(histories, calls, True)[0], breakdown(histories, calls, False)[0]),
+        "activities": (
+            breakdown(histories, calls, True)[1],
+            breakdown(histories, calls, False)[1],
+        ),
     }
 
 
@@ -202,13 +226,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     rows = asyncio.run(bench(args.steps, args.segment, args.warmup, args.repeat_steps))
     print(
-        f"\n{'steps':>6} {'run':>8} {'model srv':>10} {'own/step':>9} {'last 10%':>9} {'cpu':>7} "
+        f"\n{'steps':>6} {'run':>8} {'model srv':>10} {'own/step':>9} {'steps only':>11} "
+        f"{'last 10%':>9} {'cpu':>7} "
         f"{'segments':>9} {'events/seg':>11} {'KB/seg':>8} {'replay/step':>12} {'(cpu)':>7}"
     )
     for r in rows:
         print(
             f"{r['steps']:>6} {r['wall_s']:>7.1f}s {r['model_ms']:>8.1f}ms {r['own_ms']:>7.1f}ms "
-            f"{r['tail_ms']:>7.1f}ms {r['cpu_ms']:>5.1f}ms {r['segments']:>9} "
+            f"{r['steps_ms']:>9.1f}ms {r['tail_ms']:>7.1f}ms {r['cpu_ms']:>5.1f}ms "
+            f"{r['segments']:>9} "
             f"{r['max_events']:>11} {r['max_kb']:>8.0f} {r['replay_ms']:>10.2f}ms "
             f"{r['replay_cpu_ms']:>5.2f}ms"
         )
@@ -217,7 +243,9 @@ def main(argv: list[str] | None = None) -> None:
         wft, plan = r["wft"], r["activities"]
         print(f"{r['steps']:>6} {wft[0]:>9.1f} → {wft[1]:>5.1f} ms", end="")
         print(f" {plan[0]:>8.1f} → {plan[1]:>5.1f} ms")
-    print("(own/step: wall time minus the model server's own time, per step; cpu: the worker")
+    print("(own/step: wall time minus the model server's own time, per step; steps only: the")
+    print(" same from the first model call to the last one's result, without the run's start")
+    print(" and end; last 10%: the same over the last tenth of the steps; cpu: the worker")
     print(" process's CPU time per step (the workflow, the guard, the audit, the transcript, the")
     print(" openai client; not the Temporal server's); events/seg and")
     print(" KB/seg: the largest segment's history; replay/step: all segments replayed, per step,")

@@ -43,7 +43,6 @@ from pathlib import Path
 from temporalio.client import WorkflowHistory
 
 from countersign.activities.agent_specs import AGENTS, AgentSpec
-from countersign.activities.contracts import PLAN
 from countersign.agents.run import AgentRun
 from countersign.agents.state import RunInput
 from countersign.demo.plugin import SUPPORT_PROMPT
@@ -146,11 +145,9 @@ async def replay_saved(paths: list[Path], rounds: int) -> None:
     print(f"{'history':>28} {'steps':>6} {'replay':>8} {'wall/step':>10} {'CPU/step':>9}")
     for path in paths:
         history = load_histories([str(path)])[0][1]
-        steps = sum(  # a step is one model call
-            e.activity_task_scheduled_event_attributes.activity_type.name == PLAN
-            for e in history.events
-        )
-        await _replay_times(history, rounds=1)  # the first replay imports and compiles
+        # A step is one model call (several per model activity with read-ahead).
+        (first,) = await replay([("bench", history)])  # it also imports and compiles
+        steps = first.model_steps
         wall, cpu = await _replay_times(history, rounds)
         print(
             f"{path.name:>28} {steps:>6} {wall:>7.2f}s {1000 * wall / steps:>8.2f}ms "
