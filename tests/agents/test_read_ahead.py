@@ -11,6 +11,7 @@ import dataclasses
 import json
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime as GraphRuntime
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Interceptor
 
 from countersign.activities.agent_specs import AGENTS, DEFAULT_READ_AHEAD
 from countersign.activities.contracts import PLAN
@@ -33,7 +35,7 @@ from countersign.agents.guarded import (
     tools_condition,
     within_limits,
 )
-from countersign.agents.state import RunState
+from countersign.agents.state import RunResult, RunState
 from countersign.settings import Settings
 from countersign.workers.replay import activities_in
 from countersign.workers.worker import build_worker
@@ -87,47 +89,61 @@ def audit_trail(runtime: Runtime, workflow_id: str) -> list[tuple[str, Any]]:
     return trail
 
 
-async def run_lookups(
+RunLookups = Callable[..., Awaitable[tuple[WorkflowHandle[Any, Any], RunResult]]]
+
+
+@pytest.fixture
+def run_lookups(
     temporal: WorkflowEnvironment,
     settings: Settings,
     runtime: Runtime,
     task_queue: str,
     monkeypatch: pytest.MonkeyPatch,
-    task: str,
-    read_ahead: int | None,
-    **agent: Any,
-) -> WorkflowHandle[Any, Any]:
-    name = f"ahead-{read_ahead}"
-    spec = AGENTS["support-readonly"].model_copy(
-        update={"name": name, "read_ahead": read_ahead, **agent}
-    )
-    monkeypatch.setitem(AGENTS, name, spec)
-    async with build_worker(temporal.client, settings, runtime, task_queue=task_queue):
-        handle = await start_run(
-            temporal.client, task_queue, agent=name, task=task, subject={"order_id": "A-1001"}
+    lookups: str,
+) -> RunLookups:
+    """Run the lookups script to its result for support-readonly with `read_ahead` and any
+    other agent fields, on a worker with these settings and interceptors."""
+
+    async def run(
+        read_ahead: int | None,
+        *,
+        settings: Settings = settings,
+        interceptors: Sequence[Interceptor] = (),
+        **agent: Any,
+    ) -> tuple[WorkflowHandle[Any, Any], RunResult]:
+        name = f"ahead-{read_ahead}"
+        spec = AGENTS["support-readonly"].model_copy(
+            update={"name": name, "read_ahead": read_ahead, **agent}
         )
-        await handle.result()
-    return handle
+        monkeypatch.setitem(AGENTS, name, spec)
+        worker_runtime = dataclasses.replace(runtime, settings=settings)
+        async with build_worker(
+            temporal.client,
+            settings,
+            worker_runtime,
+            task_queue=task_queue,
+            interceptors=list(interceptors),
+        ):
+            handle = await start_run(
+                temporal.client,
+                task_queue,
+                agent=name,
+                task=lookups,
+                subject={"order_id": "A-1001"},
+            )
+            return handle, await handle.result()
+
+    return run
 
 
 async def test_lookups_run_ahead_in_one_model_call_as_they_would_one_by_one(
-    temporal: WorkflowEnvironment,
-    settings: Settings,
-    runtime: Runtime,
-    shop: Shop,
-    task_queue: str,
-    model_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-    lookups: str,
+    run_lookups: RunLookups, runtime: Runtime, shop: Shop, model_url: str, lookups: str
 ) -> None:
     assert AGENTS["support-readonly"].steps_ahead == DEFAULT_READ_AHEAD  # the built-in graph's
     runs = {}
     for read_ahead in (0, None):
         gets = shop_gets(shop, ORDER_ROUTE)
-        handle = await run_lookups(
-            temporal, settings, runtime, task_queue, monkeypatch, lookups, read_ahead
-        )
-        result = await handle.result()
+        handle, result = await run_lookups(read_ahead)
         assert result.status == "completed" and result.steps == len(ORDERS) + 1
         assert [a.status for a in result.actions] == ["executed"] * len(ORDERS)
         assert [(a.arguments or {}).get("order_id") for a in result.actions] == ORDERS
@@ -157,20 +173,11 @@ async def test_lookups_run_ahead_in_one_model_call_as_they_would_one_by_one(
 
 
 async def test_read_ahead_stops_at_the_runs_step_limit(
-    temporal: WorkflowEnvironment,
-    settings: Settings,
-    runtime: Runtime,
-    shop: Shop,
-    task_queue: str,
-    monkeypatch: pytest.MonkeyPatch,
-    lookups: str,
+    run_lookups: RunLookups, runtime: Runtime, shop: Shop
 ) -> None:
     """Three steps allowed: the model call takes two ahead and asks the model nothing more."""
     gets = shop_gets(shop, ORDER_ROUTE)
-    handle = await run_lookups(
-        temporal, settings, runtime, task_queue, monkeypatch, lookups, 8, max_steps=3
-    )
-    result = await handle.result()
+    handle, result = await run_lookups(8, max_steps=3)
     assert (result.steps, result.stop_reason) == (3, "max_steps")
     assert len(runtime.audit.find(handle.id, "model.call")) == 3
     assert shop_gets(shop, ORDER_ROUTE) == gets + 3
@@ -267,37 +274,14 @@ async def test_steps_taken_ahead_that_a_graph_would_not_send_are_asked_again(
 
 
 async def test_a_retried_model_call_returns_the_steps_it_took_ahead_as_they_were(
-    temporal: WorkflowEnvironment,
-    settings: Settings,
-    runtime: Runtime,
-    shop: Shop,
-    task_queue: str,
-    monkeypatch: pytest.MonkeyPatch,
-    lookups: str,
+    run_lookups: RunLookups, runtime: Runtime, shop: Shop
 ) -> None:
     """The model call's first attempt is lost after it decided and read every step: the retry
     returns the kept steps; the model is not asked again and every lookup is read once."""
-    monkeypatch.setitem(
-        AGENTS,
-        "ahead-retried",
-        AGENTS["support-readonly"].model_copy(update={"name": "ahead-retried"}),
-    )
     gets = shop_gets(shop, ORDER_ROUTE)
-    async with build_worker(
-        temporal.client,
-        settings,
-        runtime,
-        task_queue=task_queue,
-        interceptors=[LoseFirstDecidedReply(runtime, midway=False)],
-    ):
-        handle = await start_run(
-            temporal.client,
-            task_queue,
-            agent="ahead-retried",
-            task=lookups,
-            subject={"order_id": "A-1001"},
-        )
-        result = await handle.result()
+    handle, result = await run_lookups(
+        None, interceptors=[LoseFirstDecidedReply(runtime, midway=False)]
+    )
     assert result.status == "completed" and result.steps == len(ORDERS) + 1
     assert shop_gets(shop, ORDER_ROUTE) == gets + len(ORDERS)
     calls = runtime.audit.find(handle.id, "model.call")
@@ -307,13 +291,7 @@ async def test_a_retried_model_call_returns_the_steps_it_took_ahead_as_they_were
 
 
 async def test_steps_taken_ahead_keep_the_model_call_heartbeating(
-    temporal: WorkflowEnvironment,
-    settings: Settings,
-    runtime: Runtime,
-    shop: Shop,
-    task_queue: str,
-    monkeypatch: pytest.MonkeyPatch,
-    lookups: str,
+    run_lookups: RunLookups, settings: Settings, shop: Shop
 ) -> None:
     """Each lookup takes 0.3 s at the shop (less than the 0.4 s after which a read's own
     heartbeat starts), five of them 1.5 s in one model call, against a heartbeat timeout of
@@ -321,12 +299,9 @@ async def test_steps_taken_ahead_keep_the_model_call_heartbeating(
     beating = settings.model_copy(update={"model_heartbeat_seconds": 1.2})
     shop.faults(latency_ms=300, path_prefix="/orders", method="GET")
     try:
-        beating_runtime = dataclasses.replace(runtime, settings=beating)
-        handle = await run_lookups(
-            temporal, beating, beating_runtime, task_queue, monkeypatch, lookups, None
-        )
+        handle, result = await run_lookups(None, settings=beating)
     finally:
         shop.clear_faults()
-    assert (await handle.result()).steps == len(ORDERS) + 1
+    assert result.steps == len(ORDERS) + 1
     assert await plans(handle) == 1
     assert await only_first_attempts(handle)

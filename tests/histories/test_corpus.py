@@ -44,7 +44,24 @@ BEFORE_READS = HERE / "before-reads-in-model"
 BEFORE_PATCH_SET = HERE / "before-patch-set"
 # Runs recorded before read-ahead (AgentSpec.read_ahead): one model call per activity.
 BEFORE_READ_AHEAD = HERE / "before-read-ahead"
+# Newest first; the first five hold a long run's segments too.
+FOLDERS = [
+    HERE,
+    BEFORE_READ_AHEAD,
+    BEFORE_PATCH_SET,
+    BEFORE_READS,
+    BEFORE_GUARD,
+    BEFORE_SIGNED,
+    BEFORE_PATCH,
+]
+SEGMENTED_FOLDERS = FOLDERS[:5]
 READS = {"orders.lookup", "knowledge.search"}
+
+
+def folder_id(folder: Path) -> str:
+    return "current" if folder == HERE else folder.name
+
+
 CORPUS = sorted(HERE.glob("*.json"))
 ALL_HISTORIES = (
     CORPUS
@@ -109,27 +126,7 @@ async def test_recorded_history_replays_to_the_same_result(path: Path) -> None:
         assert len(guard_activities) == report.verdicts
 
 
-@pytest.mark.parametrize(
-    "folder",
-    [
-        HERE,
-        BEFORE_READ_AHEAD,
-        BEFORE_PATCH_SET,
-        BEFORE_READS,
-        BEFORE_GUARD,
-        BEFORE_SIGNED,
-        BEFORE_PATCH,
-    ],
-    ids=[
-        "current",
-        "before-read-ahead",
-        "before-patch-set",
-        "before-reads-in-model",
-        "before-guard-in-model",
-        "before-signed-identities",
-        "before-local-bookkeeping",
-    ],
-)
+@pytest.mark.parametrize("folder", FOLDERS, ids=[folder_id(f) for f in FOLDERS])
 async def test_replay_reconstructs_each_scenarios_decisions(folder: Path) -> None:
     reports = {r.workflow_id: r for r in await replay(load_histories([folder]))}
 
@@ -280,23 +277,8 @@ def test_every_segmented_scenario_is_recorded() -> None:
 
 @pytest.mark.parametrize(
     "paths",
-    [
-        sorted(f.glob("long-run.*.json"))
-        for f in (
-            SEGMENTS,
-            BEFORE_READ_AHEAD / "segments",
-            BEFORE_PATCH_SET / "segments",
-            BEFORE_READS / "segments",
-            BEFORE_GUARD / "segments",
-        )
-    ],
-    ids=[
-        "current",
-        "before-read-ahead",
-        "before-patch-set",
-        "before-reads-in-model",
-        "before-guard-in-model",
-    ],
+    [sorted((f / "segments").glob("long-run.*.json")) for f in SEGMENTED_FOLDERS],
+    ids=[folder_id(f) for f in SEGMENTED_FOLDERS],
 )
 async def test_a_run_continued_as_new_replays_segment_by_segment(
     monkeypatch: pytest.MonkeyPatch, paths: list[Path]
