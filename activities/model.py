@@ -324,7 +324,7 @@ class ModelActivities:
         left out: the workflow asks for it itself, and any error surfaces there."""
         ahead: list[PlanOutput] = []
         previous, step = first, input
-        tokens = _tokens(first)
+        tokens, size = _tokens(first), len(first.model_dump_json())
         budget = activity.info().start_to_close_timeout
         for i in range(1, input.ahead + 1):
             results = read_results(previous)
@@ -347,6 +347,10 @@ class ModelActivities:
             out = out.model_copy(update={"step": step.step, "sent": sent_digest(step.seq, results)})
             ahead.append(out)
             previous, tokens = out, tokens + _tokens(out)
+            # The steps go back in one result, which Temporal caps (2 MB; it warns at 512 KB).
+            size += len(out.model_dump_json())
+            if size >= AHEAD_MAX_BYTES:
+                break
         return ahead
 
     async def _reads(
@@ -618,6 +622,8 @@ class ModelActivities:
 # Audit record numbers of a read-ahead step start at its place in the call times this (a
 # reply has far fewer calls, and a reply is asked at most twice).
 AHEAD_STRIDE = 1000
+# The model call takes no more steps ahead once their results add up to this (JSON bytes).
+AHEAD_MAX_BYTES = 256 * 1024
 
 
 def _tokens(out: PlanOutput) -> int:

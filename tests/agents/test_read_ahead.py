@@ -23,6 +23,7 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Interceptor
 
+from countersign.activities import model
 from countersign.activities.agent_specs import AGENTS, DEFAULT_READ_AHEAD
 from countersign.activities.contracts import PLAN
 from countersign.activities.runtime import Runtime
@@ -305,3 +306,16 @@ async def test_steps_taken_ahead_keep_the_model_call_heartbeating(
     assert result.steps == len(ORDERS) + 1
     assert await plans(handle) == 1
     assert await only_first_attempts(handle)
+
+
+async def test_read_ahead_stops_before_its_result_grows_too_large(
+    run_lookups: RunLookups, shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The steps go back in one activity result, which Temporal caps: past AHEAD_MAX_BYTES
+    the model call takes no more steps, and the workflow asks for the rest itself."""
+    monkeypatch.setattr(model, "AHEAD_MAX_BYTES", 6_000)  # about two lookup steps
+    gets = shop_gets(shop, ORDER_ROUTE)
+    handle, result = await run_lookups(None)
+    assert result.status == "completed" and result.steps == len(ORDERS) + 1
+    assert shop_gets(shop, ORDER_ROUTE) == gets + len(ORDERS)
+    assert 1 < await plans(handle) < len(ORDERS) + 1
