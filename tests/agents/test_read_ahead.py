@@ -319,3 +319,47 @@ async def test_read_ahead_stops_before_its_result_grows_too_large(
     assert result.status == "completed" and result.steps == len(ORDERS) + 1
     assert shop_gets(shop, ORDER_ROUTE) == gets + len(ORDERS)
     assert 1 < await plans(handle) < len(ORDERS) + 1
+
+
+async def test_a_read_the_guard_denies_ends_the_read_ahead_and_never_reaches_the_shop(
+    temporal: WorkflowEnvironment,
+    settings: Settings,
+    runtime: Runtime,
+    shop: Shop,
+    task_queue: str,
+    scripts_dir: Path,
+) -> None:
+    """An allowed read, then one outside the agent's scopes (an injected model peeking at an
+    order): the model call stops at the denied read, which the shop never sees; the workflow
+    tells the model it was denied, in a model call of its own."""
+    script = {
+        "name": "ahead-peek",
+        "match": r"(?i)^ahead-peek\b",
+        "turns": [
+            {"tool_calls": [{"name": "customers.lookup", "arguments": {"customer_id": "C-100"}}]},
+            {"tool_calls": [{"name": "orders.lookup", "arguments": {"order_id": "A-1003"}}]},
+            {"say": "done"},
+        ],
+    }
+    (scripts_dir / "ahead-peek.json").write_text(json.dumps(script))
+    orders, customers = shop_gets(shop, ORDER_ROUTE), shop_gets(shop, "/customers/{customer_id}")
+    async with build_worker(temporal.client, settings, runtime, task_queue=task_queue):
+        handle = await start_run(
+            temporal.client,
+            task_queue,
+            agent="crm-updates",
+            task="ahead-peek at A-1003",
+            subject={"customer_id": "C-100"},
+        )
+        result = await handle.result()
+    assert [(a.tool, a.status) for a in result.actions] == [
+        ("customers.lookup", "executed"),
+        ("orders.lookup", "denied"),
+    ]
+    assert shop_gets(shop, ORDER_ROUTE) == orders
+    assert shop_gets(shop, "/customers/{customer_id}") == customers + 1
+    (denied,) = runtime.audit.find(handle.id, "verdict", tool="orders.lookup")
+    assert denied.data["outcome"] == "deny" and denied.event["activity_type"] == PLAN
+    assert runtime.audit.find(handle.id, "action.read", tool="orders.lookup") == []
+    # Both reads were decided in the first model call; the answer in a second.
+    assert await plans(handle) == 2
