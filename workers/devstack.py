@@ -268,6 +268,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "COUNTERSIGN_CURRENCY": settings.currency,
         "COUNTERSIGN_GATEWAY_URL": settings.gateway_url,
         "COUNTERSIGN_POLICY_PATH": str(settings.policy_path),
+        "COUNTERSIGN_REQUIRE_POLICY_ACTIVATION": str(settings.require_policy_activation).lower(),
         "COUNTERSIGN_DIRECTORY_PATH": str(settings.directory_file.resolve()),
         "COUNTERSIGN_MAX_CACHED_WORKFLOWS": str(settings.max_cached_workflows),
         "COUNTERSIGN_EVICT_PARKED_MAX_EVENTS": str(settings.evict_parked_max_events),

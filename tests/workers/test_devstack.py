@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from countersign.guardrails.policy import DEFAULT_POLICY_PATH
-from countersign.workers.devstack import port_of, port_open
+from countersign.settings import load_settings
+from countersign.workers.devstack import port_of, port_open, settings_env
 from tests.conftest import dev_env
 
 PORT_SETTINGS = (
@@ -183,3 +184,33 @@ def test_dev_with_a_folder_that_holds_no_scripts_says_so_and_starts_nothing(
     assert done.returncode == 2
     assert f"{tmp_path}: not a folder of model scripts (*.json)" in done.stderr
     assert not (tmp_path / "state" / "stacks").exists()
+
+
+def test_a_child_process_gets_the_settings_made_in_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """settings_env carries what a parent set in code (tests, benchmarks, the recorder) to the
+    workers it starts: one that does not require policy activation starts children that do
+    not either (a benchmark's worker processes refused to start)."""
+    parent = load_settings(
+        state_dir=tmp_path,
+        require_policy_activation=False,
+        max_cached_workflows=7,
+        evict_parked_max_events=3,
+        encrypt_payloads=False,
+    )
+    for name in list(os.environ):
+        if name.startswith("COUNTERSIGN_"):
+            monkeypatch.delenv(name)
+    for name, value in settings_env(parent).items():
+        monkeypatch.setenv(name, value)
+    child = load_settings()
+    for field in (
+        "require_policy_activation",
+        "max_cached_workflows",
+        "evict_parked_max_events",
+        "encrypt_payloads",
+        "policy_path",
+        "task_queue",
+    ):
+        assert getattr(child, field) == getattr(parent, field), field
