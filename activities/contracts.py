@@ -62,7 +62,12 @@ class PlanInput(BaseModel):
 
 
 def tool_message(call_id: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """A tool call's result as the transcript keeps it and the model is sent it."""
+    """A tool call's result as the transcript keeps it and the model is sent it.
+
+    What a step sends is compared by digest with what a step taken ahead sent (sent_digest):
+    a change to this format, to result_payload, or to what a graph sends (agents/guarded.py
+    `_openai_message`) turns recorded steps taken ahead into model calls on replay. It needs
+    a patch, like any change to the commands a run makes."""
     return {"role": "tool", "tool_call_id": call_id, "content": json.dumps(payload)}
 
 
@@ -224,6 +229,25 @@ PlanOutput.model_rebuild()  # its verdicts and reads are defined after it
 def result_payload(outcome: ToolOutcome) -> dict[str, Any]:
     """What the model is sent of an executed tool call's outcome."""
     return {"result": outcome.result}
+
+
+def reserved_by(g: GuardResult) -> str | None:
+    """The action hash whose limits a verdict reserved, or None (denied, shadow: nothing)."""
+    v = g.verdict
+    return v.action_hash if v.outcome in ("allow", "needs_approval") else None
+
+
+def unused_reservations(
+    verdicts: list[GuardResult], reads: dict[str, ToolOutcome] | None
+) -> list[str]:
+    """What `verdicts` reserved for actions that will not happen as decided: all but the
+    reads that ran (in `reads`; None: not known, so every read keeps its reservation)."""
+    return [
+        h
+        for g in verdicts
+        if (h := reserved_by(g))
+        and not (g.tool_read_only and (reads is None or read_for(g, reads) is not None))
+    ]
 
 
 def read_for(g: GuardResult, reads: dict[str, ToolOutcome]) -> ToolOutcome | None:

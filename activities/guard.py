@@ -258,7 +258,9 @@ class GuardActivities:
     @activity.defn(name=RELEASE)
     async def release(self, action_hash: str) -> int:
         """Give back the limits reserved for an action that will not be executed."""
-        released = await asyncio.to_thread(self.runtime.ledger.release, action_hash)
+        released = await asyncio.to_thread(
+            self.runtime.ledger.release, action_hash, current_workflow_id()
+        )
         await audit_from_activity(
             self.runtime, "limits.released", {"action_hash": action_hash, "counters": released}
         )

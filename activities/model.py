@@ -37,6 +37,7 @@ from countersign.activities.contracts import (
     Usage,
     read_results,
     sent_digest,
+    unused_reservations,
 )
 from countersign.activities.guard import GuardActivities
 from countersign.activities.runtime import (
@@ -268,10 +269,16 @@ class ModelActivities:
         return out
 
     async def _step(
-        self, agent: AgentSpec, input: PlanInput, key: str, base: int = 0
+        self,
+        agent: AgentSpec,
+        input: PlanInput,
+        key: str,
+        base: int = 0,
+        decided: list[GuardResult] | None = None,
     ) -> PlanOutput:
         """One step: the reply, its proposals decided, the reads allowed executed. `base`
-        numbers the step's audit records apart from the call's other steps (read-ahead)."""
+        numbers the step's audit records apart from the call's other steps (read-ahead);
+        `decided` gets each verdict as soon as it is decided (and has reserved)."""
         # The proposals are decided here, with the guard's own code, so the verdicts land in
         # history with the reply (one workflow activation fewer per proposal). The reply is
         # kept before anything is decided: a retried attempt decides that same reply again.
@@ -289,20 +296,22 @@ class ModelActivities:
         if out is None:
             out = await self._reply(agent, input, key, base)
         # Heartbeats go on while the guard fetches a side effect's facts from its system.
+        decided = [] if decided is None else decided
         async with heartbeating():
-            verdicts = [
-                await self.guard.decide_in_activity(
-                    GuardInput(
-                        agent=agent.name,
-                        proposal=proposal,
-                        requested_mode=input.guard.requested_mode,
-                        requested_by=input.guard.requested_by,
-                        subject=input.guard.subject,
-                    ),
-                    n=base + n,
+            for n, proposal in enumerate(out.proposals):
+                decided.append(
+                    await self.guard.decide_in_activity(
+                        GuardInput(
+                            agent=agent.name,
+                            proposal=proposal,
+                            requested_mode=input.guard.requested_mode,
+                            requested_by=input.guard.requested_by,
+                            subject=input.guard.subject,
+                        ),
+                        n=base + n,
+                    )
                 )
-                for n, proposal in enumerate(out.proposals)
-            ]
+        verdicts = list(decided)
         out = out.model_copy(update={"verdicts": verdicts})
         if input.guard.reads:
             out.reads = await self._reads(agent.name, out.verdicts, base)
@@ -324,7 +333,8 @@ class ModelActivities:
         left out: the workflow asks for it itself, and any error surfaces there."""
         ahead: list[PlanOutput] = []
         previous, step = first, input
-        tokens, size = _tokens(first), len(first.model_dump_json())
+        tokens, size = _tokens(first), _json_bytes(first)
+        last_bytes = size
         budget = activity.info().start_to_close_timeout
         for i in range(1, input.ahead + 1):
             results = read_results(previous)
@@ -332,26 +342,46 @@ class ModelActivities:
                 break  # the workflow has something to do: a side effect, a denial, the answer
             if input.tokens_left is not None and tokens >= input.tokens_left:
                 break
-            # Half of this attempt's time is kept for the step in hand.
+            # The steps go back in one result, which Temporal caps (2 MB; it warns at 512 KB):
+            # no step that would, by the size of the last one, take them past AHEAD_MAX_BYTES.
+            if size + last_bytes > AHEAD_MAX_BYTES:
+                break
+            # Half of this attempt's time is kept for the step in hand, and a step may take all
+            # of it but a quarter: the steps already taken always go back.
             if budget and _seconds_left() < budget.total_seconds() / 2:
                 break
+            room = _seconds_left() - budget.total_seconds() / 4 if budget else None
             step = step.model_copy(
                 update={"seq": previous.seq, "new_messages": results, "step": step.step + 1}
             )
+            decided: list[GuardResult] = []
             try:
-                out = await self._step(agent, step, f"{key}/ahead-{i}", base=i * AHEAD_STRIDE)
+                async with asyncio.timeout(room):
+                    out = await self._step(
+                        agent, step, f"{key}/ahead-{i}", base=i * AHEAD_STRIDE, decided=decided
+                    )
             except Exception as e:
                 # Its type only: the message may echo a clear value.
                 log.warning("model.read_ahead_stopped", step=step.step, error=type(e).__name__)
+                await self._give_back(unused_reservations(decided, None))
                 break
             out = out.model_copy(update={"step": step.step, "sent": sent_digest(step.seq, results)})
-            ahead.append(out)
-            previous, tokens = out, tokens + _tokens(out)
-            # The steps go back in one result, which Temporal caps (2 MB; it warns at 512 KB).
-            size += len(out.model_dump_json())
-            if size >= AHEAD_MAX_BYTES:
+            # A step larger than the last is left to the workflow if it would pass the cap.
+            last_bytes = _json_bytes(out)
+            if size + last_bytes > AHEAD_MAX_BYTES:
+                await self._give_back(unused_reservations(out.verdicts, out.reads))
                 break
+            ahead.append(out)
+            previous, tokens, size = out, tokens + _tokens(out), size + last_bytes
         return ahead
+
+    async def _give_back(self, action_hashes: list[str]) -> None:
+        """Release the limits a step taken ahead reserved for actions it does not return."""
+        if not action_hashes:
+            return
+        workflow_id = current_workflow_id()
+        ledger = self.runtime.ledger
+        await asyncio.to_thread(lambda: [ledger.release(h, workflow_id) for h in action_hashes])
 
     async def _reads(
         self, agent: str, verdicts: list[GuardResult], base: int = 0
@@ -628,6 +658,10 @@ AHEAD_MAX_BYTES = 256 * 1024
 
 def _tokens(out: PlanOutput) -> int:
     return out.usage.prompt_tokens + out.usage.completion_tokens
+
+
+def _json_bytes(out: PlanOutput) -> int:
+    return len(out.model_dump_json().encode())
 
 
 def _seconds_left() -> float:

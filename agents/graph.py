@@ -39,9 +39,11 @@ from countersign.activities.contracts import (
     ToolCall,
     ToolOutcome,
     read_for,
+    reserved_by,
     result_payload,
     sent_digest,
     tool_message,
+    unused_reservations,
 )
 from countersign.activities.failures import cause_of
 from countersign.agents.changes import decide_changed, gather_evidence, note_change
@@ -126,8 +128,9 @@ async def drop_ahead(run: RunState) -> None:
     the model something else, or the run ended first)."""
     ahead, run.ahead = run.ahead, []
     for out in ahead:
-        for g in out.verdicts:
-            await release_limits(_reserved(g))
+        # The reads that ran keep theirs: they happened.
+        for action_hash in unused_reservations(out.verdicts, out.reads):
+            await release_limits(action_hash)
 
 
 def _ahead_budget(run: RunState) -> int:
@@ -218,8 +221,8 @@ async def guard(state: LoopState, runtime: Runtime[RunState]) -> LoopState:
     # gives its limits back; a changed call was decided again (and keeps what that reserved).
     held = {g.verdict.action_hash for g in guarded}
     for _, unused in decided.values():
-        if _reserved(unused) not in held:
-            await release_limits(_reserved(unused))
+        if reserved_by(unused) not in held:
+            await release_limits(reserved_by(unused))
     return {"guarded": list(guarded)}
 
 
@@ -240,17 +243,11 @@ async def _ready(g: GuardResult) -> GuardResult:
     return g
 
 
-def _reserved(g: GuardResult) -> str | None:
-    """The action hash whose limits a verdict reserved, or None (denied, shadow: nothing)."""
-    v = g.verdict
-    return v.action_hash if v.outcome in ("allow", "needs_approval") else None
-
-
 async def release_undecided(run: RunState) -> None:
     """Give back the limits of verdicts the model call reserved that no guard node took."""
     decided, run.decided = run.decided, {}
     for _, g in decided.values():
-        await release_limits(_reserved(g))
+        await release_limits(reserved_by(g))
 
 
 async def after_guard(state: LoopState, runtime: Runtime[RunState]) -> str:

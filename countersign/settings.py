@@ -181,7 +181,9 @@ class Settings(BaseSettings):
     # Bounds on one model reply (a compromised or broken model can send anything): a reply
     # larger than this, or with more tool calls, executes nothing (activities/model.py).
     max_reply_bytes: int = Field(default=64 * 1024, ge=1024)
-    max_tool_calls_per_turn: int = Field(default=16, ge=1)
+    # At most 999: a model call numbers each step's audit records in blocks of 1,000
+    # (activities/model.py AHEAD_STRIDE), a record per tool call.
+    max_tool_calls_per_turn: int = Field(default=16, ge=1, le=999)
 
     # Bounds on one tool call; Temporal retries with back-off within these. A side effect's
     # activity heartbeats, so a worker that dies mid-call is noticed after

@@ -132,12 +132,14 @@ class Ledger:
                     )
         return verdict, d
 
-    def release(self, action_hash: str) -> int:
-        """Give back what an action that will not happen had reserved."""
+    def release(self, action_hash: str, workflow_id: str) -> int:
+        """Give back what an action of run `workflow_id` that will not happen had reserved.
+        Only that run's: an action hash is no secret (it is in the run's history), and a
+        result forged into another run must not free this one's limits."""
         with self.db.transaction() as tx:
             return tx.run(
-                "UPDATE reservations SET released = 1 WHERE action_hash = ?",
-                (action_hash,),
+                "UPDATE reservations SET released = 1 WHERE action_hash = ? AND workflow_id = ?",
+                (action_hash, workflow_id),
             )
 
     def total(self, counter_id: str, key: str, window: str) -> int:

@@ -41,7 +41,12 @@ from countersign.settings import Settings
 from countersign.workers.replay import activities_in
 from countersign.workers.worker import build_worker
 from tests.agents.test_context_window import model_requests
-from tests.agents.test_guard_in_model import LoseFirstDecidedReply, only_first_attempts
+from tests.agents.test_guard_in_model import (
+    LoseFirstDecidedReply,
+    _LoseFirstDecidedReply,
+    only_first_attempts,
+    reservations,
+)
 from tests.agents.test_reads_in_model import shop_gets
 from tests.conftest import RunWithGraph, Shop, start_run
 
@@ -275,7 +280,7 @@ async def test_steps_taken_ahead_that_a_graph_would_not_send_are_asked_again(
 
 
 async def test_a_retried_model_call_returns_the_steps_it_took_ahead_as_they_were(
-    run_lookups: RunLookups, runtime: Runtime, shop: Shop
+    run_lookups: RunLookups, runtime: Runtime, shop: Shop, model_url: str, lookups: str
 ) -> None:
     """The model call's first attempt is lost after it decided and read every step: the retry
     returns the kept steps; the model is not asked again and every lookup is read once."""
@@ -285,6 +290,11 @@ async def test_a_retried_model_call_returns_the_steps_it_took_ahead_as_they_were
     )
     assert result.status == "completed" and result.steps == len(ORDERS) + 1
     assert shop_gets(shop, ORDER_ROUTE) == gets + len(ORDERS)
+    assert _LoseFirstDecidedReply.lost.count(handle.id) == 1  # the first attempt was lost
+    # Each step with tool calls was asked once, by the first attempt (the retry returned
+    # them as kept); the answer, which decides nothing and is not kept, was asked again.
+    asked = [r for r in await model_requests(model_url) if r["task"].startswith(lookups)]
+    assert [r["roles"].count("tool") for r in asked] == [*range(len(ORDERS) + 1), len(ORDERS)]
     calls = runtime.audit.find(handle.id, "model.call")
     assert [c.data["step"] for c in calls] == list(range(1, len(ORDERS) + 2))
     assert {c.event["attempt"] for c in calls} == {1}
@@ -363,3 +373,40 @@ async def test_a_read_the_guard_denies_ends_the_read_ahead_and_never_reaches_the
     assert runtime.audit.find(handle.id, "action.read", tool="orders.lookup") == []
     # Both reads were decided in the first model call; the answer in a second.
     assert await plans(handle) == 2
+
+
+async def test_a_side_effect_taken_ahead_and_given_back_counts_once_when_decided_again(
+    run_with_graph: RunWithGraph,
+    runtime: Runtime,
+    shop: Shop,
+    scripts_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lookup, then a refund the guard allows outright, under a graph that adds a message
+    after each tool step: the refund's step, taken ahead, is given back (its limits released)
+    and asked again; the same refund (same call, same hash) is decided again, reserved again,
+    and executed once."""
+    script = lookups_script("ahead-give-back", ["A-1004"])
+    refund = {"order_id": "A-1004", "amount_cents": 2500, "reason": "cracked teapot"}
+    script["turns"].insert(-1, {"tool_calls": [{"name": "payments.refund", "arguments": refund}]})
+    (scripts_dir / "ahead-give-back.json").write_text(json.dumps(script))
+    monkeypatch.setitem(
+        AGENTS, "support-refunds", AGENTS["support-refunds"].model_copy(update={"read_ahead": 2})
+    )
+    handle, result = await run_with_graph(
+        base="support-refunds",
+        name="chatty-refunds",
+        graph=chatty_graph,
+        task="ahead-give-back A-1004",
+    )
+    assert result.status == "completed"
+    assert [r["amount_cents"] for r in shop.refunds("A-1004")] == [2500]
+    (executed,) = runtime.audit.find(handle.id, "action.executed", tool="payments.refund")
+    refund_hash = executed.data["action_hash"]
+    # Decided twice (ahead, then again), given back once in between, held once at the end.
+    verdicts = runtime.audit.find(handle.id, "verdict", tool="payments.refund")
+    assert [v.data["action_hash"] for v in verdicts] == [refund_hash, refund_hash]
+    released = runtime.audit.find(handle.id, "limits.released", action_hash=refund_hash)
+    assert len(released) == 1
+    held = reservations(runtime, handle.id)[refund_hash]  # by counter: (amount, released)
+    assert (2500, 0) in held and {released for _, released in held} == {0}

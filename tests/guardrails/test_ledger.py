@@ -112,7 +112,7 @@ def test_an_action_given_back_then_decided_again_counts_again(ledger_at: Ledger)
     )
     assert first.outcome == "allow" and first.action_hash
     assert used_by_another() == 2000
-    assert ledger_at.release(first.action_hash) >= 1
+    assert ledger_at.release(first.action_hash, run) >= 1
     assert used_by_another() == 0
     again, _ = ledger_at.decide_and_reserve(
         call("A-1003", 2000, "C-301", run), counters, decide, NOW

@@ -168,7 +168,9 @@ def test_a_reservation_made_on_one_host_counts_on_the_other_until_released(
     assert b.total(COUNTER.id, "support-refunds", _today()) == 15_000
     assert not _reserve_into(b, "act_2", 6_000)  # 21,000 would cross the 20,000 limit
     assert _reserve_into(b, "act_3", 5_000)
-    assert a.release("act_1") == 1
+    assert a.release("act_1", "wf-other") == 0  # another run's release frees nothing
+    assert b.total(COUNTER.id, "support-refunds", _today()) == 20_000
+    assert a.release("act_1", "wf-act_1") == 1
     assert b.total(COUNTER.id, "support-refunds", _today()) == 5_000
 
 
