@@ -18,7 +18,7 @@ from langgraph.runtime import Runtime as GraphRuntime
 from temporalio import activity, workflow
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import WorkflowEnvironment
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import (
     ActivityInboundInterceptor,
     ExecuteActivityInput,
@@ -27,6 +27,7 @@ from temporalio.worker import (
 )
 
 from countersign.activities.contracts import DECIDE, PLAN, PlanOutput, ToolCall, ToolOutcome
+from countersign.activities.guard import GuardActivities
 from countersign.activities.runtime import Runtime
 from countersign.agents.guarded import (
     GuardedState,
@@ -517,3 +518,31 @@ async def test_a_rule_widened_in_the_model_result_approves_nothing(
     ]
     assert "mallory" not in audited["eligible"]
     assert len(shop.refunds("A-1051")) == before
+
+
+async def test_a_release_from_another_run_frees_none_of_this_runs_limits(
+    temporal: WorkflowEnvironment, worker: Worker, runtime: Runtime
+) -> None:
+    """A run waits for approval of a refund it reserved. Its action hash is in its history, so
+    anyone who can read that can put it in a result they forge into a run of their own, which
+    then asks the guard to release it: nothing of the first run's is released. The first run
+    itself still can."""
+    handle = await start_run(
+        temporal.client, worker.task_queue, task="Refund order A-1051: lamp flickers, held."
+    )
+    await wait_for_pending(handle)
+    (verdict,) = runtime.audit.find(handle.id, "verdict", tool="payments.refund")
+    held = verdict.data["action_hash"]
+    before = reservations(runtime, handle.id)[held]
+    assert {released for _, released in before} == {0}
+
+    async def release_as(run: str) -> int:
+        env = ActivityEnvironment()
+        env.info = dataclasses.replace(env.info, workflow_id=run)
+        return int(await env.run(GuardActivities(runtime).release, held))
+
+    assert await release_as("someone-elses-run") == 0
+    assert reservations(runtime, handle.id)[held] == before
+    assert await release_as(handle.id) > 0
+    assert {released for _, released in reservations(runtime, handle.id)[held]} == {1}
+    await handle.terminate("test done")
