@@ -21,7 +21,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime as GraphRuntime
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Interceptor
+from temporalio.worker import Interceptor, Worker
 
 from countersign.activities import model
 from countersign.activities.agent_specs import AGENTS, DEFAULT_READ_AHEAD
@@ -191,12 +191,7 @@ async def test_read_ahead_stops_at_the_runs_step_limit(
 
 
 async def test_a_side_effect_ends_the_read_ahead_and_waits_for_its_own_decision(
-    temporal: WorkflowEnvironment,
-    settings: Settings,
-    runtime: Runtime,
-    shop: Shop,
-    task_queue: str,
-    scripts_dir: Path,
+    temporal: WorkflowEnvironment, worker: Worker, runtime: Runtime, shop: Shop, scripts_dir: Path
 ) -> None:
     """Lookups, then a refund the guard allows outright: the refund is decided in the model
     call that looked up, and executed once, by its own activity, never in the model call."""
@@ -204,14 +199,13 @@ async def test_a_side_effect_ends_the_read_ahead_and_waits_for_its_own_decision(
     refund = {"order_id": "A-1004", "amount_cents": 2500, "reason": "cracked teapot"}
     script["turns"].insert(-1, {"tool_calls": [{"name": "payments.refund", "arguments": refund}]})
     (scripts_dir / "ahead-then-refund.json").write_text(json.dumps(script))
-    async with build_worker(temporal.client, settings, runtime, task_queue=task_queue):
-        handle = await start_run(
-            temporal.client,
-            task_queue,
-            task="ahead-then-refund A-1004",
-            subject={"customer_id": "C-100", "order_id": "A-1004"},
-        )
-        result = await handle.result()
+    handle = await start_run(
+        temporal.client,
+        worker.task_queue,
+        task="ahead-then-refund A-1004",
+        subject={"customer_id": "C-100", "order_id": "A-1004"},
+    )
+    result = await handle.result()
     assert result.status == "completed"
     assert [r["amount_cents"] for r in shop.refunds("A-1004")] == [2500]
     (verdict,) = runtime.audit.find(handle.id, "verdict", tool="payments.refund")
@@ -332,12 +326,7 @@ async def test_read_ahead_stops_before_its_result_grows_too_large(
 
 
 async def test_a_read_the_guard_denies_ends_the_read_ahead_and_never_reaches_the_shop(
-    temporal: WorkflowEnvironment,
-    settings: Settings,
-    runtime: Runtime,
-    shop: Shop,
-    task_queue: str,
-    scripts_dir: Path,
+    temporal: WorkflowEnvironment, worker: Worker, runtime: Runtime, shop: Shop, scripts_dir: Path
 ) -> None:
     """An allowed read, then one outside the agent's scopes (an injected model peeking at an
     order): the model call stops at the denied read, which the shop never sees; the workflow
@@ -353,15 +342,14 @@ async def test_a_read_the_guard_denies_ends_the_read_ahead_and_never_reaches_the
     }
     (scripts_dir / "ahead-peek.json").write_text(json.dumps(script))
     orders, customers = shop_gets(shop, ORDER_ROUTE), shop_gets(shop, "/customers/{customer_id}")
-    async with build_worker(temporal.client, settings, runtime, task_queue=task_queue):
-        handle = await start_run(
-            temporal.client,
-            task_queue,
-            agent="crm-updates",
-            task="ahead-peek at A-1003",
-            subject={"customer_id": "C-100"},
-        )
-        result = await handle.result()
+    handle = await start_run(
+        temporal.client,
+        worker.task_queue,
+        agent="crm-updates",
+        task="ahead-peek at A-1003",
+        subject={"customer_id": "C-100"},
+    )
+    result = await handle.result()
     assert [(a.tool, a.status) for a in result.actions] == [
         ("customers.lookup", "executed"),
         ("orders.lookup", "denied"),
