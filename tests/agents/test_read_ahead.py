@@ -398,3 +398,18 @@ async def test_a_side_effect_taken_ahead_and_given_back_counts_once_when_decided
     assert len(released) == 1
     held = reservations(runtime, handle.id)[refund_hash]  # by counter: (amount, released)
     assert (2500, 0) in held and {released for _, released in held} == {0}
+
+
+async def test_read_ahead_stops_at_the_runs_token_limit(
+    run_lookups: RunLookups, runtime: Runtime
+) -> None:
+    """The agent may spend what two steps cost and a token more: the run stops after the
+    third step (the step that crosses the limit is taken, as one step at a time), and the
+    model call asked the model for no step after it."""
+    handle, result = await run_lookups(None)
+    per_step = [c.data["usage"] for c in runtime.audit.find(handle.id, "model.call")]
+    two = sum(u["prompt_tokens"] + u["completion_tokens"] for u in per_step[:2])
+    handle, result = await run_lookups(None, max_tokens=two + 1)
+    assert (result.steps, result.stop_reason) == (3, "max_tokens")
+    assert len(runtime.audit.find(handle.id, "model.call")) == 3
+    assert await plans(handle) == 1
